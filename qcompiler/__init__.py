@@ -1,0 +1,1 @@
+"""qcompiler: Keras → IR → passes → TFLite."""
