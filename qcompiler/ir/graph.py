@@ -12,13 +12,14 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from qcompiler.errors import QCompilerError
 from qcompiler.ir.types import TensorType
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9_.\-/]+$")
 _NAME_BAD_CHARS = re.compile(r"[^A-Za-z0-9_.\-/]")
 
 
-class IRError(Exception):
+class IRError(QCompilerError):
     """A graph was built or changed in a way that breaks an IR invariant."""
 
 

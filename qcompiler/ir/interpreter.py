@@ -12,6 +12,7 @@ import numpy as np
 
 from qcompiler.ir.graph import Graph, IRError, Node, Value
 from qcompiler.ir.ops import compute, dequantize_array
+from qcompiler.ir.printer import ElidedArray
 from qcompiler.ir.types import TensorType
 
 Inputs = Union[np.ndarray, Sequence[np.ndarray], Mapping[str, np.ndarray]]
@@ -80,6 +81,9 @@ def _is_quantized(t: TensorType) -> bool:
 
 
 def _run_node(node: Node, args: list[np.ndarray]) -> list[np.ndarray]:
+    if node.op == "const" and isinstance(node.attrs["value"], ElidedArray):
+        raise IRError(f"constant %{node.result.name} was read from a dump that shows only its digest "
+                      f"#{node.attrs['value'].digest}; dump with full constants or pass `constants=` to parse")
     if node.op in ("quantize", "dequantize", "const", "cast"):
         if node.op == "quantize" and _is_quantized(node.operands[0].type):
             return [quantize_array(dequantize_array(args[0], node.operands[0].type), node.result.type)]

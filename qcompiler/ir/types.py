@@ -36,10 +36,10 @@ def format_float(value: float) -> str:
     f32 = np.float32(value)
     if float(f32) != float(value):  # not a float32: keep full float64 precision
         return repr(float(value))
-    text = np.format_float_positional(f32, unique=True, trim="-")
-    if len(text) > 12:
-        text = np.format_float_scientific(f32, unique=True, trim="-")
-    return text
+    magnitude = abs(float(f32))
+    if magnitude == 0 or 1e-4 <= magnitude < 1e7:
+        return np.format_float_positional(f32, unique=True, trim="-")
+    return np.format_float_scientific(f32, unique=True, trim="-")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,153 @@
+"""The `qcompiler` command line. Errors print one line and exit with code 2 (`--traceback` shows more)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Optional, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter is not ours to print
+
+from qcompiler.errors import QCompilerError  # noqa: E402
+
+EXIT_USER_ERROR = 2
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return args.handler(args)
+    except (QCompilerError, ValueError, OSError) as err:
+        if args.traceback:
+            traceback.print_exc()
+        _print_error(err)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("qcompiler: interrupted", file=sys.stderr)
+        return 130
+
+
+def _print_error(err: Exception) -> None:
+    """One line for the error; a message may carry more lines (e.g. the offending IR line), indented."""
+    lines = str(err).splitlines() or [type(err).__name__]
+    print(f"qcompiler: error: {lines[0]}", file=sys.stderr)
+    for line in lines[1:]:
+        print(f"  {line.strip()}", file=sys.stderr)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qcompiler", description="Keras → qcompiler IR → TFLite")
+    parser.add_argument("--traceback", action="store_true", help="show the Python traceback on errors")
+    sub = parser.add_subparsers(dest="command")
+
+    compile_cmd = sub.add_parser("compile", help="compile a Keras model to .tflite")
+    compile_cmd.add_argument("model", help=".keras or .h5 file")
+    compile_cmd.add_argument("-o", "--output", required=True, help="output .tflite path")
+    compile_cmd.add_argument("--mode", default="float32", help="float32 (more modes: see README)")
+    compile_cmd.set_defaults(handler=_cmd_compile)
+
+    dump = sub.add_parser("dump", help="print a model's IR, optionally after a pass pipeline")
+    dump.add_argument("model", help=".keras, .h5 or .qir file")
+    _add_pipeline_options(dump)
+    dump.set_defaults(handler=_cmd_dump)
+
+    opt = sub.add_parser("opt", help="run passes on IR text: .qir in, IR text out")
+    opt.add_argument("input", help=".qir file, or - for standard input")
+    opt.add_argument("-o", "--output", help="write the result here instead of standard output")
+    _add_pipeline_options(opt)
+    opt.set_defaults(handler=_cmd_opt)
+
+    passes = sub.add_parser("passes", help="list the passes and their options")
+    passes.set_defaults(handler=_cmd_passes)
+
+    demo = sub.add_parser("demo", help="train a small CNN on scikit-learn's digits and compile it")
+    demo.add_argument("--out", default="out", help="folder for the .tflite files (default: ./out)")
+    demo.add_argument("--epochs", type=int, default=4)
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def _add_pipeline_options(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--pipeline", default="", help='comma-separated passes, e.g. "fold-batchnorm,fuse-activations"')
+    cmd.add_argument("--print-ir-after-all", action="store_true")
+    cmd.add_argument("--print-ir-after", action="append", default=[], metavar="PASS")
+    cmd.add_argument("--pass-timing", action="store_true")
+    cmd.add_argument("--full-constants", action="store_true", help="print every constant's values")
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from qcompiler.api import compile as compile_model
+    from qcompiler.files import atomic_write
+
+    data = compile_model(args.model, mode=args.mode)
+    atomic_write(args.output, data)
+    print(f"wrote {args.output} ({len(data):,} bytes, {args.mode})")
+    return 0
+
+
+def _load_graph(path: str):
+    from qcompiler.api import import_keras, parse_ir
+
+    if path == "-":
+        return parse_ir(sys.stdin.read())
+    if path.endswith(".qir"):
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise QCompilerError(f"cannot read IR file '{path}': {err.strerror}") from None
+        return parse_ir(text)
+    return import_keras(path)
+
+
+def _run_pipeline(graph, args: argparse.Namespace):
+    from qcompiler.api import run_passes
+
+    if args.pipeline or args.print_ir_after_all or args.print_ir_after or args.pass_timing:
+        run_passes(graph, args.pipeline, print_ir_after_all=args.print_ir_after_all,
+                   print_ir_after=set(args.print_ir_after), timing=args.pass_timing)
+    return graph
+
+
+def _cmd_dump(args: argparse.Namespace) -> int:
+    from qcompiler.ir.printer import print_graph
+
+    graph = _run_pipeline(_load_graph(args.model), args)
+    sys.stdout.write(print_graph(graph, full_constants=args.full_constants))
+    return 0
+
+
+def _cmd_opt(args: argparse.Namespace) -> int:
+    from qcompiler.files import atomic_write
+    from qcompiler.ir.printer import print_graph
+
+    graph = _run_pipeline(_load_graph(args.input), args)
+    text = print_graph(graph, full_constants=args.full_constants)
+    if args.output:
+        atomic_write(args.output, text.encode())
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _cmd_passes(args: argparse.Namespace) -> int:
+    from qcompiler.passes.registry import describe_passes
+
+    print(describe_passes())
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from qcompiler.demo import run_demo
+
+    run_demo(Path(args.out), epochs=args.epochs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
