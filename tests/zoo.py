@@ -1,0 +1,120 @@
+"""The test zoo: small deterministic Keras models with randomized batch-norm statistics.
+
+Builders are cached (each returns the same model object on every call), so tests must not mutate the models.
+Fresh batch-norm statistics matter: with Keras' defaults (mean 0, variance 1, gamma 1, beta 0) a wrong
+batch-norm translation would go unnoticed.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Callable, Union
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+layers = keras.layers
+Batch = Union[np.ndarray, list[np.ndarray]]
+
+
+def randomize_batchnorm(model: keras.Model, seed: int) -> keras.Model:
+    """Give every BatchNormalization layer (nested ones included) random, well-conditioned statistics."""
+    rng = np.random.default_rng(seed)
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if not isinstance(layer, layers.BatchNormalization):
+            continue
+        shape = tuple(layer.moving_mean.shape)
+        layer.moving_mean.assign(rng.normal(0.0, 0.5, shape).astype(np.float32))
+        layer.moving_variance.assign(rng.uniform(0.5, 2.0, shape).astype(np.float32))
+        if layer.scale:
+            layer.gamma.assign(rng.uniform(0.5, 1.5, shape).astype(np.float32))
+        if layer.center:
+            layer.beta.assign(rng.normal(0.0, 0.2, shape).astype(np.float32))
+    return model
+
+
+def _conv_bn_relu(x, filters: int, name: str):
+    x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+@functools.lru_cache(maxsize=None)
+def seed_cnn() -> keras.Model:
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((28, 28, 1), name="image")
+    x = _conv_bn_relu(inputs, 32, "block1")
+    x = layers.MaxPooling2D(name="pool1")(x)
+    x = _conv_bn_relu(x, 32, "block2")
+    x = layers.MaxPooling2D(name="pool2")(x)
+    x = _conv_bn_relu(x, 32, "block3")
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(64, activation="relu", name="fc1")(x)
+    outputs = layers.Dense(10, activation="softmax", name="logits")(x)
+    return randomize_batchnorm(keras.Model(inputs, outputs, name="seed_cnn"), seed=1)
+
+
+@functools.lru_cache(maxsize=None)
+def seed_mlp() -> keras.Model:
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([
+        keras.Input((8, 8), name="digits"),
+        layers.Flatten(name="flatten"),
+        layers.Dense(32, activation="relu", name="hidden"),
+        layers.Dense(10, activation="softmax", name="probs"),
+    ], name="seed_mlp")
+    return randomize_batchnorm(model, seed=2)
+
+
+@functools.lru_cache(maxsize=None)
+def residual_block() -> keras.Model:
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((16, 16, 8), name="features")
+    x = layers.Conv2D(8, 3, padding="same", name="conv_a")(inputs)
+    x = layers.BatchNormalization(name="bn_a")(x)
+    x = layers.Conv2D(8, 3, padding="same", name="conv_b")(x)
+    x = layers.BatchNormalization(name="bn_b")(x)
+    x = layers.Add(name="residual")([x, inputs])
+    x = layers.Activation("relu", name="relu")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = layers.Dense(10, name="head")(x)
+    return randomize_batchnorm(keras.Model(inputs, outputs, name="residual_block"), seed=3)
+
+
+@functools.lru_cache(maxsize=None)
+def mobilenet_v2_small() -> keras.Model:
+    keras.utils.set_random_seed(4)
+    model = keras.applications.MobileNetV2(input_shape=(64, 64, 3), alpha=0.35, weights=None, classes=10)
+    return randomize_batchnorm(model, seed=4)
+
+
+@functools.lru_cache(maxsize=None)
+def two_input_concat() -> keras.Model:
+    keras.utils.set_random_seed(5)
+    left = keras.Input((16, 16, 3), name="left")
+    right = keras.Input((16, 16, 1), name="right")
+    a = layers.Conv2D(8, 3, padding="same", activation="relu", name="left_conv")(left)
+    b = layers.Conv2D(4, 3, strides=1, padding="same", activation="relu", name="right_conv")(right)
+    x = layers.Concatenate(name="concat")([a, b])
+    x = layers.AveragePooling2D(pool_size=2, name="avgpool")(x)
+    x = layers.Flatten(name="flatten")(x)
+    outputs = layers.Dense(10, name="head")(x)
+    return keras.Model([left, right], outputs, name="two_input_concat")
+
+
+ZOO: dict[str, Callable[[], keras.Model]] = {
+    "seed_cnn": seed_cnn,
+    "seed_mlp": seed_mlp,
+    "residual_block": residual_block,
+    "mobilenet_v2_small": mobilenet_v2_small,
+    "two_input_concat": two_input_concat,
+}
+
+
+def random_batch(model: keras.Model, n: int, seed: int) -> Batch:
+    """Standard-normal float32 inputs for `model`: one array, or a list for multi-input models."""
+    rng = np.random.default_rng(seed)
+    arrays = [rng.standard_normal((n, *tuple(t.shape)[1:])).astype(np.float32) for t in model.inputs]
+    return arrays[0] if len(arrays) == 1 else arrays
