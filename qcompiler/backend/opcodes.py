@@ -22,13 +22,6 @@ def deprecated_builtin_code(code: int) -> int:
     return min(code, PLACEHOLDER_FOR_GREATER_OP_CODES)
 
 
-def builtin_name(code: int) -> str:
-    for name, value in vars(B).items():
-        if value == code and not name.startswith("_"):
-            return name
-    return str(code)
-
-
 @dataclass(frozen=True)
 class TensorSig:
     """What versioning looks at in a tensor: IR dtype name ('none' for an absent optional input), shape, quant."""
@@ -64,25 +57,24 @@ class OpSig:
         return self.inputs[0].shape != self.inputs[1].shape and max_rank > 4
 
 
-def _by_input_type(int8: int = 2, int16: Optional[int] = None, uint8: Optional[int] = None) -> Callable[[OpSig], int]:
-    """The common rule: version 1 for float, `int8` for int8 inputs, `int16` for int16 inputs."""
+def _by_input_type(int8: int = 2, int16: Optional[int] = None) -> Callable[[OpSig], int]:
+    """The common rule: version 1 for float (and uint8), `int8` for int8 inputs, `int16` for int16 inputs."""
 
     def rule(s: OpSig) -> int:
         if int16 is not None and s.i(0) == "i16":
             return int16
         if s.i(0) == "i8":
             return int8
-        if uint8 is not None and s.i(0) == "u8":
-            return uint8
         return 1
 
     return rule
 
 
 def _conv_2d(s: OpSig) -> int:
-    # op_version.cc's int16 rule asks for int16 *weights*, so int16x8 (i16 activations, i8 weights) is 1 there.
+    # op_version.cc's int16 rule tests inputs[1] (the weights) for int16 and so never fires for int16x8 models
+    # (int8 weights), which then fall to 1. We write the version that introduced int16 activations instead.
     types = (s.i(0), s.i(1), s.o())
-    if types == ("i16", "i16", "i16"):
+    if s.i(0) == "i16" and s.o() == "i16":
         return 4
     if types == ("i8", "i8", "i8"):
         return 3
@@ -94,7 +86,7 @@ def _conv_2d(s: OpSig) -> int:
 
 def _depthwise_conv_2d(s: OpSig) -> int:
     types = (s.i(0), s.i(1), s.o())
-    if types == ("i16", "i16", "i16"):
+    if s.i(0) == "i16" and s.o() == "i16":  # see _conv_2d
         return 5
     if types == ("f32", "i8", "f32"):  # hybrid
         w = s.inputs[1]

@@ -458,8 +458,12 @@ def _compute_quantize(xs: Sequence[np.ndarray], attrs: dict, result: TensorType)
     if np.issubdtype(x.dtype, np.integer):
         raise IRError("quantize of an integer input (requantize) is evaluated by the integer interpreter")
     info = np.iinfo(result.np_dtype)
-    scaled = x / q.scale_array(x.ndim) + q.zero_point_array(x.ndim)
-    return np.clip(np.round(scaled), info.min, info.max).astype(result.np_dtype)
+    # As TFLite's QUANTIZE (reference AffineQuantize): x / scale in float32, rounded half away from zero
+    # (TfLiteRound), then the zero point added. np.round would round ties to even.
+    scaled = (x.astype(np.float32) / q.scale_array(x.ndim)).astype(np.float64)
+    whole = np.trunc(scaled)
+    rounded = whole + np.where(np.abs(scaled - whole) >= 0.5, np.sign(scaled), 0.0)
+    return np.clip(rounded + q.zero_point_array(x.ndim), info.min, info.max).astype(result.np_dtype)
 
 
 def dequantize_array(x: np.ndarray, t: TensorType, dtype: np.dtype = np.dtype(np.float32)) -> np.ndarray:

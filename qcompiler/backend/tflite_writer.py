@@ -1,0 +1,781 @@
+"""Writes an IR graph as a TFLite flatbuffer, with the `tflite` package's generated schema builders.
+
+One subgraph, a `serving_default` signature, buffer 0 empty (the schema's sentinel for "no data"). Constants get
+buffers, deduplicated by (dtype, bytes); operator codes are deduplicated and carry the highest version any of their
+operators needs (see opcodes.py). The output depends only on the graph's structure, names and data, so the same
+graph (or a clone of it) always gives the same bytes.
+
+Tensor shapes: an unknown dimension (the batch) is written as 1 in `shape` and -1 in `shape_signature`, as
+TFLiteConverter does; `Interpreter.resize_tensor_input` then changes it.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import flatbuffers
+import numpy as np
+from tflite.ActivationFunctionType import ActivationFunctionType
+from tflite.BuiltinOperator import BuiltinOperator as B
+from tflite.BuiltinOptions import BuiltinOptions as BO
+from tflite.Padding import Padding
+from tflite.TensorType import TensorType as TflType
+
+from qcompiler.backend.opcodes import ABSENT, OpSig, TensorSig, deprecated_builtin_code, op_version
+from qcompiler.errors import QCompilerError
+from qcompiler.ir.graph import Graph, Node, Value
+from qcompiler.ir.types import QParams, TensorType
+
+
+def _schema(name: str) -> ModuleType:
+    """The generated builder module tflite/<name>.py (the `tflite` package rebinds these names to classes)."""
+    return importlib.import_module(f"tflite.{name}")
+
+
+AddOptions = _schema("AddOptions")
+Buffer = _schema("Buffer")
+CastOptions = _schema("CastOptions")
+ConcatenationOptions = _schema("ConcatenationOptions")
+Conv2DOptions = _schema("Conv2DOptions")
+DepthwiseConv2DOptions = _schema("DepthwiseConv2DOptions")
+DequantizeOptions = _schema("DequantizeOptions")
+FullyConnectedOptions = _schema("FullyConnectedOptions")
+GeluOptions = _schema("GeluOptions")
+GreaterOptions = _schema("GreaterOptions")
+HardSwishOptions = _schema("HardSwishOptions")
+LeakyReluOptions = _schema("LeakyReluOptions")
+MaximumMinimumOptions = _schema("MaximumMinimumOptions")
+Model = _schema("Model")
+MulOptions = _schema("MulOptions")
+Operator = _schema("Operator")
+OperatorCode = _schema("OperatorCode")
+PadOptions = _schema("PadOptions")
+Pool2DOptions = _schema("Pool2DOptions")
+QuantizationParameters = _schema("QuantizationParameters")
+QuantizeOptions = _schema("QuantizeOptions")
+ReducerOptions = _schema("ReducerOptions")
+ReshapeOptions = _schema("ReshapeOptions")
+ResizeNearestNeighborOptions = _schema("ResizeNearestNeighborOptions")
+SelectV2Options = _schema("SelectV2Options")
+SignatureDef = _schema("SignatureDef")
+SliceOptions = _schema("SliceOptions")
+SoftmaxOptions = _schema("SoftmaxOptions")
+SubGraph = _schema("SubGraph")
+SubOptions = _schema("SubOptions")
+Tensor = _schema("Tensor")
+TensorMap = _schema("TensorMap")
+
+SCHEMA_VERSION = 3
+FILE_IDENTIFIER = b"TFL3"
+SIGNATURE_KEY = "serving_default"
+BUFFER_ALIGNMENT = 16  # TFLiteConverter aligns constant data to 16 bytes; kernels may read it in place
+
+_TFL_DTYPES: dict[str, int] = {
+    "f32": TflType.FLOAT32,
+    "f16": TflType.FLOAT16,
+    "f64": TflType.FLOAT64,
+    "i8": TflType.INT8,
+    "u8": TflType.UINT8,
+    "i16": TflType.INT16,
+    "i32": TflType.INT32,
+    "i64": TflType.INT64,
+    "bool": TflType.BOOL,
+}
+_FUSED: dict[str, int] = {
+    "none": ActivationFunctionType.NONE,
+    "relu": ActivationFunctionType.RELU,
+    "relu6": ActivationFunctionType.RELU6,
+    "relu_n1_to_1": ActivationFunctionType.RELU_N1_TO_1,
+}
+# Activations TFLite kernels cannot fuse (a fused TANH is silently ignored by conv/add kernels) become their own op.
+_ACTIVATION_OPS: dict[str, int] = {"relu": B.RELU, "relu6": B.RELU6, "relu_n1_to_1": B.RELU_N1_TO_1, "tanh": B.TANH}
+_PADDING = {"same": Padding.SAME, "valid": Padding.VALID}
+_PIPELINE_HINT = "run the default pipeline (canonicalize, fold-batchnorm) first"
+
+OptionsFn = Callable[[flatbuffers.Builder], int]
+
+
+class BackendError(QCompilerError):
+    """The graph cannot be written as TFLite; the message names the node, its Keras layer and what to do."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# the model being assembled (plain data; serialized at the end)
+# ----------------------------------------------------------------------------------------------------
+@dataclass
+class _Tensor:
+    name: str
+    shape: tuple[int, ...]
+    signature: Optional[tuple[int, ...]]  # only when some dimension is unknown
+    dtype: str
+    buffer: int
+    quant: Optional[QParams]
+
+    def sig(self) -> TensorSig:
+        return TensorSig(self.dtype, self.shape, self.quant)
+
+
+@dataclass
+class _Operator:
+    opcode: int
+    inputs: list[int]
+    outputs: list[int]
+    options_type: int
+    options: Optional[OptionsFn]
+
+
+def _is_quantized(t: TensorType) -> bool:
+    """Same rule as the IR interpreter: quantization params count on integer tensors only."""
+    return t.quant is not None and not t.is_float
+
+
+class _ModelWriter:
+    """Collects tensors, buffers, operator codes and operators while the graph's nodes are lowered."""
+
+    def __init__(self, value_names: Iterable[str]) -> None:
+        self.tensors: list[_Tensor] = []
+        self.buffers: list[bytes] = [b""]
+        self.operators: list[_Operator] = []
+        self.opcodes: list[list[int]] = []  # [builtin code, version], in order of first use
+        self._buffer_index: dict[tuple[str, bytes], int] = {}
+        self._opcode_index: dict[int, int] = {}
+        self._value_tensor: dict[int, int] = {}  # id(Value) -> tensor index; lookup only, never iterated
+        # IR value names are unique already and keep their spelling; tensors the backend adds get fresh names.
+        self._names: set[str] = set(value_names)
+
+    # ----- tensors ------------------------------------------------------------------------------
+    def _fresh(self, name: str) -> str:
+        candidate, n = name, 1
+        while candidate in self._names:
+            candidate = f"{name}_{n}"
+            n += 1
+        self._names.add(candidate)
+        return candidate
+
+    def _add_tensor(self, name: str, t: TensorType, buffer: int = 0, of_value: bool = False) -> int:
+        shape = tuple(1 if d is None else d for d in t.shape)
+        signature = None if t.is_static else tuple(-1 if d is None else d for d in t.shape)
+        if t.dtype not in _TFL_DTYPES:
+            raise BackendError(f"tensor '{name}' has dtype {t.dtype}, which TFLite cannot store")
+        quant = t.quant if _is_quantized(t) else None
+        name = name if of_value else self._fresh(name)
+        self.tensors.append(_Tensor(name, shape, signature, t.dtype, buffer, quant))
+        return len(self.tensors) - 1
+
+    def _add_buffer(self, dtype: str, data: bytes) -> int:
+        key = (dtype, data)
+        if key not in self._buffer_index:
+            self.buffers.append(data)
+            self._buffer_index[key] = len(self.buffers) - 1
+        return self._buffer_index[key]
+
+    def add_const(self, array: np.ndarray, name: str, t: Optional[TensorType] = None, of_value: bool = False
+                  ) -> int:
+        array = np.ascontiguousarray(array)
+        t = t or TensorType(array.shape, array.dtype)
+        buffer = self._add_buffer(t.dtype, array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+        return self._add_tensor(name, t, buffer, of_value)
+
+    def int32_const(self, values: Sequence[int] | np.ndarray, name: str) -> int:
+        return self.add_const(np.asarray(values, dtype=np.int32), name)
+
+    def add_input(self, value: Value) -> int:
+        index = self._add_tensor(value.name, value.type, of_value=True)
+        self._value_tensor[id(value)] = index
+        return index
+
+    def tensor_of(self, value: Value) -> int:
+        """The tensor of an operand; constants are written on first use (unused constants are dropped)."""
+        index = self._value_tensor.get(id(value))
+        if index is not None:
+            return index
+        if not value.is_constant:
+            raise BackendError(f"%{value.name} is used before it is defined; the graph is not in topological "
+                               "order (run graph.verify() to see why)")
+        index = self.add_const(_const_data(value), value.name, value.type, of_value=True)
+        self._value_tensor[id(value)] = index
+        return index
+
+    def result_tensor(self, value: Value) -> int:
+        index = self._add_tensor(value.name, value.type, of_value=True)
+        self._value_tensor[id(value)] = index
+        return index
+
+    def scratch_tensor(self, like: Value, suffix: str) -> int:
+        """An intermediate the backend adds (e.g. before an unfusable activation), typed like `like`."""
+        return self._add_tensor(f"{like.name}/{suffix}", like.type)
+
+    # ----- operators ----------------------------------------------------------------------------
+    def emit(self, builtin: int, inputs: Sequence[int], outputs: Sequence[int], options_type: int = 0,
+             options: Optional[OptionsFn] = None, **version_options: Any) -> None:
+        sig = OpSig(builtin,
+                    tuple(self.tensors[i].sig() if i >= 0 else ABSENT for i in inputs),
+                    tuple(self.tensors[i].sig() for i in outputs),
+                    version_options)
+        version = op_version(sig)
+        if builtin not in self._opcode_index:
+            self._opcode_index[builtin] = len(self.opcodes)
+            self.opcodes.append([builtin, version])
+        entry = self.opcodes[self._opcode_index[builtin]]
+        entry[1] = max(entry[1], version)
+        self.operators.append(_Operator(self._opcode_index[builtin], list(inputs), list(outputs), options_type,
+                                        options))
+
+    def emit_with_activation(self, node: Node, emit_main: Callable[[int, int], None]) -> None:
+        """Write an op with a fused activation: fused when TFLite honours it, else as a separate op after it.
+
+        `emit_main(fused_code, output_tensor)` writes the op itself.
+        """
+        activation = node.attrs.get("activation", "none")
+        out = self.result_tensor(node.result)
+        if activation == "none" or (activation in _FUSED and node.op != "concat"):
+            emit_main(_FUSED[activation], out)
+            return
+        if activation == "tanh" and _is_quantized(node.result.type):
+            raise BackendError(f"{node.describe()}: a fused tanh on a quantized op cannot be written (the tensor "
+                               "before the tanh has no quantization params); keep tanh as its own op")
+        # For relu-like activations on a quantized result, the intermediate reuses the result's params: values
+        # outside the result's range would be clamped by the activation anyway.
+        pre = self.scratch_tensor(node.result, f"pre_{activation}")
+        emit_main(_FUSED["none"], pre)
+        self.emit(_ACTIVATION_OPS[activation], [pre], [out])
+
+
+def _const_data(value: Value) -> np.ndarray:
+    data = np.asarray(value.data)
+    t = value.type
+    if data.shape != t.shape:
+        raise BackendError(f"constant %{value.name}{_layer(value.producer)} holds shape {data.shape} but its type "
+                           f"is {t}")
+    if data.dtype != t.np_dtype:
+        converted = data.astype(t.np_dtype)
+        if not np.array_equal(converted.astype(data.dtype), data):
+            raise BackendError(f"constant %{value.name}{_layer(value.producer)} holds {data.dtype} data that does "
+                               f"not fit its type {t}; quantize the data before retyping the constant")
+        data = converted
+    return data
+
+
+def _layer(node: Optional[Node]) -> str:
+    return f" (Keras layer '{node.layer}')" if node is not None and node.layer else ""
+
+
+# ----------------------------------------------------------------------------------------------------
+# options builders
+# ----------------------------------------------------------------------------------------------------
+def _conv_options(attrs: dict, fused: int) -> OptionsFn:
+    def build(b: flatbuffers.Builder) -> int:
+        Conv2DOptions.Start(b)
+        Conv2DOptions.AddPadding(b, _PADDING[attrs["padding"]])
+        Conv2DOptions.AddStrideH(b, attrs["strides"][0])
+        Conv2DOptions.AddStrideW(b, attrs["strides"][1])
+        Conv2DOptions.AddDilationHFactor(b, attrs["dilation"][0])
+        Conv2DOptions.AddDilationWFactor(b, attrs["dilation"][1])
+        Conv2DOptions.AddFusedActivationFunction(b, fused)
+        return Conv2DOptions.End(b)
+
+    return build
+
+
+def _depthwise_options(attrs: dict, fused: int) -> OptionsFn:
+    def build(b: flatbuffers.Builder) -> int:
+        DepthwiseConv2DOptions.Start(b)
+        DepthwiseConv2DOptions.AddPadding(b, _PADDING[attrs["padding"]])
+        DepthwiseConv2DOptions.AddStrideH(b, attrs["strides"][0])
+        DepthwiseConv2DOptions.AddStrideW(b, attrs["strides"][1])
+        DepthwiseConv2DOptions.AddDilationHFactor(b, attrs["dilation"][0])
+        DepthwiseConv2DOptions.AddDilationWFactor(b, attrs["dilation"][1])
+        DepthwiseConv2DOptions.AddDepthMultiplier(b, attrs["depth_multiplier"])
+        DepthwiseConv2DOptions.AddFusedActivationFunction(b, fused)
+        return DepthwiseConv2DOptions.End(b)
+
+    return build
+
+
+def _fc_options(fused: int, keep_num_dims: bool) -> OptionsFn:
+    def build(b: flatbuffers.Builder) -> int:
+        FullyConnectedOptions.Start(b)
+        FullyConnectedOptions.AddFusedActivationFunction(b, fused)
+        FullyConnectedOptions.AddKeepNumDims(b, keep_num_dims)
+        return FullyConnectedOptions.End(b)
+
+    return build
+
+
+def _pool_options(attrs: dict, fused: int) -> OptionsFn:
+    def build(b: flatbuffers.Builder) -> int:
+        Pool2DOptions.Start(b)
+        Pool2DOptions.AddPadding(b, _PADDING[attrs["padding"]])
+        Pool2DOptions.AddStrideH(b, attrs["strides"][0])
+        Pool2DOptions.AddStrideW(b, attrs["strides"][1])
+        Pool2DOptions.AddFilterHeight(b, attrs["pool_size"][0])
+        Pool2DOptions.AddFilterWidth(b, attrs["pool_size"][1])
+        Pool2DOptions.AddFusedActivationFunction(b, fused)
+        return Pool2DOptions.End(b)
+
+    return build
+
+
+def _arith_options(op: str, fused: int) -> tuple[int, OptionsFn]:
+    """ADD/SUB/MUL options. pot_scale_int16=False: int16 tensors use general scales, not powers of two."""
+    module = {"add": AddOptions, "sub": SubOptions, "mul": MulOptions}[op]
+
+    def build(b: flatbuffers.Builder) -> int:
+        module.Start(b)
+        module.AddFusedActivationFunction(b, fused)
+        if op != "mul":
+            module.AddPotScaleInt16(b, False)
+        return module.End(b)
+
+    options_type = {"add": BO.AddOptions, "sub": BO.SubOptions, "mul": BO.MulOptions}[op]
+    return options_type, build
+
+
+def _empty_options(module: Any) -> OptionsFn:
+    def build(b: flatbuffers.Builder) -> int:
+        module.Start(b)
+        return module.End(b)
+
+    return build
+
+
+def _single_options(module: Any, adder: str, value: Any) -> OptionsFn:
+    def build(b: flatbuffers.Builder) -> int:
+        module.Start(b)
+        getattr(module, adder)(b, value)
+        return module.End(b)
+
+    return build
+
+
+# ----------------------------------------------------------------------------------------------------
+# one emitter per IR op
+# ----------------------------------------------------------------------------------------------------
+def _zero_bias(w: _ModelWriter, node: Node, channels: int) -> int:
+    """TFLite's conv kernels require a bias; synthesize zeros in the type the kernel expects."""
+    x, weights = node.operands[0].type, node.operands[1].type
+    name = f"{node.result.name}/zero_bias"
+    if not _is_quantized(x):
+        return w.add_const(np.zeros(channels, np.float32), name)
+    if not _is_quantized(weights):
+        raise BackendError(f"{node.describe()}: quantized input but float weights; quantize the weights too")
+    dtype = "i64" if x.dtype == "i16" else "i32"
+    scales = np.asarray(weights.quant.scale, np.float64) * x.quant.scale[0]
+    axis = 0 if len(scales) > 1 else None
+    quant = QParams(tuple(scales), (0,) * len(scales), axis)
+    t = TensorType((channels,), dtype, quant)
+    return w.add_const(np.zeros(channels, t.np_dtype), name, t)
+
+
+def _conv_inputs(w: _ModelWriter, node: Node, channels: int) -> list[int]:
+    inputs = [w.tensor_of(v) for v in node.operands]
+    if len(inputs) == 2:
+        inputs.append(_zero_bias(w, node, channels))
+    return inputs
+
+
+def _emit_conv2d(w: _ModelWriter, node: Node) -> None:
+    inputs = _conv_inputs(w, node, node.operands[1].type.shape[0])
+    w.emit_with_activation(node, lambda fused, out: w.emit(
+        B.CONV_2D, inputs, [out], BO.Conv2DOptions, _conv_options(node.attrs, fused)))
+
+
+def _emit_depthwise(w: _ModelWriter, node: Node) -> None:
+    inputs = _conv_inputs(w, node, node.operands[1].type.shape[3])
+    w.emit_with_activation(node, lambda fused, out: w.emit(
+        B.DEPTHWISE_CONV_2D, inputs, [out], BO.DepthwiseConv2DOptions, _depthwise_options(node.attrs, fused),
+        dilation=tuple(node.attrs["dilation"])))
+
+
+def _emit_fully_connected(w: _ModelWriter, node: Node) -> None:
+    inputs = [w.tensor_of(v) for v in node.operands]
+    if len(inputs) == 2:
+        inputs.append(-1)  # optional bias left out; TFLite's kernel accepts it from version 1
+    keep = node.operands[0].type.rank > 2
+    w.emit_with_activation(node, lambda fused, out: w.emit(
+        B.FULLY_CONNECTED, inputs, [out], BO.FullyConnectedOptions, _fc_options(fused, keep), keep_num_dims=keep))
+
+
+def _emit_arith(w: _ModelWriter, node: Node) -> None:
+    inputs = [w.tensor_of(v) for v in node.operands]
+    builtin = {"add": B.ADD, "sub": B.SUB, "mul": B.MUL}[node.op]
+
+    def main(fused: int, out: int) -> None:
+        options_type, build = _arith_options(node.op, fused)
+        w.emit(builtin, inputs, [out], options_type, build, pot_scale_int16=False)
+
+    w.emit_with_activation(node, main)
+
+
+def _emit_pool(w: _ModelWriter, node: Node) -> None:
+    inputs = [w.tensor_of(node.operands[0])]
+    builtin = B.MAX_POOL_2D if node.op == "max_pool2d" else B.AVERAGE_POOL_2D
+    w.emit_with_activation(node, lambda fused, out: w.emit(
+        builtin, inputs, [out], BO.Pool2DOptions, _pool_options(node.attrs, fused)))
+
+
+def _emit_concat(w: _ModelWriter, node: Node) -> None:
+    inputs = [w.tensor_of(v) for v in node.operands]
+    axis = node.attrs["axis"] % node.result.type.rank
+
+    def main(fused: int, out: int) -> None:
+        def build(b: flatbuffers.Builder) -> int:
+            ConcatenationOptions.Start(b)
+            ConcatenationOptions.AddAxis(b, axis)
+            ConcatenationOptions.AddFusedActivationFunction(b, fused)
+            return ConcatenationOptions.End(b)
+
+        w.emit(B.CONCATENATION, inputs, [out], BO.ConcatenationOptions, build)
+
+    w.emit_with_activation(node, main)
+
+
+def _simple(builtin: int, options_type: int = 0, options: Optional[Callable[[Node], OptionsFn]] = None
+            ) -> Callable[[_ModelWriter, Node], None]:
+    """An op whose operands map one to one onto the TFLite op's inputs."""
+
+    def emitter(w: _ModelWriter, node: Node) -> None:
+        inputs = [w.tensor_of(v) for v in node.operands]
+        out = w.result_tensor(node.result)
+        w.emit(builtin, inputs, [out], options_type, options(node) if options else None)
+
+    return emitter
+
+
+def _emit_reduce(w: _ModelWriter, node: Node) -> None:
+    axes = sorted(a % node.operands[0].type.rank for a in node.attrs["axes"])
+    inputs = [w.tensor_of(node.operands[0]), w.int32_const(axes, f"{node.result.name}/axes")]
+    out = w.result_tensor(node.result)
+    builtin = B.MEAN if node.op == "mean" else B.REDUCE_MAX
+    w.emit(builtin, inputs, [out], BO.ReducerOptions,
+           _single_options(ReducerOptions, "AddKeepDims", bool(node.attrs["keepdims"])))
+
+
+def _reshape_target(node: Node) -> list[int]:
+    if node.op == "reshape":
+        return [int(d) for d in node.attrs["shape"]]
+    rest = node.operands[0].type.shape[1:]
+    if any(d is None for d in rest):
+        raise BackendError(f"{node.describe()}: cannot flatten {node.operands[0].type}: only the batch may be "
+                           "unknown; give the model a fixed input size")
+    return [-1, int(np.prod(rest))]
+
+
+def _emit_reshape(w: _ModelWriter, node: Node) -> None:
+    # The batch stays -1 in the target so that resizing the input's batch reshapes correctly.
+    target = _reshape_target(node)
+    inputs = [w.tensor_of(node.operands[0]), w.int32_const(target, f"{node.result.name}/shape")]
+    out = w.result_tensor(node.result)
+
+    def build(b: flatbuffers.Builder) -> int:
+        new_shape = b.CreateNumpyVector(np.asarray(target, np.int32))
+        ReshapeOptions.Start(b)
+        ReshapeOptions.AddNewShape(b, new_shape)
+        return ReshapeOptions.End(b)
+
+    w.emit(B.RESHAPE, inputs, [out], BO.ReshapeOptions, build)
+
+
+def _emit_pad(w: _ModelWriter, node: Node) -> None:
+    paddings = np.asarray(node.attrs["paddings"], np.int32).reshape(-1, 2)
+    inputs = [w.tensor_of(node.operands[0]), w.int32_const(paddings, f"{node.result.name}/paddings")]
+    out = w.result_tensor(node.result)
+    w.emit(B.PAD, inputs, [out], BO.PadOptions, _empty_options(PadOptions))
+
+
+def _emit_slice(w: _ModelWriter, node: Node) -> None:
+    inputs = [w.tensor_of(node.operands[0]),
+              w.int32_const(node.attrs["begin"], f"{node.result.name}/begin"),
+              w.int32_const(node.attrs["size"], f"{node.result.name}/size")]
+    out = w.result_tensor(node.result)
+    w.emit(B.SLICE, inputs, [out], BO.SliceOptions, _empty_options(SliceOptions))
+
+
+def _emit_resize_nearest(w: _ModelWriter, node: Node) -> None:
+    inputs = [w.tensor_of(node.operands[0]), w.int32_const(node.attrs["size"], f"{node.result.name}/size")]
+    out = w.result_tensor(node.result)
+
+    def build(b: flatbuffers.Builder) -> int:
+        ResizeNearestNeighborOptions.Start(b)
+        ResizeNearestNeighborOptions.AddAlignCorners(b, False)
+        ResizeNearestNeighborOptions.AddHalfPixelCenters(b, False)
+        return ResizeNearestNeighborOptions.End(b)
+
+    w.emit(B.RESIZE_NEAREST_NEIGHBOR, inputs, [out], BO.ResizeNearestNeighborOptions, build)
+
+
+def _emit_quantize(w: _ModelWriter, node: Node) -> None:
+    result = node.result.type
+    if not _is_quantized(result):
+        raise BackendError(f"{node.describe()}: quantize must produce an integer type with quantization params, "
+                           f"got {result}")
+    _simple(B.QUANTIZE, BO.QuantizeOptions, lambda n: _empty_options(QuantizeOptions))(w, node)
+
+
+def _emit_dequantize(w: _ModelWriter, node: Node) -> None:
+    if node.result.type.dtype != "f32":
+        raise BackendError(f"{node.describe()}: TFLite's DEQUANTIZE only produces f32, not "
+                           f"{node.result.type.dtype}")
+    _simple(B.DEQUANTIZE, BO.DequantizeOptions, lambda n: _empty_options(DequantizeOptions))(w, node)
+
+
+def _emit_cast(w: _ModelWriter, node: Node) -> None:
+    source, target = _TFL_DTYPES[node.operands[0].type.dtype], _TFL_DTYPES[node.result.type.dtype]
+
+    def build(b: flatbuffers.Builder) -> int:
+        CastOptions.Start(b)
+        CastOptions.AddInDataType(b, source)
+        CastOptions.AddOutDataType(b, target)
+        return CastOptions.End(b)
+
+    inputs = [w.tensor_of(node.operands[0])]
+    w.emit(B.CAST, inputs, [w.result_tensor(node.result)], BO.CastOptions, build)
+
+
+def _emitters() -> dict[str, Callable[[_ModelWriter, Node], None]]:
+    return {
+        "conv2d": _emit_conv2d,
+        "depthwise_conv2d": _emit_depthwise,
+        "fully_connected": _emit_fully_connected,
+        "add": _emit_arith,
+        "sub": _emit_arith,
+        "mul": _emit_arith,
+        "maximum": _simple(B.MAXIMUM, BO.MaximumMinimumOptions, lambda n: _empty_options(MaximumMinimumOptions)),
+        "minimum": _simple(B.MINIMUM, BO.MaximumMinimumOptions, lambda n: _empty_options(MaximumMinimumOptions)),
+        "greater": _simple(B.GREATER, BO.GreaterOptions, lambda n: _empty_options(GreaterOptions)),
+        "select": _simple(B.SELECT_V2, BO.SelectV2Options, lambda n: _empty_options(SelectV2Options)),
+        "relu": _simple(B.RELU),
+        "relu6": _simple(B.RELU6),
+        "relu_n1_to_1": _simple(B.RELU_N1_TO_1),
+        "leaky_relu": _simple(B.LEAKY_RELU, BO.LeakyReluOptions,
+                              lambda n: _single_options(LeakyReluOptions, "AddAlpha", float(n.attrs["alpha"]))),
+        "sigmoid": _simple(B.LOGISTIC),
+        "tanh": _simple(B.TANH),
+        "softmax": _simple(B.SOFTMAX, BO.SoftmaxOptions,
+                           lambda n: _single_options(SoftmaxOptions, "AddBeta", float(n.attrs["beta"]))),
+        "elu": _simple(B.ELU),
+        "hard_swish": _simple(B.HARD_SWISH, BO.HardSwishOptions, lambda n: _empty_options(HardSwishOptions)),
+        "gelu": _simple(B.GELU, BO.GeluOptions,
+                        lambda n: _single_options(GeluOptions, "AddApproximate", bool(n.attrs["approximate"]))),
+        "max_pool2d": _emit_pool,
+        "avg_pool2d": _emit_pool,
+        "mean": _emit_reduce,
+        "reduce_max": _emit_reduce,
+        "flatten": _emit_reshape,
+        "reshape": _emit_reshape,
+        "concat": _emit_concat,
+        "pad": _emit_pad,
+        "slice": _emit_slice,
+        "resize_nearest": _emit_resize_nearest,
+        "quantize": _emit_quantize,
+        "dequantize": _emit_dequantize,
+        "cast": _emit_cast,
+    }
+
+
+EMITTERS = _emitters()
+SUPPORTED_OPS = frozenset(EMITTERS)
+
+
+def _emit_node(w: _ModelWriter, node: Node) -> None:
+    emitter = EMITTERS.get(node.op)
+    if emitter is None:
+        raise BackendError(f"{node.describe()}: op '{node.op}' has no TFLite equivalent in this backend; "
+                           f"{_PIPELINE_HINT}. Ops the backend writes: {', '.join(sorted(SUPPORTED_OPS))}")
+    if len(node.results) != 1:
+        raise BackendError(f"{node.describe()}: expected one result, got {len(node.results)}")
+    emitter(w, node)
+
+
+# ----------------------------------------------------------------------------------------------------
+# serialization
+# ----------------------------------------------------------------------------------------------------
+def _offset_vector(b: flatbuffers.Builder, offsets: Sequence[int]) -> int:
+    b.StartVector(4, len(offsets), 4)
+    for offset in reversed(offsets):
+        b.PrependUOffsetTRelative(offset)
+    return b.EndVector()
+
+
+def _int32_vector(b: flatbuffers.Builder, values: Sequence[int]) -> int:
+    return b.CreateNumpyVector(np.asarray(values, dtype="<i4"))
+
+
+def _aligned_bytes(b: flatbuffers.Builder, data: bytes) -> int:
+    b.StartVector(1, len(data), BUFFER_ALIGNMENT)
+    b.head -= len(data)
+    b.Bytes[b.head:b.head + len(data)] = data
+    return b.EndVector()
+
+
+def _write_buffer(b: flatbuffers.Builder, data: bytes) -> int:
+    data_offset = _aligned_bytes(b, data) if data else None
+    Buffer.Start(b)
+    if data_offset is not None:
+        Buffer.AddData(b, data_offset)
+    return Buffer.End(b)
+
+
+def _write_quant(b: flatbuffers.Builder, q: QParams) -> int:
+    scale = b.CreateNumpyVector(np.asarray(q.scale, dtype="<f4"))
+    zero_point = b.CreateNumpyVector(np.asarray(q.zero_point, dtype="<i8"))
+    QuantizationParameters.Start(b)
+    QuantizationParameters.AddScale(b, scale)
+    QuantizationParameters.AddZeroPoint(b, zero_point)
+    QuantizationParameters.AddQuantizedDimension(b, q.axis or 0)
+    return QuantizationParameters.End(b)
+
+
+def _write_tensor(b: flatbuffers.Builder, t: _Tensor) -> int:
+    name = b.CreateString(t.name)
+    shape = _int32_vector(b, t.shape)
+    signature = _int32_vector(b, t.signature) if t.signature is not None else None
+    quant = _write_quant(b, t.quant) if t.quant is not None else None
+    Tensor.Start(b)
+    Tensor.AddShape(b, shape)
+    Tensor.AddType(b, _TFL_DTYPES[t.dtype])
+    Tensor.AddBuffer(b, t.buffer)
+    Tensor.AddName(b, name)
+    if quant is not None:
+        Tensor.AddQuantization(b, quant)
+    if signature is not None:
+        Tensor.AddShapeSignature(b, signature)
+    Tensor.AddHasRank(b, True)
+    return Tensor.End(b)
+
+
+def _write_operator(b: flatbuffers.Builder, op: _Operator) -> int:
+    inputs = _int32_vector(b, op.inputs)
+    outputs = _int32_vector(b, op.outputs)
+    options = op.options(b) if op.options is not None else None
+    Operator.Start(b)
+    Operator.AddOpcodeIndex(b, op.opcode)
+    Operator.AddInputs(b, inputs)
+    Operator.AddOutputs(b, outputs)
+    if options is not None:
+        Operator.AddBuiltinOptionsType(b, op.options_type)
+        Operator.AddBuiltinOptions(b, options)
+    return Operator.End(b)
+
+
+def _write_opcode(b: flatbuffers.Builder, code: int, version: int) -> int:
+    OperatorCode.Start(b)
+    OperatorCode.AddDeprecatedBuiltinCode(b, deprecated_builtin_code(code))
+    OperatorCode.AddBuiltinCode(b, code)
+    OperatorCode.AddVersion(b, version)
+    return OperatorCode.End(b)
+
+
+def _write_tensor_maps(b: flatbuffers.Builder, entries: Sequence[tuple[str, int]]) -> int:
+    maps = []
+    for name, index in entries:
+        name_offset = b.CreateString(name)
+        TensorMap.Start(b)
+        TensorMap.AddName(b, name_offset)
+        TensorMap.AddTensorIndex(b, index)
+        maps.append(TensorMap.End(b))
+    return _offset_vector(b, maps)
+
+
+def _signature_names(values: Sequence[Value], taken: set[str]) -> list[str]:
+    """Signature keys: value names, made unique when a value is listed twice."""
+    names = []
+    for value in values:
+        name, n = value.name, 1
+        while name in taken:
+            name = f"{value.name}_{n}"
+            n += 1
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def _serialize(w: _ModelWriter, graph: Graph, inputs: list[int], outputs: list[int], description: str) -> bytes:
+    b = flatbuffers.Builder(1024 + sum(len(d) for d in w.buffers))
+    buffers = _offset_vector(b, [_write_buffer(b, data) for data in w.buffers])
+    tensors = _offset_vector(b, [_write_tensor(b, t) for t in w.tensors])
+    operators = _offset_vector(b, [_write_operator(b, op) for op in w.operators])
+    subgraph_name = b.CreateString(graph.name)
+    in_vec, out_vec = _int32_vector(b, inputs), _int32_vector(b, outputs)
+    SubGraph.Start(b)
+    SubGraph.AddTensors(b, tensors)
+    SubGraph.AddInputs(b, in_vec)
+    SubGraph.AddOutputs(b, out_vec)
+    SubGraph.AddOperators(b, operators)
+    SubGraph.AddName(b, subgraph_name)
+    subgraphs = _offset_vector(b, [SubGraph.End(b)])
+    opcodes = _offset_vector(b, [_write_opcode(b, code, version) for code, version in w.opcodes])
+
+    sig_inputs = _write_tensor_maps(b, list(zip(_signature_names(graph.inputs, set()), inputs)))
+    sig_outputs = _write_tensor_maps(b, list(zip(_signature_names(graph.outputs, set()), outputs)))
+    key = b.CreateString(SIGNATURE_KEY)
+    SignatureDef.Start(b)
+    SignatureDef.AddInputs(b, sig_inputs)
+    SignatureDef.AddOutputs(b, sig_outputs)
+    SignatureDef.AddSignatureKey(b, key)
+    SignatureDef.AddSubgraphIndex(b, 0)
+    signatures = _offset_vector(b, [SignatureDef.End(b)])
+
+    desc = b.CreateString(description)
+    Model.Start(b)
+    Model.AddVersion(b, SCHEMA_VERSION)
+    Model.AddOperatorCodes(b, opcodes)
+    Model.AddSubgraphs(b, subgraphs)
+    Model.AddDescription(b, desc)
+    Model.AddBuffers(b, buffers)
+    Model.AddSignatureDefs(b, signatures)
+    b.Finish(Model.End(b), file_identifier=FILE_IDENTIFIER)
+    return bytes(b.Output())
+
+
+# ----------------------------------------------------------------------------------------------------
+# public API
+# ----------------------------------------------------------------------------------------------------
+def write_tflite(graph: Graph, description: str = "qcompiler") -> bytes:
+    """Serialize `graph` to TFLite flatbuffer bytes. Raises BackendError for anything TFLite cannot express."""
+    if not graph.outputs:
+        raise BackendError(f"graph @{graph.name} has no outputs; nothing to write")
+    w = _ModelWriter(v.name for v in graph.values())
+    inputs = [w.add_input(v) for v in graph.inputs]
+    for node in graph.nodes:
+        if node.op != "const":
+            _emit_node(w, node)
+    outputs = [w.tensor_of(v) for v in graph.outputs]
+    return _serialize(w, graph, inputs, outputs, description)
+
+
+def write_tflite_file(graph: Graph, path: str | os.PathLike, description: str = "qcompiler") -> Path:
+    """Write the model to `path` atomically: a temp file in the same directory, then os.replace.
+
+    On any error nothing is left behind and an existing file at `path` is untouched.
+    """
+    path = Path(path)
+    data = write_tflite(graph, description)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise BackendError(f"cannot write {path}: {directory} is not an existing directory")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as err:
+        raise BackendError(f"cannot write {path}: directory {directory} is not writable ({err.strerror})") from err
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException as err:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(err, OSError):
+            raise BackendError(f"cannot write {path}: {err.strerror or err}") from err
+        raise
+    return path
