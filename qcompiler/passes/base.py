@@ -1,0 +1,72 @@
+"""What a pass is: a small frozen dataclass whose fields are its options, with a `name` and a `run`.
+
+    @dataclass(frozen=True)
+    class InsertFakeQuant(Pass):
+        name: ClassVar[str] = "insert-fake-quant"
+        bits: int = 8
+        per_channel: bool = True
+
+        def run(self, graph: Graph) -> PassResult:
+            ...
+            return PassResult(modified=True, counters={"inserted": 12})
+
+To add a pass: write it in its own file named after it, then add one line to `registry.PASSES`.
+`insert-fake-quant{bits=4,per_channel=false}` in a pipeline builds `InsertFakeQuant(bits=4, per_channel=False)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+from qcompiler.ir.graph import Graph
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """What a pass did. `counters` are pass-specific tallies; `notes` say why rewrites did not apply."""
+
+    modified: bool
+    counters: Mapping[str, int] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @staticmethod
+    def unchanged() -> "PassResult":
+        return PassResult(False)
+
+
+@dataclass(frozen=True)
+class Pass(ABC):
+    """Base of every pass. Subclasses are frozen dataclasses; their fields are the pass options."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+
+    @abstractmethod
+    def run(self, graph: Graph) -> PassResult:
+        """Transform `graph` in place and report whether anything changed."""
+
+    def __str__(self) -> str:
+        """The pipeline text that builds this pass (options that differ from their defaults only)."""
+        changed = [f"{f.name}={format_option(getattr(self, f.name))}" for f in dataclasses.fields(self)
+                   if not _is_default(f, getattr(self, f.name))]
+        return f"{self.name}{{{','.join(changed)}}}" if changed else self.name
+
+
+def _is_default(f: dataclasses.Field, value: Any) -> bool:
+    if f.default is not dataclasses.MISSING:
+        return value == f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return value == f.default_factory()  # type: ignore[misc]
+    return False
+
+
+def format_option(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple, frozenset, set)):
+        return "[" + ",".join(format_option(v) for v in value) + "]"
+    return str(value)

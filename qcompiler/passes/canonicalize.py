@@ -1,0 +1,124 @@
+"""canonicalize: one spelling per computation, so later passes and the backend see fewer forms.
+
+- flatten(x)                      -> reshape(x) {shape=[-1, prod(x.shape[1:])]}
+- identity(x)                     -> x
+- reshape(x) to x's own shape     -> x
+- reshape(reshape(x))             -> reshape(x)
+- maximum(x, 0)                   -> relu(x)
+- minimum(relu(x), 6)             -> relu6(x)
+- clamp(x, -1, 1) (min of max)    -> relu_n1_to_1(x)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Optional, Sequence
+
+import numpy as np
+
+from qcompiler.ir.graph import Node, Value
+from qcompiler.passes.rewriter import Const, Match, Pat, Rewriter, RewritePass, Rule, constant_scalar
+
+
+def _drop_identity_check(m: Match) -> Optional[str]:
+    return _output_alias_reason(m.root, m["x"])
+
+
+def _output_alias_reason(node: Node, source: Value) -> Optional[str]:
+    graph = node.graph
+    if graph.is_output(node.result) and (source.producer is None or graph.is_output(source)):
+        return "it keeps a graph output distinct from a graph input or another output"
+    return None
+
+
+def _forward_operand(m: Match, rw: Rewriter) -> None:
+    rw.replace_value(m.root, m["x"])
+
+
+# ----- flatten -----
+def _flatten_check(m: Match) -> Optional[str]:
+    inner = m["x"].type.shape[1:]
+    if any(d is None for d in inner):
+        return f"non-batch dimensions of {m['x'].type} are not all known"
+    return None
+
+
+def _flatten_to_reshape(m: Match, rw: Rewriter) -> None:
+    x = m["x"]
+    size = int(np.prod(x.type.shape[1:]))
+    rw.replace_value(m.root, rw.op("reshape", x, shape=[-1, size], layer=m.root.layer))
+
+
+# ----- reshapes -----
+def _is_noop_reshape(node: Node) -> bool:
+    """Same static shape, or the same shape with only the batch unknown and passed through by a leading -1."""
+    have, want = node.operands[0].type.shape, node.result.type.shape
+    if have != want:
+        return False
+    unknown = [i for i, d in enumerate(have) if d is None]
+    return not unknown or (unknown == [0] and node.attrs["shape"][0] == -1)
+
+
+def _collapse_check(m: Match) -> Optional[str]:
+    outer, inner = m.root.attrs["shape"], m["inner"].attrs["shape"]
+    # a leading -1 means "the batch of my input"; it must be the batch of x as well
+    if outer and outer[0] == -1 and -1 not in outer[1:]:
+        x_batch, mid_batch = m["x"].type.shape[0], m["inner"].result.type.shape[0]
+        batch_follows = inner and inner[0] == -1 and -1 not in inner[1:]
+        if not batch_follows and (x_batch is None or x_batch != mid_batch):
+            return f"the outer reshape keeps the batch of the inner one ({inner}), not of the input"
+    return None
+
+
+def _collapse_reshapes(m: Match, rw: Rewriter) -> None:
+    rw.set_operand(m.root, 0, m["x"])
+
+
+# ----- clamps spelled with maximum / minimum -----
+def _scalar_is(target: float):
+    return lambda v: constant_scalar(v) == target
+
+
+def _keeps_shape(node: Node) -> bool:
+    """The constant operand does not broadcast the result beyond the other operand's shape."""
+    return all(v.is_constant or v.type.shape == node.result.type.shape for v in node.operands)
+
+
+def _to_activation(op: str):
+    def rewrite(m: Match, rw: Rewriter) -> None:
+        rw.replace_value(m.root, rw.op(op, m["x"], layer=m.root.layer))
+
+    return rewrite
+
+
+def _clamp(outer: str, inner: str, outer_bound: float, inner_bound: float) -> Pat:
+    return Pat(outer, Pat(inner, "x", Const(where=_scalar_is(inner_bound)), one_use=True, commutative=True,
+                          where=_keeps_shape),
+               Const(where=_scalar_is(outer_bound)), commutative=True, where=_keeps_shape)
+
+
+RULES: list[Rule] = [
+    Rule("flatten-to-reshape", Pat("flatten", "x"), _flatten_to_reshape, _flatten_check),
+    Rule("remove-identity", Pat("identity", "x"), _forward_operand, _drop_identity_check),
+    Rule("remove-noop-reshape", Pat("reshape", "x", where=_is_noop_reshape), _forward_operand,
+         _drop_identity_check),
+    Rule("collapse-reshapes", Pat("reshape", Pat("reshape", "x", capture="inner")), _collapse_reshapes,
+         _collapse_check),
+    # clamps first: maximum(minimum(x, 6), 0) must not become relu(minimum(x, 6))
+    Rule("clamp-to-relu6", _clamp("maximum", "minimum", 0.0, 6.0), _to_activation("relu6")),
+    Rule("clamp-to-relu-n1-to-1", _clamp("minimum", "maximum", 1.0, -1.0), _to_activation("relu_n1_to_1")),
+    Rule("clamp-to-relu-n1-to-1-swapped", _clamp("maximum", "minimum", -1.0, 1.0),
+         _to_activation("relu_n1_to_1")),
+    Rule("maximum-zero-to-relu", Pat("maximum", "x", Const(where=_scalar_is(0.0)), commutative=True,
+                                     where=_keeps_shape), _to_activation("relu")),
+    Rule("min-relu-6-to-relu6", Pat("minimum", Pat("relu", "x", one_use=True), Const(where=_scalar_is(6.0)),
+                                    commutative=True, where=_keeps_shape), _to_activation("relu6")),
+]
+
+
+@dataclass(frozen=True)
+class Canonicalize(RewritePass):
+    name: ClassVar[str] = "canonicalize"
+    summary: ClassVar[str] = "flatten->reshape, drop identities and no-op reshapes, min/max clamps->relu ops"
+
+    def rules(self) -> Sequence[Rule]:
+        return RULES

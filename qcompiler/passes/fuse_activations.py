@@ -1,0 +1,56 @@
+"""fuse-activations: relu / relu6 / relu_n1_to_1 (/ tanh) nodes become the `activation` attribute of their producer.
+
+    %c = conv2d(%x, %w, %b) : ...          %c = conv2d(%x, %w, %b) {activation="relu"} : ...
+    %r = relu(%c) : ...             ->
+
+Producers: every op whose op-table entry has an `activation` attribute (conv2d, depthwise_conv2d,
+fully_connected, add, sub, mul, max_pool2d, avg_pool2d, concat). The producer's result must have exactly one
+use, must not be a graph output, and must have no activation yet.
+
+Two fusions the IR can express are off by default because TFLite does not run them:
+- tanh: kernels compute the clamp range of a fused activation for relu, relu6 and relu_n1_to_1 only, and run a
+  fused tanh as no activation at all, so the results change silently;
+- into concat: CONCATENATION's Prepare requires activation NONE, so the model fails to load.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Optional, Sequence
+
+from qcompiler.ir.ops import OPS
+from qcompiler.passes.rewriter import Match, Pat, Rewriter, RewritePass, Rule
+
+CLAMP_ACTIVATIONS = ("relu", "relu6", "relu_n1_to_1")
+FUSING_OPS = tuple(sorted(name for name, d in OPS.items() if d.fusable_activation))
+
+
+def _check(m: Match) -> Optional[str]:
+    producer = m["producer"]
+    result = producer.result
+    if len(result.uses) != 1:
+        return f"{producer.op} result %{result.name} has {len(result.uses)} uses"
+    if producer.graph.is_output(result):
+        return f"{producer.op} result %{result.name} is also a graph output"
+    if producer.attrs["activation"] != "none":
+        return f"{producer.op} already has activation '{producer.attrs['activation']}'"
+    return None
+
+
+def _fuse(m: Match, rw: Rewriter) -> None:
+    producer = m["producer"]
+    rw.set_attr(producer, "activation", m.root.op)
+    rw.replace_value(m.root, producer.result)
+
+
+@dataclass(frozen=True)
+class FuseActivations(RewritePass):
+    name: ClassVar[str] = "fuse-activations"
+    summary: ClassVar[str] = "fold relu/relu6/relu_n1_to_1 nodes into the fused activation of their producer"
+
+    tanh: bool = False  # see the module docstring before turning these on
+    concat: bool = False
+
+    def rules(self) -> Sequence[Rule]:
+        activations = CLAMP_ACTIVATIONS + (("tanh",) if self.tanh else ())
+        producers = [op for op in FUSING_OPS if op != "concat" or self.concat]
+        return [Rule("fuse-activation", Pat(activations, Pat(producers, capture="producer")), _fuse, _check)]
