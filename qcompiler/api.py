@@ -36,7 +36,7 @@ def compile(model_or_path: Union[ModelLike, Graph], mode: str = "float32", **opt
     if mode not in MODES:
         raise QCompilerError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
     from qcompiler.backend.tflite_writer import write_tflite
-    from qcompiler.passes.manager import DEFAULT_FLOAT_PIPELINE
+    from qcompiler.passes.registry import DEFAULT_FLOAT_PIPELINE
 
     graph = model_or_path.clone() if isinstance(model_or_path, Graph) else import_keras(model_or_path)
     run_passes(graph, DEFAULT_FLOAT_PIPELINE)

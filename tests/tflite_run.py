@@ -1,0 +1,20 @@
+"""Test helper: run .tflite bytes in ai-edge-litert's reference kernels on a batch."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+
+def run_tflite(model: bytes, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Feed raw arrays (already in the model's input dtypes) and return raw outputs, batch resized."""
+    interp = Interpreter(model_content=model, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    details = interp.get_input_details()
+    for detail, array in zip(details, inputs):
+        interp.resize_tensor_input(detail["index"], list(array.shape))
+    interp.allocate_tensors()
+    for detail, array in zip(details, inputs):
+        interp.set_tensor(detail["index"], np.asarray(array, detail["dtype"]))
+    interp.invoke()
+    return [interp.get_tensor(d["index"]).copy() for d in interp.get_output_details()]
