@@ -1,15 +1,17 @@
-"""The public Python API: import, run passes, compile. Everything here composes the lower layers."""
+"""The public Python API: import, run passes, quantize, compile. Everything here composes the lower layers."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, TextIO, Union
 
 from qcompiler.errors import QCompilerError
 from qcompiler.ir.graph import Graph
 from qcompiler.ir.parser import parse
 
 ModelLike = Union[str, Path, Any]  # a keras.Model or a path to .keras / .h5
-MODES = ("float32",)
+MODES = ("float32", "int8", "uint8", "int16x8")
+CALIBRATED_MODES = ("int8", "uint8", "int16x8")
+_IO_CHOICES = {"int8": ("int8", "float"), "uint8": ("uint8",), "int16x8": ("int16", "float")}
 
 
 def import_keras(model_or_path: ModelLike) -> Graph:
@@ -31,13 +33,82 @@ def run_passes(graph: Graph, pipeline: Union[str, list], **options: Any) -> Grap
     return _run(graph, pipeline, **options)
 
 
-def compile(model_or_path: Union[ModelLike, Graph], mode: str = "float32", **options: Any) -> bytes:
-    """Compile a Keras model (or an IR graph) to TFLite flatbuffer bytes."""
-    if mode not in MODES:
-        raise QCompilerError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
-    from qcompiler.backend.tflite_writer import write_tflite
+def float_graph(model_or_graph: Union[ModelLike, Graph]) -> Graph:
+    """Import (or copy) and run the default float pipeline: what every mode starts from."""
     from qcompiler.passes.registry import DEFAULT_FLOAT_PIPELINE
 
-    graph = model_or_path.clone() if isinstance(model_or_path, Graph) else import_keras(model_or_path)
-    run_passes(graph, DEFAULT_FLOAT_PIPELINE)
-    return write_tflite(graph)
+    graph = model_or_graph.clone() if isinstance(model_or_graph, Graph) else import_keras(model_or_graph)
+    return run_passes(graph, DEFAULT_FLOAT_PIPELINE)
+
+
+def quantize(model_or_graph: Union[ModelLike, Graph], mode: str = "int8", calibration_data: Any = None, *,
+             io: Optional[str] = None, observer: str = "minmax", observer_options: Optional[Mapping] = None,
+             per_channel: bool = True, default_ranges: Optional[Sequence[float]] = None,
+             input_stats: Optional[Sequence[float]] = None, batch_size: int = 32,
+             calibration_stats: Optional[Mapping] = None, calibrate_with: str = "tflite",
+             progress: Optional[TextIO] = None) -> Graph:
+    """The integer IR graph of a model: float pipeline, insert-fake-quant, calibrate, lower-to-int.
+
+    `calibration_stats` (from an earlier `calibration_statistics` call) replaces `calibration_data`, so another
+    observer can be tried without running the data again.
+    """
+    from qcompiler.passes.calibrate import apply_ranges
+    from qcompiler.passes.insert_fake_quant import InsertFakeQuant
+    from qcompiler.passes.lower_to_int import LowerToInt
+
+    if mode not in CALIBRATED_MODES:
+        raise QCompilerError(f"quantize() takes a calibrated mode {CALIBRATED_MODES}, not '{mode}'")
+    io = io or _IO_CHOICES[mode][0]
+    if io not in _IO_CHOICES[mode]:
+        raise QCompilerError(f"--io {io} is not available in mode {mode}; choose {' or '.join(_IO_CHOICES[mode])}")
+    graph = float_graph(model_or_graph)
+    activations = "i16" if mode == "int16x8" else "i8"
+    run_passes(graph, [InsertFakeQuant(activations=activations, per_channel=per_channel)])
+    if calibration_stats is None and calibration_data is not None:
+        calibration_stats = calibration_statistics(graph, calibration_data, batch_size=batch_size,
+                                                   calibrate_with=calibrate_with, progress=progress)
+    if calibration_stats is not None:
+        apply_ranges(graph, calibration_stats, observer, **dict(observer_options or {}))
+    elif default_ranges is None:
+        raise QCompilerError(f"mode {mode} needs calibration data (--calibration DATA.npy or calibration_data=...) "
+                             "or --default-ranges MIN,MAX")
+    lower = LowerToInt(io=io, default_ranges=_pair(default_ranges, "default ranges"),
+                       input_stats=_pair(input_stats, "input stats"))
+    return run_passes(graph, [lower])
+
+
+def calibration_statistics(graph: Graph, calibration_data: Any, batch_size: int = 32,
+                           calibrate_with: str = "tflite", progress: Optional[TextIO] = None):
+    """Run the data once through a graph that has fake_quant nodes; returns per-tensor statistics."""
+    from qcompiler.passes.calibrate import collect_statistics, numpy_executor
+
+    if calibrate_with == "tflite":
+        from qcompiler.backend.tflite_executor import tflite_executor as executor
+    elif calibrate_with == "numpy":
+        executor = numpy_executor
+    else:
+        raise QCompilerError(f"calibrate_with must be 'tflite' or 'numpy', not '{calibrate_with}'")
+    return collect_statistics(graph, calibration_data, batch_size=batch_size, executor=executor, progress=progress)
+
+
+def compile(model_or_path: Union[ModelLike, Graph], mode: str = "float32", calibration_data: Any = None,
+            **options: Any) -> bytes:
+    """Compile a Keras model (or an IR graph) to TFLite flatbuffer bytes. See `quantize` for the options."""
+    from qcompiler.backend.tflite_writer import write_tflite
+
+    if mode not in MODES:
+        raise QCompilerError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
+    if mode == "float32":
+        if calibration_data is not None or options:
+            raise QCompilerError(f"mode float32 takes no quantization options (got {sorted(options) or 'data'})")
+        return write_tflite(float_graph(model_or_path))
+    return write_tflite(quantize(model_or_path, mode, calibration_data, **options))
+
+
+def _pair(values: Optional[Sequence[float]], what: str) -> Optional[tuple[float, float]]:
+    if values is None:
+        return None
+    values = tuple(float(v) for v in values)
+    if len(values) != 2:
+        raise QCompilerError(f"{what} need exactly two numbers, got {list(values)}")
+    return values  # type: ignore[return-value]

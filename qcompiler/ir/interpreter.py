@@ -19,11 +19,12 @@ Inputs = Union[np.ndarray, Sequence[np.ndarray], Mapping[str, np.ndarray]]
 Observer = Callable[[Value, np.ndarray], None]
 
 
-def run(graph: Graph, inputs: Inputs, observe: Optional[Observer] = None,
-        keep: bool = False) -> Union[list[np.ndarray], dict[str, np.ndarray]]:
+def run(graph: Graph, inputs: Inputs, observe: Optional[Observer] = None, keep: bool = False,
+        fake_quant: bool = True) -> Union[list[np.ndarray], dict[str, np.ndarray]]:
     """Run the graph; returns the outputs in order (or every value by name when `keep`).
 
     `observe(value, array)` is called for every value computed (used by calibration).
+    `fake_quant=False` runs fake_quant nodes as the identity: the float model they were inserted into.
     """
     env: dict[int, np.ndarray] = {}
     for value, array in zip(graph.inputs, _bind_inputs(graph, inputs)):
@@ -38,7 +39,7 @@ def run(graph: Graph, inputs: Inputs, observe: Optional[Observer] = None,
             args = [env[id(v)] for v in node.operands]
         except KeyError as err:
             raise IRError(f"{node.describe()}: operand not computed yet (graph not in topological order)") from err
-        results = _run_node(node, args)
+        results = args[:1] if node.op == "fake_quant" and not fake_quant else _run_node(node, args)
         for value, array in zip(node.results, results):
             env[id(value)] = array
             if observe:

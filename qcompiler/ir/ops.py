@@ -316,13 +316,16 @@ def _infer_resize(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
 
 
 def _infer_fake_quant(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
-    mins, maxs = np.atleast_1d(attrs["min"]), np.atleast_1d(attrs["max"])
-    if mins.shape != maxs.shape or np.any(mins > maxs):
+    if attrs["dtype"] not in ("i8", "u8", "i16"):
+        raise IRError(f"fake_quant dtype must be i8, u8 or i16, got '{attrs['dtype']}'")
+    if (attrs["min"] is None) != (attrs["max"] is None):
+        raise IRError("fake_quant needs both min and max, or neither (not calibrated yet)")
+    if attrs["min"] is not None and not attrs["min"] <= attrs["max"]:
         raise IRError(f"fake_quant needs min <= max, got min={attrs['min']} max={attrs['max']}")
-    if attrs.get("axis") is not None:
-        axis = attrs["axis"]
-        if types[0].shape[axis] is not None and len(mins) != types[0].shape[axis]:
-            raise IRError(f"per-channel fake_quant has {len(mins)} ranges for {types[0].shape[axis]} channels")
+    if attrs["axis"] is not None and not attrs["weights"]:
+        raise IRError("only weights (weights=true) are quantized per channel")
+    if attrs["axis"] is not None and not -types[0].rank <= attrs["axis"] < types[0].rank:
+        raise IRError(f"fake_quant axis {attrs['axis']} is outside a rank-{types[0].rank} tensor")
     return [TensorType(types[0].shape, types[0].dtype)]
 
 
@@ -445,11 +448,17 @@ def _compute_resize_nearest(xs: Sequence[np.ndarray], attrs: dict) -> list[np.nd
 
 
 def fake_quant_array(x: np.ndarray, attrs: dict) -> np.ndarray:
-    """tf.quantization.fake_quant_with_min_max_vars semantics (range nudged so zero is exact)."""
-    from qcompiler.quant.math import fake_quant  # quant math is pure numpy and lives with the quantizer
+    """Quantize then dequantize exactly as the integer model will: weights symmetric from their own values
+    (per channel along `axis`), activations from the calibrated [min, max]; uncalibrated is the identity."""
+    from qcompiler.quant import math as qmath  # pure numpy; imports nothing above the IR
 
-    return fake_quant(x, attrs["min"], attrs["max"], bits=attrs["bits"], narrow_range=attrs["narrow_range"],
-                      axis=attrs.get("axis"))
+    if attrs["weights"]:
+        params = qmath.weight_qparams(x, attrs["axis"])
+        return qmath.dequantize(qmath.quantize_weights(x, params), params)
+    if attrs["min"] is None:
+        return x
+    params = qmath.activation_qparams(attrs["min"], attrs["max"], attrs["dtype"])
+    return qmath.dequantize(qmath.quantize(x, params, attrs["dtype"]), params)
 
 
 def _compute_quantize(xs: Sequence[np.ndarray], attrs: dict, result: TensorType) -> np.ndarray:
@@ -544,9 +553,10 @@ OPS: dict[str, OpDef] = {
         _def("resize_nearest", 1, 1, {"size": REQUIRED}, _infer_resize, _compute_resize_nearest,
              "nearest neighbour, align_corners=False, half_pixel_centers=False"),
         _def("identity", 1, 1, {}, _same, lambda xs, a: [xs[0]], "inference-time no-op (dropout, noise)"),
-        _def("fake_quant", 1, 1, {"min": REQUIRED, "max": REQUIRED, "bits": 8, "narrow_range": False, "axis": None},
+        _def("fake_quant", 1, 1, {"dtype": "i8", "min": None, "max": None, "weights": False, "axis": None},
              _infer_fake_quant, lambda xs, a: [fake_quant_array(xs[0], a)],
-             "quantize-dequantize; min/max lists with `axis` for per-channel"),
+             "quantize-dequantize; weights=true: symmetric from the values (per channel along axis); "
+             "otherwise from [min, max], none until calibrated"),
         _def("quantize", 1, 1, {}, _infer_quantize, lambda xs, a: [xs[0]],
              "float → integer (or integer → integer requantize); params in the result type"),
         _def("dequantize", 1, 1, {"dtype": "f32"}, _infer_dequantize, lambda xs, a: [xs[0]], "integer → float"),

@@ -17,19 +17,25 @@ from typing import Any, Literal, Mapping, Sequence, Union
 
 from qcompiler.errors import QCompilerError
 from qcompiler.passes.base import Pass, format_option
+from qcompiler.passes.calibrate import Calibrate
 from qcompiler.passes.canonicalize import Canonicalize
 from qcompiler.passes.dce import DeadCodeElimination
 from qcompiler.passes.fold_batchnorm import FoldBatchNorm
 from qcompiler.passes.fold_constants import FoldConstants
 from qcompiler.passes.fuse_activations import FuseActivations
+from qcompiler.passes.insert_fake_quant import InsertFakeQuant
+from qcompiler.passes.lower_to_int import LowerToInt
 
 # One line per pass. Keep alphabetical.
 PASSES: dict[str, type[Pass]] = {
+    "calibrate": Calibrate,
     "canonicalize": Canonicalize,
     "dce": DeadCodeElimination,
     "fold-batchnorm": FoldBatchNorm,
     "fold-constants": FoldConstants,
     "fuse-activations": FuseActivations,
+    "insert-fake-quant": InsertFakeQuant,
+    "lower-to-int": LowerToInt,
 }
 
 # dce first as well as last: a dead user would make a producer look shared and block folding and fusion.
