@@ -163,11 +163,11 @@ def test_default_pipeline_preserves_outputs(spec) -> None:
     assert len(graph.nodes) <= len(reference.nodes)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # The passes that keep a float graph's outputs unchanged (quantization passes change them on purpose).
 FLOAT_PASSES = sorted(name for name in PASSES if name not in ("insert-fake-quant", "calibrate", "lower-to-int"))
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(graphs, st.lists(st.sampled_from(FLOAT_PASSES), min_size=1, max_size=6))
 def test_any_pass_order_preserves_outputs(spec, pipeline: list[str]) -> None:
     """Each pass is correct on its own, whatever ran before it."""
