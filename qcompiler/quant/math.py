@@ -1,13 +1,54 @@
-"""Quantization arithmetic shared by passes, observers and the backend (pure numpy)."""
+"""Quantization arithmetic shared by passes, observers and the backend (pure numpy).
+
+Everything here reproduces, bit for bit, what TFLiteConverter (TF 2.21, MLIR quantizer, `legacy_float_scale=true`)
+and the TFLite reference kernels (ai-edge-litert 2.3, BUILTIN_REF) compute. docs/quantization-notes.md gives the
+formulas, their source files and the experiments that confirmed them; each function names its C++ counterpart.
+"""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+import math
+from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
+from qcompiler.ir.types import QParams
+
 ArrayLike = Union[float, Sequence[float], np.ndarray]
 
+# Storage ranges of the quantized element types.
+QRANGES: dict[str, tuple[int, int]] = {
+    "i8": (-128, 127),
+    "u8": (0, 255),
+    "i16": (-32768, 32767),
+    "i32": (-(2**31), 2**31 - 1),
+    "i64": (-(2**63), 2**63 - 1),
+}
+FLT_MIN = float(np.finfo(np.float32).tiny)  # what the TFLite calibration logger starts `max` from
+NEAR_ZERO_TOLERANCE = 1.0e-6  # kNearZeroTolerance in the MLIR quantizer
+BIAS_MAX_I32 = (2**31 - 1) // 2  # kBiasMax in tfl_quantization_driver.cc
 
+
+def qrange(dtype: str, narrow_range: bool = False) -> tuple[int, int]:
+    """(qmin, qmax) of an IR integer dtype; narrow range drops the lowest value (int8 weights: [-127, 127])."""
+    if dtype not in QRANGES:
+        raise ValueError(f"no quantized range for dtype '{dtype}'; expected one of {sorted(QRANGES)}")
+    qmin, qmax = QRANGES[dtype]
+    return (qmin + 1 if narrow_range else qmin), qmax
+
+
+def round_half_away(x: np.ndarray) -> np.ndarray:
+    """std::round / TfLiteRound: halves round away from zero. Keeps the float dtype of `x`.
+
+    Exact for every float (floor(|x| + 0.5) is not: the addition itself rounds once |x| >= 2^23 in float32)."""
+    x = np.asarray(x)
+    whole = np.trunc(x)
+    fraction = x - whole  # exact
+    return (whole + np.sign(x) * (np.abs(fraction) >= 0.5)).astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------
+# FakeQuant nudging (tf.quantization.fake_quant_with_min_max_vars), used by the fake_quant IR op
+# ----------------------------------------------------------------------------------------------------
 def nudge_range(qmin: int, qmax: int, rmin: np.ndarray, rmax: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """TensorFlow's FakeQuant nudging: shift [rmin, rmax] so that real 0 lands exactly on an integer.
 
@@ -20,14 +61,10 @@ def nudge_range(qmin: int, qmax: int, rmin: np.ndarray, rmax: np.ndarray) -> tup
     zero_point_from_min = np.float32(qmin) - rmin / safe_scale
     nudged_zero_point = np.where(
         zero_point_from_min < qmin, qmin,
-        np.where(zero_point_from_min > qmax, qmax, _round_half_away(zero_point_from_min)))
+        np.where(zero_point_from_min > qmax, qmax, round_half_away(zero_point_from_min)))
     nudged_min = ((np.float32(qmin) - nudged_zero_point) * scale).astype(np.float32)
     nudged_max = ((np.float32(qmax) - nudged_zero_point) * scale).astype(np.float32)
     return nudged_min, nudged_max, scale
-
-
-def _round_half_away(x: np.ndarray) -> np.ndarray:
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
 
 def fake_quant(x: np.ndarray, rmin: ArrayLike, rmax: ArrayLike, bits: int = 8, narrow_range: bool = False,
@@ -48,3 +85,397 @@ def fake_quant(x: np.ndarray, rmin: ArrayLike, rmax: ArrayLike, bits: int = 8, n
     steps = np.floor((clamped - nudged_min) / safe_scale + np.float32(0.5))
     out = steps * scale + nudged_min
     return np.where(scale > 0, out, clamped).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------
+# scale / zero point from a range: the MLIR quantizer (FakeQuantSupport.cc + DownCastScale)
+# ----------------------------------------------------------------------------------------------------
+def _nudged_zero_point(qmin: int, qmax: int, rmin: float, rmax: float) -> tuple[float, int]:
+    """mlir::quantfork::fakeQuantAttrsToType in double: (scale, zero point)."""
+    if abs(rmax - rmin) < np.finfo(np.float64).eps:
+        return 1.0, qmin
+    scale = (rmax - rmin) / float(qmax - qmin)
+    zp_from_min = qmin - rmin / scale
+    zp_from_max = qmax - rmax / scale
+    from_min_error = abs(qmin) + abs(rmin / scale)
+    from_max_error = abs(qmax) + abs(rmax / scale)
+    zp = zp_from_min if from_min_error < from_max_error else zp_from_max
+    if zp < qmin:
+        return scale, qmin
+    if zp > qmax:
+        return scale, qmax
+    return scale, int(round_half_away(np.float64(zp)))
+
+
+def _down_cast_scale(qmin: int, qmax: int, rmin: float, rmax: float, zero_point: int) -> tuple[np.float32, int]:
+    """DownCastScale (quantization_utils.cc, legacy_float_scale): the scale is recomputed in float32 and, for an
+    asymmetric storage range, the zero point is recomputed in float32 from it."""
+    scale = np.float32(np.float32(rmax) - np.float32(rmin)) / np.float32(qmax - qmin)
+    scale = np.float32(scale)
+    if qmax != -qmin:
+        zp_from_min = np.float32(qmin - rmin / float(scale))
+        if zp_from_min < qmin:
+            zero_point = qmin
+        elif zp_from_min > qmax:
+            zero_point = qmax
+        else:
+            zero_point = int(round_half_away(zp_from_min))
+    return scale, zero_point
+
+
+def _range_qparams(qmin: int, qmax: int, rmin: float, rmax: float) -> tuple[np.float32, int]:
+    _, zero_point = _nudged_zero_point(qmin, qmax, rmin, rmax)
+    return _down_cast_scale(qmin, qmax, rmin, rmax, zero_point)
+
+
+def _check_range(rmin: float, rmax: float, what: str) -> None:
+    if not (math.isfinite(rmin) and math.isfinite(rmax)):
+        raise ValueError(f"{what}: the calibrated range [{rmin}, {rmax}] is not finite; check the representative "
+                         "data for inf/NaN or pick a clipping observer (percentile, mse, kl)")
+    if rmin > rmax:
+        raise ValueError(f"{what}: min {rmin} > max {rmax}")
+
+
+def activation_qparams(rmin: float, rmax: float, dtype: str = "i8") -> QParams:
+    """Per-tensor quantization of an activation from its calibrated float range, as the converter does.
+
+    i8/u8 (MLIR quantizer, prepare_quantize_helper.h ConvertStatsToQDQs):
+      include 0; widen by 1e-6 on both sides when max-min < 1e-6; scale = (f32(max) - f32(min)) / 255 in float32;
+      zp = round_half_away(f32(qmin - min / scale)) clamped to [qmin, qmax].
+    i16 (16x8 mode uses the old quantizer, GetSymmetricQuantizationParams): include 0, symmetric,
+      scale = max(|min|, |max|) / 32767 in float32, zp = 0.
+    The converter's calibration logger starts `max` at FLT_MIN, so an all-non-positive tensor has max = FLT_MIN;
+    that is applied here (it matters for int16: an all-zero tensor gets scale FLT_MIN / 32767, not 0).
+    """
+    rmin, rmax = float(np.float32(rmin)), float(np.float32(rmax))
+    _check_range(rmin, rmax, "activation_qparams")
+    rmax = max(rmax, FLT_MIN)
+    if dtype == "i16":
+        lo, hi = np.float32(min(rmin, 0.0)), np.float32(max(rmax, 0.0))
+        scale = np.float32(max(abs(lo), abs(hi)) / np.float32(32767))
+        return QParams.per_tensor(float(scale), 0)
+    if dtype not in ("i8", "u8"):
+        raise ValueError(f"activation_qparams supports i8, u8 and i16 activations, not '{dtype}'")
+    qmin, qmax = qrange(dtype)
+    rmin, rmax = min(rmin, 0.0), max(rmax, 0.0)
+    if abs(rmax - rmin) < NEAR_ZERO_TOLERANCE:  # TensorRangeSanityCheck widens (and warns)
+        rmin -= NEAR_ZERO_TOLERANCE
+        rmax += NEAR_ZERO_TOLERANCE
+    scale, zero_point = _range_qparams(qmin, qmax, rmin, rmax)
+    return QParams.per_tensor(float(scale), zero_point)
+
+
+# ----------------------------------------------------------------------------------------------------
+# constants: weights (symmetric per channel) and other constants (asymmetric per tensor)
+# ----------------------------------------------------------------------------------------------------
+def _channel_min_max(w: np.ndarray, axis: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
+    """ExtractMinMaxFromAttr before symmetrisation: per-channel min/max in double, widened to include 0."""
+    w = np.asarray(w, np.float32)
+    if axis is None:
+        mins, maxs = np.atleast_1d(w.min()), np.atleast_1d(w.max())
+    else:
+        reduce_axes = tuple(i for i in range(w.ndim) if i != axis % w.ndim)
+        mins, maxs = w.min(axis=reduce_axes), w.max(axis=reduce_axes)
+    mins = np.minimum(mins.astype(np.float64), 0.0)
+    maxs = np.maximum(maxs.astype(np.float64), 0.0)
+    return mins, maxs
+
+
+def _expand_very_small_range(mins: np.ndarray, maxs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ExpandVerySmallRange: ranges of at most 1e-6 become at least [-5e-7, 5e-7]."""
+    small = (maxs - mins) <= NEAR_ZERO_TOLERANCE
+    half = NEAR_ZERO_TOLERANCE / 2
+    return np.where(small, np.minimum(mins, -half), mins), np.where(small, np.maximum(maxs, half), maxs)
+
+
+def weight_qparams(w: np.ndarray, axis: Optional[int], dtype: str = "i8", narrow_range: bool = True) -> QParams:
+    """Quantization parameters of a constant (GetUniformQuantized[PerAxis]TypeForWeight, legacy float scale).
+
+    narrow_range=True (weights of conv/depthwise/FC): symmetric, [-127, 127], scale = f32(2 max|w| / 254) per
+    channel along `axis` (0 for conv2d/FC, 3 for depthwise), zero point 0. A channel whose range is at most 1e-6
+    (e.g. all zeros) gets scale f32(1e-6 / 254).
+    narrow_range=False (a non-weight constant operand, e.g. of ADD/MUL): asymmetric over [-128, 127] from the
+    values' min/max widened to include 0, zero point computed like an activation's.
+    """
+    if dtype != "i8":
+        raise ValueError(f"the converter quantizes constants to i8 only (got '{dtype}'); 16x8 mode uses "
+                         "weight_qparams_16x8")
+    qmin, qmax = qrange(dtype, narrow_range)
+    mins, maxs = _channel_min_max(w, axis)
+    if narrow_range:
+        maxs = np.maximum(np.abs(mins), np.abs(maxs))
+        mins = -maxs
+    mins, maxs = _expand_very_small_range(mins, maxs)
+    scales, zero_points = zip(*(_range_qparams(qmin, qmax, float(lo), float(hi)) for lo, hi in zip(mins, maxs)))
+    if axis is None:
+        return QParams.per_tensor(float(scales[0]), zero_points[0])
+    return QParams(tuple(float(s) for s in scales), tuple(zero_points), axis % np.ndim(w))
+
+
+def _channel_shape(qparams: QParams, ndim: int) -> list[int]:
+    shape = [1] * ndim
+    if qparams.axis is not None:
+        shape[qparams.axis] = -1
+    return shape
+
+
+def quantize_weights(w: np.ndarray, qparams: QParams, dtype: str = "i8") -> np.ndarray:
+    """Symmetric int8 weight values as the converter writes them (QuantizeLegacy).
+
+    Per channel (SymmetricPerChannelQuantizeValues): inv = f32(1.0 / scale) computed in double,
+    q = round_half_away(f32(w * inv)) clamped to [-127, 127].
+    Per tensor (PortableSymmetricQuantizeFloats): inv = f32(127 / max|w|) in float32 (all-zero: zeros).
+    """
+    if dtype != "i8":
+        raise ValueError(f"quantize_weights writes i8 weights, not '{dtype}'")
+    w = np.asarray(w, np.float32)
+    if qparams.axis is None:
+        value_range = np.float32(max(abs(float(w.min())), abs(float(w.max())))) if w.size else np.float32(0)
+        if value_range == 0:
+            return np.zeros(w.shape, np.int8)
+        inv = np.float32(np.float32(127) / value_range)
+        q = round_half_away((w * inv).astype(np.float32))
+    else:
+        scales = np.asarray(qparams.scale, np.float64)
+        inv = (1.0 / scales).astype(np.float32).reshape(_channel_shape(qparams, w.ndim))
+        q = round_half_away((w * inv).astype(np.float32))
+    return np.clip(q, -127, 127).astype(np.int8)
+
+
+def quantize_constant(x: np.ndarray, qparams: QParams, dtype: str = "i8", narrow_range: bool = False) -> np.ndarray:
+    """Any other float constant (quantfork::quantizeAttr, UniformQuantizedValueConverter::quantizeF32ToInt8):
+    q = clamp(round_half_away(double(x) / double(scale) + zero_point)) — double arithmetic, unlike the kernel."""
+    x = np.asarray(x, np.float32).astype(np.float64)
+    rank = x.ndim
+    scaled = x / qparams.scale_array(rank).astype(np.float64) + qparams.zero_point_array(rank).astype(np.float64)
+    qmin, qmax = qrange(dtype, narrow_range)
+    return np.clip(round_half_away(scaled), qmin, qmax).astype(np.dtype(_NP_INT[dtype]))
+
+
+_NP_INT = {"i8": np.int8, "u8": np.uint8, "i16": np.int16, "i32": np.int32, "i64": np.int64}
+
+
+# ----------------------------------------------------------------------------------------------------
+# bias
+# ----------------------------------------------------------------------------------------------------
+class BiasQParams(NamedTuple):
+    """Bias quantization and the weight quantization it may have forced (see `bias_qparams`)."""
+
+    bias: QParams
+    weight: QParams
+
+
+def _as_weight_qparams(weight_qparams: Union[QParams, Sequence[float], np.ndarray]) -> QParams:
+    if isinstance(weight_qparams, QParams):
+        return weight_qparams
+    scales = np.atleast_1d(np.asarray(weight_qparams, np.float32))
+    if scales.size == 1:
+        return QParams.per_tensor(float(scales[0]), 0)
+    return QParams(tuple(float(s) for s in scales), (0,) * scales.size, 0)
+
+
+def bias_qparams(bias: np.ndarray, input_scale: float, weight_qparams: Union[QParams, Sequence[float]],
+                 dtype: str = "i32") -> BiasQParams:
+    """Bias of conv2d / depthwise / FC: scale = f32(input_scale * weight_scale[c]), zero point 0, quantized
+    dimension 0 (GetUniformQuantizedTypeForBias with legacy float scale).
+
+    i32 (int8 mode) also applies SetBiasParamsWithAdjustments: when |b[c]| / bias_scale[c] > kBiasMax = 2^30 - 1
+    the bias scale becomes f32(|b[c]| / kBiasMax) and the weight scale f32(that / input_scale) — a channel with
+    all-zero or tiny weights and a real bias gets a larger weight scale. Quantize the weights with the returned
+    `weight` params. i64 (16x8 mode) has no adjustment here (the old quantizer adjusts the weights beforehand,
+    see weight_qparams_16x8).
+    """
+    wq = _as_weight_qparams(weight_qparams)
+    bias = np.asarray(bias, np.float32).reshape(-1)
+    in_scale = np.float32(input_scale)
+    w_scales = np.asarray(wq.scale, np.float32)
+    b_scales = (in_scale * w_scales).astype(np.float32)
+    per_channel = wq.axis is not None and w_scales.size > 1
+    if dtype == "i32":
+        b_scales, w_scales = _adjust_for_bias_overflow(bias, in_scale, b_scales, w_scales, per_channel)
+    elif dtype != "i64":
+        raise ValueError(f"bias dtype must be i32 (int8 activations) or i64 (16x8), not '{dtype}'")
+    if per_channel:
+        bias_q = QParams(tuple(float(s) for s in b_scales), (0,) * b_scales.size, 0)
+        weight_q = QParams(tuple(float(s) for s in w_scales), wq.zero_point, wq.axis)
+    else:
+        bias_q = QParams.per_tensor(float(b_scales[0]), 0)
+        weight_q = QParams.per_tensor(float(w_scales[0]), wq.zero_point[0]) if wq.axis is None else \
+            QParams((float(w_scales[0]),), wq.zero_point, wq.axis)
+    return BiasQParams(bias_q, weight_q)
+
+
+def _adjust_for_bias_overflow(bias: np.ndarray, in_scale: np.float32, b_scales: np.ndarray, w_scales: np.ndarray,
+                              per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
+    abs_bias = np.abs(bias).astype(np.float64)
+    if per_channel:
+        over = abs_bias / b_scales.astype(np.float64) > BIAS_MAX_I32
+        new_b = abs_bias / BIAS_MAX_I32
+        new_w = new_b / np.float64(in_scale)
+        return (np.where(over, new_b, b_scales).astype(np.float32),
+                np.where(over, new_w, w_scales).astype(np.float32))
+    half_range = float(abs_bias.max()) if abs_bias.size else 0.0
+    if half_range / float(b_scales[0]) < BIAS_MAX_I32:
+        return b_scales, w_scales
+    new_b = half_range / BIAS_MAX_I32
+    return np.asarray([new_b], np.float32), np.asarray([new_b / float(in_scale)], np.float32)
+
+
+def quantize_bias(bias: np.ndarray, qparams: QParams, dtype: str = "i32") -> np.ndarray:
+    """SymmetricBiasQuantize: inv = f32(1.0 / scale) in double, q = round_half_away(f32(b * inv)) (float32
+    product), saturated to [-max, max] of the storage type (-2^31 is never produced; NaN from 0 * inf gives 0)."""
+    bias = np.asarray(bias, np.float32)
+    scales = np.asarray(qparams.scale, np.float32).astype(np.float64)
+    inv = np.where(scales == 0, 0.0, 1.0 / np.where(scales == 0, 1.0, scales)).astype(np.float32)
+    if inv.size > 1:
+        inv = inv.reshape(_channel_shape(qparams, bias.ndim))
+    with np.errstate(invalid="ignore", over="ignore"):  # a denormal scale gives inv = inf, like in C++
+        q = round_half_away((bias * inv).astype(np.float32)).astype(np.float64)
+    return _saturate(q, dtype)
+
+
+def _saturate(q: np.ndarray, dtype: str) -> np.ndarray:
+    """tflite SafeCast then clamp to [-max, max]: NaN -> 0, out of range (and +-inf) -> +-max."""
+    limit = QRANGES[dtype][1]
+    q = np.where(np.isnan(q), 0.0, q)
+    high, low = q >= float(limit), q <= -float(limit)
+    safe = np.where(high | low, 0.0, q).astype(np.int64)
+    return np.where(high, limit, np.where(low, -limit, safe)).astype(_NP_INT[dtype])
+
+
+# ----------------------------------------------------------------------------------------------------
+# 16x8 mode weights (old quantizer: tensorflow/lite/tools/optimize/quantization_utils.cc)
+# ----------------------------------------------------------------------------------------------------
+def weight_qparams_16x8(w: np.ndarray, axis: int, bias: Optional[np.ndarray] = None,
+                        input_scale: Optional[float] = None) -> tuple[QParams, np.ndarray]:
+    """Per-channel int8 weights as the 16x8 (old) quantizer writes them: (params, int8 values).
+
+    half_range = max(|min|, |max|) per channel in float32; with a bias, AdjustWeightsForBiasScale first widens a
+    channel when |b| >= 0.5 * input_scale * (half_range / 127) * (2^31 - 1), to
+    half_range = 2 |b| / (2^31 - 1) * (127 / input_scale). scale = half_range / 127, inv = 127 / half_range
+    (both float32; an all-zero channel gets scale 0 and zeros), q = round_half_away(f32(w * inv)).
+    """
+    w = np.asarray(w, np.float32)
+    axis = axis % w.ndim
+    reduce_axes = tuple(i for i in range(w.ndim) if i != axis)
+    half_range = np.maximum(np.abs(w.min(axis=reduce_axes)), np.abs(w.max(axis=reduce_axes))).astype(np.float32)
+    if bias is not None and input_scale is not None and half_range.size > 1:
+        k_scale = float(2**31 - 1)
+        in_scale = float(np.float32(input_scale))
+        scales = (half_range / np.float32(127)).astype(np.float32)
+        abs_b = np.abs(np.asarray(bias, np.float32).reshape(-1)).astype(np.float64)
+        adjust = abs_b >= 0.5 * in_scale * scales.astype(np.float64) * k_scale
+        # 2.0 * |b| / kScale * (kMaxQuantizedValue8bit / input_scale): the last factor is an int / float
+        widened = (2.0 * abs_b / k_scale * float(np.float32(127) / np.float32(in_scale))).astype(np.float32)
+        half_range = np.where(adjust, widened, half_range).astype(np.float32)
+    scales = (half_range / np.float32(127)).astype(np.float32)
+    safe = np.where(half_range == 0, np.float32(1), half_range)
+    inv = np.where(half_range == 0, np.float32(0), (np.float32(127) / safe).astype(np.float32))
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(round_half_away((w * inv.reshape(shape)).astype(np.float32)), -127, 127).astype(np.int8)
+    # A zero scale is what the converter writes for an all-zero channel; QParams needs > 0, so it is kept tiny.
+    safe_scales = tuple(float(s) if s > 0 else FLT_MIN for s in scales)
+    return QParams(safe_scales, (0,) * len(safe_scales), axis), q
+
+
+# ----------------------------------------------------------------------------------------------------
+# runtime arithmetic of the TFLite reference kernels
+# ----------------------------------------------------------------------------------------------------
+def quantize(x: np.ndarray, qparams: QParams, dtype: str = "i8") -> np.ndarray:
+    """Reference QUANTIZE kernel (reference_ops::AffineQuantize): q = clamp(round_half_away(f32(x / scale)) + zp).
+    The division is float32 (the optimized kernel differs: it multiplies by the inverse and rounds half to even)."""
+    x = np.asarray(x, np.float32)
+    rank = x.ndim
+    scaled = round_half_away((x / qparams.scale_array(rank)).astype(np.float32)).astype(np.float64)
+    qmin, qmax = qrange(dtype)
+    return np.clip(scaled + qparams.zero_point_array(rank), qmin, qmax).astype(_NP_INT[dtype])
+
+
+def dequantize(q: np.ndarray, qparams: QParams) -> np.ndarray:
+    """Reference DEQUANTIZE kernel: f32(scale * (q - zero_point))."""
+    q = np.asarray(q)
+    rank = q.ndim
+    diff = (q.astype(np.int64) - qparams.zero_point_array(rank)).astype(np.float32)
+    return (qparams.scale_array(rank) * diff).astype(np.float32)
+
+
+def quantize_multiplier(real_multiplier: float, single_rounding: bool = True) -> tuple[int, int]:
+    """QuantizeMultiplier (kernels/internal/quantization_util.cc): real = multiplier * 2^(shift - 31),
+    multiplier in [2^30, 2^31). frexp + round half away; shift < -31 flushes to (0, 0). With
+    TFLITE_SINGLE_ROUNDING (what ai-edge-litert 2.3 is built with) a shift > 30 saturates to (2^31 - 1, 30)."""
+    if real_multiplier == 0.0:
+        return 0, 0
+    fraction, shift = math.frexp(real_multiplier)
+    q_fixed = int(math.copysign(math.floor(abs(fraction) * (1 << 31) + 0.5), fraction))
+    if q_fixed == (1 << 31):
+        q_fixed //= 2
+        shift += 1
+    if shift < -31:
+        return 0, 0
+    if single_rounding and shift > 30:
+        return (1 << 31) - 1, 30
+    return q_fixed, shift
+
+
+def multiply_by_quantized_multiplier(x: np.ndarray, multiplier: Union[int, np.ndarray],
+                                     shift: Union[int, np.ndarray], single_rounding: bool = True) -> np.ndarray:
+    """MultiplyByQuantizedMultiplier for int32 accumulators, vectorised (multiplier/shift broadcast, e.g. per
+    channel along the last axis). Returns int64 values (the kernel's int32 result).
+
+    single_rounding=True (TFLITE_SINGLE_ROUNDING, confirmed for ai-edge-litert 2.3 BUILTIN_REF):
+      (x * m + 2^(30 - shift)) >> (31 - shift)  — one rounding, ties toward +inf.
+    single_rounding=False (gemmlowp): RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(x << left, m), right).
+    """
+    x = np.asarray(x, np.int64)
+    m = np.asarray(multiplier, np.int64)
+    s = np.asarray(shift, np.int64)
+    if np.any((x < -(2**31)) | (x > 2**31 - 1)):
+        raise ValueError("multiply_by_quantized_multiplier takes int32 accumulators; use "
+                         "multiply_by_quantized_multiplier_int64 for 16x8 (int64) accumulators")
+    if single_rounding:
+        total_shift = 31 - s
+        rounding = np.left_shift(np.int64(1), total_shift - 1)
+        return (x * m + rounding) >> total_shift
+    left = np.maximum(s, 0)
+    right = np.maximum(-s, 0)
+    shifted = (x << left).astype(np.int64)
+    shifted = ((shifted + 2**31) % 2**32) - 2**31  # int32 wrap-around of x * (1 << left_shift)
+    return _rounding_divide_by_pot(_saturating_rounding_doubling_high_mul(shifted, m), right)
+
+
+def _saturating_rounding_doubling_high_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    overflow = (a == b) & (a == -(2**31))
+    ab = a * b
+    nudge = np.where(ab >= 0, np.int64(1 << 30), np.int64(1 - (1 << 30)))
+    total = ab + nudge
+    high = np.where(total >= 0, total >> 31, -((-total) >> 31))  # C++ division truncates toward zero
+    return np.where(overflow, np.int64(2**31 - 1), high)
+
+
+def _rounding_divide_by_pot(x: np.ndarray, exponent: np.ndarray) -> np.ndarray:
+    mask = np.left_shift(np.int64(1), exponent) - 1
+    remainder = x & mask
+    threshold = (mask >> 1) + (x < 0)
+    return (x >> exponent) + (remainder > threshold)
+
+
+def multiply_by_quantized_multiplier_int64(x: np.ndarray, multiplier: Union[int, np.ndarray],
+                                           shift: Union[int, np.ndarray]) -> np.ndarray:
+    """MultiplyByQuantizedMultiplier(int64 x, ...) used with 16x8 int64 accumulators (single-rounding build):
+    the multiplier is reduced to 16 bits, result = (x * m16 + 2^(14 - shift)) >> (15 - shift)."""
+    x = np.asarray(x, np.int64)
+    m = np.asarray(multiplier, np.int64)
+    s = np.asarray(shift, np.int64)
+    if np.any((x < -(2**47)) | (x >= 2**47)):
+        raise ValueError("multiply_by_quantized_multiplier_int64 needs |x| < 2^47 (the kernel's assumption)")
+    reduced = np.where(m < 0x7FFF0000, (m + (1 << 15)) >> 16, np.int64(0x7FFF))
+    total_shift = 15 - s
+    return (x * reduced + np.left_shift(np.int64(1), total_shift - 1)) >> total_shift
+
+
+def effective_scale(input_scale: float, weight_scale: ArrayLike, output_scale: float) -> np.ndarray:
+    """Real multiplier of conv/depthwise/FC per output channel, as the kernels compute it
+    (PopulateConvolutionQuantizationParams): double(in) * double(w[c]) / double(out) from the float32 scales."""
+    w = np.asarray(weight_scale, np.float32).astype(np.float64)
+    return float(np.float32(input_scale)) * w / float(np.float32(output_scale))
