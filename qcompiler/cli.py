@@ -74,7 +74,21 @@ def _build_parser() -> argparse.ArgumentParser:
     compile_cmd = sub.add_parser("compile", help="compile a Keras model to .tflite")
     compile_cmd.add_argument("model", help=".keras or .h5 file")
     compile_cmd.add_argument("-o", "--output", required=True, help="output .tflite path")
-    compile_cmd.add_argument("--mode", default="float32", help="float32 (more modes: see README)")
+    compile_cmd.add_argument("--mode", default="float32",
+                             help="float32 (default), int8, uint8, int16x8, dynamic, float16")
+    compile_cmd.add_argument("--calibration", metavar="DATA", help="calibration samples: .npy, or .npz by input name")
+    compile_cmd.add_argument("--io", help="int8 (default) or float for --mode int8; int16 or float for int16x8")
+    compile_cmd.add_argument("--observer", default="minmax",
+                             help="how calibration ranges are chosen: minmax (default, as the converter), "
+                                  "moving_average, percentile, mse, kl")
+    compile_cmd.add_argument("--percentile", type=float, help="percentile for --observer percentile (99.99)")
+    compile_cmd.add_argument("--default-ranges", metavar="MIN,MAX", type=_number_pair,
+                             help="range for tensors calibration did not reach, each listed in a warning "
+                                  "(write --default-ranges=-6,6: the value starts with a minus)")
+    compile_cmd.add_argument("--input-stats", metavar="MEAN,STD", type=_number_pair,
+                             help="uint8 mode: input quantization as real = (q - MEAN) / STD")
+    compile_cmd.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weights")
+    compile_cmd.add_argument("--batch-size", type=int, default=32, help="calibration batch size (default 32)")
     compile_cmd.set_defaults(handler=_cmd_compile)
 
     dump = sub.add_parser("dump", help="print a model's IR, optionally after a pass pipeline")
@@ -106,11 +120,56 @@ def _add_pipeline_options(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--full-constants", action="store_true", help="print every constant's values")
 
 
+def _number_pair(text: str) -> tuple[float, float]:
+    parts = text.split(",")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"expected two numbers separated by a comma, e.g. -6,6; got '{text}'")
+    return values  # type: ignore[return-value]
+
+
+def _quant_options(args: argparse.Namespace) -> dict:
+    from qcompiler.api import CALIBRATED_MODES
+
+    given = {"--calibration": args.calibration, "--io": args.io, "--default-ranges": args.default_ranges,
+             "--input-stats": args.input_stats, "--percentile": args.percentile,
+             "--per-tensor": args.per_tensor or None,
+             "--observer": None if args.observer == "minmax" else args.observer}
+    if args.mode not in CALIBRATED_MODES:
+        extra = [flag for flag, value in given.items() if value is not None]
+        if extra:
+            raise QCompilerError(f"{', '.join(extra)} only apply to calibrated modes ({', '.join(CALIBRATED_MODES)}), "
+                                 f"not --mode {args.mode}")
+        return {}
+    from qcompiler.passes.calibrate import load_calibration_data
+
+    options = {"observer": args.observer, "per_channel": not args.per_tensor, "batch_size": args.batch_size,
+               "default_ranges": args.default_ranges, "input_stats": args.input_stats, "io": args.io}
+    if args.percentile is not None:
+        if args.observer != "percentile":
+            raise QCompilerError("--percentile goes with --observer percentile")
+        options["observer_options"] = {"percentile": args.percentile}
+    if args.calibration:
+        options["calibration_data"] = load_calibration_data(args.calibration)
+    return options
+
+
 def _cmd_compile(args: argparse.Namespace) -> int:
+    import warnings
+
     from qcompiler.api import compile as compile_model
     from qcompiler.files import atomic_write
 
-    data = compile_model(args.model, mode=args.mode)
+    options = _quant_options(args)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = compile_model(args.model, mode=args.mode, **options)
+    for warning in caught:
+        if issubclass(warning.category, UserWarning) and "qcompiler" in type(warning.message).__module__:
+            print(f"qcompiler: warning: {warning.message}", file=sys.stderr)
     atomic_write(args.output, data)
     print(f"wrote {args.output} ({len(data):,} bytes, {args.mode})")
     return 0
