@@ -5,7 +5,6 @@ import argparse
 import os
 import sys
 import traceback
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -36,23 +35,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
 
 
-@contextmanager
-def _native_stderr_silenced():
-    """TensorFlow's C++ start-up logging ignores TF_CPP_MIN_LOG_LEVEL; mute file descriptor 2 while it loads."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def _import_tensorflow_quietly() -> None:
-    with _native_stderr_silenced():
+    from qcompiler.quiet import native_output_silenced
+
+    with native_output_silenced():
         import ai_edge_litert.interpreter  # noqa: F401
         import keras  # noqa: F401
         import tensorflow  # noqa: F401
