@@ -53,6 +53,7 @@ def quantize(model_or_graph: Union[ModelLike, Graph], mode: str = "int8", calibr
     observer can be tried without running the data again.
     """
     from qcompiler.passes.calibrate import apply_ranges
+    from qcompiler.passes.dce import DeadCodeElimination
     from qcompiler.passes.insert_fake_quant import InsertFakeQuant
     from qcompiler.passes.lower_to_int import LowerToInt
 
@@ -74,7 +75,7 @@ def quantize(model_or_graph: Union[ModelLike, Graph], mode: str = "int8", calibr
                              "or --default-ranges MIN,MAX")
     lower = LowerToInt(io=io, default_ranges=_pair(default_ranges, "default ranges"),
                        input_stats=_pair(input_stats, "input stats"))
-    return run_passes(graph, [lower])
+    return run_passes(graph, [lower, DeadCodeElimination()])
 
 
 def calibration_statistics(graph: Graph, calibration_data: Any, batch_size: int = 32,
