@@ -14,6 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
+from qcompiler.demo import converter_int8  # noqa: E402  (the reference: TFLiteConverter, same settings as the demo)
+
 
 def build_model(size: int):
     import keras
@@ -24,22 +26,6 @@ def build_model(size: int):
     keras.utils.set_random_seed(0)
     model = keras.applications.MobileNetV2(input_shape=(size, size, 3), weights=None)
     return randomize_batchnorm(model, seed=0)
-
-
-def converter_int8(model, samples: np.ndarray) -> bytes:
-    import tensorflow as tf
-
-    def representative():
-        for i in range(len(samples)):
-            yield [samples[i:i + 1]]
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    return converter.convert()
 
 
 def qcompiler_int8(model, samples: np.ndarray) -> bytes:
