@@ -19,7 +19,7 @@ from qcompiler.passes.registry import describe_passes
 class InsertFakeQuant(Pass):
     """Stand-in with options of every supported type (the real pass is added by the quantizer)."""
 
-    name: ClassVar[str] = "insert-fake-quant"
+    name: ClassVar[str] = "toy-quant"
     bits: int = 8
     per_channel: bool = True
     momentum: float = 0.9
@@ -36,26 +36,26 @@ class InsertFakeQuant(Pass):
         return PassResult.unchanged()
 
 
-REGISTRY = {**PASSES, "insert-fake-quant": InsertFakeQuant}
+REGISTRY = {**PASSES, "toy-quant": InsertFakeQuant}
 
 
 def test_options_are_converted_to_field_types() -> None:
     passes = parse_pipeline(
-        "fold-batchnorm, insert-fake-quant{bits=4, per_channel=false, momentum=0.5, scheme=percentile,"
+        "fold-batchnorm, toy-quant{bits=4, per_channel=false, momentum=0.5, scheme=percentile,"
         "percentile=99.9, skip=[conv1,dense_2], tag='x y'}", REGISTRY)
-    assert [p.name for p in passes] == ["fold-batchnorm", "insert-fake-quant"]
+    assert [p.name for p in passes] == ["fold-batchnorm", "toy-quant"]
     assert passes[1] == InsertFakeQuant(bits=4, per_channel=False, momentum=0.5, scheme="percentile",
                                         percentile=99.9, skip=("conv1", "dense_2"), tag="x y")
 
 
 def test_defaults_and_none() -> None:
-    (p,) = parse_pipeline("insert-fake-quant{percentile=none}", REGISTRY)
+    (p,) = parse_pipeline("toy-quant{percentile=none}", REGISTRY)
     assert p == InsertFakeQuant()
     assert parse_pipeline("", REGISTRY) == []
 
 
 def test_pipeline_text_round_trips() -> None:
-    text = "canonicalize,insert-fake-quant{bits=4,per_channel=false,skip=[a,b]},dce"
+    text = "canonicalize,toy-quant{bits=4,per_channel=false,skip=[a,b]},dce"
     passes = parse_pipeline(text, REGISTRY)
     assert pipeline_text(passes) == text
     assert parse_pipeline(pipeline_text(passes), REGISTRY) == passes
@@ -63,14 +63,14 @@ def test_pipeline_text_round_trips() -> None:
 
 @pytest.mark.parametrize("text,expected", [
     ("fold-batchnrom", "unknown pass 'fold-batchnrom'; known passes: canonicalize, dce, fold-batchnorm"),
-    ("insert-fake-quant{bitz=4}", "pass 'insert-fake-quant' has no option 'bitz'; its options: bits: int, "),
-    ("insert-fake-quant{bits=four}", "option 'bits' of pass 'insert-fake-quant': expected an integer, got 'four'"),
-    ("insert-fake-quant{per_channel=maybe}", "expected true or false, got 'maybe'"),
-    ("insert-fake-quant{scheme=mse}", "expected one of minmax, percentile, got 'mse'"),
-    ("insert-fake-quant{skip=conv1}", "expected a bracketed list"),
-    ("insert-fake-quant{bits=1}", "bits must be in 2..16, got 1"),
-    ("insert-fake-quant{bits}", "needs the form key=value"),
-    ("insert-fake-quant{bits=4", "unclosed"),
+    ("toy-quant{bitz=4}", "pass 'toy-quant' has no option 'bitz'; its options: bits: int, "),
+    ("toy-quant{bits=four}", "option 'bits' of pass 'toy-quant': expected an integer, got 'four'"),
+    ("toy-quant{per_channel=maybe}", "expected true or false, got 'maybe'"),
+    ("toy-quant{scheme=mse}", "expected one of minmax, percentile, got 'mse'"),
+    ("toy-quant{skip=conv1}", "expected a bracketed list"),
+    ("toy-quant{bits=1}", "bits must be in 2..16, got 1"),
+    ("toy-quant{bits}", "needs the form key=value"),
+    ("toy-quant{bits=4", "unclosed"),
     ("dce,,canonicalize", "empty entry"),
     ("dce}", "unbalanced"),
 ])
@@ -81,8 +81,8 @@ def test_errors_say_what_is_wrong(text: str, expected: str) -> None:
 
 
 def test_the_default_registry_does_not_know_test_passes() -> None:
-    with pytest.raises(PipelineError, match="known passes: canonicalize, dce, fold-batchnorm, fold-constants"):
-        parse_pipeline("insert-fake-quant")
+    with pytest.raises(PipelineError, match="known passes: calibrate, canonicalize, dce, fold-batchnorm, fold-constants"):
+        parse_pipeline("toy-quant")
 
 
 def test_registered_passes_follow_the_conventions() -> None:
