@@ -9,9 +9,11 @@ from qcompiler.ir.graph import Graph
 from qcompiler.ir.parser import parse
 
 ModelLike = Union[str, Path, Any]  # a keras.Model or a path to .keras / .h5
-MODES = ("float32", "int8", "uint8", "int16x8")
+MODES = ("float32", "int8", "uint8", "int16x8", "dynamic", "float16")
 CALIBRATED_MODES = ("int8", "uint8", "int16x8")
 _IO_CHOICES = {"int8": ("int8", "float"), "uint8": ("uint8",), "int16x8": ("int16", "float")}
+# Modes that need no calibration: weights stored as int8 (hybrid kernels) or float16, activations float32.
+_WEIGHT_ONLY_PIPELINES = {"dynamic": "quantize-weights", "float16": "weights-to-f16"}
 
 
 def import_keras(model_or_path: ModelLike) -> Graph:
@@ -80,15 +82,23 @@ def quantize(model_or_graph: Union[ModelLike, Graph], mode: str = "int8", calibr
 
 def calibration_statistics(graph: Graph, calibration_data: Any, batch_size: int = 32,
                            calibrate_with: str = "tflite", progress: Optional[TextIO] = None):
-    """Run the data once through a graph that has fake_quant nodes; returns per-tensor statistics."""
+    """Run the data once through a graph that has fake_quant nodes; returns per-tensor statistics.
+
+    `calibrate_with`: "tflite" (qcompiler's float .tflite in ai-edge-litert with XNNPACK: fast, float values
+    within a few ulps of the converter's), "tensorflow" (the same .tflite in TensorFlow's TFLite runtime set up
+    like the converter's calibrator: its float values bit for bit, ~10x slower) or "numpy" (the IR interpreter,
+    for graphs the backend cannot write). See qcompiler/backend/tflite_executor.py.
+    """
     from qcompiler.passes.calibrate import collect_statistics, numpy_executor
 
     if calibrate_with == "tflite":
         from qcompiler.backend.tflite_executor import tflite_executor as executor
+    elif calibrate_with == "tensorflow":
+        from qcompiler.backend.tflite_executor import tensorflow_executor as executor
     elif calibrate_with == "numpy":
         executor = numpy_executor
     else:
-        raise QCompilerError(f"calibrate_with must be 'tflite' or 'numpy', not '{calibrate_with}'")
+        raise QCompilerError(f"calibrate_with must be 'tflite', 'tensorflow' or 'numpy', not '{calibrate_with}'")
     return collect_statistics(graph, calibration_data, batch_size=batch_size, executor=executor, progress=progress)
 
 
@@ -103,6 +113,11 @@ def compile(model_or_path: Union[ModelLike, Graph], mode: str = "float32", calib
         if calibration_data is not None or options:
             raise QCompilerError(f"mode float32 takes no quantization options (got {sorted(options) or 'data'})")
         return write_tflite(float_graph(model_or_path))
+    if mode in _WEIGHT_ONLY_PIPELINES:
+        if calibration_data is not None or options:
+            raise QCompilerError(f"mode {mode} quantizes weights only and takes no calibration data or quantization "
+                                 f"options (got {sorted(options) or 'data'})")
+        return write_tflite(run_passes(float_graph(model_or_path), _WEIGHT_ONLY_PIPELINES[mode]))
     return write_tflite(quantize(model_or_path, mode, calibration_data, **options))
 
 

@@ -112,7 +112,7 @@ def _fully_connected(s: OpSig) -> int:
     if types == ("i8", "i8", "i8"):
         return 4
     if types == ("f32", "i8", "f32"):
-        return 3
+        return 9 if s.options.get("asymmetric_quantize_inputs") else 3
     return 1
 
 

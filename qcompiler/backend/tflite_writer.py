@@ -96,6 +96,8 @@ _FUSED: dict[str, int] = {
 _ACTIVATION_OPS: dict[str, int] = {"relu": B.RELU, "relu6": B.RELU6, "relu_n1_to_1": B.RELU_N1_TO_1, "tanh": B.TANH}
 _PADDING = {"same": Padding.SAME, "valid": Padding.VALID}
 _PIPELINE_HINT = "run the default pipeline (canonicalize, fold-batchnorm) first"
+_HYBRID_OPS = ("conv2d", "depthwise_conv2d", "fully_connected")  # weights (operand 1) may be int8, rest float
+_NO_MIXING_CHECK = ("quantize", "dequantize", "cast")  # they convert between float and integer by design
 
 OptionsFn = Callable[[flatbuffers.Builder], int]
 
@@ -297,11 +299,13 @@ def _depthwise_options(attrs: dict, fused: int) -> OptionsFn:
     return build
 
 
-def _fc_options(fused: int, keep_num_dims: bool) -> OptionsFn:
+def _fc_options(fused: int, keep_num_dims: bool, asymmetric_quantize_inputs: bool = False) -> OptionsFn:
     def build(b: flatbuffers.Builder) -> int:
         FullyConnectedOptions.Start(b)
         FullyConnectedOptions.AddFusedActivationFunction(b, fused)
         FullyConnectedOptions.AddKeepNumDims(b, keep_num_dims)
+        if asymmetric_quantize_inputs:
+            FullyConnectedOptions.AddAsymmetricQuantizeInputs(b, True)
         return FullyConnectedOptions.End(b)
 
     return build
@@ -397,8 +401,36 @@ def _emit_fully_connected(w: _ModelWriter, node: Node) -> None:
     if len(inputs) == 2:
         inputs.append(-1)  # optional bias left out; TFLite's kernel accepts it from version 1
     keep = node.operands[0].type.rank > 2
+    # A hybrid FC quantizes its float input per row at run time; the converter always asks for asymmetric
+    # (zero-point) quantization of that input (prepare_quantize_dynamic_range.cc).
+    asymmetric = _is_hybrid(node)
     w.emit_with_activation(node, lambda fused, out: w.emit(
-        B.FULLY_CONNECTED, inputs, [out], BO.FullyConnectedOptions, _fc_options(fused, keep), keep_num_dims=keep))
+        B.FULLY_CONNECTED, inputs, [out], BO.FullyConnectedOptions, _fc_options(fused, keep, asymmetric),
+        keep_num_dims=keep, asymmetric_quantize_inputs=asymmetric))
+
+
+def _is_hybrid(node: Node) -> bool:
+    """Float input and result with int8 weights: a dynamic-range ("hybrid") kernel."""
+    x, weights = node.operands[0].type, node.operands[1].type
+    return x.is_float and node.result.type.is_float and _is_quantized(weights)
+
+
+def _check_mixed_types(node: Node) -> None:
+    """Only conv2d, depthwise_conv2d and fully_connected have kernels that mix float activations with integer
+    weights; elsewhere TFLite would reject (or misread) the model at run time."""
+    if node.op in _NO_MIXING_CHECK or not any(v.type.is_float for v in node.results):
+        return
+    for index, operand in enumerate(node.operands):
+        if not _is_quantized(operand.type):
+            continue
+        if node.op in _HYBRID_OPS and index == 1 and _is_hybrid(node):
+            if operand.type.dtype != "i8":
+                raise BackendError(f"{node.describe()}: hybrid weights %{operand.name} must be i8, not "
+                                   f"{operand.type.dtype}")
+            continue
+        raise BackendError(f"{node.describe()}: float result but operand {index} %{operand.name} is "
+                           f"{operand.type}; TFLite only mixes float activations with int8 weights in conv2d, "
+                           "depthwise_conv2d and fully_connected. Dequantize the operand first, or keep it float")
 
 
 def _emit_arith(w: _ModelWriter, node: Node) -> None:
@@ -589,6 +621,7 @@ def _emit_node(w: _ModelWriter, node: Node) -> None:
                            f"{_PIPELINE_HINT}. Ops the backend writes: {', '.join(sorted(SUPPORTED_OPS))}")
     if len(node.results) != 1:
         raise BackendError(f"{node.describe()}: expected one result, got {len(node.results)}")
+    _check_mixed_types(node)
     emitter(w, node)
 
 

@@ -22,9 +22,12 @@ from qcompiler.passes.canonicalize import Canonicalize
 from qcompiler.passes.dce import DeadCodeElimination
 from qcompiler.passes.fold_batchnorm import FoldBatchNorm
 from qcompiler.passes.fold_constants import FoldConstants
+from qcompiler.passes.fold_pad import FoldPad
 from qcompiler.passes.fuse_activations import FuseActivations
 from qcompiler.passes.insert_fake_quant import InsertFakeQuant
 from qcompiler.passes.lower_to_int import LowerToInt
+from qcompiler.passes.quantize_weights import QuantizeWeights
+from qcompiler.passes.weights_to_f16 import WeightsToF16
 
 # One line per pass. Keep alphabetical.
 PASSES: dict[str, type[Pass]] = {
@@ -33,14 +36,18 @@ PASSES: dict[str, type[Pass]] = {
     "dce": DeadCodeElimination,
     "fold-batchnorm": FoldBatchNorm,
     "fold-constants": FoldConstants,
+    "fold-pad": FoldPad,
     "fuse-activations": FuseActivations,
     "insert-fake-quant": InsertFakeQuant,
     "lower-to-int": LowerToInt,
+    "quantize-weights": QuantizeWeights,
+    "weights-to-f16": WeightsToF16,
 }
 
 # dce first as well as last: a dead user would make a producer look shared and block folding and fusion.
 # fold-constants before fold-batchnorm so batch-norm parameters computed from constants are constants.
-DEFAULT_FLOAT_PIPELINE = "dce,canonicalize,fold-constants,fold-batchnorm,fuse-activations,dce"
+# fold-pad needs nothing but dce before it (a dead user would make a pad look shared).
+DEFAULT_FLOAT_PIPELINE = "dce,canonicalize,fold-pad,fold-constants,fold-batchnorm,fuse-activations,dce"
 
 
 class PipelineError(QCompilerError, ValueError):
