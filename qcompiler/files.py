@@ -14,7 +14,7 @@ def atomic_write(path: Union[str, Path], data: bytes) -> None:
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
     if not directory.is_dir():
-        raise QCompilerError(f"cannot write '{target}': folder '{directory}' does not exist")
+        raise QCompilerError(f"cannot write '{target}': folder '{directory}' does not exist (or is not a folder)")
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     except OSError as err:

@@ -690,7 +690,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(BackendError, match="No space left"):
+    with pytest.raises(QCompilerError, match="No space left"):
         write_tflite_file(_two_convs(), target)
     assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["model.tflite"]
 
@@ -698,7 +698,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
 def test_unwritable_directory_is_a_clear_error(tmp_path):
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
-    with pytest.raises(BackendError, match="not an existing directory"):
+    with pytest.raises(QCompilerError, match="does not exist"):
         write_tflite_file(_two_convs(), not_a_dir / "model.tflite")
-    with pytest.raises(BackendError, match="not an existing directory"):
+    with pytest.raises(QCompilerError, match="does not exist"):
         write_tflite_file(_two_convs(), tmp_path / "missing" / "model.tflite")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -28,6 +27,7 @@ from tflite.TensorType import TensorType as TflType
 
 from qcompiler.backend.opcodes import ABSENT, OpSig, TensorSig, deprecated_builtin_code, op_version
 from qcompiler.errors import QCompilerError
+from qcompiler.files import atomic_write
 from qcompiler.ir.graph import Graph, Node, Value
 from qcompiler.ir.types import QParams, TensorType
 
@@ -783,32 +783,7 @@ def write_tflite(graph: Graph, description: str = "qcompiler") -> bytes:
 
 
 def write_tflite_file(graph: Graph, path: str | os.PathLike, description: str = "qcompiler") -> Path:
-    """Write the model to `path` atomically: a temp file in the same directory, then os.replace.
-
-    On any error nothing is left behind and an existing file at `path` is untouched.
-    """
-    path = Path(path)
-    data = write_tflite(graph, description)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise BackendError(f"cannot write {path}: {directory} is not an existing directory")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as err:
-        raise BackendError(f"cannot write {path}: directory {directory} is not writable ({err.strerror})") from err
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException as err:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(err, OSError):
-            raise BackendError(f"cannot write {path}: {err.strerror or err}") from err
-        raise
-    return path
+    """Write the model to `path` atomically (see qcompiler.files.atomic_write): on any error nothing is left
+    behind and an existing file at `path` is untouched."""
+    atomic_write(path, write_tflite(graph, description))
+    return Path(path)
