@@ -1,39 +1,71 @@
 """fold-batchnorm: fold inference batch norms into the preceding conv2d / depthwise_conv2d / fully_connected.
 
     y = (conv(x, w) + b - mean) * gamma / sqrt(var + eps) + beta
-      = conv(x, w * s) + (b - mean) * s + beta          with s = gamma / sqrt(var + eps) per output channel
+      = conv(x, w * inv) + b * inv + (beta - mean * inv)          with inv = rsqrt(var + eps) * gamma
+
+The arithmetic is float32, step by step in this order, because that is what Keras (tf.nn.batch_normalization)
+and TFLiteConverter (constant folding, then fusing the mul into the weights and the add into the bias) compute;
+the folded weights are then equal to the converter's to the bit, and so are the per-channel weight scales
+derived from them. `rsqrt` picks the kernel for 1/sqrt (see `rsqrt`).
 
 Every layer puts its output channels on the last axis of its result and on the axis of its weights that
 `_scale_weights` scales (conv2d [out,kh,kw,in]: axis 0; depthwise [1,kh,kw,in*mult]: axis 3, output channel
 c*mult+m is weight column c*mult+m, so the depth multiplier needs nothing special; fully_connected [out,in]: 0).
 
 A batch norm that cannot be folded (first in the model, after an add, its producer has other users or a fused
-activation, ...) becomes `mul` + `add` with per-channel constants, which every backend can run. Batch norms
-whose parameters are not constants are left alone.
+activation, ...) becomes `mul` + `add` with per-channel constants inv and beta - mean * inv, which every backend
+can run. Batch norms whose parameters are not constants are left alone.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Optional, Sequence
+from functools import partial
+from typing import ClassVar, Literal, Optional, Sequence
 
 import numpy as np
 
+from qcompiler.errors import QCompilerError
 from qcompiler.passes.rewriter import Const, Match, Pat, Rewriter, RewritePass, Rule, Var, has_data
 
 FOLDABLE_PRODUCERS = ("conv2d", "depthwise_conv2d", "fully_connected")
 _OUTPUT_AXIS = {"conv2d": 0, "depthwise_conv2d": 3, "fully_connected": 0}
 _BN_PARAMS = ("gamma", "beta", "mean", "var")
+RsqrtKernel = Literal["tensorflow", "f32"]
+_F32 = np.float32
+
+
+def rsqrt(x: np.ndarray, kernel: RsqrtKernel) -> np.ndarray:
+    """1 / sqrt(x) in float32, as `kernel` computes it.
+
+    tensorflow: TensorFlow's CPU kernel (Eigen), which Keras runs for BatchNormalization and TFLiteConverter runs
+      when it constant-folds the batch norm. Eigen computes whole packets of 8 with the CPU's approximate
+      reciprocal square root instruction plus one Newton step, and the remaining elements as 1/sqrt in float32.
+      The instruction's results differ between CPU vendors, so the kernel cannot be emulated in numpy: it is
+      called. Up to 2 ulp from the exact result.
+    f32: 1 / sqrt(x) in float32 (portable; TFLite's RSQRT kernel and Eigen's scalar path).
+    """
+    x = np.ascontiguousarray(x, _F32)
+    if kernel == "f32":
+        return (_F32(1) / np.sqrt(x)).astype(_F32)
+    try:
+        import tensorflow as tf
+    except ImportError as err:
+        raise QCompilerError(f"fold-batchnorm{{rsqrt=tensorflow}} needs TensorFlow ({err}); install it or run "
+                             "fold-batchnorm{rsqrt=f32} (weights may then differ from the converter's in the "
+                             "last bit)") from None
+    return np.asarray(tf.math.rsqrt(tf.constant(x)), _F32)
 
 
 def _bn_pattern(source) -> Pat:
     return Pat("batch_norm", source, *(Const(capture=p) for p in _BN_PARAMS))
 
 
-def scale_and_shift(m: Match) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel s and t with batch_norm(x) == x * s + t, computed in float64."""
-    gamma, beta, mean, var = (np.asarray(m[p].data, np.float64) for p in _BN_PARAMS)
-    scale = gamma / np.sqrt(var + float(np.float32(m.root.attrs["epsilon"])))
-    return scale, beta - mean * scale
+def scale_and_shift(m: Match, kernel: RsqrtKernel = "tensorflow") -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel inv and shift with batch_norm(x) == x * inv + shift, in float32 in tf.nn.batch_normalization's
+    order: inv = rsqrt(var + eps) * gamma; shift = beta - mean * inv."""
+    gamma, beta, mean, var = (np.asarray(m[p].data, _F32) for p in _BN_PARAMS)
+    inv = (rsqrt((var + _F32(m.root.attrs["epsilon"])).astype(_F32), kernel) * gamma).astype(_F32)
+    return inv, (beta - (mean * inv).astype(_F32)).astype(_F32)
 
 
 # ----- folding into the producer -----
@@ -64,22 +96,26 @@ def _params_check(m: Match) -> Optional[str]:
     return None
 
 
-def _scale_weights(op: str, weights: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def _scale_weights(op: str, weights: np.ndarray, inv: np.ndarray) -> np.ndarray:
     shape = [1] * weights.ndim
     shape[_OUTPUT_AXIS[op]] = -1
-    return weights.astype(np.float64) * scale.reshape(shape)
+    return (np.asarray(weights, _F32) * inv.reshape(shape)).astype(_F32)
 
 
-def _fold(m: Match, rw: Rewriter) -> None:
+def _fold(m: Match, rw: Rewriter, kernel: RsqrtKernel) -> None:
+    """The converter's fusions: conv(x, w) + b -> mul by inv -> add shift, i.e. w * inv and b * inv + shift."""
     producer = m["producer"]
-    scale, shift = scale_and_shift(m)
+    inv, shift = scale_and_shift(m, kernel)
     weights = producer.operands[1]
-    old_bias = producer.operands[2].data if len(producer.operands) > 2 else np.zeros_like(scale)
-    dtype = weights.type.dtype
-    new_weights = rw.const(_scale_weights(producer.op, weights.data, scale), name=weights.name,
-                           layer=weights.layer, before=producer, dtype=dtype)
-    bias = rw.const(old_bias.astype(np.float64) * scale + shift, name=f"{producer.result.name}_bias",
-                    layer=producer.layer, before=producer, dtype=producer.result.type.dtype)
+    if len(producer.operands) > 2:
+        old_bias = np.asarray(producer.operands[2].data, _F32)
+        new_bias = ((old_bias * inv).astype(_F32) + shift).astype(_F32)
+    else:
+        new_bias = shift
+    new_weights = rw.const(_scale_weights(producer.op, weights.data, inv), name=weights.name,
+                           layer=weights.layer, before=producer, dtype=weights.type.dtype)
+    bias = rw.const(new_bias, name=f"{producer.result.name}_bias", layer=producer.layer, before=producer,
+                    dtype=producer.result.type.dtype)
     rw.set_operand(producer, 1, new_weights)
     if len(producer.operands) > 2:
         rw.set_operand(producer, 2, bias)
@@ -95,22 +131,23 @@ def _lower_check(m: Match) -> Optional[str]:
     return _params_check(m)
 
 
-def _lower_to_mul_add(m: Match, rw: Rewriter) -> None:
+def _lower_to_mul_add(m: Match, rw: Rewriter, kernel: RsqrtKernel) -> None:
     bn = m.root
     dtype = bn.result.type.dtype
-    scale, shift = scale_and_shift(m)
+    inv, shift = scale_and_shift(m, kernel)
     base = bn.result.name
-    s = rw.const(scale, name=f"{base}_scale", layer=bn.layer, dtype=dtype)
+    s = rw.const(inv, name=f"{base}_scale", layer=bn.layer, dtype=dtype)
     t = rw.const(shift, name=f"{base}_shift", layer=bn.layer, dtype=dtype)
     scaled = rw.op("mul", m["x"], s, name=f"{base}_mul", layer=bn.layer)
     rw.replace_value(bn, rw.op("add", scaled, t, layer=bn.layer))
 
 
-RULES: list[Rule] = [
-    Rule("fold-into-producer", _bn_pattern(Pat(FOLDABLE_PRODUCERS, capture="producer")),
-         _fold, _fold_check),
-    Rule("lower-to-mul-add", _bn_pattern(Var("x")), _lower_to_mul_add, _lower_check),
-]
+def make_rules(kernel: RsqrtKernel = "tensorflow") -> list[Rule]:
+    return [
+        Rule("fold-into-producer", _bn_pattern(Pat(FOLDABLE_PRODUCERS, capture="producer")),
+             partial(_fold, kernel=kernel), _fold_check),
+        Rule("lower-to-mul-add", _bn_pattern(Var("x")), partial(_lower_to_mul_add, kernel=kernel), _lower_check),
+    ]
 
 
 @dataclass(frozen=True)
@@ -118,5 +155,7 @@ class FoldBatchNorm(RewritePass):
     name: ClassVar[str] = "fold-batchnorm"
     summary: ClassVar[str] = "fold batch_norm into conv/depthwise/fully_connected weights, else mul+add"
 
+    rsqrt: RsqrtKernel = "tensorflow"
+
     def rules(self) -> Sequence[Rule]:
-        return RULES
+        return make_rules(self.rsqrt)

@@ -1,4 +1,4 @@
-"""insert-fake-quant: mark every tensor that the integer model will quantize with a fake_quant node.
+"""insert-fake-quant: mark every tensor whose calibrated range the integer model uses with a fake_quant node.
 
     %c = conv2d(%x, %w, %b) {activation="relu"} : f32[?,28,28,32]
   becomes
@@ -7,21 +7,29 @@
     %c = conv2d(%x.q, %w.q, %b) {activation="relu"} : f32[?,28,28,32]
     %c.q = fake_quant(%c) : f32[?,28,28,32]                         # output: calibrated later
 
-What each op gets is the table in qcompiler/quant/spec.py: ops whose output keeps its input's parameters
-(pooling, reshape, pad, ...) get no fake_quant of their own; softmax/logistic/tanh get their fixed range.
-Activation ranges stay `none` until `calibrate` fills them. Biases are not marked: lowering derives them.
+What each op gets is the table in qcompiler/quant/spec.py, applied as TFLiteConverter's RemoveRedundantStatsOps
+does (docs/quantization-notes.md §5.2):
+  - graph inputs and outputs of OWN ops get a fake_quant; softmax/logistic/tanh get their fixed range;
+  - outputs of SAME ops with one activation operand (pooling, reshape, pad, ...) get none: they keep the
+    operand's parameters;
+  - outputs of SAME ops with several float operands (concat, maximum, minimum) get one, and in int8 mode their
+    operands do not: lowering gives those operands the op's parameters, recursively through chains of SAME ops,
+    so a graph input or a conv output feeding a concat gets no fake_quant of its own. (16x8 mode, the
+    converter's older quantizer, keeps the operands' own ranges and requantizes them.)
+Activation ranges stay `none` until `calibrate` fills them. Biases and constant operands of SAME ops are not
+marked: lowering derives them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Optional
 
 import numpy as np
 
 from qcompiler.errors import QCompilerError
 from qcompiler.ir.graph import Graph, Node, Value
 from qcompiler.passes.base import Pass, PassResult
-from qcompiler.quant.spec import FIXED, SAME, quant_spec
+from qcompiler.quant.spec import FIXED, OWN, SAME, quant_spec
 
 # Ops that quantization leaves alone: their inputs and outputs are not activations.
 _PASS_THROUGH = ("const", "fake_quant", "quantize", "dequantize")
@@ -34,7 +42,8 @@ class NotQuantizableError(QCompilerError):
 @dataclass(frozen=True)
 class InsertFakeQuant(Pass):
     name: ClassVar[str] = "insert-fake-quant"
-    summary: ClassVar[str] = "insert fake_quant on every activation, weight and constant operand to quantize"
+    summary: ClassVar[str] = ("insert fake_quant on each activation whose calibrated range is used, on weights "
+                              "and on constant operands")
 
     activations: Literal["i8", "i16"] = "i8"
     per_channel: bool = True
@@ -43,22 +52,33 @@ class InsertFakeQuant(Pass):
         if graph.find("fake_quant"):
             return PassResult.unchanged()
         _check_quantizable(graph)
-        counts = {"activations": 0, "weights": 0, "constants": 0}
+        calibrated = calibrated_values(graph, share_backwards=self.activations == "i8")
+        counts = {"activations": 0, "weights": 0, "constants": 0, "shared": 0}
+        first = graph.nodes[0] if graph.nodes else None
         for value in list(graph.inputs):
-            if value.type.is_float:
-                self._mark_activation(graph, value, None, before=graph.nodes[0] if graph.nodes else None)
+            if not value.type.is_float:
+                continue
+            if id(value) in calibrated:
+                self._mark_activation(graph, value, None, before=first)
                 counts["activations"] += 1
+            else:
+                counts["shared"] += 1
         for node in list(graph.nodes):
             if node.op in _PASS_THROUGH:
                 continue
             counts["weights"] += self._mark_weights(graph, node)
             counts["constants"] += self._mark_constants(graph, node)
             spec = quant_spec(node.op)
-            if spec.output == SAME or not node.result.type.is_float:
+            if not node.result.type.is_float:
                 continue
-            fixed = spec.fixed_range(self.activations) if spec.output == FIXED else None
-            self._mark_activation(graph, node.result, fixed, after=node)
-            counts["activations"] += 1
+            if spec.output == FIXED:
+                self._mark_activation(graph, node.result, spec.fixed_range(self.activations), after=node)
+                counts["activations"] += 1
+            elif id(node.result) in calibrated:
+                self._mark_activation(graph, node.result, None, after=node)
+                counts["activations"] += 1
+            elif spec.output == OWN or (spec.output == SAME and keeps_own_range(node)):
+                counts["shared"] += 1
         return PassResult(any(counts.values()), {k: v for k, v in counts.items() if v})
 
     def _mark_activation(self, graph: Graph, value: Value, fixed: tuple[float, float] | None,
@@ -80,11 +100,7 @@ class InsertFakeQuant(Pass):
         index = spec.weight_operand
         if index is None or index >= len(node.operands):
             return 0
-        weights = node.operands[index]
-        if not weights.is_constant:
-            raise NotQuantizableError(
-                f"{node.describe()}: weights %{weights.name} are not a constant; only constant weights can be "
-                "quantized (run fold-constants first, or keep this layer in float)")
+        weights = node.operands[index]  # a constant: _check_quantizable made sure
         axis = spec.weight_axis if self.per_channel else None
         marked = graph.op("fake_quant", weights, name=f"{weights.name}.q", layer=weights.layer, before=node,
                           weights=True, axis=axis)
@@ -94,6 +110,8 @@ class InsertFakeQuant(Pass):
     def _mark_constants(self, graph: Graph, node: Node) -> int:
         """Constant operands that are not weights or bias (e.g. the scale of a Rescaling mul)."""
         spec = quant_spec(node.op)
+        if spec.output == SAME:  # they take the op's parameters
+            return 0
         marked_count = 0
         for index, operand in enumerate(node.operands):
             if index in (spec.weight_operand, spec.bias_operand) or not operand.is_constant:
@@ -108,13 +126,63 @@ class InsertFakeQuant(Pass):
         return marked_count
 
 
+def keeps_own_range(node: Node) -> bool:
+    """A SAME op with several float operands (constants count, as in the converter's PreferResultScale) keeps
+    its own calibrated output range instead of taking its operand's."""
+    return sum(1 for v in node.operands if v.type.is_float) > 1
+
+
+def calibrated_values(graph: Graph, share_backwards: bool = True) -> set[int]:
+    """Ids of the activations whose own calibrated range the integer model uses.
+
+    Graph inputs, outputs of OWN ops and outputs of multi-operand SAME ops; with `share_backwards` (int8, the
+    MLIR quantizer) minus every activation reached backwards from a SAME op's calibrated output through SAME
+    producers: those take the downstream op's parameters.
+    """
+    candidates: list[Value] = [v for v in graph.inputs if v.type.is_float]
+    for node in graph.nodes:
+        spec = quant_spec(node.op) if node.op not in _PASS_THROUGH else None
+        if spec is None or not node.result.type.is_float:
+            continue
+        if spec.output == OWN or (spec.output == SAME and keeps_own_range(node)):
+            candidates.append(node.result)
+    shared: set[int] = set()
+    if share_backwards:
+        for value in candidates:
+            if value.producer is not None and quant_spec(value.producer.op).output == SAME:
+                _share_operands(value.producer, shared)
+    return {id(v) for v in candidates if id(v) not in shared}
+
+
+def _share_operands(node: Node, shared: set[int]) -> None:
+    stack = [node]
+    while stack:
+        for operand in stack.pop().operands:
+            if operand.is_constant or not operand.type.is_float or id(operand) in shared:
+                continue
+            shared.add(id(operand))
+            producer = operand.producer
+            if producer is not None and producer.op not in _PASS_THROUGH and quant_spec(producer.op).output == SAME:
+                stack.append(producer)
+
+
 def _check_quantizable(graph: Graph) -> None:
     for node in graph.nodes:
         if node.op in _PASS_THROUGH:
             continue
-        if quant_spec(node.op) is None:
+        spec = quant_spec(node.op)
+        if spec is None:
             layer = f" (Keras layer '{node.layer}')" if node.layer else ""
             hint = ("run the default float pipeline first (canonicalize, fold-batchnorm)"
                     if node.op in ("batch_norm", "identity") else
                     "TFLite has no integer kernel for it; use --mode dynamic or float16 for this model")
             raise NotQuantizableError(f"op {node.op} at %{node.results[0].name}{layer} cannot be quantized: {hint}")
+        _check_weights(node, spec.weight_operand)
+
+
+def _check_weights(node: Node, index: Optional[int]) -> None:
+    if index is None or index >= len(node.operands) or node.operands[index].is_constant:
+        return
+    raise NotQuantizableError(
+        f"{node.describe()}: weights %{node.operands[index].name} are not a constant; only constant weights can be "
+        "quantized (run fold-constants first, or keep this layer in float)")

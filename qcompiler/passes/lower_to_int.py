@@ -1,21 +1,28 @@
 """lower-to-int: turn a calibrated fake-quant graph into an integer graph that the backend writes as is.
 
-  - every fake_quant'ed activation becomes an i8 (or i16) value with the converter's scale and zero point;
-    ops that keep their input's parameters (pooling, reshape, ...) inherit them;
+  - every activation becomes an i8 (or i16) value with the converter's scale and zero point. A calibrated
+    fake_quant fixes its tensor's parameters; softmax/logistic/tanh results get the kernel's fixed ones; the
+    other activations get theirs through the ops that share parameters (SAME in qcompiler/quant/spec.py), as
+    TFLiteConverter decides it: int8 replays the MLIR quantizer's QuantizationDriver (a concat's output
+    parameters flow back into its operands, graph inputs included), 16x8 its older quantizer (parameters flow
+    forward only; concat/maximum/minimum operands with other parameters are requantized);
+  - where one tensor would need two parameter sets, a requantizing `quantize` (integer -> integer) is inserted,
+    for the users that need the other set (or after a fixed-range op, for all its users), and folded into the
+    producer when the producer computes its own output scale and has no other user;
   - weights become symmetric per-channel i8 constants, biases i32 (i64 for 16-bit activations) with
-    scale = input scale × weight scale;
-  - other constant operands become per-tensor i8 constants;
-  - where a kernel needs all its operands on the output's parameters (concatenation, maximum, minimum) and an
-    operand's differ, a requantizing `quantize` is inserted;
+    scale = input scale × weight scale; constant operands of SAME ops take the op's parameters, other constant
+    operands become per-tensor i8 constants;
   - graph inputs/outputs are integer (`io=int8`/`int16`), uint8 (`io=uint8`, TOCO-style), or float with
     quantize/dequantize at the edges (`io=float`).
 
 A tensor without a range is an error naming the tensor and its Keras layer, unless `default_ranges` fills it.
+docs/quantization-notes.md §5 describes the converter's rules and the experiments that confirmed them.
 """
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Optional
 
 import numpy as np
@@ -25,10 +32,10 @@ from qcompiler.ir.graph import Graph, Node, Value
 from qcompiler.ir.types import QParams, TensorType
 from qcompiler.passes.base import Pass, PassResult
 from qcompiler.quant import math as qmath
-from qcompiler.quant.spec import SAME, quant_spec
+from qcompiler.quant.spec import FIXED, OWN, SAME, OpQuantSpec, quant_spec
 
-# Kernels that move raw integers between operands without rescaling (TFLite checks equal parameters).
-_SHARED_PARAMS_OPS = ("concat", "maximum", "minimum")
+# Ops whose results are not activations to quantize (conversions already explicit, constants).
+_NOT_ACTIVATIONS = ("const", "fake_quant", "quantize", "dequantize", "cast")
 
 
 class MissingRangeError(QCompilerError):
@@ -55,25 +62,28 @@ class LowerToInt(Pass):
         act_dtype = _activation_dtype(fake_quants)
         self._check_io(act_dtype)
         self._fill_missing_ranges(graph, fake_quants)
-        params = _activation_params(graph, fake_quants)
-        counts = {"weights": 0, "requantize": 0}
-        for node in list(graph.nodes):
-            if node.op in ("fake_quant", "const", "quantize", "dequantize"):
-                continue
-            counts["weights"] += _lower_constants(graph, node, params, act_dtype)
-            if node.op in _SHARED_PARAMS_OPS:
-                counts["requantize"] += _requantize_operands(graph, node, params, act_dtype)
+        marks = _erase_fake_quants(graph, fake_quants)
+        marks.ranges.update(self._input_stats_ranges(graph))
+        states = PROPAGATIONS[act_dtype](graph, marks.ranges, act_dtype).run()
+        _check_all_quantized(states)
+        params, requantized = _insert_requantizations(graph, states)
+        weights = sum(_lower_constants(graph, node, params, marks.weight_axes, act_dtype)
+                      for node in list(graph.nodes))
         _retype_activations(graph, params, act_dtype)
-        for node in list(graph.find("fake_quant")):
-            graph.replace_node(node, [node.operands[0]])
-        self._lower_io(graph, act_dtype)
-        return PassResult(True, {k: v for k, v in counts.items() if v} | {"fake-quant-erased": len(fake_quants)})
+        folded = _fold_trivial_requantizations(graph)
+        _remove_dead_constants(graph)
+        self._lower_io(graph)
+        counts = {"weights": weights, "requantize": requantized - folded, "requantize-folded": folded,
+                  "fake-quant-erased": len(fake_quants)}
+        return PassResult(True, {k: v for k, v in counts.items() if v})
 
     # ----- ranges ---------------------------------------------------------------------------------
     def _check_io(self, act_dtype: str) -> None:
         allowed = {"i8": ("int8", "uint8", "float"), "i16": ("int16", "float")}[act_dtype]
         if self.io not in allowed:
             raise QCompilerError(f"io={self.io} does not fit {act_dtype} activations; choose one of {allowed}")
+        if self.input_stats is not None and self.io != "uint8":
+            raise QCompilerError(f"input stats (mean, std) describe uint8 inputs; they do not apply to io={self.io}")
 
     def _fill_missing_ranges(self, graph: Graph, fake_quants: list[Node]) -> None:
         missing = [n for n in fake_quants if not n.attrs["weights"] and n.attrs["min"] is None]
@@ -93,7 +103,7 @@ class LowerToInt(Pass):
             node.attrs["min"], node.attrs["max"] = float(lo), float(hi)
 
     # ----- I/O ------------------------------------------------------------------------------------
-    def _lower_io(self, graph: Graph, act_dtype: str) -> None:
+    def _lower_io(self, graph: Graph) -> None:
         if self.io == "float":
             for value in graph.inputs:
                 if value.type.quant is not None:
@@ -105,24 +115,280 @@ class LowerToInt(Pass):
                     self._uint8_input(graph, value)
             graph.outputs = [_to_uint8(graph, v) if v.type.quant is not None else v for v in graph.outputs]
 
-    def _uint8_input(self, graph: Graph, value: Value) -> None:
-        internal = value.type
-        if self.input_stats is not None:
-            mean, std = self.input_stats
-            if std <= 0:
-                raise QCompilerError(f"input stats need a positive std, got {std}")
-            zero_point = int(round(mean))
-            if not 0 <= zero_point <= 255:
-                raise QCompilerError(f"input stats mean {mean} is outside the uint8 range [0, 255]")
-            internal = internal.with_quant(QParams.per_tensor(1.0 / std, zero_point - 128))
-        q = internal.quant
+    def _input_stats_ranges(self, graph: Graph) -> dict[int, QParams]:
+        """TOCO-style uint8 input statistics, real = (q - mean) / std, as the inputs' int8 parameters inside."""
+        if self.io != "uint8" or self.input_stats is None:
+            return {}
+        mean, std = self.input_stats
+        if std <= 0:
+            raise QCompilerError(f"input stats need a positive std, got {std}")
+        zero_point = int(qmath.round_half_away(np.float64(mean)))
+        if not 0 <= zero_point <= 255:
+            raise QCompilerError(f"input stats mean {mean} is outside the uint8 range [0, 255]")
+        params = QParams.per_tensor(1.0 / std, zero_point - 128)
+        return {id(v): params for v in graph.inputs if v.type.is_float}
+
+    @staticmethod
+    def _uint8_input(graph: Graph, value: Value) -> None:
+        q = value.type.quant
         uint8_type = TensorType(value.type.shape, "u8", QParams.per_tensor(q.scale[0], q.zero_point[0] + 128))
-        _quantize_input(graph, value, internal, input_type=uint8_type)
+        _quantize_input(graph, value, value.type, input_type=uint8_type)
 
 
 # ----------------------------------------------------------------------------------------------------
-# helpers
+# fake_quant nodes -> what they said
 # ----------------------------------------------------------------------------------------------------
+@dataclass
+class _Marks:
+    ranges: dict[int, QParams] = field(default_factory=dict)  # activation id -> calibrated parameters
+    weight_axes: dict[tuple[int, int], Optional[int]] = field(default_factory=dict)  # (node id, operand) -> axis
+
+
+def _erase_fake_quants(graph: Graph, fake_quants: list[Node]) -> _Marks:
+    """Record what each fake_quant says, then remove it: the activation ranges (fixed-range outputs excepted,
+    the kernel fixes them) and the per-channel axis of each weight use."""
+    marks = _Marks()
+    for node in fake_quants:
+        source = node.operands[0]
+        if node.attrs["weights"]:
+            for use in node.result.uses:
+                marks.weight_axes[(id(use.node), use.index)] = node.attrs["axis"]
+        elif not source.is_constant and not _is_fixed_output(source):
+            marks.ranges[id(source)] = qmath.activation_qparams(node.attrs["min"], node.attrs["max"],
+                                                                node.attrs["dtype"])
+        graph.replace_node(node, [source])
+    return marks
+
+
+def _is_fixed_output(value: Value) -> bool:
+    spec = _spec_of(value.producer)
+    return spec is not None and spec.output == FIXED
+
+
+def _spec_of(node: Optional[Node]) -> Optional[OpQuantSpec]:
+    if node is None or node.op in _NOT_ACTIVATIONS:
+        return None
+    return quant_spec(node.op)
+
+
+def _is_activation(value: Value) -> bool:
+    if not value.type.is_float:
+        return False
+    return value.producer is None or _spec_of(value.producer) is not None
+
+
+# ----------------------------------------------------------------------------------------------------
+# parameter propagation
+# ----------------------------------------------------------------------------------------------------
+@dataclass
+class QuantState:
+    """One activation's parameters. `requant_in`: parameters its producer must emit instead (a requantize to
+    `params` then feeds every user); `requant_out`: (parameters, users) that need a requantized copy."""
+
+    params: Optional[QParams] = None
+    immutable: bool = False
+    requant_in: list[QParams] = field(default_factory=list)
+    requant_out: list[tuple[QParams, list[tuple[Node, int]]]] = field(default_factory=list)
+
+    def requantize_for(self, params: QParams, user: Node, index: int) -> None:
+        """Operand `index` of `user` needs a copy with `params` (one copy per parameter set)."""
+        for existing, users in self.requant_out:
+            if existing == params:
+                users.append((user, index))
+                return
+        self.requant_out.append((params, [(user, index)]))
+
+
+class _Propagation(ABC):
+    """Gives every activation of the graph (graph inputs and results of quantizable ops) a QuantState: the
+    calibrated ones start immutable, `run` fills the others and records the requantizations needed."""
+
+    def __init__(self, graph: Graph, ranges: dict[int, QParams], act_dtype: str) -> None:
+        self.graph = graph
+        self.act_dtype = act_dtype
+        self.values: dict[int, Value] = {}
+        self.states: dict[int, QuantState] = {}
+        for value in graph.values():
+            if _is_activation(value):
+                calibrated = ranges.get(id(value))
+                self.values[id(value)] = value
+                self.states[id(value)] = QuantState(calibrated, immutable=calibrated is not None)
+
+    def fixed_params(self, spec: OpQuantSpec) -> QParams:
+        lo, hi = spec.fixed_range(self.act_dtype)
+        return qmath.activation_qparams(lo, hi, self.act_dtype)
+
+    def result(self) -> dict[int, tuple[Value, QuantState]]:
+        return {key: (self.values[key], state) for key, state in self.states.items()}
+
+    @abstractmethod
+    def run(self) -> dict[int, tuple[Value, QuantState]]:
+        """value id -> (value, its state) for every activation."""
+
+
+class ConverterPropagation(_Propagation):
+    """The MLIR quantizer's QuantizationDriver (tfl_quantization_driver.cc), restricted to activations.
+
+    A work list of all ops in program order is processed from the back. A SAME op picks one parameter set
+    (GetQuantParamsForSameScaleConstraint: a sole immutable operand, else an immutable result, else the first
+    immutable state, else the sole/first propagated one) and gives it to every activation operand and its
+    result; a fixed-range op gives its result the kernel's parameters. A state that is empty takes the
+    parameters (and the neighbour on the other side is queued); one that already has others keeps them and
+    records a requantization instead.
+    """
+
+    def run(self) -> dict[int, tuple[Value, QuantState]]:
+        order = [n for n in self.graph.nodes if _spec_of(n) is not None]
+        self.position = {id(n): i for i, n in enumerate(order)}
+        self.work = list(order)
+        done: set[int] = set()
+        while self.work:
+            node = self.work.pop()
+            if id(node) in done:
+                continue
+            done.add(id(node))
+            spec = _spec_of(node)
+            if spec.output == SAME:
+                params = self._same_scale_params(node, spec)
+                if params is None:  # nothing known around it yet: it is queued again when something is
+                    done.discard(id(node))
+                    continue
+                for index, operand in enumerate(node.operands):
+                    if id(operand) in self.states:
+                        self._set_operand(node, index, params)
+                self._set_result(node, params)
+            elif spec.output == FIXED:
+                self._set_result(node, self.fixed_params(spec))
+        return self.result()
+
+    def _same_scale_params(self, node: Node, spec: OpQuantSpec) -> Optional[QParams]:
+        operand_count = len(node.operands) + spec.param_operands  # the TFLite op's operands, as the driver counts
+        operands = [self.states[id(v)] for v in node.operands if id(v) in self.states]
+        immutable = [s for s in operands if s.immutable]
+        propagated = [s for s in operands if not s.immutable and s.params is not None]
+        result = self.states[id(node.result)]
+        if operand_count == 1 and len(immutable) == 1:
+            return immutable[0].params
+        if result.immutable:
+            return result.params
+        if immutable:
+            return immutable[0].params
+        if operand_count == 1 and len(propagated) == 1:
+            return propagated[0].params
+        if result.params is not None:
+            return result.params
+        return propagated[0].params if propagated else None
+
+    def _set_operand(self, node: Node, index: int, params: QParams) -> None:
+        value = node.operands[index]
+        state = self.states[id(value)]
+        if state.params == params:
+            return
+        if state.params is not None:
+            state.requantize_for(params, node, index)
+            return
+        state.params = params
+        if value.producer is not None:
+            self.work.append(value.producer)
+
+    def _set_result(self, node: Node, params: QParams) -> None:
+        state = self.states[id(node.result)]
+        if state.params == params:
+            return
+        if state.params is not None:
+            state.requant_in.append(params)
+            return
+        state.params = params
+        # MLIR lists the most recent use first, so the earliest user ends on top of the work list.
+        users = [u for u in node.result.users if id(u) in self.position]
+        self.work.extend(sorted(users, key=lambda u: -self.position[id(u)]))
+
+
+class LegacyPropagation(_Propagation):
+    """The older quantizer used for 16x8 (tools/optimize/quantize_model.cc): parameters only flow forward.
+
+    A SAME op with one activation operand takes its parameters; concat/maximum/minimum keep their calibrated
+    output and every operand with other parameters is requantized for them (ApplyConstraints).
+    """
+
+    def run(self) -> dict[int, tuple[Value, QuantState]]:
+        for node in self.graph.nodes:
+            spec = _spec_of(node)
+            if spec is None:
+                continue
+            result = self.states[id(node.result)]
+            if spec.output == FIXED:
+                result.params = self.fixed_params(spec)
+            elif spec.output == SAME and result.params is None:
+                source = next((v for v in node.operands if id(v) in self.states), None)
+                if source is not None:
+                    result.params = self.states[id(source)].params
+            elif spec.output == SAME:
+                self._requantize_operands(node, result.params)
+        return self.result()
+
+    def _requantize_operands(self, node: Node, params: QParams) -> None:
+        for index, operand in enumerate(node.operands):
+            state = self.states.get(id(operand))
+            if state is not None and state.params is not None and state.params != params:
+                state.requantize_for(params, node, index)
+
+
+PROPAGATIONS: dict[str, type[_Propagation]] = {"i8": ConverterPropagation, "i16": LegacyPropagation}
+
+
+# ----------------------------------------------------------------------------------------------------
+# applying the parameters
+# ----------------------------------------------------------------------------------------------------
+States = dict[int, tuple[Value, QuantState]]  # value id -> (value, its state)
+
+
+def _insert_requantizations(graph: Graph, states: States) -> tuple[dict[int, QParams], int]:
+    """value id -> parameters for every activation, inserting the requantizing `quantize` nodes."""
+    params: dict[int, QParams] = {}
+    inserted = 0
+    for value, state in list(states.values()):
+        if state.params is None:
+            continue
+        if state.requant_in and state.requant_out:
+            raise QCompilerError(f"{_describe_tensor(value)} would need its producer requantized and another "
+                                 "copy for some users; the converter gives up here too. Insert a layer between "
+                                 "them (e.g. an Activation('linear')) or keep the ops apart")
+        if state.requant_in:
+            params[id(value)] = state.requant_in[0]
+            users = [(u.node, u.index) for u in value.uses]
+            params[id(_requantize(graph, value, users, outputs_too=True))] = state.params
+            inserted += 1
+            continue
+        params[id(value)] = state.params
+        for target, users in state.requant_out:
+            params[id(_requantize(graph, value, users))] = target
+            inserted += 1
+    return params, inserted
+
+
+def _requantize(graph: Graph, value: Value, users: list[tuple[Node, int]], outputs_too: bool = False) -> Value:
+    anchor = {"after": value.producer} if value.producer is not None else {"before": graph.nodes[0]}
+    layer = value.layer or (users[0][0].layer if users else None)
+    requant = graph.add_node("quantize", [value], {}, result_types=[TensorType(value.type.shape, "f32")],
+                             names=[f"{value.name}.requant"], layer=layer, **anchor).result
+    for node, index in users:
+        node.set_operand(index, requant)
+    if outputs_too:
+        graph.outputs = [requant if v is value else v for v in graph.outputs]
+    return requant
+
+
+def _check_all_quantized(states: States) -> None:
+    missing = [value for value, state in states.values() if state.params is None]
+    if missing:
+        listing = ", ".join(_describe_tensor(v) for v in missing)
+        raise MissingRangeError(
+            f"{len(missing)} tensor(s) got no quantization parameters: {listing}. Neither a calibrated "
+            "fake_quant nor an op sharing parameters with them gives any; run insert-fake-quant and calibrate "
+            "on the float graph (or give --default-ranges MIN,MAX)")
+
+
 def _describe_tensor(value: Value) -> str:
     layer = f" (Keras layer '{value.layer}')" if value.layer else " (model input)" if value.producer is None else ""
     return f"%{value.name}{layer}"
@@ -135,68 +401,47 @@ def _activation_dtype(fake_quants: list[Node]) -> str:
     return dtypes.pop() if dtypes else "i8"
 
 
-def _activation_params(graph: Graph, fake_quants: list[Node]) -> dict[int, QParams]:
-    """value id -> parameters, for every activation the integer graph will carry."""
-    params: dict[int, QParams] = {}
-    for node in fake_quants:
-        if node.attrs["weights"] or node.operands[0].is_constant:
-            continue
-        qp = qmath.activation_qparams(node.attrs["min"], node.attrs["max"], node.attrs["dtype"])
-        params[id(node.operands[0])] = qp
-        params[id(node.result)] = qp
-    for node in graph.nodes:  # topological: an input's parameters are known before its users'
-        spec = quant_spec(node.op)
-        if spec is not None and spec.output == SAME and node.result.type.is_float:
-            source = node.operands[0]
-            if id(source) not in params:
-                raise MissingRangeError(f"{node.describe()} keeps its input's quantization, but its input "
-                                        f"{_describe_tensor(source)} has none")
-            params[id(node.result)] = params[id(source)]
-    return params
-
-
-def _unwrap(value: Value) -> tuple[Value, Optional[Node]]:
-    """The value under a fake_quant, and the fake_quant (or None)."""
-    if value.producer is not None and value.producer.op == "fake_quant":
-        return value.producer.operands[0], value.producer
-    return value, None
-
-
 def _quantized_const(graph: Graph, array: np.ndarray, qp: QParams, like: Value, before: Node) -> Value:
     new = graph.const(array, name=f"{like.name}.int", layer=like.layer, before=before)
     new.type = new.type.with_quant(qp)
     return new
 
 
-def _lower_constants(graph: Graph, node: Node, params: dict[int, QParams], act_dtype: str) -> int:
-    spec = quant_spec(node.op)
+def _lower_constants(graph: Graph, node: Node, params: dict[int, QParams], weight_axes: dict, act_dtype: str) -> int:
+    spec = _spec_of(node)
+    if spec is None:
+        return 0
     lowered = 0
     if spec.weight_operand is not None and spec.weight_operand < len(node.operands):
-        _lower_weights_and_bias(graph, node, spec, params, act_dtype)
+        _lower_weights_and_bias(graph, node, spec, params, weight_axes, act_dtype)
         lowered += 1
     for index, operand in enumerate(node.operands):
-        if index in (spec.weight_operand, spec.bias_operand):
+        if index in (spec.weight_operand, spec.bias_operand) or not operand.is_constant or not operand.type.is_float:
             continue
-        source, fq = _unwrap(operand)
-        if fq is None or not source.is_constant:
-            continue
-        data = np.asarray(source.data, np.float32)
-        qp = qmath.weight_qparams(data, None, narrow_range=False)
-        node.set_operand(index, _quantized_const(graph, qmath.quantize_constant(data, qp), qp, source, node))
+        data = np.asarray(operand.data, np.float32)
+        if spec.output == SAME:  # duplicated per use, with the op's parameters
+            qp, dtype = params[id(node.result)], act_dtype
+        else:
+            qp, dtype = qmath.weight_qparams(data, None, narrow_range=False), "i8"
+        node.set_operand(index, _quantized_const(graph, qmath.quantize_constant(data, qp, dtype), qp, operand, node))
         lowered += 1
     return lowered
 
 
-def _lower_weights_and_bias(graph: Graph, node: Node, spec, params: dict[int, QParams], act_dtype: str) -> None:
-    weights, fq = _unwrap(node.operands[spec.weight_operand])
-    if fq is None:
+def _lower_weights_and_bias(graph: Graph, node: Node, spec: OpQuantSpec, params: dict[int, QParams],
+                            weight_axes: dict, act_dtype: str) -> None:
+    weights = node.operands[spec.weight_operand]
+    key = (id(node), spec.weight_operand)
+    if key not in weight_axes:
         raise QCompilerError(f"{node.describe()}: weights %{weights.name} were not marked by insert-fake-quant")
+    if not weights.is_constant:
+        raise QCompilerError(f"{node.describe()}: weights %{weights.name} are not a constant")
     x = node.operands[0]
     if id(x) not in params:
         raise MissingRangeError(f"{node.describe()}: its input {_describe_tensor(x)} has no quantization")
     in_scale = params[id(x)].scale[0]
     w = np.asarray(weights.data, np.float32)
-    axis = fq.attrs["axis"]
+    axis = weight_axes[key]
     bias = None
     if spec.bias_operand is not None and spec.bias_operand < len(node.operands):
         bias = node.operands[spec.bias_operand]
@@ -219,29 +464,33 @@ def _lower_weights_and_bias(graph: Graph, node: Node, spec, params: dict[int, QP
     node.set_operand(spec.weight_operand, _quantized_const(graph, w_int, wq, weights, node))
 
 
-def _requantize_operands(graph: Graph, node: Node, params: dict[int, QParams], act_dtype: str) -> int:
-    target = params.get(id(node.result))
-    if target is None:
-        return 0
-    inserted = 0
-    for index, operand in enumerate(node.operands):
-        source, _ = _unwrap(operand)
-        if source.is_constant or params.get(id(operand)) == target:
-            continue
-        requant = graph.add_node("quantize", [operand], {},
-                                 result_types=[TensorType(operand.type.shape, "f32")],
-                                 names=[f"{source.name}.requant"], layer=node.layer, before=node).result
-        params[id(requant)] = target
-        node.set_operand(index, requant)
-        inserted += 1
-    return inserted
-
-
 def _retype_activations(graph: Graph, params: dict[int, QParams], act_dtype: str) -> None:
     for value in graph.values():
         qp = params.get(id(value))
         if qp is not None and value.type.is_float:
             value.type = TensorType(value.type.shape, act_dtype, qp)
+
+
+def _fold_trivial_requantizations(graph: Graph) -> int:
+    """FoldTrivalRequantizeOp (post_quantize.cc): an op that computes its own output scale (OWN) and whose
+    result only feeds a requantize emits the requantized parameters directly."""
+    folded = 0
+    for node in list(graph.find("quantize")):
+        source = node.operands[0]
+        spec = _spec_of(source.producer)
+        if (spec is None or spec.output != OWN or source.type.is_float or len(source.uses) != 1
+                or graph.is_output(source)):
+            continue
+        source.type = node.result.type
+        graph.replace_node(node, [source])
+        folded += 1
+    return folded
+
+
+def _remove_dead_constants(graph: Graph) -> None:
+    for node in list(graph.find("const")):
+        if not node.result.uses and not graph.is_output(node.result):
+            graph.remove(node)
 
 
 def _quantize_input(graph: Graph, value: Value, internal: TensorType, input_type: Optional[TensorType] = None) -> None:
@@ -264,5 +513,3 @@ def _to_uint8(graph: Graph, value: Value) -> Value:
     out_type = TensorType(value.type.shape, "u8", QParams.per_tensor(q.scale[0], q.zero_point[0] + 128))
     return graph.add_node("quantize", [value], {}, result_types=[out_type], names=[f"{value.name}.u8"],
                           layer=value.layer).result
-
-

@@ -2,10 +2,15 @@
 
 For every op that can run on integers: how its output is quantized —
   OWN    its own calibrated range (a fake_quant after it),
-  SAME   the parameters of its first input (TFLite kernels that move values without rescaling require it),
+  SAME   shared with its operands: the TFLite kernel moves values without rescaling. With one activation operand
+         (pooling, reshape, pad, ...) the output takes the operand's parameters. With several float operands
+         (concat, maximum, minimum) the output keeps its own calibrated range and, as TFLiteConverter does for
+         int8, that range is pushed back to the operands (through chains of SAME ops, graph inputs included);
+         16x8 mode (the converter's older quantizer) requantizes the operands instead,
   FIXED  a range fixed by the kernel (softmax, logistic, tanh) —
 and which operands are weights (symmetric, per channel along `weight_axis`) and which is the bias (int32/int64,
-scale = input scale × weight scale).
+scale = input scale × weight scale). `param_operands` counts the non-tensor operands (shape, paddings, size, ...)
+the TFLite op takes, which the converter's same-scale heuristic counts (docs/quantization-notes.md §5.2).
 """
 from __future__ import annotations
 
@@ -30,12 +35,15 @@ class OpQuantSpec:
     bias_operand: Optional[int] = None
     fixed_i8: Optional[tuple[float, float]] = None
     fixed_i16: Optional[tuple[float, float]] = None
+    param_operands: int = 0
 
     def fixed_range(self, dtype: str) -> Optional[tuple[float, float]]:
         return self.fixed_i16 if dtype == "i16" else self.fixed_i8
 
 
 _CONV = OpQuantSpec(OWN, weight_operand=1, weight_axis=0, bias_operand=2)
+_SAME = OpQuantSpec(SAME)
+_SAME_WITH_PARAM = OpQuantSpec(SAME, param_operands=1)
 
 QUANT_SPEC: dict[str, OpQuantSpec] = {
     "conv2d": _CONV,
@@ -52,20 +60,20 @@ QUANT_SPEC: dict[str, OpQuantSpec] = {
     "hard_swish": OpQuantSpec(OWN),
     "gelu": OpQuantSpec(OWN),
     "elu": OpQuantSpec(OWN),
-    "concat": OpQuantSpec(OWN),
     "softmax": OpQuantSpec(FIXED, fixed_i8=_FIXED_I8_UNIT, fixed_i16=_FIXED_I16_UNIT),
     "sigmoid": OpQuantSpec(FIXED, fixed_i8=_FIXED_I8_UNIT, fixed_i16=_FIXED_I16_UNIT),
     "tanh": OpQuantSpec(FIXED, fixed_i8=_FIXED_I8_TANH, fixed_i16=_FIXED_I16_TANH),
-    "max_pool2d": OpQuantSpec(SAME),
-    "avg_pool2d": OpQuantSpec(SAME),
-    "reduce_max": OpQuantSpec(SAME),
-    "reshape": OpQuantSpec(SAME),
-    "flatten": OpQuantSpec(SAME),
-    "pad": OpQuantSpec(SAME),
-    "slice": OpQuantSpec(SAME),
-    "resize_nearest": OpQuantSpec(SAME),
-    "maximum": OpQuantSpec(SAME),
-    "minimum": OpQuantSpec(SAME),
+    "max_pool2d": _SAME,
+    "avg_pool2d": _SAME,
+    "reduce_max": _SAME_WITH_PARAM,  # axes
+    "reshape": _SAME_WITH_PARAM,  # shape
+    "flatten": _SAME_WITH_PARAM,  # written as RESHAPE
+    "pad": _SAME_WITH_PARAM,  # paddings
+    "slice": OpQuantSpec(SAME, param_operands=2),  # begin, size
+    "resize_nearest": _SAME_WITH_PARAM,  # size
+    "concat": _SAME,
+    "maximum": _SAME,
+    "minimum": _SAME,
 }
 
 
