@@ -81,15 +81,18 @@ def quantize(model_or_graph: Union[ModelLike, Graph], mode: str = "int8", calibr
 
 
 def calibration_statistics(graph: Graph, calibration_data: Any, batch_size: int = 32,
-                           calibrate_with: str = "tflite", progress: Optional[TextIO] = None):
+                           calibrate_with: str = "tflite", progress: Optional[TextIO] = None,
+                           exact_histograms: bool = False):
     """Run the data once through a graph that has fake_quant nodes; returns per-tensor statistics.
 
     `calibrate_with`: "tflite" (qcompiler's float .tflite in ai-edge-litert with XNNPACK: fast, float values
     within a few ulps of the converter's), "tensorflow" (the same .tflite in TensorFlow's TFLite runtime set up
-    like the converter's calibrator: its float values bit for bit, ~10x slower) or "numpy" (the IR interpreter,
+    like the converter's calibrator: its float values bit for bit, ~3x slower) or "numpy" (the IR interpreter,
     for graphs the backend cannot write). See qcompiler/backend/tflite_executor.py.
+    Min/max are always exact; the histograms behind percentile/mse/kl hold a strided sample of each tensor
+    unless `exact_histograms` (about 3x slower on MobileNetV2; advisable for kl, which reacts to sampling noise).
     """
-    from qcompiler.passes.calibrate import collect_statistics, numpy_executor
+    from qcompiler.passes.calibrate import HISTOGRAM_SAMPLE, collect_statistics, numpy_executor
 
     if calibrate_with == "tflite":
         from qcompiler.backend.tflite_executor import tflite_executor as executor
@@ -99,7 +102,8 @@ def calibration_statistics(graph: Graph, calibration_data: Any, batch_size: int 
         executor = numpy_executor
     else:
         raise QCompilerError(f"calibrate_with must be 'tflite', 'tensorflow' or 'numpy', not '{calibrate_with}'")
-    return collect_statistics(graph, calibration_data, batch_size=batch_size, executor=executor, progress=progress)
+    return collect_statistics(graph, calibration_data, batch_size=batch_size, executor=executor, progress=progress,
+                              histogram_sample=None if exact_histograms else HISTOGRAM_SAMPLE)
 
 
 def compile(model_or_path: Union[ModelLike, Graph], mode: str = "float32", calibration_data: Any = None,

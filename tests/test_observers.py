@@ -179,3 +179,58 @@ def test_registry_and_options():
         make_observer("minmax", percentile=3)
     with pytest.raises(ValueError, match="percentile must be"):
         PercentileObserver(percentile=20).range(_stats(np.arange(10, dtype=np.float32), batches=1))
+
+
+# ----------------------------------------------------------------------------------------------------
+# sampled histograms, batches in pieces, in-place writes
+# ----------------------------------------------------------------------------------------------------
+def test_sampled_histogram_keeps_exact_minmax_and_visits_every_channel():
+    # NHWC-like batches whose channel c holds the value c: a stride that is a multiple of the channel count
+    # would see a single channel.
+    channels = 8
+    x = np.broadcast_to(np.arange(channels, dtype=np.float32), (64, 16, 16, channels)).copy()
+    x[5, 3, 3, 2] = -40.0  # a lone outlier: min/max must see it even if the sample does not
+    stats = TensorStats(name="t", sample_limit=100)
+    for batch in np.array_split(x, 4):
+        stats.update(batch)
+    assert (stats.min, stats.max, stats.count) == (-40.0, 7.0, x.size)
+    counts, edges = stats.histogram()
+    assert counts.sum() <= 100 * 64
+    per_channel = [counts[(edges[:-1] <= c) & (c < edges[1:])].sum() for c in range(channels)]
+    assert min(per_channel) > 0.9 * max(per_channel), per_channel
+
+
+def test_sampled_histogram_counts_zeros_of_the_sample():
+    x = np.zeros((10, 1000), np.float32)
+    x[:, ::2] = 1.0
+    stats = TensorStats(name="t", sample_limit=10)
+    stats.update(x)
+    counts, _ = stats.histogram()
+    assert 0 < stats.zero_count < counts.sum() <= 100
+    assert MseObserver().range(stats) == (0.0, 1.0)
+
+
+def test_sample_limit_must_be_positive():
+    with pytest.raises(ValueError, match="sample_limit must be a positive number"):
+        TensorStats(sample_limit=0)
+
+
+def test_a_batch_in_pieces_is_one_batch():
+    stats = TensorStats(name="t")
+    stats.update(np.asarray([[-1.0, 2.0]], np.float32))
+    stats.update(np.asarray([[-3.0, 1.0]], np.float32), new_batch=False)
+    stats.update(np.asarray([[0.5, 0.75]], np.float32))
+    assert stats.num_batches == 2 and list(stats.batch_mins) == [-3.0, 0.5] and list(stats.batch_maxs) == [2.0, 0.75]
+
+
+def test_inplace_writes_widen_minmax_only():
+    x = _gaussian_with_outliers(seed=10)
+    stats, plain = _stats(x), _stats(x)
+    stats.note_inplace_write(-1.0, 100.0)
+    assert MinMaxObserver().range(stats) == (float(x.min()), 100.0) == stats.logged_range
+    assert MinMaxObserver(inplace=False).range(stats) == MinMaxObserver().range(plain)
+    for name in ("moving_average", "percentile", "mse", "kl"):  # the tensor's own distribution
+        assert make_observer(name).range(stats) == make_observer(name).range(plain), name
+    other = _stats(x[:10])
+    other.merge(stats)
+    assert other.logged_range == (float(x.min()), 100.0)

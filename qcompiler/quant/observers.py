@@ -3,12 +3,21 @@
 `TensorStats` is fed batch by batch and keeps everything any observer needs, so the observer can be chosen (or
 changed) after the data has run:
   * exact running min/max over all values (what the converter's calibrator keeps) and the value count,
+  * the range of values a TFLite kernel later wrote in place into the tensor's buffer (`note_inplace_write`):
+    the converter's calibration logger records those too, so the minmax observer includes them by default,
   * per-batch min/max (for the moving-average observer),
   * a histogram of `bins` bins (2048 by default) whose bin width is a power of two and whose edges are multiples
     of the width. When the range grows, the width doubles as often as needed and bins merge exactly in pairs, so
     streaming any split of the data in any order gives exactly the histogram of one big batch: it depends only on
     the data's final min/max (width = the smallest power of two with floor(max/w) - floor(min/w) < bins; window
     starts at floor(min/w)). While every value seen is identical the histogram is kept as a (value, count) pair.
+  * With `sample_limit`, a batch holding more than `sample_limit` values per sample (leading axis) contributes
+    only a deterministic strided sample of them to the histogram (min/max, counts and per-batch ranges stay
+    exact). Histogramming is then cheap (calibrating MobileNetV2 at 224x224 reads ~7M values per image), at the
+    price of a sampled histogram: percentile/mse/kl see an estimate of the distribution whose far tails (rarer
+    than about one value in the sample) are noisy, and the histogram depends on how the data was split into
+    batches. `zero_count` counts the zeros of the sample, so it stays consistent with the histogram. The kl
+    observer is the most sensitive to sampling noise (its window search can jump): give it exact histograms.
 
 Observers are small frozen dataclasses (options are fields) with `range(stats) -> (min, max)`; OBSERVERS maps the
 names used on the command line and in pass options to their classes. docs/quantization-notes.md describes each.
@@ -27,16 +36,21 @@ import numpy as np
 class TensorStats:
     """Batch-wise statistics of one tensor."""
 
-    def __init__(self, bins: int = 2048, name: str = "") -> None:
+    def __init__(self, bins: int = 2048, name: str = "", sample_limit: Optional[int] = None) -> None:
         if bins < 256:
             raise ValueError(f"TensorStats needs at least 256 histogram bins (one per int8 level), got {bins}")
+        if sample_limit is not None and sample_limit < 1:
+            raise ValueError(f"sample_limit must be a positive number of values per sample, got {sample_limit}")
         self.bins = bins
         self.name = name
+        self.sample_limit = sample_limit
         self.min = math.inf
         self.max = -math.inf
         self.count = 0
         self.nan_count = 0
-        self.zero_count = 0  # values exactly 0 (quantized without error whatever the range)
+        self.zero_count = 0  # histogrammed values exactly 0 (quantized without error whatever the range)
+        self.inplace_min = math.inf  # range of values kernels wrote in place into this tensor's buffer
+        self.inplace_max = -math.inf
         self._batch_mins: list[float] = []
         self._batch_maxs: list[float] = []
         self._finite_min = math.inf
@@ -47,30 +61,66 @@ class TensorStats:
         self._offset = 0  # bin i covers [(offset + i) * w, (offset + i + 1) * w)
 
     # ------------------------------------------------------------------ feeding
-    def update(self, values: np.ndarray) -> None:
-        """Add one batch (any shape; values are taken as float32, like the float model's tensors)."""
-        x = np.asarray(values, np.float32).reshape(-1)
-        nan = np.isnan(x)
-        if nan.any():
-            self.nan_count += int(nan.sum())
-            x = x[~nan]
+    def update(self, values: np.ndarray, new_batch: bool = True) -> None:
+        """Add one batch (any shape, leading axis = samples; values are taken as float32, like the float model's
+        tensors). The array is only read during the call: it may be a view into a buffer that is reused later.
+        `new_batch=False`: the values continue the batch of the previous call (a batch fed in pieces)."""
+        x = np.asarray(values, np.float32)
+        samples = x.shape[0] if x.ndim else 1
+        per_sample = x.size // samples if samples else 1
+        x = x.reshape(-1)
         if x.size == 0:
             return
-        batch_min, batch_max = float(x.min()), float(x.max())
+        batch_min, batch_max = x.min(), x.max()  # NaN propagates: the common case needs no isnan pass
+        if np.isnan(batch_min) or np.isnan(batch_max):
+            nan = np.isnan(x)
+            self.nan_count += int(nan.sum())
+            x = x[~nan]
+            if x.size == 0:
+                return
+            batch_min, batch_max = x.min(), x.max()
+        batch_min, batch_max = float(batch_min), float(batch_max)
         self.min, self.max = min(self.min, batch_min), max(self.max, batch_max)
         self.count += int(x.size)
-        self.zero_count += int(np.count_nonzero(x == 0))
-        self._batch_mins.append(batch_min)
-        self._batch_maxs.append(batch_max)
-        finite = x[np.isfinite(x)].astype(np.float64)
-        if finite.size:
-            self._add_to_histogram(finite)
+        if new_batch or not self._batch_mins:
+            self._batch_mins.append(batch_min)
+            self._batch_maxs.append(batch_max)
+        else:
+            self._batch_mins[-1] = min(self._batch_mins[-1], batch_min)
+            self._batch_maxs[-1] = max(self._batch_maxs[-1], batch_max)
+        sample = self._histogram_sample(x, per_sample, samples)
+        if not (math.isfinite(batch_min) and math.isfinite(batch_max)):
+            sample = sample[np.isfinite(sample)]
+        if sample.size:
+            self.zero_count += int(np.count_nonzero(sample == 0))
+            self._add_to_histogram(sample.astype(np.float64))
+
+    def _histogram_sample(self, x: np.ndarray, per_sample: int, samples: int) -> np.ndarray:
+        """All of `x`, or every k-th value when there are more than `sample_limit` per sample. k is made coprime
+        with the number of values per sample, so the sample visits every channel and position instead of a fixed
+        subset (with k a multiple of the channel count, NHWC data would be sampled from one channel only)."""
+        limit = None if self.sample_limit is None else self.sample_limit * samples
+        if limit is None or x.size <= limit:
+            return x
+        stride = -(-x.size // limit)
+        while math.gcd(stride, per_sample) != 1:
+            stride += 1
+        return x[::stride]
+
+    def note_inplace_write(self, lo: float, hi: float) -> None:
+        """A TFLite kernel writes its output, with values in [lo, hi], into this tensor's buffer. TFLite's
+        calibration logger logs an op's inputs again after the kernel has run, so the converter records the union
+        of this tensor's range and [lo, hi] (`logged_range`)."""
+        self.inplace_min = min(self.inplace_min, float(lo))
+        self.inplace_max = max(self.inplace_max, float(hi))
 
     def merge(self, other: "TensorStats") -> None:
         """Fold in statistics gathered separately (e.g. on another shard); batches of `other` come after ours."""
         if other.bins != self.bins:
             raise ValueError(f"cannot merge statistics with {other.bins} bins into {self.bins} bins")
         self.min, self.max = min(self.min, other.min), max(self.max, other.max)
+        self.inplace_min = min(self.inplace_min, other.inplace_min)
+        self.inplace_max = max(self.inplace_max, other.inplace_max)
         self.count += other.count
         self.nan_count += other.nan_count
         self.zero_count += other.zero_count
@@ -86,6 +136,12 @@ class TensorStats:
                            other._finite_min, other._finite_max)
 
     # ------------------------------------------------------------------ reading
+    @property
+    def logged_range(self) -> tuple[float, float]:
+        """(min, max) as TFLiteConverter's calibrator records them: the tensor's own values plus whatever a kernel
+        wrote in place into its buffer (see `note_inplace_write`)."""
+        return min(self.min, self.inplace_min), max(self.max, self.inplace_max)
+
     @property
     def batch_mins(self) -> np.ndarray:
         return np.asarray(self._batch_mins, np.float64)
@@ -179,11 +235,16 @@ def _require_data(stats: TensorStats, observer: str) -> None:
 
 @dataclass(frozen=True)
 class MinMaxObserver:
-    """Exact global min/max over every value of every batch — what TFLiteConverter's calibrator records."""
+    """Exact global min/max over every value of every batch — what TFLiteConverter's calibrator records, including
+    (with `inplace`, the default) the values a kernel running in place wrote into the tensor's buffer.
+    `inplace=False` gives the tensor's own range."""
+
+    inplace: bool = True
 
     def range(self, stats: TensorStats) -> tuple[float, float]:
         _require_data(stats, "minmax")
-        return float(stats.min), float(stats.max)
+        lo, hi = stats.logged_range if self.inplace else (stats.min, stats.max)
+        return float(lo), float(hi)
 
 
 @dataclass(frozen=True)
