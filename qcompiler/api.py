@@ -69,7 +69,8 @@ def quantize(model_or_graph: Union[ModelLike, Graph], mode: str = "int8", calibr
     run_passes(graph, [InsertFakeQuant(activations=activations, per_channel=per_channel)])
     if calibration_stats is None and calibration_data is not None:
         calibration_stats = calibration_statistics(graph, calibration_data, batch_size=batch_size,
-                                                   calibrate_with=calibrate_with, progress=progress)
+                                                   calibrate_with=calibrate_with, progress=progress,
+                                                   exact_histograms=observer == "kl")
     if calibration_stats is not None:
         apply_ranges(graph, calibration_stats, observer, **dict(observer_options or {}))
     elif default_ranges is None:

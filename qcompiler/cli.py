@@ -75,6 +75,10 @@ def _build_parser() -> argparse.ArgumentParser:
                              help="uint8 mode: input quantization as real = (q - MEAN) / STD")
     compile_cmd.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weights")
     compile_cmd.add_argument("--batch-size", type=int, default=32, help="calibration batch size (default 32)")
+    compile_cmd.add_argument("--calibrate-with", choices=("tflite", "tensorflow", "numpy"), default="tflite",
+                             help="what runs the float model over the calibration data: tflite (default, fast), "
+                                  "tensorflow (TensorFlow's TFLite runtime: ranges bit-exact with "
+                                  "TFLiteConverter's calibrator, ~3x slower), numpy (the IR interpreter)")
     compile_cmd.set_defaults(handler=_cmd_compile)
 
     dump = sub.add_parser("dump", help="print a model's IR, optionally after a pass pipeline")
@@ -123,6 +127,7 @@ def _quant_options(args: argparse.Namespace) -> dict:
     given = {"--calibration": args.calibration, "--io": args.io, "--default-ranges": args.default_ranges,
              "--input-stats": args.input_stats, "--percentile": args.percentile,
              "--per-tensor": args.per_tensor or None,
+             "--calibrate-with": None if args.calibrate_with == "tflite" else args.calibrate_with,
              "--observer": None if args.observer == "minmax" else args.observer}
     if args.mode not in CALIBRATED_MODES:
         extra = [flag for flag, value in given.items() if value is not None]
@@ -133,6 +138,7 @@ def _quant_options(args: argparse.Namespace) -> dict:
     from qcompiler.passes.calibrate import load_calibration_data
 
     options = {"observer": args.observer, "per_channel": not args.per_tensor, "batch_size": args.batch_size,
+               "calibrate_with": args.calibrate_with,
                "default_ranges": args.default_ranges, "input_stats": args.input_stats, "io": args.io}
     if args.percentile is not None:
         if args.observer != "percentile":

@@ -25,6 +25,7 @@ import numpy as np
 
 from qcompiler.backend.tflite_writer import BackendError, write_tflite
 from qcompiler.ir.graph import Graph
+from qcompiler.quiet import native_output_silenced
 
 # The converter's calibrator runs with TFLite's default thread pool; 4 threads reproduce its float values.
 _CALIBRATOR_THREADS = 4
@@ -83,7 +84,8 @@ class _Runner:
         if shapes != self.shapes:
             for index, shape in zip(self.inputs, shapes):
                 self.interp.resize_tensor_input(index, list(shape))
-            self.interp.allocate_tensors()
+            with native_output_silenced():  # applying the XNNPACK delegate announces itself on stderr
+                self.interp.allocate_tensors()
             self.shapes = shapes
         for index, array in zip(self.inputs, batch):
             self.interp.set_tensor(index, np.ascontiguousarray(array, np.float32))
