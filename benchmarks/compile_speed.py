@@ -28,10 +28,10 @@ def build_model(size: int):
     return randomize_batchnorm(model, seed=0)
 
 
-def qcompiler_int8(model, samples: np.ndarray) -> bytes:
+def qcompiler_int8(model, samples: np.ndarray, calibrate_with: str = "tflite") -> bytes:
     import qcompiler
 
-    return qcompiler.compile(model, mode="int8", calibration_data=samples)
+    return qcompiler.compile(model, mode="int8", calibration_data=samples, calibrate_with=calibrate_with)
 
 
 def timed(fn, *args) -> tuple[float, bytes]:
@@ -45,16 +45,18 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=1, help="best of N for each compiler")
+    parser.add_argument("--calibrate-with", default="tflite", choices=("tflite", "tensorflow", "numpy"),
+                        help="qcompiler's calibration executor (tensorflow: ranges bit-exact with the converter)")
     args = parser.parse_args()
     model = build_model(args.size)
     samples = np.random.default_rng(0).uniform(-1, 1, (args.samples, args.size, args.size, 3)).astype(np.float32)
-    qcompiler_int8(model, samples[:2])  # warm-up: imports and first-call costs, for both sides below
+    qcompiler_int8(model, samples[:2], args.calibrate_with)  # warm-up: imports and first-call costs, for both sides below
     converter_int8(model, samples[:2])
-    ours = min(timed(qcompiler_int8, model, samples)[0] for _ in range(args.repeats))
+    ours = min(timed(qcompiler_int8, model, samples, args.calibrate_with)[0] for _ in range(args.repeats))
     theirs = min(timed(converter_int8, model, samples)[0] for _ in range(args.repeats))
     print(f"MobileNetV2 {args.size}x{args.size}, {args.samples} calibration samples, full int8")
     print(f"  TFLiteConverter: {theirs:7.2f} s")
-    print(f"  qcompiler:       {ours:7.2f} s")
+    print(f"  qcompiler:       {ours:7.2f} s   (calibrate_with={args.calibrate_with})")
     print(f"  speed-up:        {theirs / ours:7.2f}x")
 
 
