@@ -121,13 +121,24 @@ def run_demo(out_dir: Path, epochs: int = 4, stream: TextIO = sys.stdout) -> dic
 CALIBRATION_SAMPLES = 200
 
 
-def converter_int8(model, calibration: np.ndarray) -> bytes:
-    """The reference: TFLiteConverter's full-integer PTQ on the same calibration samples."""
+def converter_int8(model, calibration) -> bytes:
+    """The reference: TFLiteConverter's full-integer PTQ, calibrated one sample at a time on the same samples.
+
+    `calibration` is one array (single-input model), a list in the Keras input order, or a dict by Keras input
+    name. Samples are fed by name: a list would be matched to the flatbuffer's input order, not the Keras one.
+    """
+    import warnings
+
     import tensorflow as tf
 
+    if not isinstance(calibration, dict):
+        arrays = calibration if isinstance(calibration, (list, tuple)) else [calibration]
+        calibration = {t.name: a for t, a in zip(model.inputs, arrays)}
+    count = len(next(iter(calibration.values())))
+
     def representative():
-        for i in range(len(calibration)):
-            yield [calibration[i:i + 1]]
+        for i in range(count):
+            yield {name: array[i:i + 1] for name, array in calibration.items()}
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -135,7 +146,9 @@ def converter_int8(model, calibration: np.ndarray) -> bytes:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    with native_output_silenced(fds=(1, 2)):  # the converter prints its SavedModel export and C++ logs
+    # the converter prints its SavedModel export, C++ logs and a warning about input statistics
+    with warnings.catch_warnings(), native_output_silenced(fds=(1, 2)):
+        warnings.simplefilter("ignore")
         return converter.convert()
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 import qcompiler
+from qcompiler.demo import converter_int8
 from qcompiler.ir.types import QParams
 from qcompiler.quant import math as qmath
 from qcompiler.quiet import native_output_silenced
@@ -46,28 +47,6 @@ ZOO_PARAMS = [pytest.param(name, marks=pytest.mark.slow) if name in _SLOW else n
 def _samples_by_name(model, batch) -> dict[str, np.ndarray]:
     arrays = batch if isinstance(batch, list) else [batch]
     return {t.name: a for t, a in zip(model.inputs, arrays)}
-
-
-def converter_int8(model, calibration: dict[str, np.ndarray]) -> bytes:
-    """TFLiteConverter's full-integer model, calibrated one sample at a time, fed by input name (a list would
-    be matched to the flatbuffer's input order, which is not the Keras order)."""
-    import tensorflow as tf
-
-    count = len(next(iter(calibration.values())))
-
-    def representative():
-        for i in range(count):
-            yield {name: array[i:i + 1] for name, array in calibration.items()}
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    with warnings.catch_warnings(), native_output_silenced(fds=(1, 2)):
-        warnings.simplefilter("ignore")
-        return converter.convert()
 
 
 @functools.lru_cache(maxsize=None)
