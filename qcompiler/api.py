@@ -133,3 +133,22 @@ def _pair(values: Optional[Sequence[float]], what: str) -> Optional[tuple[float,
     if len(values) != 2:
         raise QCompilerError(f"{what} need exactly two numbers, got {list(values)}")
     return values  # type: ignore[return-value]
+
+
+def layer_report(model_or_graph: Union[ModelLike, Graph], calibration_data: Any, eval_data: Any = None, *,
+                 mode: str = "int8", observer: str = "minmax", observer_options: Optional[Mapping] = None,
+                 per_channel: bool = True, calibrate_with: str = "tflite"):
+    """Per-tensor quantization error (SNR, cosine, MSE, clipping) of the quantized model against the float
+    one, on `eval_data` (the calibration data when not given). See qcompiler/validate/layer_report.py."""
+    from qcompiler.passes.calibrate import apply_ranges
+    from qcompiler.passes.insert_fake_quant import InsertFakeQuant
+    from qcompiler.validate.layer_report import layer_report as _report
+
+    if mode not in CALIBRATED_MODES:
+        raise QCompilerError(f"a layer report needs a calibrated mode {CALIBRATED_MODES}, not '{mode}'")
+    graph = float_graph(model_or_graph)
+    run_passes(graph, [InsertFakeQuant(activations="i16" if mode == "int16x8" else "i8", per_channel=per_channel)])
+    stats = calibration_statistics(graph, calibration_data, calibrate_with=calibrate_with,
+                                   exact_histograms=observer == "kl")
+    apply_ranges(graph, stats, observer, **dict(observer_options or {}))
+    return _report(graph, calibration_data if eval_data is None else eval_data, observer=observer)

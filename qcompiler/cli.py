@@ -22,7 +22,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
-        if args.command in ("compile", "dump", "demo"):
+        if args.command in ("compile", "dump", "demo", "report"):
             _import_tensorflow_quietly()
         return args.handler(args)
     except (QCompilerError, ValueError, OSError) as err:
@@ -94,6 +94,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
     passes = sub.add_parser("passes", help="list the passes and their options")
     passes.set_defaults(handler=_cmd_passes)
+
+    report = sub.add_parser("report", help="per-layer quantization error of a model (SNR, cosine, clipping)")
+    report.add_argument("model", help=".keras or .h5 file")
+    report.add_argument("--calibration", required=True, metavar="DATA", help="calibration samples (.npy/.npz)")
+    report.add_argument("--data", metavar="DATA", help="evaluation samples (default: the calibration samples)")
+    report.add_argument("--mode", default="int8", help="int8 (default) or int16x8")
+    report.add_argument("--observer", default="minmax", help="minmax, moving_average, percentile, mse, kl")
+    report.add_argument("--json", metavar="OUT", help="also write the report as JSON (schemas/layer-report.schema.json)")
+    report.set_defaults(handler=_cmd_report)
 
     demo = sub.add_parser("demo", help="train a small CNN on scikit-learn's digits and compile it")
     demo.add_argument("--out", default="out", help="folder for the .tflite files (default: ./out)")
@@ -215,6 +224,20 @@ def _cmd_passes(args: argparse.Namespace) -> int:
     from qcompiler.passes.registry import describe_passes
 
     print(describe_passes())
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from qcompiler.api import layer_report
+    from qcompiler.files import atomic_write
+    from qcompiler.passes.calibrate import load_calibration_data
+
+    calibration = load_calibration_data(args.calibration)
+    evaluation = load_calibration_data(args.data) if args.data else None
+    report = layer_report(args.model, calibration, evaluation, mode=args.mode, observer=args.observer)
+    sys.stdout.write(report.table())
+    if args.json:
+        atomic_write(args.json, report.to_json().encode())
     return 0
 
 

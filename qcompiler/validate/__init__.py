@@ -1,0 +1,1 @@
+"""Validation tools: how much accuracy quantization costs, tensor by tensor."""
