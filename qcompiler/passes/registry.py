@@ -20,6 +20,7 @@ from qcompiler.passes.base import Pass, format_option
 from qcompiler.passes.calibrate import Calibrate
 from qcompiler.passes.canonicalize import Canonicalize
 from qcompiler.passes.dce import DeadCodeElimination
+from qcompiler.passes.fold_affine import FoldAffine
 from qcompiler.passes.fold_batchnorm import FoldBatchNorm
 from qcompiler.passes.fold_constants import FoldConstants
 from qcompiler.passes.fold_pad import FoldPad
@@ -34,6 +35,7 @@ PASSES: dict[str, type[Pass]] = {
     "calibrate": Calibrate,
     "canonicalize": Canonicalize,
     "dce": DeadCodeElimination,
+    "fold-affine": FoldAffine,
     "fold-batchnorm": FoldBatchNorm,
     "fold-constants": FoldConstants,
     "fold-pad": FoldPad,
@@ -47,7 +49,7 @@ PASSES: dict[str, type[Pass]] = {
 # dce first as well as last: a dead user would make a producer look shared and block folding and fusion.
 # fold-constants before fold-batchnorm so batch-norm parameters computed from constants are constants.
 # fold-pad needs nothing but dce before it (a dead user would make a pad look shared).
-DEFAULT_FLOAT_PIPELINE = "dce,canonicalize,fold-pad,fold-constants,fold-batchnorm,fuse-activations,dce"
+DEFAULT_FLOAT_PIPELINE = "dce,canonicalize,fold-pad,fold-constants,fold-batchnorm,fold-affine,fuse-activations,dce"
 
 
 class PipelineError(QCompilerError, ValueError):
