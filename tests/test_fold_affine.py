@@ -3,16 +3,15 @@ models of a Rescaling -> valid conv model and a Dense -> Rescaling -> Dense mode
 from __future__ import annotations
 
 import functools
-import warnings
 
 import numpy as np
 import pytest
 
 import qcompiler
+from tests.converter_reference import converter_float_constants
 from qcompiler.demo import converter_int8
 from qcompiler.ir.types import QParams
 from qcompiler.quant import math as qmath
-from qcompiler.quiet import native_output_silenced
 from tests.tflite_run import run_tflite
 
 CALIBRATION_SAMPLES = 32
@@ -74,23 +73,8 @@ def test_every_mul_and_add_folds(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_folded_weights_equal_the_converters_float_model(name: str) -> None:
-    import tensorflow as tf
-    from ai_edge_litert.interpreter import Interpreter
-
     model = _model(name)
-    with warnings.catch_warnings(), native_output_silenced(fds=(1, 2)):
-        warnings.simplefilter("ignore")
-        reference_bytes = tf.lite.TFLiteConverter.from_keras_model(model).convert()
-    interp = Interpreter(model_content=reference_bytes)
-    interp.allocate_tensors()
-    reference = set()
-    for detail in interp.get_tensor_details():
-        try:
-            array = interp.get_tensor(detail["index"])
-        except ValueError:
-            continue
-        if array.dtype == np.float32:
-            reference.add((array.shape, array.tobytes()))
+    reference = converter_float_constants(model)
     checked = 0
     for node in qcompiler.api.float_graph(model).nodes:
         if node.op not in ("conv2d", "depthwise_conv2d", "fully_connected"):

@@ -19,7 +19,6 @@ a few ulps of the converter's: a scale can differ in its last bit; measured 99.0
 from __future__ import annotations
 
 import functools
-import warnings
 
 import numpy as np
 import pytest
@@ -28,7 +27,7 @@ import qcompiler
 from qcompiler.demo import converter_int8
 from qcompiler.ir.types import QParams
 from qcompiler.quant import math as qmath
-from qcompiler.quiet import native_output_silenced
+from tests.converter_reference import converter_float_constants as float_constants_of
 from tests.tflite_run import run_tflite
 from tests.zoo import ZOO, random_batch, randomize_batchnorm
 
@@ -287,23 +286,7 @@ def test_propagation_rules_match_the_converter(name: str) -> None:
 @functools.lru_cache(maxsize=None)
 def converter_float_constants(name: str) -> set[tuple[tuple[int, ...], bytes]]:
     """(shape, bytes) of every float32 constant in the converter's float model."""
-    import tensorflow as tf
-    from ai_edge_litert.interpreter import Interpreter
-
-    with warnings.catch_warnings(), native_output_silenced(fds=(1, 2)):
-        warnings.simplefilter("ignore")
-        model = tf.lite.TFLiteConverter.from_keras_model(ZOO[name]()).convert()
-    interp = Interpreter(model_content=model)
-    interp.allocate_tensors()
-    constants = set()
-    for detail in interp.get_tensor_details():
-        try:
-            array = interp.get_tensor(detail["index"])
-        except ValueError:  # tensors without data
-            continue
-        if array.dtype == np.float32:
-            constants.add((array.shape, array.tobytes()))
-    return constants
+    return float_constants_of(ZOO[name]())
 
 
 @pytest.mark.parametrize("name", ZOO_PARAMS)
