@@ -25,7 +25,7 @@ from typing import ClassVar, Literal, Optional, Sequence
 import numpy as np
 
 from qcompiler.errors import QCompilerError
-from qcompiler.passes.rewriter import Const, Match, Pat, Rewriter, RewritePass, Rule, Var, has_data
+from qcompiler.passes.rewriter import Const, Match, Pat, Rewriter, RewritePass, Rule, Var, has_data, single_use_reason
 
 FOLDABLE_PRODUCERS = ("conv2d", "depthwise_conv2d", "fully_connected")
 _OUTPUT_AXIS = {"conv2d": 0, "depthwise_conv2d": 3, "fully_connected": 0}
@@ -74,10 +74,8 @@ def _fold_check(m: Match) -> Optional[str]:
     result = producer.result
     if not result.type.is_float:
         return f"{producer.op} result is {result.type.dtype}, not float"
-    if len(result.uses) != 1:
-        return f"{producer.op} result %{result.name} has {len(result.uses)} uses"
-    if producer.graph.is_output(result):
-        return f"{producer.op} result %{result.name} is also a graph output"
+    if (reason := single_use_reason(producer)) is not None:
+        return reason
     if producer.attrs["activation"] != "none":
         return f"{producer.op} has fused activation '{producer.attrs['activation']}'"
     if not has_data(producer.operands[1]):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Optional, Sequence
 
 from qcompiler.ir.ops import OPS
-from qcompiler.passes.rewriter import Match, Pat, Rewriter, RewritePass, Rule
+from qcompiler.passes.rewriter import Match, Pat, Rewriter, RewritePass, Rule, single_use_reason
 
 CLAMP_ACTIVATIONS = ("relu", "relu6", "relu_n1_to_1")
 FUSING_OPS = tuple(sorted(name for name, d in OPS.items() if d.fusable_activation))
@@ -26,11 +26,8 @@ FUSING_OPS = tuple(sorted(name for name, d in OPS.items() if d.fusable_activatio
 
 def _check(m: Match) -> Optional[str]:
     producer = m["producer"]
-    result = producer.result
-    if len(result.uses) != 1:
-        return f"{producer.op} result %{result.name} has {len(result.uses)} uses"
-    if producer.graph.is_output(result):
-        return f"{producer.op} result %{result.name} is also a graph output"
+    if (reason := single_use_reason(producer)) is not None:
+        return reason
     if producer.attrs["activation"] != "none":
         return f"{producer.op} already has activation '{producer.attrs['activation']}'"
     return None

@@ -161,6 +161,17 @@ def has_one_use(node: Node) -> bool:
     return len(value.uses) == 1 and not (node.graph is not None and node.graph.is_output(value))
 
 
+def single_use_reason(node: Node) -> Optional[str]:
+    """Why `node`'s result may not be folded into its user, or None: it must have exactly one use and not be a
+    graph output."""
+    value = node.result
+    if len(value.uses) != 1:
+        return f"{node.op} result %{value.name} has {len(value.uses)} uses"
+    if node.graph is not None and node.graph.is_output(value):
+        return f"{node.op} result %{value.name} is also a graph output"
+    return None
+
+
 def has_data(value: Value) -> bool:
     """A constant whose array is known (not a digest-only placeholder read from a short dump)."""
     return value.is_constant and not isinstance(value.data, ElidedArray)
