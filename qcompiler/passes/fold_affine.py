@@ -27,7 +27,7 @@ from typing import ClassVar, Optional, Sequence
 import numpy as np
 
 from qcompiler.ir.graph import Node, Value
-from qcompiler.passes.rewriter import Const, Match, Pat, Rewriter, RewritePass, Rule, Var, has_data
+from qcompiler.passes.rewriter import Const, Match, Pat, Rewriter, RewritePass, Rule, Var, has_data, single_use_reason
 
 LAYERS = ("conv2d", "depthwise_conv2d", "fully_connected")
 AFFINE = ("mul", "add")
@@ -105,8 +105,8 @@ def _after_pattern(op: str) -> Pat:
 def _after_constant(binary: Node, layer: Node) -> tuple[Optional[np.ndarray], Optional[str]]:
     """(the per-output-channel constant, None) or (None, why the binary op cannot fold into `layer`)."""
     result = layer.result
-    if len(result.uses) != 1 or layer.graph.is_output(result):
-        return None, f"{layer.op} result %{result.name} has other uses"
+    if (reason := single_use_reason(layer)) is not None:
+        return None, reason
     if layer.attrs["activation"] != "none":
         return None, f"{layer.op} has fused activation '{layer.attrs['activation']}'"
     reason = _layer_reason(layer) or _binary_reason(binary)
@@ -152,9 +152,8 @@ def _before_check(m: Match) -> Optional[str]:
     for user in layer.result.users:  # the converter folds what follows the layer first
         if user.op in AFFINE and _after_constant(user, layer)[1] is None:
             return f"{user.describe()} after {layer.describe()} folds first"
-    result = binary.result
-    if len(result.uses) != 1 or layer.graph.is_output(result):
-        return f"{binary.op} result %{result.name} has other uses"
+    if (reason := single_use_reason(binary)) is not None:
+        return reason
     if layer.op != "fully_connected" and layer.attrs["padding"] != "valid":
         return f"{layer.describe()} has padding '{layer.attrs['padding']}'; its zero border would change"
     reason = _layer_reason(layer) or _binary_reason(binary)
