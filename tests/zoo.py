@@ -118,3 +118,43 @@ def random_batch(model: keras.Model, n: int, seed: int) -> Batch:
     rng = np.random.default_rng(seed)
     arrays = [rng.standard_normal((n, *tuple(t.shape)[1:])).astype(np.float32) for t in model.inputs]
     return arrays[0] if len(arrays) == 1 else arrays
+
+
+# keras.applications, as the benchmark (benchmarks/zoo.py) and the zoo-sized tests build them
+
+def keras_application_names() -> list[str]:
+    """Every model constructor that keras.applications exports (ResNet50 once, though two modules export it)."""
+    import keras.applications as apps
+
+    return sorted(name for name in dir(apps) if name[:1].isupper() and callable(getattr(apps, name)))
+
+
+def keras_application(name: str, size: int, seed: int = 0, classifier_activation: Union[str, None] = "softmax",
+                      weights_from: Union[keras.Model, None] = None) -> keras.Model:
+    """keras.applications.`name` (weights=None, 1000 classes) at size x size (or the model's minimum size if
+    that is larger), with randomized batch-norm statistics; `weights_from` copies another build's weights."""
+    import re
+
+    constructor = getattr(keras.applications, name)
+    keras.utils.set_random_seed(seed)
+    try:
+        model = constructor(weights=None, input_shape=(size, size, 3), classifier_activation=classifier_activation)
+    except ValueError as err:  # "Input size must be at least 75x75; Received: ..."
+        minimum = re.search(r"at least (\d+)x(\d+)", str(err))
+        if minimum is None or int(minimum.group(1)) <= size:
+            raise
+        return keras_application(name, int(minimum.group(1)), seed, classifier_activation, weights_from)
+    if weights_from is not None:
+        model.set_weights(weights_from.get_weights())
+        return model
+    return randomize_batchnorm(model, seed)
+
+
+def keras_application_inputs(name: str, size: int, n: int, seed: int) -> np.ndarray:
+    """Random pixels in [0, 255] through the model's own `preprocess_input`: the value range it expects."""
+    import importlib
+
+    constructor = getattr(keras.applications, name)
+    preprocess = importlib.import_module(constructor.__module__).preprocess_input
+    pixels = np.random.default_rng(seed).uniform(0.0, 255.0, (n, size, size, 3)).astype(np.float32)
+    return np.asarray(preprocess(pixels), np.float32)

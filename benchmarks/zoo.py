@@ -1,0 +1,613 @@
+"""The keras.applications zoo: qcompiler against TFLiteConverter, every model, in one run.
+
+    python benchmarks/zoo.py [--models ResNet50,VGG16] [--size 96] [--samples 20] [--jobs 1]
+                             [--out zoo.md] [--json zoo.json]
+
+Per model (weights=None, batch-norm statistics randomized with a fixed seed, 1000 classes):
+- float32: compile time of both tools, op count, file size, interpreter latency, and each model's max abs error
+  against Keras relative to max|Keras output|;
+- int8 (`--samples` calibration samples, the same for both tools), twice: the logits model
+  (`classifier_activation=None`, since a 1000-class softmax on random weights saturates int8 outputs and hides
+  differences) and the outputs model (softmax): compile time, op count, size, latency, the share of identical int8
+  values under BUILTIN_REF, the largest difference in LSB, and whether input/output quantization is equal.
+
+Every model runs in its own process (this script with `--worker`), and every interpreter run in a process of its
+own (`--run-tflite`), so an abort or a segfault (the reference int8 softmax has aborted on 1000-class models)
+becomes a failure row with a one-line reason; the run goes on. Latency: batch 1, one thread, the interpreter's
+default resolver (XNNPACK), median of `--latency-runs` invocations after one warm-up, same settings for both tools.
+Compile times are measured after both tools have compiled a tiny model in the same process (imports, first-call
+costs). Timings are ratios from the same run on a shared machine: use `--jobs 1` for numbers you publish.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # this checkout's qcompiler and tests.zoo, not an installed copy
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+MODES = ("float32", "logits", "outputs")
+TOOLS = ("qcompiler", "converter")
+
+
+@dataclass(frozen=True)
+class Settings:
+    size: int = 96
+    samples: int = 20
+    eval_samples: int = 4
+    latency_runs: int = 10
+    seed: int = 0
+    modes: tuple[str, ...] = MODES
+    timeout: float = 1200.0  # seconds per model
+
+    @classmethod
+    def from_json(cls, text: str) -> "Settings":
+        values = json.loads(text)
+        values["modes"] = tuple(values["modes"])
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+
+# ---------------------------------------------------------------- models
+
+def build(name: str, size: int, seed: int, classifier_activation: Optional[str], weights_from=None):
+    """A keras.applications model by name, or `module:function` for any builder with the same signature
+    (`function(size, classifier_activation)` returning a single-input Keras model)."""
+    if ":" in name:
+        import importlib
+
+        module, function = name.split(":", 1)
+        model = getattr(importlib.import_module(module), function)(size, classifier_activation)
+        if weights_from is not None:
+            model.set_weights(weights_from.get_weights())
+        return model
+    from tests.zoo import keras_application
+
+    return keras_application(name, size, seed, classifier_activation, weights_from)
+
+
+def input_batch(name: str, model, n: int, seed: int) -> np.ndarray:
+    """Inputs in the range the model expects: pixels through its preprocess_input (or standard normal for a
+    custom builder)."""
+    size = tuple(model.inputs[0].shape)[1:]
+    if ":" in name:
+        return np.random.default_rng(seed).standard_normal((n, *size)).astype(np.float32)
+    from tests.zoo import keras_application_inputs
+
+    return keras_application_inputs(name, size[0], n, seed)
+
+
+def model_names() -> list[str]:
+    from tests.zoo import keras_application_names
+
+    return keras_application_names()
+
+
+# ---------------------------------------------------------------- the two compilers
+
+def qcompiler_compile(model, mode: str, calibration: Optional[np.ndarray]) -> bytes:
+    import qcompiler
+
+    if mode == "float32":
+        return qcompiler.compile(model, mode="float32")
+    return qcompiler.compile(model, mode="int8", calibration_data=calibration)
+
+
+def converter_compile(model, mode: str, calibration: Optional[np.ndarray]) -> bytes:
+    from qcompiler.demo import converter_float32, converter_int8
+
+    if mode == "float32":
+        return converter_float32(model)
+    return converter_int8(model, calibration)
+
+
+COMPILERS: dict[str, Callable[[Any, str, Optional[np.ndarray]], bytes]] = {
+    "qcompiler": qcompiler_compile,
+    "converter": converter_compile,
+}
+
+
+def warm_up() -> None:
+    """Both tools compile a tiny model in float32 and int8 once, so first-call costs stay out of the timings."""
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    samples = np.random.default_rng(0).standard_normal((2, 8, 8, 3)).astype(np.float32)
+    for compile_fn in COMPILERS.values():
+        for mode in ("float32", "int8"):
+            compile_fn(model, mode, samples)
+
+
+# ---------------------------------------------------------------- the interpreter, in a process of its own
+
+def run_tflite(model_path: str, inputs_path: str, result_path: str, latency_runs: int) -> None:
+    """(`--run-tflite`) Run a .tflite under BUILTIN_REF on the float inputs (quantized for integer inputs), time it
+    with the default resolver, count its ops; writes raw outputs and facts to `result_path` (.npz)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    x = np.load(inputs_path)
+    reference = Interpreter(model_path=model_path, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    if len(reference.get_input_details()) != 1:
+        raise ValueError(f"the zoo runs single-input models; this one has {len(reference.get_input_details())}")
+    ops = [op["op_name"] for op in reference._get_ops_details()]
+    detail = reference.get_input_details()[0]
+    reference.resize_tensor_input(detail["index"], list(x.shape))
+    reference.allocate_tensors()
+    reference.set_tensor(detail["index"], _to_input(x, detail))
+    reference.invoke()
+    outputs = [reference.get_tensor(d["index"]).copy() for d in reference.get_output_details()]
+    io = [_io_fact(d) for d in (*reference.get_input_details(), *reference.get_output_details())]
+
+    fast = Interpreter(model_path=model_path, num_threads=1)
+    fast.allocate_tensors()
+    detail = fast.get_input_details()[0]
+    fast.set_tensor(detail["index"], _to_input(x[:1], detail))
+    fast.invoke()  # warm-up
+    times = []
+    for _ in range(latency_runs):
+        start = time.perf_counter()
+        fast.invoke()
+        times.append(time.perf_counter() - start)
+    meta = {"ops": ops, "io": io, "latency_ms": float(np.median(times) * 1000)}
+    np.savez(result_path, meta=json.dumps(meta), **{f"output_{i}": o for i, o in enumerate(outputs)})
+
+
+def _to_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero_point = detail["quantization"]
+    if np.issubdtype(detail["dtype"], np.floating) or scale == 0:
+        return x.astype(detail["dtype"])
+    info = np.iinfo(detail["dtype"])
+    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(detail["dtype"])
+
+
+def _io_fact(detail: dict) -> list:
+    scale, zero_point = detail["quantization"]
+    return [np.dtype(detail["dtype"]).name, float(scale), int(zero_point)]
+
+
+class StepCrash(RuntimeError):
+    """A child process died (signal, non-zero exit, timeout)."""
+
+
+def run_tflite_isolated(model_path: Path, inputs_path: Path, latency_runs: int,
+                        timeout: float = 1200.0) -> tuple[dict, list[np.ndarray]]:
+    result_path = model_path.with_suffix(".result.npz")
+    log_path = model_path.with_suffix(".log")
+    command = [sys.executable, str(Path(__file__).resolve()), "--run-tflite", str(model_path), str(inputs_path),
+               str(result_path), str(latency_runs)]
+    with open(log_path, "wb") as log:
+        try:
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            raise StepCrash(f"the interpreter did not finish in {timeout:.0f} s") from None
+    if code != 0:
+        raise StepCrash(f"the interpreter {describe_exit(code)}{last_line(log_path)}")
+    with np.load(result_path) as result:
+        meta = json.loads(str(result["meta"]))
+        outputs = [result[f"output_{i}"] for i in range(len(result.files) - 1)]
+    return meta, outputs
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def last_line(log_path: Path) -> str:
+    """': <the last non-empty line of a child's log>', or '' if it wrote nothing."""
+    try:
+        lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return f": {lines[-1][:200]}" if lines else ""
+
+
+# ---------------------------------------------------------------- one model (`--worker`)
+
+class Recorder:
+    """The row of one model, saved after every step, so the parent still has it if this process dies."""
+
+    def __init__(self, row: dict, path: Path):
+        self.row, self.path = row, path
+
+    def save(self) -> None:
+        from qcompiler.files import atomic_write
+
+        atomic_write(self.path, json.dumps(self.row, indent=1).encode())
+
+    @contextmanager
+    def step(self, label: str) -> Iterator[None]:
+        """Run a step; an exception becomes a failure '<label>: <reason>' and the run goes on."""
+        self.row["step"] = label
+        self.save()
+        started = time.perf_counter()
+        try:
+            yield
+        except Exception as err:  # noqa: BLE001  (every failure is a row, never the end of the run)
+            self.row["failures"].append(f"{label}: {one_line(err)}")
+        finally:
+            self.row["step_seconds"][label] = round(time.perf_counter() - started, 3)
+            self.save()
+
+
+def one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:300]}" if not isinstance(err, StepCrash) else text[:300]
+
+
+def measure_model(name: str, settings: Settings, row_path: Path) -> dict:
+    """Everything the zoo table shows for one model; failures are recorded in row['failures']."""
+    rec = Recorder({"model": name, "failures": [], "step": "start", "step_seconds": {}}, row_path)
+    with tempfile.TemporaryDirectory(prefix=f"zoo-{name.replace(':', '-')}-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        logits_model = None
+        with rec.step("build"):
+            logits_model = build(name, settings.size, settings.seed, None)
+            rec.row["input"] = list(tuple(logits_model.inputs[0].shape)[1:])
+            rec.row["params"] = int(logits_model.count_params())
+            rec.row["layers"] = len(logits_model.layers)
+        if logits_model is None:
+            return rec.row
+        calibration = input_batch(name, logits_model, settings.samples, settings.seed)
+        x = input_batch(name, logits_model, settings.eval_samples, settings.seed + 1)
+        inputs_path = tmp / "inputs.npy"
+        np.save(inputs_path, x)
+        with rec.step("warm-up"):
+            warm_up()
+        for mode in settings.modes:
+            if mode == "outputs":
+                model = None
+                with rec.step("outputs: build (softmax)"):
+                    model = build(name, settings.size, settings.seed, "softmax", weights_from=logits_model)
+                if model is None:
+                    continue
+            else:
+                model = logits_model
+            measure_mode(rec, mode, model, calibration, x, inputs_path, tmp, settings)
+    rec.row["step"] = "done"
+    rec.save()
+    return rec.row
+
+
+def measure_mode(rec: Recorder, mode: str, model, calibration: np.ndarray, x: np.ndarray, inputs_path: Path,
+                 tmp: Path, settings: Settings) -> None:
+    entry: dict[str, Any] = rec.row.setdefault(mode, {})
+    compile_mode = "float32" if mode == "float32" else "int8"
+    outputs: dict[str, list[np.ndarray]] = {}
+    io: dict[str, list] = {}
+    for tool, compile_fn in COMPILERS.items():
+        with rec.step(f"{mode}: {tool} compile"):
+            start = time.perf_counter()
+            data = compile_fn(model, compile_mode, calibration)
+            entry[tool] = {"seconds": round(time.perf_counter() - start, 3), "bytes": len(data)}
+            (tmp / f"{mode}-{tool}.tflite").write_bytes(data)
+    for tool in TOOLS:
+        if tool not in entry:
+            continue
+        with rec.step(f"{mode}: {tool} model in the interpreter"):
+            meta, outputs[tool] = run_tflite_isolated(tmp / f"{mode}-{tool}.tflite", inputs_path, settings.latency_runs)
+            io[tool] = meta["io"]
+            entry[tool].update(ops=len(meta["ops"]), op_types=_histogram(meta["ops"]), latency_ms=meta["latency_ms"])
+    if mode == "float32":
+        with rec.step("float32: error against Keras"):
+            reference = np.asarray(model(x, training=False), np.float32)
+            scale = float(np.max(np.abs(reference))) or 1.0
+            for tool, result in outputs.items():
+                entry[tool]["max_error_rel"] = float(np.max(np.abs(result[0] - reference))) / scale
+    elif len(outputs) == 2:
+        with rec.step(f"{mode}: compare int8"):
+            entry.update(compare_int8(outputs["qcompiler"], outputs["converter"]))
+            entry["io_equal"] = io["qcompiler"] == io["converter"]
+            entry["io"] = io
+
+
+def compare_int8(ours: list[np.ndarray], theirs: list[np.ndarray]) -> dict:
+    if [o.shape for o in ours] != [t.shape for t in theirs]:
+        raise ValueError(f"output shapes differ: {[o.shape for o in ours]} vs {[t.shape for t in theirs]}")
+    a = np.concatenate([o.astype(np.int64).ravel() for o in ours])
+    b = np.concatenate([t.astype(np.int64).ravel() for t in theirs])
+    return {"identical_pct": float(np.mean(a == b) * 100), "max_lsb": int(np.max(np.abs(a - b))), "values": int(a.size)}
+
+
+def _histogram(ops: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for op in ops:
+        counts[op] = counts.get(op, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+# ---------------------------------------------------------------- the parent: one process per model
+
+def run_isolated(name: str, settings: Settings, work_dir: Path) -> dict:
+    """measure_model in a fresh process; a crash or a timeout becomes a failure with the step it happened in."""
+    safe = name.replace(":", "-").replace("/", "-")
+    row_path, log_path = work_dir / f"{safe}.json", work_dir / f"{safe}.log"
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", name, json.dumps(asdict(settings)),
+               str(row_path)]
+    started = time.perf_counter()
+    with open(log_path, "wb") as log:
+        try:
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=settings.timeout).returncode
+            problem = None if code == 0 else f"the model's process {describe_exit(code)}{last_line(log_path)}"
+        except subprocess.TimeoutExpired:
+            problem = f"timed out after {settings.timeout:.0f} s"
+    try:
+        row = json.loads(row_path.read_text())
+    except (OSError, ValueError):
+        row = {"model": name, "failures": [], "step": "start", "step_seconds": {}}
+    if problem is not None:
+        row["failures"].append(f"{row.get('step', 'start')}: {problem}")
+    row["wall_seconds"] = round(time.perf_counter() - started, 1)
+    return row
+
+
+def run_zoo(names: list[str], settings: Settings, jobs: int = 1,
+            on_row: Optional[Callable[[list[dict]], None]] = None) -> list[dict]:
+    rows: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="zoo-run-") as work_dir:
+        def one(name: str) -> None:
+            rows[name] = run_isolated(name, settings, Path(work_dir))
+            done = [rows[n] for n in names if n in rows]
+            print(f"[{len(done)}/{len(names)}] {name}: {row_summary(rows[name])}", flush=True)
+            if on_row is not None:
+                on_row(done)
+
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            list(pool.map(one, names))
+    return [rows[n] for n in names]
+
+
+def row_summary(row: dict) -> str:
+    parts = [f"{row.get('wall_seconds', 0):.0f} s"]
+    for mode in MODES:
+        entry = row.get(mode, {})
+        if "identical_pct" in entry:
+            parts.append(f"{mode} {percent(entry['identical_pct'])} identical, {entry['max_lsb']} LSB")
+    if row["failures"]:
+        parts.append(f"{len(row['failures'])} failure(s): {row['failures'][0]}")
+    return ", ".join(parts)
+
+
+# ---------------------------------------------------------------- report
+
+def machine() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def package(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "-"
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "commit": git_commit(), "cpus": os.cpu_count(), "cpu": cpu, "system": platform.system(),
+            "python": platform.python_version(), "tensorflow": package("tensorflow"), "keras": package("keras"),
+            "ai_edge_litert": package("ai-edge-litert")}
+
+
+def git_commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short=10", "HEAD") or "unknown"
+    return commit + (" + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int) -> str:
+    lines = [
+        "# qcompiler vs TFLiteConverter on keras.applications", "",
+        f"{header['date']} · qcompiler {header['commit']} · {header['cpus']} CPUs ({header['cpu']}), "
+        f"{header['system']} · Python {header['python']}, TensorFlow {header['tensorflow']}, Keras {header['keras']}, "
+        f"ai-edge-litert {header['ai_edge_litert']} · `--jobs {jobs}`"
+        + (f" · {header['wall_minutes']} min" if "wall_minutes" in header else ""),
+        "",
+        f"Input {settings.size}x{settings.size} (larger where a model requires it), weights=None, batch-norm "
+        f"statistics randomized (seed {settings.seed}), 1000 classes; int8 calibrated on the same {settings.samples} "
+        f"samples by both tools; values compared on {settings.eval_samples} other samples under BUILTIN_REF; latency "
+        f"is the median of {settings.latency_runs} single-threaded batch-1 runs with the default resolver (XNNPACK). "
+        "Speed-up = converter time / qcompiler time. Size and latency in the int8 table are qcompiler / converter.",
+        "", *summary(rows), "",
+    ]
+    if "float32" in settings.modes:
+        lines += ["## float32", "",
+                  "| model | input | params | compile s (qc / conv) | speed-up | ops (qc / conv) | KiB (qc / conv) "
+                  "| latency ms (qc / conv) | max err / max\\|ref\\| (qc / conv) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [float_line(row) for row in rows]
+        lines.append("")
+    int8_modes = [m for m in ("logits", "outputs") if m in settings.modes]
+    if int8_modes:
+        lines += ["## int8", "",
+                  "logits: `classifier_activation=None`; outputs: the softmax model. "
+                  "identical = share of equal int8 values, LSB = largest difference, I/O q = input and output scale "
+                  "and zero point equal.", "",
+                  "| model | mode | compile s (qc / conv) | speed-up | ops (qc / conv) | size | latency "
+                  "| identical | max LSB | I/O q |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [int8_line(row, mode) for row in rows for mode in int8_modes]
+        lines.append("")
+    failures = [(row["model"], failure) for row in rows for failure in row["failures"]]
+    if failures:
+        lines += ["## Failures", "", "| model | step: reason |", "|---|---|"]
+        lines += [f"| {model} | {cell(failure)} |" for model, failure in failures]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def summary(rows: list[dict]) -> list[str]:
+    def count(test: Callable[[dict], bool]) -> int:
+        return sum(1 for row in rows if _safe(test, row))
+
+    n = len(rows)
+    both = lambda mode: lambda r: all("ops" in r[mode][t] for t in TOOLS)  # noqa: E731
+    int8_ok = lambda mode: lambda r: (r[mode]["identical_pct"] >= 99.0 and r[mode]["max_lsb"] <= 1  # noqa: E731
+                                      and r[mode]["io_equal"])
+    return [
+        f"{n} models. Compiled and run by both tools: float32 {count(both('float32'))}/{n}, "
+        f"int8 logits {count(both('logits'))}/{n}, int8 outputs {count(both('outputs'))}/{n}. "
+        f"float32 error ≤ 1e-5·max|ref|: {count(lambda r: r['float32']['qcompiler']['max_error_rel'] <= 1e-5)}/{n}; "
+        f"float32 ≥ 50x faster: {count(lambda r: _speedup(r['float32']) >= 50)}/{n}; "
+        f"int8 logits ≥ 5x faster: {count(lambda r: _speedup(r['logits']) >= 5)}/{n}.",
+        f"int8 with equal I/O quantization, ≥ 99% identical and ≤ 1 LSB: logits {count(int8_ok('logits'))}/{n}, "
+        f"outputs {count(int8_ok('outputs'))}/{n}; 100% identical: logits "
+        f"{count(lambda r: r['logits']['identical_pct'] == 100.0)}/{n}, outputs "
+        f"{count(lambda r: r['outputs']['identical_pct'] == 100.0)}/{n}. "
+        f"int8 size ≤ converter + 1%: {count(lambda r: _ratio(r['logits'], 'bytes') <= 1.01)}/{n}; "
+        f"int8 latency ≤ 1.05x: {count(lambda r: _ratio(r['logits'], 'latency_ms') <= 1.05)}/{n} (logits models).",
+    ]
+
+
+def _safe(test: Callable[[dict], bool], row: dict) -> bool:
+    try:
+        return bool(test(row))
+    except (KeyError, TypeError, ZeroDivisionError):
+        return False
+
+
+def _speedup(entry: dict) -> float:
+    return entry["converter"]["seconds"] / entry["qcompiler"]["seconds"]
+
+
+def _ratio(entry: dict, key: str) -> float:
+    return entry["qcompiler"][key] / entry["converter"][key]
+
+
+def _pair(entry: dict, key: str, fmt: str) -> str:
+    values = [format(entry[t][key], fmt) if key in entry.get(t, {}) else "—" for t in TOOLS]
+    return " / ".join(values)
+
+
+def float_line(row: dict) -> str:
+    entry = row.get("float32", {})
+    size = "x".join(str(d) for d in row.get("input", [])[:2]) or "—"
+    params = f"{row['params'] / 1e6:.1f}M" if "params" in row else "—"
+    kib = " / ".join(f"{entry[t]['bytes'] / 1024:,.0f}" if t in entry else "—" for t in TOOLS)
+    return (f"| {row['model']} | {size} | {params} | {_pair(entry, 'seconds', '.2f')} | {_fmt_speedup(entry)} "
+            f"| {_pair(entry, 'ops', 'd')} | {kib} | {_pair(entry, 'latency_ms', '.2f')} "
+            f"| {_pair(entry, 'max_error_rel', '.1e')} |")
+
+
+def int8_line(row: dict, mode: str) -> str:
+    entry = row.get(mode, {})
+    size = f"{_ratio(entry, 'bytes'):.3f}x" if _has(entry, "bytes") else "—"
+    latency = f"{_ratio(entry, 'latency_ms'):.2f}x" if _has(entry, "latency_ms") else "—"
+    identical = percent(entry["identical_pct"]) if "identical_pct" in entry else "—"
+    lsb = str(entry["max_lsb"]) if "max_lsb" in entry else "—"
+    io = {True: "equal", False: "**differ**"}.get(entry.get("io_equal"), "—")
+    return (f"| {row['model']} | {mode} | {_pair(entry, 'seconds', '.2f')} | {_fmt_speedup(entry)} "
+            f"| {_pair(entry, 'ops', 'd')} | {size} | {latency} | {identical} | {lsb} | {io} |")
+
+
+def percent(value: float) -> str:
+    """Two decimals, but never a rounded-up 100% (or 0%) that is not exact."""
+    text = f"{value:.2f}%"
+    if text == "100.00%" and value < 100.0:
+        return "99.99%"
+    return "0.01%" if text == "0.00%" and value > 0.0 else text
+
+
+def _has(entry: dict, key: str) -> bool:
+    return all(key in entry.get(t, {}) for t in TOOLS)
+
+
+def _fmt_speedup(entry: dict) -> str:
+    return f"{_speedup(entry):.1f}x" if _has(entry, "seconds") else "—"
+
+
+def cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def write_outputs(rows: list[dict], header: dict, settings: Settings, jobs: int, out: Optional[Path],
+                  json_path: Optional[Path]) -> None:
+    from qcompiler.files import atomic_write
+
+    if out is not None:
+        atomic_write(out, markdown(rows, header, settings, jobs).encode())
+    if json_path is not None:
+        document = {"header": header, "settings": asdict(settings), "jobs": jobs, "rows": rows}
+        atomic_write(json_path, json.dumps(document, indent=1).encode())
+
+
+# ---------------------------------------------------------------- command line
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:  # internal: one model, in its own process
+        name, settings_json, row_path = argv[1:4]
+        measure_model(name, Settings.from_json(settings_json), Path(row_path))
+        return 0
+    if argv[:1] == ["--run-tflite"]:  # internal: one interpreter run, in its own process
+        model_path, inputs_path, result_path, runs = argv[1:5]
+        run_tflite(model_path, inputs_path, result_path, int(runs))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", help="comma-separated keras.applications names (or module:function builders); "
+                                         "default: all of keras.applications")
+    parser.add_argument("--skip", default="", help="comma-separated models to leave out")
+    parser.add_argument("--size", type=int, default=96, help="input size (a model's minimum if larger)")
+    parser.add_argument("--samples", type=int, default=20, help="calibration samples, the same for both tools")
+    parser.add_argument("--eval-samples", type=int, default=4, help="samples whose outputs are compared")
+    parser.add_argument("--latency-runs", type=int, default=10)
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per model")
+    parser.add_argument("--jobs", type=int, default=1, help="models measured at once (timings need --jobs 1)")
+    parser.add_argument("--out", type=Path, default=Path("zoo.md"), help="markdown table")
+    parser.add_argument("--json", type=Path, default=None, help="also write every measurement as JSON")
+    args = parser.parse_args(argv)
+    modes = tuple(m for m in args.modes.split(",") if m)
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        parser.error(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
+    available = model_names()
+    names = args.models.split(",") if args.models else available
+    unknown = [n for n in names if ":" not in n and n not in available]
+    if unknown:
+        parser.error(f"not in keras.applications: {', '.join(unknown)} (available: {', '.join(available)})")
+    names = [n for n in names if n not in set(args.skip.split(","))]
+    settings = Settings(size=args.size, samples=args.samples, eval_samples=args.eval_samples,
+                        latency_runs=args.latency_runs, seed=args.seed, modes=modes, timeout=args.timeout)
+    header = machine()
+    started = time.perf_counter()
+
+    def save(rows: list[dict]) -> None:
+        header["wall_minutes"] = round((time.perf_counter() - started) / 60, 1)
+        write_outputs(rows, header, settings, args.jobs, args.out, args.json)
+
+    rows = run_zoo(names, settings, args.jobs, on_row=save)
+    save(rows)
+    print(f"wrote {args.out}" + (f" and {args.json}" if args.json else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
