@@ -14,7 +14,8 @@ Per model (weights=None, batch-norm statistics randomized with a fixed seed, 100
 Every model runs in its own process (this script with `--worker`), and every interpreter run in a process of its
 own (`--run-tflite`), so an abort or a segfault (the reference int8 softmax has aborted on 1000-class models)
 becomes a failure row with a one-line reason; the run goes on. Latency: batch 1, one thread, the interpreter's
-default resolver (XNNPACK), median of `--latency-runs` invocations after one warm-up, same settings for both tools.
+default resolver (XNNPACK), median of `--latency-runs` invocations after one warm-up, both tools' models loaded
+in one process and invoked in turn (a busy machine slows both alike).
 Compile times are measured after both tools have compiled a tiny model in the same process (imports, first-call
 costs). Timings are ratios from the same run on a shared machine: use `--jobs 1` for numbers you publish.
 """
@@ -56,6 +57,8 @@ class Settings:
     seed: int = 0
     modes: tuple[str, ...] = MODES
     timeout: float = 1200.0  # seconds per model
+    warm_up: bool = True  # both tools compile a tiny model before anything is timed
+    always_convert: bool = False  # run the converter even where qcompiler failed
 
     @classmethod
     def from_json(cls, text: str) -> "Settings":
@@ -66,20 +69,17 @@ class Settings:
 
 # ---------------------------------------------------------------- models
 
-def build(name: str, size: int, seed: int, classifier_activation: Optional[str], weights_from=None):
-    """A keras.applications model by name, or `module:function` for any builder with the same signature
-    (`function(size, classifier_activation)` returning a single-input Keras model)."""
+def build(name: str, size: int, seed: int):
+    """A keras.applications model by name (softmax head), or `module:function` for any builder
+    `function(size)` returning a single-input Keras model that ends in a softmax Dense layer."""
     if ":" in name:
         import importlib
 
         module, function = name.split(":", 1)
-        model = getattr(importlib.import_module(module), function)(size, classifier_activation)
-        if weights_from is not None:
-            model.set_weights(weights_from.get_weights())
-        return model
+        return getattr(importlib.import_module(module), function)(size)
     from tests.zoo import keras_application
 
-    return keras_application(name, size, seed, classifier_activation, weights_from)
+    return keras_application(name, size, seed)
 
 
 def input_batch(name: str, model, n: int, seed: int) -> np.ndarray:
@@ -139,9 +139,9 @@ def warm_up() -> None:
 
 # ---------------------------------------------------------------- the interpreter, in a process of its own
 
-def run_tflite(model_path: str, inputs_path: str, result_path: str, latency_runs: int) -> None:
-    """(`--run-tflite`) Run a .tflite under BUILTIN_REF on the float inputs (quantized for integer inputs), time it
-    with the default resolver, count its ops; writes raw outputs and facts to `result_path` (.npz)."""
+def run_tflite(model_path: str, inputs_path: str, result_path: str) -> None:
+    """(`--run-tflite`) Run a .tflite under BUILTIN_REF on the float inputs (quantized for integer inputs) and count
+    its ops; writes the raw outputs and those facts to `result_path` (.npz)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     x = np.load(inputs_path)
@@ -156,19 +156,31 @@ def run_tflite(model_path: str, inputs_path: str, result_path: str, latency_runs
     reference.invoke()
     outputs = [reference.get_tensor(d["index"]).copy() for d in reference.get_output_details()]
     io = [_io_fact(d) for d in (*reference.get_input_details(), *reference.get_output_details())]
-
-    fast = Interpreter(model_path=model_path, num_threads=1)
-    fast.allocate_tensors()
-    detail = fast.get_input_details()[0]
-    fast.set_tensor(detail["index"], _to_input(x[:1], detail))
-    fast.invoke()  # warm-up
-    times = []
-    for _ in range(latency_runs):
-        start = time.perf_counter()
-        fast.invoke()
-        times.append(time.perf_counter() - start)
-    meta = {"ops": ops, "io": io, "latency_ms": float(np.median(times) * 1000)}
+    meta = {"ops": ops, "io": io}
     np.savez(result_path, meta=json.dumps(meta), **{f"output_{i}": o for i, o in enumerate(outputs)})
+
+
+def measure_latency(model_paths: list[str], inputs_path: str, result_path: str, runs: int) -> None:
+    """(`--latency`) Median invoke time of each model: batch 1, one thread, the default resolver (XNNPACK). The
+    models are loaded side by side and invoked in turn, so a busy machine slows them alike."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    x = np.load(inputs_path)[:1]
+    interpreters = []
+    for path in model_paths:
+        interpreter = Interpreter(model_path=path, num_threads=1)
+        interpreter.allocate_tensors()
+        detail = interpreter.get_input_details()[0]
+        interpreter.set_tensor(detail["index"], _to_input(x, detail))
+        interpreter.invoke()  # warm-up
+        interpreters.append(interpreter)
+    times: list[list[float]] = [[] for _ in interpreters]
+    for _ in range(runs):
+        for interpreter, samples in zip(interpreters, times):
+            start = time.perf_counter()
+            interpreter.invoke()
+            samples.append(time.perf_counter() - start)
+    Path(result_path).write_text(json.dumps([float(np.median(t) * 1000) for t in times]))
 
 
 def _to_input(x: np.ndarray, detail: dict) -> np.ndarray:
@@ -188,23 +200,33 @@ class StepCrash(RuntimeError):
     """A child process died (signal, non-zero exit, timeout)."""
 
 
-def run_tflite_isolated(model_path: Path, inputs_path: Path, latency_runs: int,
-                        timeout: float = 1200.0) -> tuple[dict, list[np.ndarray]]:
-    result_path = model_path.with_suffix(".result.npz")
-    log_path = model_path.with_suffix(".log")
-    command = [sys.executable, str(Path(__file__).resolve()), "--run-tflite", str(model_path), str(inputs_path),
-               str(result_path), str(latency_runs)]
+def run_child(args: list[str], log_path: Path, timeout: float, what: str) -> None:
+    """Run this script with `args` in a new process; raise StepCrash naming `what` if it dies or hangs."""
+    command = [sys.executable, str(Path(__file__).resolve()), *args]
     with open(log_path, "wb") as log:
         try:
             code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
         except subprocess.TimeoutExpired:
-            raise StepCrash(f"the interpreter did not finish in {timeout:.0f} s") from None
+            raise StepCrash(f"{what} did not finish in {timeout:.0f} s") from None
     if code != 0:
-        raise StepCrash(f"the interpreter {describe_exit(code)}{last_line(log_path)}")
+        raise StepCrash(f"{what} {describe_exit(code)}{last_line(log_path)}")
+
+
+def run_tflite_isolated(model_path: Path, inputs_path: Path, timeout: float = 1200.0) -> tuple[dict, list[np.ndarray]]:
+    result_path = model_path.with_suffix(".result.npz")
+    run_child(["--run-tflite", str(model_path), str(inputs_path), str(result_path)], model_path.with_suffix(".log"),
+              timeout, "the BUILTIN_REF interpreter")
     with np.load(result_path) as result:
         meta = json.loads(str(result["meta"]))
         outputs = [result[f"output_{i}"] for i in range(len(result.files) - 1)]
     return meta, outputs
+
+
+def latency_isolated(model_paths: list[Path], inputs_path: Path, runs: int, timeout: float = 1200.0) -> list[float]:
+    result_path = model_paths[0].with_suffix(".latency.json")
+    run_child(["--latency", ",".join(map(str, model_paths)), str(inputs_path), str(result_path), str(runs)],
+              result_path.with_suffix(".log"), timeout, "the latency run (default resolver)")
+    return json.loads(result_path.read_text())
 
 
 def describe_exit(code: int) -> str:
@@ -263,30 +285,26 @@ def measure_model(name: str, settings: Settings, row_path: Path) -> dict:
     rec = Recorder({"model": name, "failures": [], "step": "start", "step_seconds": {}}, row_path)
     with tempfile.TemporaryDirectory(prefix=f"zoo-{name.replace(':', '-')}-") as tmp_dir:
         tmp = Path(tmp_dir)
-        logits_model = None
+        models = {}
         with rec.step("build"):
-            logits_model = build(name, settings.size, settings.seed, None)
-            rec.row["input"] = list(tuple(logits_model.inputs[0].shape)[1:])
-            rec.row["params"] = int(logits_model.count_params())
-            rec.row["layers"] = len(logits_model.layers)
-        if logits_model is None:
+            from tests.zoo import logits_model
+
+            models["outputs"] = build(name, settings.size, settings.seed)
+            models["float32"] = models["logits"] = logits_model(models["outputs"])
+            rec.row["input"] = list(tuple(models["outputs"].inputs[0].shape)[1:])
+            rec.row["params"] = int(models["outputs"].count_params())
+            rec.row["layers"] = len(models["outputs"].layers)
+        if "logits" not in models:
             return rec.row
-        calibration = input_batch(name, logits_model, settings.samples, settings.seed)
-        x = input_batch(name, logits_model, settings.eval_samples, settings.seed + 1)
+        calibration = input_batch(name, models["outputs"], settings.samples, settings.seed)
+        x = input_batch(name, models["outputs"], settings.eval_samples, settings.seed + 1)
         inputs_path = tmp / "inputs.npy"
         np.save(inputs_path, x)
-        with rec.step("warm-up"):
-            warm_up()
+        if settings.warm_up:
+            with rec.step("warm-up"):
+                warm_up()
         for mode in settings.modes:
-            if mode == "outputs":
-                model = None
-                with rec.step("outputs: build (softmax)"):
-                    model = build(name, settings.size, settings.seed, "softmax", weights_from=logits_model)
-                if model is None:
-                    continue
-            else:
-                model = logits_model
-            measure_mode(rec, mode, model, calibration, x, inputs_path, tmp, settings)
+            measure_mode(rec, mode, models[mode], calibration, x, inputs_path, tmp, settings)
     rec.row["step"] = "done"
     rec.save()
     return rec.row
@@ -299,18 +317,25 @@ def measure_mode(rec: Recorder, mode: str, model, calibration: np.ndarray, x: np
     outputs: dict[str, list[np.ndarray]] = {}
     io: dict[str, list] = {}
     for tool, compile_fn in COMPILERS.items():
+        if tool == "converter" and "qcompiler" not in entry and not settings.always_convert:
+            entry["converter_skipped"] = True  # qcompiler failed: nothing to compare with, save the time
+            continue
         with rec.step(f"{mode}: {tool} compile"):
             start = time.perf_counter()
             data = compile_fn(model, compile_mode, calibration)
             entry[tool] = {"seconds": round(time.perf_counter() - start, 3), "bytes": len(data)}
             (tmp / f"{mode}-{tool}.tflite").write_bytes(data)
-    for tool in TOOLS:
-        if tool not in entry:
-            continue
-        with rec.step(f"{mode}: {tool} model in the interpreter"):
-            meta, outputs[tool] = run_tflite_isolated(tmp / f"{mode}-{tool}.tflite", inputs_path, settings.latency_runs)
+    compiled = [tool for tool in TOOLS if tool in entry]
+    for tool in compiled:
+        with rec.step(f"{mode}: {tool} model under BUILTIN_REF"):
+            meta, outputs[tool] = run_tflite_isolated(tmp / f"{mode}-{tool}.tflite", inputs_path)
             io[tool] = meta["io"]
-            entry[tool].update(ops=len(meta["ops"]), op_types=_histogram(meta["ops"]), latency_ms=meta["latency_ms"])
+            entry[tool].update(ops=len(meta["ops"]), op_types=_histogram(meta["ops"]))
+    if compiled and settings.latency_runs > 0:
+        with rec.step(f"{mode}: latency"):
+            paths = [tmp / f"{mode}-{tool}.tflite" for tool in compiled]
+            for tool, milliseconds in zip(compiled, latency_isolated(paths, inputs_path, settings.latency_runs)):
+                entry[tool]["latency_ms"] = milliseconds
     if mode == "float32":
         with rec.step("float32: error against Keras"):
             reference = np.asarray(model(x, training=False), np.float32)
@@ -321,6 +346,7 @@ def measure_mode(rec: Recorder, mode: str, model, calibration: np.ndarray, x: np
         with rec.step(f"{mode}: compare int8"):
             entry.update(compare_int8(outputs["qcompiler"], outputs["converter"]))
             entry["io_equal"] = io["qcompiler"] == io["converter"]
+            entry["io_difference"] = io_difference(io["qcompiler"], io["converter"])
             entry["io"] = io
 
 
@@ -330,6 +356,26 @@ def compare_int8(ours: list[np.ndarray], theirs: list[np.ndarray]) -> dict:
     a = np.concatenate([o.astype(np.int64).ravel() for o in ours])
     b = np.concatenate([t.astype(np.int64).ravel() for t in theirs])
     return {"identical_pct": float(np.mean(a == b) * 100), "max_lsb": int(np.max(np.abs(a - b))), "values": int(a.size)}
+
+
+def io_difference(ours: list, theirs: list) -> str:
+    """How the (dtype, scale, zero point) of the model inputs then outputs differ: '' if equal, else e.g.
+    'output 0: scale 1 ulp' (float32 ulps) or 'input 0: zero point 3 vs 2'."""
+    if len(ours) != len(theirs):
+        return f"{len(ours)} vs {len(theirs)} inputs+outputs"
+    inputs = 1  # every zoo model has one input (run_tflite checks)
+    notes = []
+    for i, ((dtype_a, scale_a, zp_a), (dtype_b, scale_b, zp_b)) in enumerate(zip(ours, theirs)):
+        where = f"input {i}" if i < inputs else f"output {i - inputs}"
+        if dtype_a != dtype_b:
+            notes.append(f"{where}: {dtype_a} vs {dtype_b}")
+        elif zp_a != zp_b:
+            notes.append(f"{where}: zero point {zp_a} vs {zp_b}")
+        elif scale_a != scale_b:
+            ulps = abs(int(np.float32(scale_a).view(np.int32)) - int(np.float32(scale_b).view(np.int32)))
+            notes.append(f"{where}: scale {ulps} ulp" if ulps < 1000
+                         else f"{where}: scale {scale_a:.4g} vs {scale_b:.4g}")
+    return ", ".join(notes)
 
 
 def _histogram(ops: list[str]) -> dict[str, int]:
@@ -432,7 +478,8 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int) -> s
         f"Input {settings.size}x{settings.size} (larger where a model requires it), weights=None, batch-norm "
         f"statistics randomized (seed {settings.seed}), 1000 classes; int8 calibrated on the same {settings.samples} "
         f"samples by both tools; values compared on {settings.eval_samples} other samples under BUILTIN_REF; latency "
-        f"is the median of {settings.latency_runs} single-threaded batch-1 runs with the default resolver (XNNPACK). "
+        f"is the median of {settings.latency_runs} single-threaded batch-1 runs with the default resolver "
+        "(XNNPACK), both tools' models invoked in turn. "
         "Speed-up = converter time / qcompiler time. Size and latency in the int8 table are qcompiler / converter.",
         "", *summary(rows), "",
     ]
@@ -521,7 +568,7 @@ def int8_line(row: dict, mode: str) -> str:
     latency = f"{_ratio(entry, 'latency_ms'):.2f}x" if _has(entry, "latency_ms") else "—"
     identical = percent(entry["identical_pct"]) if "identical_pct" in entry else "—"
     lsb = str(entry["max_lsb"]) if "max_lsb" in entry else "—"
-    io = {True: "equal", False: "**differ**"}.get(entry.get("io_equal"), "—")
+    io = {True: "equal", False: f"**differ** ({entry.get('io_difference', '')})"}.get(entry.get("io_equal"), "—")
     return (f"| {row['model']} | {mode} | {_pair(entry, 'seconds', '.2f')} | {_fmt_speedup(entry)} "
             f"| {_pair(entry, 'ops', 'd')} | {size} | {latency} | {identical} | {lsb} | {io} |")
 
@@ -565,9 +612,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         name, settings_json, row_path = argv[1:4]
         measure_model(name, Settings.from_json(settings_json), Path(row_path))
         return 0
-    if argv[:1] == ["--run-tflite"]:  # internal: one interpreter run, in its own process
-        model_path, inputs_path, result_path, runs = argv[1:5]
-        run_tflite(model_path, inputs_path, result_path, int(runs))
+    if argv[:1] == ["--run-tflite"]:  # internal: one BUILTIN_REF run, in its own process
+        run_tflite(*argv[1:4])
+        return 0
+    if argv[:1] == ["--latency"]:  # internal: latency of one or more models, in their own process
+        model_paths, inputs_path, result_path, runs = argv[1:5]
+        measure_latency(model_paths.split(","), inputs_path, result_path, int(runs))
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", help="comma-separated keras.applications names (or module:function builders); "
@@ -580,6 +630,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per model")
+    parser.add_argument("--always-convert", action="store_true",
+                        help="run the converter in a mode even where qcompiler failed (default: skip it)")
     parser.add_argument("--jobs", type=int, default=1, help="models measured at once (timings need --jobs 1)")
     parser.add_argument("--out", type=Path, default=Path("zoo.md"), help="markdown table")
     parser.add_argument("--json", type=Path, default=None, help="also write every measurement as JSON")
@@ -595,7 +647,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"not in keras.applications: {', '.join(unknown)} (available: {', '.join(available)})")
     names = [n for n in names if n not in set(args.skip.split(","))]
     settings = Settings(size=args.size, samples=args.samples, eval_samples=args.eval_samples,
-                        latency_runs=args.latency_runs, seed=args.seed, modes=modes, timeout=args.timeout)
+                        latency_runs=args.latency_runs, seed=args.seed, modes=modes, timeout=args.timeout,
+                        always_convert=args.always_convert)
     header = machine()
     started = time.perf_counter()
 

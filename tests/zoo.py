@@ -129,25 +129,35 @@ def keras_application_names() -> list[str]:
     return sorted(name for name in dir(apps) if name[:1].isupper() and callable(getattr(apps, name)))
 
 
-def keras_application(name: str, size: int, seed: int = 0, classifier_activation: Union[str, None] = "softmax",
-                      weights_from: Union[keras.Model, None] = None) -> keras.Model:
-    """keras.applications.`name` (weights=None, 1000 classes) at size x size (or the model's minimum size if
-    that is larger), with randomized batch-norm statistics; `weights_from` copies another build's weights."""
+def keras_application(name: str, size: int, seed: int = 0) -> keras.Model:
+    """keras.applications.`name` (weights=None, 1000 classes, softmax) at size x size (or the model's minimum size
+    if that is larger), with randomized batch-norm statistics."""
     import re
 
     constructor = getattr(keras.applications, name)
     keras.utils.set_random_seed(seed)
     try:
-        model = constructor(weights=None, input_shape=(size, size, 3), classifier_activation=classifier_activation)
+        model = constructor(weights=None, input_shape=(size, size, 3))
     except ValueError as err:  # "Input size must be at least 75x75; Received: ..."
         minimum = re.search(r"at least (\d+)x(\d+)", str(err))
         if minimum is None or int(minimum.group(1)) <= size:
             raise
-        return keras_application(name, int(minimum.group(1)), seed, classifier_activation, weights_from)
-    if weights_from is not None:
-        model.set_weights(weights_from.get_weights())
-        return model
+        return keras_application(name, int(minimum.group(1)), seed)
     return randomize_batchnorm(model, seed)
+
+
+def logits_model(model: keras.Model) -> keras.Model:
+    """The same model without its final softmax, as `classifier_activation=None` builds it: the last Dense
+    layer again, with activation None and the same weights; every other layer is shared."""
+    head = model.layers[-1]
+    if not isinstance(head, layers.Dense) or head.activation is not keras.activations.softmax:
+        raise ValueError(f"model '{model.name}' does not end in a softmax Dense layer (its last layer is "
+                         f"'{head.name}' of class {type(head).__name__})")
+    config = dict(head.get_config(), activation=None, name=f"{head.name}_logits")
+    logits = layers.Dense.from_config(config)
+    outputs = logits(head.input)
+    logits.set_weights(head.get_weights())
+    return keras.Model(model.inputs, outputs, name=f"{model.name}_logits")
 
 
 def keras_application_inputs(name: str, size: int, n: int, seed: int) -> np.ndarray:
