@@ -283,13 +283,14 @@ def one_line(err: BaseException) -> str:
 def measure_model(name: str, settings: Settings, row_path: Path) -> dict:
     """Everything the zoo table shows for one model; failures are recorded in row['failures']."""
     rec = Recorder({"model": name, "failures": [], "step": "start", "step_seconds": {}}, row_path)
-    with tempfile.TemporaryDirectory(prefix=f"zoo-{name.replace(':', '-')}-") as tmp_dir:
+    # beside the row, in the parent's folder: the parent removes it even if this process dies
+    with tempfile.TemporaryDirectory(prefix=f"{row_path.stem}-", dir=row_path.parent) as tmp_dir:
         tmp = Path(tmp_dir)
         models = {}
         with rec.step("build"):
+            models["outputs"] = build(name, settings.size, settings.seed)
             from tests.zoo import logits_model
 
-            models["outputs"] = build(name, settings.size, settings.seed)
             models["float32"] = models["logits"] = logits_model(models["outputs"])
             rec.row["input"] = list(tuple(models["outputs"].inputs[0].shape)[1:])
             rec.row["params"] = int(models["outputs"].count_params())
@@ -336,7 +337,7 @@ def measure_mode(rec: Recorder, mode: str, model, calibration: np.ndarray, x: np
             paths = [tmp / f"{mode}-{tool}.tflite" for tool in compiled]
             for tool, milliseconds in zip(compiled, latency_isolated(paths, inputs_path, settings.latency_runs)):
                 entry[tool]["latency_ms"] = milliseconds
-    if mode == "float32":
+    if mode == "float32" and outputs:
         with rec.step("float32: error against Keras"):
             reference = np.asarray(model(x, training=False), np.float32)
             scale = float(np.max(np.abs(reference))) or 1.0
@@ -470,7 +471,7 @@ def git_commit() -> str:
 def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int) -> str:
     lines = [
         "# qcompiler vs TFLiteConverter on keras.applications", "",
-        f"{header['date']} · qcompiler {header['commit']} · {header['cpus']} CPUs ({header['cpu']}), "
+        f"{header['date']} · qcompiler {commits_text(rows, header)} · {header['cpus']} CPUs ({header['cpu']}), "
         f"{header['system']} · Python {header['python']}, TensorFlow {header['tensorflow']}, Keras {header['keras']}, "
         f"ai-edge-litert {header['ai_edge_litert']} · `--jobs {jobs}`"
         + (f" · {header['wall_minutes']} min" if "wall_minutes" in header else ""),
@@ -484,11 +485,12 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int) -> s
         "", *summary(rows), "",
     ]
     if "float32" in settings.modes:
+        several = len({row.get("commit") for row in rows}) > 1
         lines += ["## float32", "",
                   "| model | input | params | compile s (qc / conv) | speed-up | ops (qc / conv) | KiB (qc / conv) "
-                  "| latency ms (qc / conv) | max err / max\\|ref\\| (qc / conv) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        lines += [float_line(row) for row in rows]
+                  "| latency ms (qc / conv) | max err / max\\|ref\\| (qc / conv) |" + (" commit |" if several else ""),
+                  "|---|---|---|---|---|---|---|---|---|" + ("---|" if several else "")]
+        lines += [float_line(row) + (f" {row.get('commit', '?')} |" if several else "") for row in rows]
         lines.append("")
     int8_modes = [m for m in ("logits", "outputs") if m in settings.modes]
     if int8_modes:
@@ -501,12 +503,37 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int) -> s
                   "|---|---|---|---|---|---|---|---|---|---|"]
         lines += [int8_line(row, mode) for row in rows for mode in int8_modes]
         lines.append("")
-    failures = [(row["model"], failure) for row in rows for failure in row["failures"]]
+    differences = [(row["model"], mode, op_differences(row[mode])) for row in rows for mode in settings.modes
+                   if op_differences(row.get(mode, {}))]
+    if differences:
+        lines += ["## Op count differences", "", "| model | mode | op: qcompiler vs converter |", "|---|---|---|"]
+        lines += [f"| {model} | {mode} | {text} |" for model, mode, text in differences]
+        lines.append("")
+    failures = [(row["model"], failure) for row in rows for failure in grouped_failures(row["failures"])]
     if failures:
         lines += ["## Failures", "", "| model | step: reason |", "|---|---|"]
         lines += [f"| {model} | {cell(failure)} |" for model, failure in failures]
         lines.append("")
     return "\n".join(lines)
+
+
+def commits_text(rows: list[dict], header: dict) -> str:
+    """The commit measured, or each commit with its number of models when rows were merged (`--update`)."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.get("commit", header["commit"])] = counts.get(row.get("commit", header["commit"]), 0) + 1
+    if len(counts) <= 1:
+        return next(iter(counts), header["commit"])
+    return "commits " + ", ".join(f"{commit} ({n} models)" for commit, n in counts.items())
+
+
+def op_differences(entry: dict) -> str:
+    """'RELU 112 vs 48, SLICE 4 vs 0' for the op types whose counts differ between the two tools' models."""
+    if not _has(entry, "op_types"):
+        return ""
+    ours, theirs = entry["qcompiler"]["op_types"], entry["converter"]["op_types"]
+    return ", ".join(f"{op} {ours.get(op, 0)} vs {theirs.get(op, 0)}" for op in sorted({*ours, *theirs})
+                     if ours.get(op, 0) != theirs.get(op, 0))
 
 
 def summary(rows: list[dict]) -> list[str]:
@@ -589,7 +616,18 @@ def _fmt_speedup(entry: dict) -> str:
     return f"{_speedup(entry):.1f}x" if _has(entry, "seconds") else "—"
 
 
-def cell(text: str) -> str:
+def grouped_failures(failures: list[str]) -> list[str]:
+    """'float32/logits/outputs: qcompiler compile: X' for the same failure in several modes."""
+    modes_of: dict[str, list[str]] = {}
+    for failure in failures:
+        mode, _, rest = failure.partition(": ")
+        key, mode = (rest, mode) if mode in MODES else (failure, "")
+        modes_of.setdefault(key, []).append(mode)
+    return [f"{'/'.join(modes)}: {key}" if all(modes) else key for key, modes in modes_of.items()]
+
+
+def cell(text: str, limit: int = 200) -> str:
+    text = text if len(text) <= limit else text[:limit - 1] + "…"
     return text.replace("|", "\\|").replace("\n", " ")
 
 
@@ -602,6 +640,26 @@ def write_outputs(rows: list[dict], header: dict, settings: Settings, jobs: int,
     if json_path is not None:
         document = {"header": header, "settings": asdict(settings), "jobs": jobs, "rows": rows}
         atomic_write(json_path, json.dumps(document, indent=1).encode())
+
+
+def previous_rows(path: Path, settings: Settings, names: list[str]) -> list[dict]:
+    """The rows of an earlier run (`--update`) for the models not measured again; its settings must be ours."""
+    document = json.loads(path.read_text())
+    theirs = asdict(Settings.from_json(json.dumps(document["settings"])))
+    ours = asdict(settings)
+    different = [key for key in ours if key not in ("modes", "timeout", "always_convert") and theirs[key] != ours[key]]
+    if different:
+        raise SystemExit(f"--update {path}: measured with other settings ({', '.join(different)}); "
+                         "use the same options or start a new file")
+    for row in document["rows"]:
+        row.setdefault("commit", document["header"]["commit"])
+        row.setdefault("date", document["header"]["date"])
+    return [row for row in document["rows"] if row["model"] not in names]
+
+
+def merge_rows(kept: list[dict], new: list[dict]) -> list[dict]:
+    """Earlier rows and new ones in one list, in model-name order."""
+    return sorted([*kept, *new], key=lambda row: row["model"])
 
 
 # ---------------------------------------------------------------- command line
@@ -635,7 +693,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="models measured at once (timings need --jobs 1)")
     parser.add_argument("--out", type=Path, default=Path("zoo.md"), help="markdown table")
     parser.add_argument("--json", type=Path, default=None, help="also write every measurement as JSON")
+    parser.add_argument("--update", type=Path, default=None,
+                        help="a previous --json file: keep its rows for the models not measured now (same settings)")
+    parser.add_argument("--render", type=Path, default=None,
+                        help="only write --out again from this --json file, measuring nothing")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        document = json.loads(args.render.read_text())
+        settings = Settings.from_json(json.dumps(document["settings"]))
+        write_outputs(document["rows"], document["header"], settings, document["jobs"], args.out, None)
+        print(f"wrote {args.out}")
+        return 0
     modes = tuple(m for m in args.modes.split(",") if m)
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
@@ -651,10 +719,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                         always_convert=args.always_convert)
     header = machine()
     started = time.perf_counter()
+    kept = previous_rows(args.update, settings, names) if args.update is not None else []
 
     def save(rows: list[dict]) -> None:
+        for row in rows:
+            row.setdefault("commit", header["commit"])
+            row.setdefault("date", header["date"])
         header["wall_minutes"] = round((time.perf_counter() - started) / 60, 1)
-        write_outputs(rows, header, settings, args.jobs, args.out, args.json)
+        write_outputs(merge_rows(kept, rows), header, settings, args.jobs, args.out, args.json)
 
     rows = run_zoo(names, settings, args.jobs, on_row=save)
     save(rows)

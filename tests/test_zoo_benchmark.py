@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
-from benchmarks.zoo import Settings, markdown, run_isolated
+from benchmarks.zoo import (Settings, grouped_failures, io_difference, markdown, merge_rows, op_differences, percent,
+                            run_isolated)
 
 BUILDER = "tests.test_zoo_benchmark:"
 
@@ -84,6 +86,23 @@ def test_toy_model_row(tmp_path):
     assert "| tests.test_zoo_benchmark:toy_classifier | logits |" in table
     assert "100.00% | 0 |" in table
     assert "## Failures" not in table
+
+
+def test_report_helpers():
+    assert percent(100.0) == "100.00%" and percent(99.999) == "99.99%" and percent(0.001) == "0.01%"
+    entry = {"qcompiler": {"op_types": {"RELU": 112, "SLICE": 2, "ADD": 3}},
+             "converter": {"op_types": {"RELU": 48, "STRIDED_SLICE": 2, "ADD": 3}}}
+    assert op_differences(entry) == "RELU 112 vs 48, SLICE 2 vs 0, STRIDED_SLICE 0 vs 2"
+    assert op_differences({"qcompiler": {}}) == ""
+    scale = 0.0025790734216570854
+    next_up = float(np.nextafter(np.float32(scale), np.float32(1)))
+    ours = [["int8", 0.5, 3], ["int8", scale, -18]]
+    assert io_difference(ours, ours) == ""
+    assert io_difference(ours, [["int8", 0.5, 3], ["int8", next_up, -18]]) == "output 0: scale 1 ulp"
+    assert io_difference(ours, [["int8", 0.5, 2], ["int8", scale, -18]]) == "input 0: zero point 3 vs 2"
+    assert grouped_failures(["build: x", "float32: qcompiler compile: E", "logits: qcompiler compile: E"]) == [
+        "build: x", "float32/logits: qcompiler compile: E"]
+    assert [r["model"] for r in merge_rows([{"model": "b"}], [{"model": "a"}, {"model": "c"}])] == ["a", "b", "c"]
 
 
 def _header() -> dict:
