@@ -483,6 +483,7 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int) -> s
         "(XNNPACK), both tools' models invoked in turn. "
         "Speed-up = converter time / qcompiler time. Size and latency in the int8 table are qcompiler / converter.",
         "", *summary(rows), "",
+        *overview(rows, settings), "",
     ]
     if "float32" in settings.modes:
         several = len({row.get("commit") for row in rows}) > 1
@@ -515,6 +516,32 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int) -> s
         lines += [f"| {model} | {cell(failure)} |" for model, failure in failures]
         lines.append("")
     return "\n".join(lines)
+
+
+def overview(rows: list[dict], settings: Settings) -> list[str]:
+    """One line per model: the figures the acceptance criteria name, and the first failure."""
+    modes = [m for m in MODES if m in settings.modes]
+    columns = {"float32": "float32: speed-up, ops (qc / conv), qc error",
+               "logits": "int8 logits: speed-up, identical, LSB", "outputs": "int8 outputs: identical, LSB"}
+    lines = ["## Overview", "", "| model | " + " | ".join(columns[m] for m in modes) + " | I/O q (logits / outputs) "
+             "| first failure |", "|---|" + "---|" * (len(modes) + 2)]
+    for row in rows:
+        cells = []
+        for mode in modes:
+            entry = row.get(mode, {})
+            if mode == "float32":
+                error = entry.get("qcompiler", {}).get("max_error_rel")
+                parts = [_fmt_speedup(entry), _pair(entry, "ops", "d"), "—" if error is None else f"{error:.1e}"]
+            else:
+                identical = percent(entry["identical_pct"]) if "identical_pct" in entry else "—"
+                parts = [identical, str(entry.get("max_lsb", "—"))]
+                parts = [_fmt_speedup(entry), *parts] if mode == "logits" else parts
+            cells.append(", ".join(parts) if _has(entry, "seconds") else "—")
+        io = " / ".join({True: "equal", False: "differ"}.get(row.get(m, {}).get("io_equal"), "—")
+                        for m in ("logits", "outputs") if m in modes)
+        failure = cell(grouped_failures(row["failures"])[0], 110) if row["failures"] else ""
+        lines.append(f"| {row['model']} | " + " | ".join(cells) + f" | {io} | {failure} |")
+    return lines
 
 
 def commits_text(rows: list[dict], header: dict) -> str:
