@@ -14,8 +14,9 @@ Per model (weights=None, batch-norm statistics randomized with a fixed seed, 100
 Every model runs in its own process (this script with `--worker`), and every interpreter run in a process of its
 own (`--run-tflite`), so an abort or a segfault (the reference int8 softmax has aborted on 1000-class models)
 becomes a failure row with a one-line reason; the run goes on. Latency: batch 1, one thread, the interpreter's
-default resolver (XNNPACK), median of `--latency-runs` invocations after one warm-up, both tools' models loaded
-in one process and invoked in turn (a busy machine slows both alike).
+default resolver (XNNPACK), both tools' models loaded in one process and invoked in turn; the median over
+`--latency-runs` rounds of each round's fastest of 5 invocations (single invocations vary tenfold on a shared
+machine, the fastest ones by a few percent).
 Compile times are measured after both tools have compiled a tiny model in the same process (imports, first-call
 costs). Timings are ratios from the same run on a shared machine: use `--jobs 1` for numbers you publish.
 """
@@ -45,6 +46,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 MODES = ("float32", "logits", "outputs")
+LATENCY_PER_ROUND = 5  # invocations per model per latency round; the fastest counts
 TOOLS = ("qcompiler", "converter")
 
 
@@ -53,7 +55,7 @@ class Settings:
     size: int = 96
     samples: int = 20
     eval_samples: int = 4
-    latency_runs: int = 10
+    latency_runs: int = 5  # rounds of LATENCY_PER_ROUND invocations
     seed: int = 0
     modes: tuple[str, ...] = MODES
     timeout: float = 1200.0  # seconds per model
@@ -160,9 +162,12 @@ def run_tflite(model_path: str, inputs_path: str, result_path: str) -> None:
     np.savez(result_path, meta=json.dumps(meta), **{f"output_{i}": o for i, o in enumerate(outputs)})
 
 
-def measure_latency(model_paths: list[str], inputs_path: str, result_path: str, runs: int) -> None:
-    """(`--latency`) Median invoke time of each model: batch 1, one thread, the default resolver (XNNPACK). The
-    models are loaded side by side and invoked in turn, so a busy machine slows them alike."""
+def measure_latency(model_paths: list[str], inputs_path: str, result_path: str, rounds: int,
+                    per_round: int = LATENCY_PER_ROUND) -> None:
+    """(`--latency`) Invoke time of each model: batch 1, one thread, the default resolver (XNNPACK). The models are
+    loaded side by side and invoked in turn; each round keeps every model's fastest of `per_round` invocations, and
+    the result is the median of the rounds. On a shared machine single invocations vary tenfold with other
+    processes' load while the fastest ones stay within a few percent."""
     from ai_edge_litert.interpreter import Interpreter
 
     x = np.load(inputs_path)[:1]
@@ -174,13 +179,18 @@ def measure_latency(model_paths: list[str], inputs_path: str, result_path: str, 
         interpreter.set_tensor(detail["index"], _to_input(x, detail))
         interpreter.invoke()  # warm-up
         interpreters.append(interpreter)
-    times: list[list[float]] = [[] for _ in interpreters]
-    for _ in range(runs):
-        for interpreter, samples in zip(interpreters, times):
-            start = time.perf_counter()
-            interpreter.invoke()
-            samples.append(time.perf_counter() - start)
-    Path(result_path).write_text(json.dumps([float(np.median(t) * 1000) for t in times]))
+    best: list[list[float]] = [[] for _ in interpreters]
+    for round_ in range(rounds):
+        times: list[list[float]] = [[] for _ in interpreters]
+        for i in range(per_round):
+            order = range(len(interpreters)) if (round_ + i) % 2 == 0 else reversed(range(len(interpreters)))
+            for k in order:
+                start = time.perf_counter()
+                interpreters[k].invoke()
+                times[k].append(time.perf_counter() - start)
+        for k, samples in enumerate(times):
+            best[k].append(min(samples))
+    Path(result_path).write_text(json.dumps([float(np.median(b) * 1000) for b in best]))
 
 
 def _to_input(x: np.ndarray, detail: dict) -> np.ndarray:
@@ -479,8 +489,8 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int) -> s
         f"Input {settings.size}x{settings.size} (larger where a model requires it), weights=None, batch-norm "
         f"statistics randomized (seed {settings.seed}), 1000 classes; int8 calibrated on the same {settings.samples} "
         f"samples by both tools; values compared on {settings.eval_samples} other samples under BUILTIN_REF; latency "
-        f"is the median of {settings.latency_runs} single-threaded batch-1 runs with the default resolver "
-        "(XNNPACK), both tools' models invoked in turn. "
+        f"is the median over {settings.latency_runs} rounds of the fastest of {LATENCY_PER_ROUND} single-threaded "
+        "batch-1 invocations with the default resolver (XNNPACK), both tools' models invoked in turn. "
         "Speed-up = converter time / qcompiler time. Size and latency in the int8 table are qcompiler / converter.",
         "", *summary(rows), "",
         *overview(rows, settings), "",
@@ -711,7 +721,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--size", type=int, default=96, help="input size (a model's minimum if larger)")
     parser.add_argument("--samples", type=int, default=20, help="calibration samples, the same for both tools")
     parser.add_argument("--eval-samples", type=int, default=4, help="samples whose outputs are compared")
-    parser.add_argument("--latency-runs", type=int, default=10)
+    parser.add_argument("--latency-runs", type=int, default=5,
+                        help=f"latency rounds; each keeps the fastest of {LATENCY_PER_ROUND} invocations")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per model")
