@@ -478,7 +478,13 @@ def git_commit() -> str:
     return commit + (" + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
+def shown_modes(rows: list[dict], settings: Settings) -> tuple[str, ...]:
+    """The modes measured now or in the rows kept from an earlier run (`--update --modes ...`)."""
+    return tuple(m for m in MODES if m in settings.modes or any(m in row for row in rows))
+
+
 def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int) -> str:
+    modes = shown_modes(rows, settings)
     lines = [
         "# qcompiler vs TFLiteConverter on keras.applications", "",
         f"{header['date']} · qcompiler {commits_text(rows, header)} · {header['cpus']} CPUs ({header['cpu']}), "
@@ -495,7 +501,7 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int) -> s
         "", *summary(rows), "",
         *overview(rows, settings), "",
     ]
-    if "float32" in settings.modes:
+    if "float32" in modes:
         several = len({row.get("commit") for row in rows}) > 1
         lines += ["## float32", "",
                   "| model | input | params | compile s (qc / conv) | speed-up | ops (qc / conv) | KiB (qc / conv) "
@@ -503,7 +509,7 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int) -> s
                   "|---|---|---|---|---|---|---|---|---|" + ("---|" if several else "")]
         lines += [float_line(row) + (f" {row.get('commit', '?')} |" if several else "") for row in rows]
         lines.append("")
-    int8_modes = [m for m in ("logits", "outputs") if m in settings.modes]
+    int8_modes = [m for m in ("logits", "outputs") if m in modes]
     if int8_modes:
         lines += ["## int8", "",
                   "logits: `classifier_activation=None`; outputs: the softmax model. "
@@ -514,7 +520,7 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int) -> s
                   "|---|---|---|---|---|---|---|---|---|---|"]
         lines += [int8_line(row, mode) for row in rows for mode in int8_modes]
         lines.append("")
-    differences = [(row["model"], mode, op_differences(row[mode])) for row in rows for mode in settings.modes
+    differences = [(row["model"], mode, op_differences(row[mode])) for row in rows for mode in modes
                    if op_differences(row.get(mode, {}))]
     if differences:
         lines += ["## Op count differences", "", "| model | mode | op: qcompiler vs converter |", "|---|---|---|"]
@@ -530,7 +536,7 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int) -> s
 
 def overview(rows: list[dict], settings: Settings) -> list[str]:
     """One line per model: the figures the acceptance criteria name, and the first failure."""
-    modes = [m for m in MODES if m in settings.modes]
+    modes = shown_modes(rows, settings)
     columns = {"float32": "float32: speed-up, ops (qc / conv), qc error",
                "logits": "int8 logits: speed-up, identical, LSB", "outputs": "int8 outputs: identical, LSB"}
     lines = ["## Overview", "", "| model | " + " | ".join(columns[m] for m in modes) + " | I/O q (logits / outputs) "
@@ -574,25 +580,27 @@ def op_differences(entry: dict) -> str:
 
 
 def summary(rows: list[dict]) -> list[str]:
-    def count(test: Callable[[dict], bool]) -> int:
-        return sum(1 for row in rows if _safe(test, row))
+    """The acceptance criteria as counts; each mode's count is out of the models measured in that mode."""
+    def count(mode: str, test: Callable[[dict], bool]) -> str:
+        measured = [row for row in rows if mode in row]
+        return f"{sum(1 for row in measured if _safe(test, row[mode]))}/{len(measured)}"
 
-    n = len(rows)
-    both = lambda mode: lambda r: all("ops" in r[mode][t] for t in TOOLS)  # noqa: E731
-    int8_ok = lambda mode: lambda r: (r[mode]["identical_pct"] >= 99.0 and r[mode]["max_lsb"] <= 1  # noqa: E731
-                                      and r[mode]["io_equal"])
+    both = lambda e: all("ops" in e[t] for t in TOOLS)  # noqa: E731
+    int8_ok = lambda e: e["identical_pct"] >= 99.0 and e["max_lsb"] <= 1 and e["io_equal"]  # noqa: E731
     return [
-        f"{n} models. Compiled and run by both tools: float32 {count(both('float32'))}/{n}, "
-        f"int8 logits {count(both('logits'))}/{n}, int8 outputs {count(both('outputs'))}/{n}. "
-        f"float32 error ≤ 1e-5·max|ref|: {count(lambda r: r['float32']['qcompiler']['max_error_rel'] <= 1e-5)}/{n}; "
-        f"float32 ≥ 50x faster: {count(lambda r: _speedup(r['float32']) >= 50)}/{n}; "
-        f"int8 logits ≥ 5x faster: {count(lambda r: _speedup(r['logits']) >= 5)}/{n}.",
-        f"int8 with equal I/O quantization, ≥ 99% identical and ≤ 1 LSB: logits {count(int8_ok('logits'))}/{n}, "
-        f"outputs {count(int8_ok('outputs'))}/{n}; 100% identical: logits "
-        f"{count(lambda r: r['logits']['identical_pct'] == 100.0)}/{n}, outputs "
-        f"{count(lambda r: r['outputs']['identical_pct'] == 100.0)}/{n}. "
-        f"int8 size ≤ converter + 1%: {count(lambda r: _ratio(r['logits'], 'bytes') <= 1.01)}/{n}; "
-        f"int8 latency ≤ 1.05x: {count(lambda r: _ratio(r['logits'], 'latency_ms') <= 1.05)}/{n} (logits models).",
+        f"{len(rows)} models. Compiled and run by both tools: float32 {count('float32', both)}, "
+        f"int8 logits {count('logits', both)}, int8 outputs {count('outputs', both)}. "
+        f"float32 error ≤ 1e-5·max|ref|: {count('float32', lambda e: e['qcompiler']['max_error_rel'] <= 1e-5)}; "
+        f"float32 ops ≤ converter's: {count('float32', lambda e: e['qcompiler']['ops'] <= e['converter']['ops'])}; "
+        f"float32 ≥ 50x faster: {count('float32', lambda e: _speedup(e) >= 50)}; "
+        f"int8 logits ≥ 5x faster: {count('logits', lambda e: _speedup(e) >= 5)}.",
+        f"int8 with equal I/O quantization, ≥ 99% identical and ≤ 1 LSB: logits {count('logits', int8_ok)}, "
+        f"outputs {count('outputs', int8_ok)}; 100% identical: logits "
+        f"{count('logits', lambda e: e['identical_pct'] == 100.0)}, outputs "
+        f"{count('outputs', lambda e: e['identical_pct'] == 100.0)}. "
+        f"int8 size ≤ converter + 1%: {count('logits', lambda e: _ratio(e, 'bytes') <= 1.01)}; "
+        f"latency ≤ 1.05x: float32 {count('float32', lambda e: _ratio(e, 'latency_ms') <= 1.05)}, "
+        f"int8 {count('logits', lambda e: _ratio(e, 'latency_ms') <= 1.05)} (logits models).",
     ]
 
 
