@@ -470,12 +470,23 @@ def machine() -> dict:
             "ai_edge_litert": package("ai-edge-litert")}
 
 
-def git_commit() -> str:
-    def git(*args: str) -> str:
+def _git(*args: str) -> str:
+    try:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
 
-    commit = git("rev-parse", "--short=10", "HEAD") or "unknown"
-    return commit + (" + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+def git_commit() -> str:
+    commit = _git("rev-parse", "--short=10", "HEAD") or "unknown"
+    return commit + (" + uncommitted changes" if _git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def package_commit(commit: str) -> str:
+    """The last commit at or before `commit` that changed qcompiler/ (what was measured), if git knows it."""
+    bare = commit.split(" ")[0]
+    found = _git("log", "-1", "--format=%h", "--abbrev=10", bare, "--", "qcompiler") if bare != "unknown" else ""
+    return (found or bare) + commit[len(bare):]
 
 
 def shown_modes(rows: list[dict], settings: Settings) -> tuple[str, ...]:
@@ -487,7 +498,7 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int) -> s
     modes = shown_modes(rows, settings)
     lines = [
         "# qcompiler vs TFLiteConverter on keras.applications", "",
-        f"{header['date']} · qcompiler {commits_text(rows, header)} · {header['cpus']} CPUs ({header['cpu']}), "
+        f"{header['date']} · {commits_text(rows, header)} · {header['cpus']} CPUs ({header['cpu']}), "
         f"{header['system']} · Python {header['python']}, TensorFlow {header['tensorflow']}, Keras {header['keras']}, "
         f"ai-edge-litert {header['ai_edge_litert']} · `--jobs {jobs}`"
         + (f" · {header['wall_minutes']} min" if "wall_minutes" in header else ""),
@@ -502,12 +513,13 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int) -> s
         *overview(rows, settings), "",
     ]
     if "float32" in modes:
-        several = len({row.get("commit") for row in rows}) > 1
+        several = len({package_commit(row.get("commit", header["commit"])) for row in rows}) > 1
         lines += ["## float32", "",
                   "| model | input | params | compile s (qc / conv) | speed-up | ops (qc / conv) | KiB (qc / conv) "
-                  "| latency ms (qc / conv) | max err / max\\|ref\\| (qc / conv) |" + (" commit |" if several else ""),
+                  "| latency ms (qc / conv) | max err / max\\|ref\\| (qc / conv) |" + (" qcompiler/ at |" if several else ""),
                   "|---|---|---|---|---|---|---|---|---|" + ("---|" if several else "")]
-        lines += [float_line(row) + (f" {row.get('commit', '?')} |" if several else "") for row in rows]
+        lines += [float_line(row) + (f" {package_commit(row.get('commit', header['commit']))} |" if several else "")
+                  for row in rows]
         lines.append("")
     int8_modes = [m for m in ("logits", "outputs") if m in modes]
     if int8_modes:
@@ -561,13 +573,17 @@ def overview(rows: list[dict], settings: Settings) -> list[str]:
 
 
 def commits_text(rows: list[dict], header: dict) -> str:
-    """The commit measured, or each commit with its number of models when rows were merged (`--update`)."""
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row.get("commit", header["commit"])] = counts.get(row.get("commit", header["commit"]), 0) + 1
-    if len(counts) <= 1:
-        return next(iter(counts), header["commit"])
-    return "commits " + ", ".join(f"{commit} ({n} models)" for commit, n in counts.items())
+    """The qcompiler/ commit measured and the commits the benchmark ran from (rows merged by `--update` may come
+    from several); with several qcompiler/ commits, each with its number of models."""
+    runs = list(dict.fromkeys(row.get("commit", header["commit"]) for row in rows)) or [header["commit"]]
+    packages: dict[str, int] = {}
+    for row in rows or [{}]:
+        package = package_commit(row.get("commit", header["commit"]))
+        packages[package] = packages.get(package, 0) + 1
+    ran = f"benchmark run from {', '.join(runs)}"
+    if len(packages) == 1:
+        return f"qcompiler/ at {next(iter(packages))} ({ran})"
+    return "qcompiler/ at " + ", ".join(f"{p} ({n} models)" for p, n in packages.items()) + f" ({ran})"
 
 
 def op_differences(entry: dict) -> str:
