@@ -516,7 +516,8 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int) -> s
         several = len({package_commit(row.get("commit", header["commit"])) for row in rows}) > 1
         lines += ["## float32", "",
                   "| model | input | params | compile s (qc / conv) | speed-up | ops (qc / conv) | KiB (qc / conv) "
-                  "| latency ms (qc / conv) | max err / max\\|ref\\| (qc / conv) |" + (" qcompiler/ at |" if several else ""),
+                  "| latency ms (qc / conv) | max err / max\\|ref\\| (qc / conv) |"
+                  + (" qcompiler/ at |" if several else ""),
                   "|---|---|---|---|---|---|---|---|---|" + ("---|" if several else "")]
         lines += [float_line(row) + (f" {package_commit(row.get('commit', header['commit']))} |" if several else "")
                   for row in rows]
