@@ -18,7 +18,8 @@ default resolver (XNNPACK), both tools' models loaded in one process and invoked
 `--latency-runs` rounds of each round's fastest of 5 invocations (single invocations vary tenfold on a shared
 machine, the fastest ones by a few percent).
 Compile times are measured after both tools have compiled a tiny model in the same process (imports, first-call
-costs). Timings are ratios from the same run on a shared machine: use `--jobs 1` for numbers you publish.
+costs). Both tools are timed in the same process one after the other, so the speed-ups hold on a busy machine
+better than the absolute seconds do; `--jobs 2` halves the wall time on two cores at the cost of noisier seconds.
 """
 from __future__ import annotations
 
