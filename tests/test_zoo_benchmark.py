@@ -105,6 +105,34 @@ def test_report_helpers():
     assert [r["model"] for r in merge_rows([{"model": "b"}], [{"model": "a"}, {"model": "c"}])] == ["a", "b", "c"]
 
 
+@pytest.mark.parametrize("head", ["dense", "activation"])
+def test_logits_model_is_the_softmax_input(head):
+    import keras
+
+    from tests.zoo import logits_model
+
+    inputs = keras.Input((6,))
+    if head == "dense":
+        outputs = keras.layers.Dense(5, activation="softmax")(inputs)
+    else:
+        outputs = keras.layers.Activation("softmax")(keras.layers.Dense(5)(inputs))
+    model = keras.Model(inputs, outputs)
+    x = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
+    logits = np.asarray(logits_model(model)(x))
+    assert np.allclose(np.asarray(keras.activations.softmax(logits)), np.asarray(model(x)), atol=1e-6)
+    assert not np.allclose(logits.sum(-1), 1.0)
+
+
+def test_logits_model_refuses_other_heads():
+    import keras
+
+    from tests.zoo import logits_model
+
+    inputs = keras.Input((6,))
+    with pytest.raises(ValueError, match="does not end in a softmax .* class Dense"):
+        logits_model(keras.Model(inputs, keras.layers.Dense(5, activation="relu", name="head")(inputs)))
+
+
 def _header() -> dict:
     return {"date": "2026-11-30 00:00 UTC", "commit": "test", "cpus": 2, "cpu": "cpu", "system": "Linux",
             "python": "3", "tensorflow": "2", "keras": "3", "ai_edge_litert": "2"}

@@ -147,17 +147,20 @@ def keras_application(name: str, size: int, seed: int = 0) -> keras.Model:
 
 
 def logits_model(model: keras.Model) -> keras.Model:
-    """The same model without its final softmax, as `classifier_activation=None` builds it: the last Dense
-    layer again, with activation None and the same weights; every other layer is shared."""
+    """The same model without its final softmax, as `classifier_activation=None` builds it, sharing every layer:
+    for a softmax Activation layer (MobileNet, MobileNetV3) its input; for a Dense layer with a softmax activation,
+    that Dense layer again with activation None and the same weights."""
     head = model.layers[-1]
+    if isinstance(head, layers.Activation) and head.activation is keras.activations.softmax:
+        return keras.Model(model.input, head.input, name=f"{model.name}_logits")
     if not isinstance(head, layers.Dense) or head.activation is not keras.activations.softmax:
-        raise ValueError(f"model '{model.name}' does not end in a softmax Dense layer (its last layer is "
-                         f"'{head.name}' of class {type(head).__name__})")
+        raise ValueError(f"model '{model.name}' does not end in a softmax (its last layer is '{head.name}' of class "
+                         f"{type(head).__name__})")
     config = dict(head.get_config(), activation=None, name=f"{head.name}_logits")
     logits = layers.Dense.from_config(config)
     outputs = logits(head.input)
     logits.set_weights(head.get_weights())
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_logits")
+    return keras.Model(model.input, outputs, name=f"{model.name}_logits")
 
 
 def keras_application_inputs(name: str, size: int, n: int, seed: int) -> np.ndarray:
