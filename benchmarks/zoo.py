@@ -720,6 +720,29 @@ def previous_rows(path: Path, settings: Settings, names: list[str]) -> list[dict
     return [row for row in document["rows"] if row["model"] not in names]
 
 
+def merge_documents(documents: list[dict]) -> dict:
+    """Several --json files as one: same settings (but modes), rows by model with the later files winning, the
+    last file's header and the modes of all."""
+    last = documents[-1]
+    for document in documents[:-1]:
+        ours, theirs = document["settings"], last["settings"]
+        different = [k for k in ours if k not in ("modes", "timeout", "always_convert") and ours[k] != theirs.get(k)]
+        if different:
+            raise SystemExit(f"cannot merge runs with different settings ({', '.join(different)})")
+    rows: dict[str, dict] = {}
+    for document in documents:
+        for row in document["rows"]:
+            row.setdefault("commit", document["header"]["commit"])
+            row.setdefault("date", document["header"]["date"])
+            rows[row["model"]] = row
+    modes = [m for m in MODES if any(m in d["settings"]["modes"] for d in documents)]
+    dates = sorted({row["date"] for row in rows.values()})
+    header = {k: v for k, v in last["header"].items() if k != "wall_minutes"}
+    header["date"] = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    return dict(last, header=header, rows=merge_rows([], list(rows.values())), jobs=max(d["jobs"] for d in documents),
+                settings=dict(last["settings"], modes=modes))
+
+
 def merge_rows(kept: list[dict], new: list[dict]) -> list[dict]:
     """Earlier rows and new ones in one list, in model-name order."""
     return sorted([*kept, *new], key=lambda row: row["model"])
@@ -759,14 +782,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write every measurement as JSON")
     parser.add_argument("--update", type=Path, default=None,
                         help="a previous --json file: keep its rows for the models not measured now (same settings)")
-    parser.add_argument("--render", type=Path, default=None,
-                        help="only write --out again from this --json file, measuring nothing")
+    parser.add_argument("--render", default=None,
+                        help="only write --out (and --json) again from these comma-separated --json files, measuring "
+                             "nothing; a model in several files takes its row from the last")
     args = parser.parse_args(argv)
     if args.render is not None:
-        document = json.loads(args.render.read_text())
+        documents = [json.loads(Path(path).read_text()) for path in args.render.split(",")]
+        document = merge_documents(documents)
         settings = Settings.from_json(json.dumps(document["settings"]))
-        write_outputs(document["rows"], document["header"], settings, document["jobs"], args.out, None)
-        print(f"wrote {args.out}")
+        write_outputs(document["rows"], document["header"], settings, document["jobs"], args.out, args.json)
+        print(f"wrote {args.out}" + (f" and {args.json}" if args.json else ""))
         return 0
     modes = tuple(m for m in args.modes.split(",") if m)
     unknown = sorted(set(modes) - set(MODES))

@@ -9,8 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from benchmarks.zoo import (Settings, grouped_failures, io_difference, markdown, merge_rows, op_differences, percent,
-                            run_isolated)
+from benchmarks.zoo import (Settings, grouped_failures, io_difference, markdown, merge_documents, merge_rows,
+                            op_differences, percent, run_isolated)
 
 BUILDER = "tests.test_zoo_benchmark:"
 
@@ -103,6 +103,19 @@ def test_report_helpers():
     assert grouped_failures(["build: x", "float32: qcompiler compile: E", "logits: qcompiler compile: E"]) == [
         "build: x", "float32/logits: qcompiler compile: E"]
     assert [r["model"] for r in merge_rows([{"model": "b"}], [{"model": "a"}, {"model": "c"}])] == ["a", "b", "c"]
+
+    def document(date, modes, rows):
+        settings = dict(vars(Settings()), modes=list(modes))
+        return {"header": dict(_header(), date=date, commit="c" + date[-1]), "settings": settings, "jobs": 1,
+                "rows": rows}
+    merged = merge_documents([document("d1", ["float32"], [{"model": "a", "n": 1}, {"model": "b", "n": 1}]),
+                              document("d2", ["logits"], [{"model": "a", "n": 2}])])
+    assert [(r["model"], r["n"], r["commit"]) for r in merged["rows"]] == [("a", 2, "c2"), ("b", 1, "c1")]
+    assert merged["settings"]["modes"] == ["float32", "logits"] and merged["header"]["date"] == "d1 to d2"
+    with pytest.raises(SystemExit, match="different settings \\(samples\\)"):
+        other = document("d3", ["float32"], [])
+        other["settings"]["samples"] = 5
+        merge_documents([other, document("d4", ["float32"], [])])
 
 
 @pytest.mark.parametrize("head", ["dense", "activation"])
