@@ -260,6 +260,15 @@ _RULES: dict[int, Callable[[OpSig], int]] = {
 }
 
 
+# Builtins qcompiler writes that stay version 1 for every tensor type it writes them with. Every builtin an OpDef
+# names (`tflite`) is in _RULES or here, so a new op cannot silently fall back to version 1 (tests/test_op_facts.py).
+VERSION_1_BUILTINS = frozenset({B.RESHAPE, B.ELU, B.HARD_SWISH, B.RELU_N1_TO_1, B.SELECT_V2})
+
+
+def has_version_rule(builtin: int) -> bool:
+    return builtin in _RULES or builtin in VERSION_1_BUILTINS
+
+
 def op_version(sig: OpSig) -> int:
     """Minimum operator version for this use of a builtin (1 for builtins without version rules)."""
     rule = _RULES.get(sig.builtin)
