@@ -4,7 +4,7 @@
 changed) after the data has run:
   * exact running min/max over all values (what the converter's calibrator keeps) and the value count,
   * the range of values a TFLite kernel later wrote in place into the tensor's buffer (`note_inplace_write`):
-    the converter's calibration logger records those too, so the minmax observer includes them by default,
+    the converter's calibration logger records those too, so the minmax observer can include them (`inplace`),
   * per-batch min/max (for the moving-average observer),
   * a histogram of `bins` bins (2048 by default) whose bin width is a power of two and whose edges are multiples
     of the width. When the range grows, the width doubles as often as needed and bins merge exactly in pairs, so
@@ -235,11 +235,11 @@ def _require_data(stats: TensorStats, observer: str) -> None:
 
 @dataclass(frozen=True)
 class MinMaxObserver:
-    """Exact global min/max over every value of every batch — what TFLiteConverter's calibrator records, including
-    (with `inplace`, the default) the values a kernel running in place wrote into the tensor's buffer.
-    `inplace=False` gives the tensor's own range."""
+    """Exact global min/max over every value of every batch: the tensor's own range, or with `inplace` what
+    TFLiteConverter's calibrator records, which includes the values a kernel running in place wrote into the
+    tensor's buffer (`calibrate` sets `inplace` from the quantization policy's in-place range unions)."""
 
-    inplace: bool = True
+    inplace: bool = False
 
     def range(self, stats: TensorStats) -> tuple[float, float]:
         _require_data(stats, "minmax")
