@@ -227,8 +227,8 @@ def test_inplace_writes_widen_minmax_only():
     x = _gaussian_with_outliers(seed=10)
     stats, plain = _stats(x), _stats(x)
     stats.note_inplace_write(-1.0, 100.0)
-    assert MinMaxObserver().range(stats) == (float(x.min()), 100.0) == stats.logged_range
-    assert MinMaxObserver(inplace=False).range(stats) == MinMaxObserver().range(plain)
+    assert MinMaxObserver(inplace=True).range(stats) == (float(x.min()), 100.0) == stats.logged_range
+    assert MinMaxObserver().range(stats) == MinMaxObserver(inplace=True).range(plain) == MinMaxObserver().range(plain)
     for name in ("moving_average", "percentile", "mse", "kl"):  # the tensor's own distribution
         assert make_observer(name).range(stats) == make_observer(name).range(plain), name
     other = _stats(x[:10])
