@@ -317,6 +317,12 @@ class _Progress:
             self.stream.flush()
 
 
+def _histogram_sample(observer: str) -> Optional[int]:
+    """Values per sample that go into the histograms the observer needs: none for minmax and moving_average
+    (they read min/max only), all of them for kl (it reacts to sampling noise), a strided sample otherwise."""
+    return 0 if observer in ("minmax", "moving_average") else None if observer == "kl" else HISTOGRAM_SAMPLE
+
+
 @dataclass(frozen=True)
 class Calibrate(Pass):
     """Pipeline form: `calibrate{data=calib.npy,executor=exact,observer=minmax,policy=tflite-2.21}`.
@@ -363,7 +369,7 @@ class Calibrate(Pass):
         if stats is None:
             stats = collect_statistics(graph, self._data(), batch_size=self.batch_size,
                                        executor=get_executor(self.executor), progress=self.progress,
-                                       histogram_sample=None if self.observer == "kl" else HISTOGRAM_SAMPLE,
+                                       histogram_sample=_histogram_sample(self.observer),
                                        policy=self.policy)
         applied = apply_ranges(graph, stats, self.observer, policy=self.policy, **self.parsed_observer_options())
         counters = {"ranges-set": applied, "samples": getattr(stats, "samples", 0),
