@@ -10,7 +10,8 @@ sharing decisions, which this module makes on the IR graph with the runtime's ow
     (input N may share the first output's buffer) and `kTfLiteInplaceOpDataUnmodified` (the output is the input's
     data, e.g. RESHAPE). `KERNEL_INPLACE` lists them for the builtins qcompiler writes (TF 2.21's kernels: ADD,
     SUB, MUL, DIV share inputs 0 and 1; SOFTMAX input 0; RESHAPE input 0, unmodified). The IR op's builtin is
-    `OpDef.tflite`.
+    `OpDef.tflite`; the op table's own in-place facts (`OpDef.inplace_operands`, `shares_input_buffer`) are
+    tested to agree with these flags.
   * `ArenaPlanner::IdentifyInPlaceTensors` walks the ops in execution order; for each op with flags it takes the
     first flagged input that `InputTensorCanBeShared`: not a graph input, the op's output not a graph output,
     input in the read-write arena (constants are not), and, unless the data is unmodified, as many bytes as the
@@ -42,7 +43,9 @@ MAX_SHARABLE_INPUTS = 3  # kTfLiteMaxSharableOpInputs
 SCALAR_TENSOR_BYTES = 4  # kScalarTensorBytes in arena_planner.cc
 
 # TfLiteRegistration::inplace_operator of the builtin kernels (TF 2.21's bundled TFLite, the converter's
-# calibrator), for the builtins qcompiler writes. Every other builtin is kTfLiteInplaceOpNone.
+# calibrator), for the builtins qcompiler writes: ADD, SUB, DIV and RESHAPE as their registrations declare them,
+# MUL and SOFTMAX as TF's calibrator shows them behaving (tests/test_calibrate.py probes). Every other builtin we
+# write is kTfLiteInplaceOpNone (the probes cover MAXIMUM, CONCATENATION, PAD, pooling, MEAN, activations).
 KERNEL_INPLACE: dict[str, int] = {
     "ADD": INPUT0_SHARED | INPUT1_SHARED,
     "SUB": INPUT0_SHARED | INPUT1_SHARED,
@@ -50,8 +53,6 @@ KERNEL_INPLACE: dict[str, int] = {
     "DIV": INPUT0_SHARED | INPUT1_SHARED,
     "SOFTMAX": INPUT0_SHARED,
     "RESHAPE": INPUT0_SHARED | DATA_UNMODIFIED,
-    "SQUEEZE": INPUT0_SHARED | DATA_UNMODIFIED,
-    "EXPAND_DIMS": INPUT0_SHARED | DATA_UNMODIFIED,
 }
 # Fused activations TFLite applies inside the kernel (others become a separate op after it).
 _IN_KERNEL_ACTIVATIONS = ("none", "relu", "relu6", "relu_n1_to_1")

@@ -34,7 +34,7 @@ from qcompiler.ir import interpreter
 from qcompiler.ir.graph import Graph, Node, Value
 from qcompiler.passes.base import NOT_AN_OPTION, Pass, PassResult
 from qcompiler.quant.observers import TensorStats, make_observer
-from qcompiler.quant.policy import DEFAULT_POLICY, QuantPolicy, get_policy
+from qcompiler.quant.policy import DEFAULT_POLICY, PolicyName, QuantPolicy, get_policy
 
 CalibrationData = Union[np.ndarray, Sequence[np.ndarray], Mapping[str, np.ndarray]]
 
@@ -339,7 +339,7 @@ class Calibrate(Pass):
     observer: str = "minmax"
     observer_options: tuple[str, ...] = ()
     batch_size: int = 32
-    policy: str = DEFAULT_POLICY
+    policy: PolicyName = DEFAULT_POLICY
     arrays: Optional[CalibrationData] = field(default=None, compare=False, repr=False, metadata=NOT_AN_OPTION)
     stats: Optional[Mapping[str, TensorStats]] = field(default=None, compare=False, repr=False,
                                                        metadata=NOT_AN_OPTION)

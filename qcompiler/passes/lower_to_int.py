@@ -2,10 +2,11 @@
 
   - every activation becomes an i8 (or i16) value with the converter's scale and zero point. A calibrated
     fake_quant fixes its tensor's parameters; softmax/logistic/tanh results get the kernel's fixed ones; the
-    other activations get theirs through the ops that share parameters (SAME in qcompiler/quant/spec.py), as
-    TFLiteConverter decides it: int8 replays the MLIR quantizer's QuantizationDriver (a concat's output
-    parameters flow back into its operands, graph inputs included), 16x8 its older quantizer (parameters flow
-    forward only; concat/maximum/minimum operands with other parameters are requantized);
+    other activations get theirs through the ops that share parameters (SAME in qcompiler/quant/spec.py), by
+    the quantization policy's propagation rule (`policy=`, qcompiler/quant/policy.py): `tflite-2.21` replays the
+    MLIR quantizer's QuantizationDriver in int8 (a concat's output parameters flow back into its operands, graph
+    inputs included) and the older quantizer in 16x8; `plain` (and that older quantizer) let parameters flow
+    forward only, requantizing concat/maximum/minimum operands with other parameters;
   - where one tensor would need two parameter sets, a requantizing `quantize` (integer -> integer) is inserted,
     for the users that need the other set (or after a fixed-range op, for all its users), and folded into the
     producer when the producer computes its own output scale and has no other user;
@@ -15,6 +16,9 @@
   - graph inputs/outputs are integer (`io=int8`/`int16`), uint8 (`io=uint8`, TOCO-style), or float with
     quantize/dequantize at the edges (`io=float`).
 
+The policy also decides the FLT_MIN floor of calibrated ranges and the bias-overflow adjustment of weight scales;
+the counters `propagated-backwards`, `flt-min-floor` and `bias-adjusted` say how often each converter rule
+changed something (the plain policy never reports them).
 A tensor without a range is an error naming the tensor and its Keras layer, unless `default_ranges` fills it.
 docs/quantization-notes.md §5 describes the converter's rules and the experiments that confirmed them.
 """
