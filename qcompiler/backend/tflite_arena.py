@@ -8,10 +8,10 @@ sharing decisions, which this module makes on the IR graph with the runtime's ow
 
   * each kernel registration declares `TfLiteRegistration::inplace_operator` flags: `kTfLiteInplaceOpInputNShared`
     (input N may share the first output's buffer) and `kTfLiteInplaceOpDataUnmodified` (the output is the input's
-    data, e.g. RESHAPE). `KERNEL_INPLACE` lists them for the builtins qcompiler writes (TF 2.21's kernels: ADD,
-    SUB, MUL, DIV share inputs 0 and 1; SOFTMAX input 0; RESHAPE input 0, unmodified). The IR op's builtin is
-    `OpDef.tflite`; the op table's own in-place facts (`OpDef.inplace_operands`, `shares_input_buffer`) are
-    tested to agree with these flags.
+    data, e.g. RESHAPE). The op table holds them for the builtin each IR op is written as (`OpDef.tflite`):
+    `OpDef.inplace_operands` are the shared inputs of a kernel that changes the data (TF 2.21: ADD, SUB, MUL
+    inputs 0 and 1, SOFTMAX input 0), `OpDef.shares_input_buffer` marks input 0 shared with data unmodified
+    (RESHAPE); `kernel_flags` turns them back into the runtime's flags.
   * `ArenaPlanner::IdentifyInPlaceTensors` walks the ops in execution order; for each op with flags it takes the
     first flagged input that `InputTensorCanBeShared`: not a graph input, the op's output not a graph output,
     input in the read-write arena (constants are not), and, unless the data is unmodified, as many bytes as the
@@ -42,27 +42,22 @@ INPUT2_SHARED = 16
 MAX_SHARABLE_INPUTS = 3  # kTfLiteMaxSharableOpInputs
 SCALAR_TENSOR_BYTES = 4  # kScalarTensorBytes in arena_planner.cc
 
-# TfLiteRegistration::inplace_operator of the builtin kernels (TF 2.21's bundled TFLite, the converter's
-# calibrator), for the builtins qcompiler writes: ADD, SUB, DIV and RESHAPE as their registrations declare them,
-# MUL and SOFTMAX as TF's calibrator shows them behaving (tests/test_calibrate.py probes). Every other builtin we
-# write is kTfLiteInplaceOpNone (the probes cover MAXIMUM, CONCATENATION, PAD, pooling, MEAN, activations).
-KERNEL_INPLACE: dict[str, int] = {
-    "ADD": INPUT0_SHARED | INPUT1_SHARED,
-    "SUB": INPUT0_SHARED | INPUT1_SHARED,
-    "MUL": INPUT0_SHARED | INPUT1_SHARED,
-    "DIV": INPUT0_SHARED | INPUT1_SHARED,
-    "SOFTMAX": INPUT0_SHARED,
-    "RESHAPE": INPUT0_SHARED | DATA_UNMODIFIED,
-}
 # Fused activations TFLite applies inside the kernel (others become a separate op after it).
 _IN_KERNEL_ACTIVATIONS = ("none", "relu", "relu6", "relu_n1_to_1")
 
 
 def kernel_flags(op: str) -> int:
-    """The inplace_operator flags of the TFLite kernel the IR op `op` is written as (0: never in place)."""
+    """The inplace_operator flags of the TFLite kernel the IR op `op` is written as (0: never in place), from the
+    op table's in-place facts."""
     definition = OPS.get(op)
-    builtin = definition.tflite if definition is not None else None
-    return KERNEL_INPLACE.get(builtin, 0) if builtin else 0
+    if definition is None or definition.tflite is None:
+        return 0
+    flags = 0
+    for index in definition.inplace_operands:
+        flags |= INPUT0_SHARED << index
+    if definition.shares_input_buffer:
+        flags |= INPUT0_SHARED | DATA_UNMODIFIED
+    return flags
 
 
 def shareable_operands(op: str) -> tuple[int, ...]:
