@@ -480,20 +480,24 @@ class _ConstantLowering:
             wq, w_int = qmath.weight_qparams_16x8(w, channel_axis, bias_data, in_scale, adjust=self.adjust)
             if self.adjust and bias_data is not None:
                 plain, _ = qmath.weight_qparams_16x8(w, channel_axis, None, None)
-                self.bias_adjusted += sum(a != b for a, b in zip(wq.scale, plain.scale))
+                self.bias_adjusted += _changed(wq.scale, plain.scale)
             bias_dtype = "i64"
         else:
             wq = qmath.weight_qparams(w, axis)
             bias_dtype = "i32"
         if bias_data is not None:
             adjusted = qmath.bias_qparams(bias_data, in_scale, wq, dtype=bias_dtype, adjust=self.adjust)
-            self.bias_adjusted += sum(a != b for a, b in zip(adjusted.weight.scale, wq.scale))
+            self.bias_adjusted += _changed(adjusted.weight.scale, wq.scale)
             wq = adjusted.weight
             b_int = qmath.quantize_bias(bias_data, adjusted.bias, dtype=bias_dtype)
             node.set_operand(spec.bias_operand, _quantized_const(graph, b_int, adjusted.bias, bias, node))
         if self.act_dtype != "i16":
             w_int = qmath.quantize_weights(w, wq)
         node.set_operand(spec.weight_operand, _quantized_const(graph, w_int, wq, weights, node))
+
+
+def _changed(scales: tuple[float, ...], before: tuple[float, ...]) -> int:
+    return int(np.count_nonzero(np.asarray(scales) != np.asarray(before)))
 
 
 def _retype_activations(graph: Graph, params: dict[int, QParams], act_dtype: str) -> None:
