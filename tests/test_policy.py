@@ -27,7 +27,7 @@ from qcompiler.quant.policy import DEFAULT_POLICY, PLAIN, POLICIES, TFLITE_2_21,
 # What each pass reports when a converter-emulation rule changed something.
 EMULATION_COUNTERS = {"insert-fake-quant": {"shared-backwards"}, "calibrate": {"inplace-unions"},
                       "lower-to-int": {"propagated-backwards", "flt-min-floor", "bias-adjusted"}}
-SEEDS = range(8)
+SEEDS = range(10)
 
 
 # ----------------------------------------------------------------------------------------------------
