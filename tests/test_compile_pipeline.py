@@ -82,3 +82,9 @@ def test_multi_input_calibration_file(tmp_path):
     pipeline = qcompiler.pipeline_for("int8", str(tmp_path / "calib.npz"))
     replayed = write_tflite(qcompiler.run_passes(qcompiler.import_keras(model), pipeline))
     assert qcompiler.compile(model, "int8", arrays) == replayed
+
+
+def test_compile_without_output_says_what_to_give(saved, capsys):
+    model, _, _ = saved
+    code, _, err = _run(["compile", str(model)], capsys)
+    assert code == 2 and "compile needs an output file: -o MODEL.tflite" in err
