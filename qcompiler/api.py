@@ -48,9 +48,9 @@ def pipeline_for(mode: str = "float32", calibration: Union[str, Path, None] = No
 
     Calibration data in a pipeline is a file (.npy/.npz): `calibration` is its path.
     """
-    if calibration is not None and not isinstance(calibration, (str, Path)):
+    if (calibration is not None and not isinstance(calibration, (str, Path))) or options.get("calibration_stats"):
         raise QCompilerError("a pipeline string names its calibration data by file: give pipeline_for the path of "
-                             "a .npy/.npz file, not the arrays")
+                             "a .npy/.npz file, not arrays or statistics")
     from qcompiler.passes.calibrate import Calibrate
     from qcompiler.passes.insert_fake_quant import InsertFakeQuant
     from qcompiler.passes.lower_to_int import LowerToInt
@@ -78,50 +78,67 @@ def _passes(mode: str, calibration: Any = None, *, io: Optional[str] = None, obs
             calibrate_with: Optional[str] = None, policy: str = DEFAULT_POLICY,
             progress: Optional[TextIO] = None) -> list:
     """The passes of `mode` (see `compile`). Calibration data: a path (a pipeline option) or arrays (not)."""
+    from qcompiler.passes.dce import DeadCodeElimination
+    from qcompiler.passes.insert_fake_quant import InsertFakeQuant
+    from qcompiler.passes.lower_to_int import LowerToInt
+    from qcompiler.passes.registry import parse_pipeline
+
     if mode not in MODES:
         raise QCompilerError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
     passes = _float_passes(policy)
     if mode not in CALIBRATED_MODES:
-        given = {"calibration data": calibration, "io": io, "observer": None if observer == "minmax" else observer,
-                 "observer_options": observer_options, "per_channel": None if per_channel else False,
-                 "default_ranges": default_ranges, "input_stats": input_stats,
-                 "batch_size": None if batch_size == 32 else batch_size, "calibration_stats": calibration_stats,
-                 "executor": executor, "calibrate_with": calibrate_with}
-        extra = sorted(k for k, v in given.items() if v is not None)
-        if extra:
-            what = "takes no quantization options" if mode == "float32" else \
-                "quantizes weights only and takes no calibration data or quantization options"
-            raise QCompilerError(f"mode {mode} {what} (got {', '.join(extra)})")
-        from qcompiler.passes.registry import parse_pipeline
-
+        _refuse_quantization_options(mode, {
+            "calibration data": calibration, "io": io, "observer": None if observer == "minmax" else observer,
+            "observer_options": observer_options, "per_channel": None if per_channel else False,
+            "default_ranges": default_ranges, "input_stats": input_stats,
+            "batch_size": None if batch_size == 32 else batch_size, "calibration_stats": calibration_stats,
+            "executor": executor, "calibrate_with": calibrate_with})
         return passes + ([] if mode == "float32" else parse_pipeline(_WEIGHT_ONLY_PIPELINES[mode]))
-    from qcompiler.passes.calibrate import DEFAULT_EXECUTOR, Calibrate
-    from qcompiler.passes.dce import DeadCodeElimination
-    from qcompiler.passes.insert_fake_quant import InsertFakeQuant
-    from qcompiler.passes.lower_to_int import LowerToInt
-
     io = io or _IO_CHOICES[mode][0]
     if io not in _IO_CHOICES[mode]:
         raise QCompilerError(f"--io {io} is not available in mode {mode}; choose {' or '.join(_IO_CHOICES[mode])}")
-    if executor is not None and calibrate_with is not None and executor != calibrate_with:
-        raise QCompilerError(f"executor='{executor}' and calibrate_with='{calibrate_with}' disagree; give one")
-    activations = "i16" if mode == "int16x8" else "i8"
-    passes.append(InsertFakeQuant(activations=activations, per_channel=per_channel, policy=policy))
+    passes.append(InsertFakeQuant(activations="i16" if mode == "int16x8" else "i8", per_channel=per_channel,
+                                  policy=policy))
     if calibration is not None or calibration_stats is not None:
-        from qcompiler.passes.calibrate import EXECUTOR_ALIASES
-
-        chosen = executor or calibrate_with or DEFAULT_EXECUTOR
-        files = isinstance(calibration, (str, Path))
-        passes.append(Calibrate(data=str(calibration) if files else "", arrays=None if files else calibration,
-                                stats=calibration_stats, executor=EXECUTOR_ALIASES.get(chosen, chosen),
-                                observer=observer, batch_size=batch_size, policy=policy, progress=progress,
-                                observer_options=tuple(f"{k}={v}" for k, v in (observer_options or {}).items())))
+        passes.append(_calibrate_pass(calibration, calibration_stats, _executor_name(executor, calibrate_with),
+                                      observer, observer_options, batch_size, policy, progress))
     elif default_ranges is None:
         raise QCompilerError(f"mode {mode} needs calibration data (--calibration DATA.npy or calibration_data=...) "
                              "or --default-ranges MIN,MAX")
     passes.append(LowerToInt(io=io, default_ranges=_pair(default_ranges, "default ranges"),
                              input_stats=_pair(input_stats, "input stats"), policy=policy))
     return passes + [DeadCodeElimination()]
+
+
+def _refuse_quantization_options(mode: str, given: Mapping[str, Any]) -> None:
+    extra = sorted(k for k, v in given.items() if v is not None)
+    if extra:
+        what = "takes no quantization options" if mode == "float32" else \
+            "quantizes weights only and takes no calibration data or quantization options"
+        raise QCompilerError(f"mode {mode} {what} (got {', '.join(extra)})")
+
+
+def _executor_name(executor: Optional[str], calibrate_with: Optional[str]) -> str:
+    """The calibration executor's canonical name; `calibrate_with` is its older spelling."""
+    from qcompiler.passes.calibrate import DEFAULT_EXECUTOR, EXECUTOR_ALIASES
+
+    if executor is not None and calibrate_with is not None and \
+            EXECUTOR_ALIASES.get(executor, executor) != EXECUTOR_ALIASES.get(calibrate_with, calibrate_with):
+        raise QCompilerError(f"executor='{executor}' and calibrate_with='{calibrate_with}' disagree; give one")
+    chosen = executor or calibrate_with or DEFAULT_EXECUTOR
+    return EXECUTOR_ALIASES.get(chosen, chosen)
+
+
+def _calibrate_pass(calibration: Any, stats: Optional[Mapping], executor: str, observer: str,
+                    observer_options: Optional[Mapping], batch_size: int, policy: str, progress: Optional[TextIO]):
+    """calibrate{...}: a file is a pipeline option; arrays and earlier statistics are handed over directly."""
+    from qcompiler.passes.calibrate import Calibrate
+
+    is_file = isinstance(calibration, (str, Path))
+    return Calibrate(data=str(calibration) if is_file else "", arrays=None if is_file else calibration,
+                     stats=stats, executor=executor, observer=observer, batch_size=batch_size, policy=policy,
+                     progress=progress,
+                     observer_options=tuple(f"{k}={v}" for k, v in (observer_options or {}).items()))
 
 
 def quantize(model_or_graph: Union[ModelLike, Graph], mode: str = "int8", calibration_data: Any = None,
