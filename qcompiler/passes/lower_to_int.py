@@ -18,7 +18,7 @@
 
 The policy also decides the FLT_MIN floor of calibrated ranges and the bias-overflow adjustment of weight scales;
 the counters `propagated-backwards`, `flt-min-floor` and `bias-adjusted` say how often each converter rule
-changed something (the plain policy never reports them).
+applied (the plain policy never reports them).
 A tensor without a range is an error naming the tensor and its Keras layer, unless `default_ranges` fills it.
 docs/quantization-notes.md §5 describes the converter's rules and the experiments that confirmed them.
 """
