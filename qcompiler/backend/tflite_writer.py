@@ -611,6 +611,7 @@ def _emitters() -> dict[str, Emitter]:
         "avg_pool2d": _emit_pool,
         "mean": _emit_reduce,
         "reduce_max": _emit_reduce,
+        "reduce_min": _emit_reduce,
         "flatten": _emit_reshape,
         "reshape": _emit_reshape,
         "concat": _emit_concat,

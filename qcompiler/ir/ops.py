@@ -489,6 +489,11 @@ def _compute_reduce_max(xs: Sequence[np.ndarray], attrs: dict) -> list[np.ndarra
     return [xs[0].max(axis=axes, keepdims=attrs["keepdims"])]
 
 
+def _compute_reduce_min(xs: Sequence[np.ndarray], attrs: dict) -> list[np.ndarray]:
+    axes = tuple(_normalize_axes(attrs["axes"], xs[0].ndim))
+    return [xs[0].min(axis=axes, keepdims=attrs["keepdims"])]
+
+
 def _compute_reshape(xs: Sequence[np.ndarray], attrs: dict) -> list[np.ndarray]:
     target = list(attrs["shape"])
     if target and target[0] == -1 and -1 not in target[1:]:
@@ -636,6 +641,7 @@ OPS: dict[str, OpDef] = {
         _def("avg_pool2d", 1, 1, dict(_POOL_ATTRS), _infer_pool, _compute_avg_pool, _SAME, "AVERAGE_POOL_2D"),
         _def("mean", 1, 1, dict(_AXES), _infer_reduce, _compute_mean, _OWN, "MEAN"),
         _def("reduce_max", 1, 1, dict(_AXES), _infer_reduce, _compute_reduce_max, _SAME_1, "REDUCE_MAX"),
+        _def("reduce_min", 1, 1, dict(_AXES), _infer_reduce, _compute_reduce_min, _SAME_1, "REDUCE_MIN"),
         _def("flatten", 1, 1, {}, _infer_flatten, lambda xs, a: [xs[0].reshape(xs[0].shape[0], -1)], _SAME_1,
              "RESHAPE", "keep the batch axis, flatten the rest", shares_input_buffer=True),
         _def("reshape", 1, 1, {"shape": ints(minimum=-1)}, _infer_reshape, _compute_reshape, _SAME_1, "RESHAPE",
