@@ -112,3 +112,33 @@ def test_derived_tables_match_the_converter_facts():
     assert changing == {"add": (0, 1), "sub": (0, 1), "mul": (0, 1), "softmax": (0,)}
     assert {op for op in OPS if kernel_flags(op) & DATA_UNMODIFIED} == {"flatten", "reshape"}
     assert fold_constants.KEPT_OPS == {"const", "fake_quant", "quantize", "dequantize"}
+
+
+def test_param_operands_count_the_constants_the_writer_adds():
+    """QuantRule.param_operands (what the converter's same-scale rule counts) is the number of TFLite inputs the
+    writer adds beyond the IR operands (shape, axes, paddings, begin/size), for every SAME op the backend tests
+    write."""
+    import tflite
+
+    from qcompiler.backend.tflite_writer import write_tflite
+    from tests.test_backend import FLOAT_CASES
+
+    checked = set()
+    for build in FLOAT_CASES.values():
+        graph = build()
+        model = tflite.Model.GetRootAs(write_tflite(graph), 0)
+        sub = model.Subgraphs(0)
+        by_output = {}
+        for i in range(sub.OperatorsLength()):
+            op = sub.Operators(i)
+            by_output[sub.Tensors(op.Outputs(0)).Name().decode()] = op.InputsLength()
+        for node in graph.nodes:
+            spec = quant_spec(node.op)
+            if spec is None or spec.output != SAME or node.result.name not in by_output:
+                continue
+            if node.attrs.get("activation", "none") != "none":
+                continue  # written as the op plus an activation op that produces the result
+            assert by_output[node.result.name] - len(node.operands) == spec.param_operands, node.op
+            checked.add(node.op)
+    assert checked >= {"reshape", "pad", "slice", "resize_nearest", "reduce_max", "reduce_min", "max_pool2d",
+                       "maximum"}

@@ -250,6 +250,7 @@ _RULES: dict[int, Callable[[OpSig], int]] = {
     B.AVERAGE_POOL_2D: _pool,
     B.MEAN: _by_input_type(int8=2, int16=3),
     B.REDUCE_MAX: _by_input_type(int8=2, int16=3),
+    B.REDUCE_MIN: _by_input_type(int8=2, int16=3),
     B.CONCATENATION: _by_input_type(int8=2, int16=3),
     B.PAD: _pad,
     B.SLICE: _slice,

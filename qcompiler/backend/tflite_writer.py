@@ -240,7 +240,7 @@ class _ModelWriter:
         """
         activation = node.attrs.get("activation", "none")
         out = self.result_tensor(node.result)
-        if activation == "none" or (activation in _FUSED and node.op != "concat"):
+        if activation == "none" or (activation in _FUSED and OPS[node.op].tflite_fuses_activation):
             emit_main(_FUSED[activation], out)
             return
         if activation == "tanh" and _is_quantized(node.result.type):
@@ -611,6 +611,7 @@ def _emitters() -> dict[str, Emitter]:
         "avg_pool2d": _emit_pool,
         "mean": _emit_reduce,
         "reduce_max": _emit_reduce,
+        "reduce_min": _emit_reduce,
         "flatten": _emit_reshape,
         "reshape": _emit_reshape,
         "concat": _emit_concat,

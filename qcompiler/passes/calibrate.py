@@ -346,6 +346,7 @@ class Calibrate(Pass):
     progress: Optional[TextIO] = field(default=None, compare=False, repr=False, metadata=NOT_AN_OPTION)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         get_policy(self.policy)
         if EXECUTOR_ALIASES.get(self.executor, self.executor) not in EXECUTORS:
             raise CalibrationError(f"unknown calibration executor '{self.executor}'; choose one of "
