@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # this checkout's qcompiler and tests.zoo, not an installed copy
@@ -495,7 +495,7 @@ def shown_modes(rows: list[dict], settings: Settings) -> tuple[str, ...]:
     return tuple(m for m in MODES if m in settings.modes or any(m in row for row in rows))
 
 
-def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int) -> str:
+def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int, not_measured: Sequence[str] = ()) -> str:
     modes = shown_modes(rows, settings)
     lines = [
         "# qcompiler vs TFLiteConverter on keras.applications", "",
@@ -511,6 +511,7 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int) -> s
         "batch-1 invocations with the default resolver (XNNPACK), both tools' models invoked in turn. "
         "Speed-up = converter time / qcompiler time. Size and latency in the int8 table are qcompiler / converter.",
         "", *summary(rows), "",
+        *([f"Not measured in this run: {', '.join(not_measured)}.", ""] if not_measured else []),
         *overview(rows, settings), "",
     ]
     if "float32" in modes:
@@ -520,9 +521,10 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int) -> s
                   "| latency ms (qc / conv) | max err / max\\|ref\\| (qc / conv) |"
                   + (" qcompiler/ at |" if several else ""),
                   "|---|---|---|---|---|---|---|---|---|" + ("---|" if several else "")]
+        measured = [row for row in rows if _compiled(row, "float32")]
         lines += [float_line(row) + (f" {package_commit(row.get('commit', header['commit']))} |" if several else "")
-                  for row in rows]
-        lines.append("")
+                  for row in measured]
+        lines += ["", *_left_out(rows, measured)]
     int8_modes = [m for m in ("logits", "outputs") if m in modes]
     if int8_modes:
         lines += ["## int8", "",
@@ -532,8 +534,9 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int) -> s
                   "| model | mode | compile s (qc / conv) | speed-up | ops (qc / conv) | size | latency "
                   "| identical | max LSB | I/O q |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [int8_line(row, mode) for row in rows for mode in int8_modes]
-        lines.append("")
+        measured = [row for row in rows if any(_compiled(row, mode) for mode in int8_modes)]
+        lines += [int8_line(row, mode) for row in measured for mode in int8_modes if _compiled(row, mode)]
+        lines += ["", *_left_out(rows, measured)]
     differences = [(row["model"], mode, op_differences(row[mode])) for row in rows for mode in modes
                    if op_differences(row.get(mode, {}))]
     if differences:
@@ -572,6 +575,15 @@ def overview(rows: list[dict], settings: Settings) -> list[str]:
         failure = cell(grouped_failures(row["failures"])[0], 110) if row["failures"] else ""
         lines.append(f"| {row['model']} | " + " | ".join(cells) + f" | {io} | {failure} |")
     return lines
+
+
+def _compiled(row: dict, mode: str) -> bool:
+    return any(tool in row.get(mode, {}) for tool in TOOLS)
+
+
+def _left_out(rows: list[dict], measured: list[dict]) -> list[str]:
+    missing = [row["model"] for row in rows if row not in measured]
+    return [f"Not compiled by either tool (see Failures): {', '.join(missing)}.", ""] if missing else []
 
 
 def commits_text(rows: list[dict], header: dict) -> str:
@@ -695,11 +707,11 @@ def cell(text: str, limit: int = 200) -> str:
 
 
 def write_outputs(rows: list[dict], header: dict, settings: Settings, jobs: int, out: Optional[Path],
-                  json_path: Optional[Path]) -> None:
+                  json_path: Optional[Path], not_measured: Sequence[str] = ()) -> None:
     from qcompiler.files import atomic_write
 
     if out is not None:
-        atomic_write(out, markdown(rows, header, settings, jobs).encode())
+        atomic_write(out, markdown(rows, header, settings, jobs, not_measured).encode())
     if json_path is not None:
         document = {"header": header, "settings": asdict(settings), "jobs": jobs, "rows": rows}
         atomic_write(json_path, json.dumps(document, indent=1).encode())
@@ -790,7 +802,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         documents = [json.loads(Path(path).read_text()) for path in args.render.split(",")]
         document = merge_documents(documents)
         settings = Settings.from_json(json.dumps(document["settings"]))
-        write_outputs(document["rows"], document["header"], settings, document["jobs"], args.out, args.json)
+        measured = {row["model"] for row in document["rows"]}
+        write_outputs(document["rows"], document["header"], settings, document["jobs"], args.out, args.json,
+                      [name for name in model_names() if name not in measured])
         print(f"wrote {args.out}" + (f" and {args.json}" if args.json else ""))
         return 0
     modes = tuple(m for m in args.modes.split(",") if m)
