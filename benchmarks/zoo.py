@@ -583,7 +583,7 @@ def _compiled(row: dict, mode: str) -> bool:
 
 def _left_out(rows: list[dict], measured: list[dict]) -> list[str]:
     missing = [row["model"] for row in rows if row not in measured]
-    return [f"Not compiled by either tool (see Failures): {', '.join(missing)}.", ""] if missing else []
+    return [f"Left out, no model from either tool (see Failures): {', '.join(missing)}.", ""] if missing else []
 
 
 def commits_text(rows: list[dict], header: dict) -> str:
