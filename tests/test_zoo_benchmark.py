@@ -9,8 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from benchmarks.zoo import (Settings, grouped_failures, io_difference, markdown, merge_documents, merge_rows,
-                            op_differences, percent, run_isolated)
+from benchmarks.zoo import (Settings, StepCrash, grouped_failures, io_difference, markdown, merge_documents,
+                            merge_rows, op_differences, percent, run_isolated, run_tflite_isolated)
 
 BUILDER = "tests.test_zoo_benchmark:"
 
@@ -49,7 +49,15 @@ def test_abort_becomes_a_failure_row(tmp_path):
     assert "| tests.test_zoo_benchmark:aborting_builder | build: the model's process was killed by SIGABRT" in table
 
 
-@pytest.mark.slow  # a process that imports TensorFlow and runs the converter twice: ~20 s on an idle 2-core machine
+def test_interpreter_failure_is_a_step_crash(tmp_path):
+    model, inputs = tmp_path / "broken.tflite", tmp_path / "inputs.npy"
+    model.write_bytes(b"not a flatbuffer")
+    np.save(inputs, np.zeros((1, 4), np.float32))
+    with pytest.raises(StepCrash, match="^the BUILTIN_REF interpreter exited with code 1: .*"):
+        run_tflite_isolated(model, inputs, timeout=120)
+
+
+@pytest.mark.slow  # a process that imports TensorFlow and runs the converter 3 times: ~20 s on an idle 2-core machine
 def test_toy_model_row(tmp_path):
     settings = Settings(size=16, samples=8, eval_samples=4, latency_runs=1, timeout=600,
                         warm_up=False)
