@@ -7,6 +7,11 @@ graph (or a clone of it) always gives the same bytes.
 
 Tensor shapes: an unknown dimension (the batch) is written as 1 in `shape` and -1 in `shape_signature`, as
 TFLiteConverter does; `Interpreter.resize_tensor_input` then changes it.
+
+Speed on big models: constant data is copied once into the flatbuffer (from the array's memory, no `tobytes`)
+and once more into the returned `bytes`; large constants are deduplicated by a sampled fingerprint and compared
+in full only when fingerprints collide, so their bytes are never hashed. Identical small int32 vectors (shapes,
+signatures) are written once and shared, which flatbuffers allows.
 """
 from __future__ import annotations
 
@@ -74,6 +79,8 @@ SCHEMA_VERSION = 3
 FILE_IDENTIFIER = b"TFL3"
 SIGNATURE_KEY = "serving_default"
 BUFFER_ALIGNMENT = 16  # TFLiteConverter aligns constant data to 16 bytes; kernels may read it in place
+_HASHED_BUFFER_LIMIT = 4096  # constants up to this many bytes are deduplicated by their bytes, larger by fingerprint
+_FINGERPRINT_SAMPLES = 256
 
 _TFL_DTYPES: dict[str, int] = {
     "f32": TflType.FLOAT32,
@@ -141,10 +148,11 @@ class _ModelWriter:
 
     def __init__(self, value_names: Iterable[str]) -> None:
         self.tensors: list[_Tensor] = []
-        self.buffers: list[bytes] = [b""]
+        self.buffers: list[np.ndarray] = [_NO_DATA]  # flat uint8 views of the constants' little-endian data
         self.operators: list[_Operator] = []
         self.opcodes: list[list[int]] = []  # [builtin code, version], in order of first use
-        self._buffer_index: dict[tuple[str, bytes], int] = {}
+        self._buffer_index: dict[tuple, int] = {}  # small constants: (dtype, bytes) -> buffer index
+        self._large_buffers: dict[tuple, list[int]] = {}  # (dtype, size, fingerprint) -> buffer indices
         self._opcode_index: dict[int, int] = {}
         self._value_tensor: dict[int, int] = {}  # id(Value) -> tensor index; lookup only, never iterated
         # IR value names are unique already and keep their spelling; tensors the backend adds get fresh names.
@@ -169,19 +177,28 @@ class _ModelWriter:
         self.tensors.append(_Tensor(name, shape, signature, t.dtype, buffer, quant))
         return len(self.tensors) - 1
 
-    def _add_buffer(self, dtype: str, data: bytes) -> int:
-        key = (dtype, data)
-        if key not in self._buffer_index:
-            self.buffers.append(data)
-            self._buffer_index[key] = len(self.buffers) - 1
-        return self._buffer_index[key]
+    def _add_buffer(self, dtype: str, data: np.ndarray) -> int:
+        """The index of a buffer holding `data` (flat uint8), added unless an identical one exists."""
+        if data.size <= _HASHED_BUFFER_LIMIT:
+            key = (dtype, data.tobytes())
+            if key not in self._buffer_index:
+                self.buffers.append(data)
+                self._buffer_index[key] = len(self.buffers) - 1
+            return self._buffer_index[key]
+        candidates = self._large_buffers.setdefault((dtype, data.size, _fingerprint(data)), [])
+        for index in candidates:
+            if np.array_equal(self.buffers[index], data):
+                return index
+        self.buffers.append(data)
+        candidates.append(len(self.buffers) - 1)
+        return len(self.buffers) - 1
 
     def add_const(self, array: np.ndarray, name: str, t: Optional[TensorType] = None, of_value: bool = False
                   ) -> int:
         array = np.ascontiguousarray(array)
         t = t or TensorType(array.shape, array.dtype)
-        buffer = self._add_buffer(t.dtype, array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
-        return self._add_tensor(name, t, buffer, of_value)
+        data = array.astype(array.dtype.newbyteorder("<"), copy=False).reshape(-1).view(np.uint8)
+        return self._add_tensor(name, t, self._add_buffer(t.dtype, data), of_value)
 
     def int32_const(self, values: Sequence[int] | np.ndarray, name: str) -> int:
         return self.add_const(np.asarray(values, dtype=np.int32), name)
@@ -246,6 +263,15 @@ class _ModelWriter:
         pre = self.scratch_tensor(node.result, f"pre_{activation}")
         emit_main(_FUSED["none"], pre)
         self.emit(_ACTIVATION_OPS[activation], [pre], [out])
+
+
+_NO_DATA = np.zeros(0, np.uint8)
+
+
+def _fingerprint(data: np.ndarray) -> bytes:
+    """A few hundred evenly spaced bytes and both ends of `data`: equal arrays have equal fingerprints."""
+    step = max(data.size // _FINGERPRINT_SAMPLES, 1)
+    return data[::step].tobytes() + data[-64:].tobytes()
 
 
 def _const_data(value: Value) -> np.ndarray:
@@ -639,15 +665,32 @@ def _int32_vector(b: flatbuffers.Builder, values: Sequence[int]) -> int:
     return b.CreateNumpyVector(np.asarray(values, dtype="<i4"))
 
 
-def _aligned_bytes(b: flatbuffers.Builder, data: bytes) -> int:
-    b.StartVector(1, len(data), BUFFER_ALIGNMENT)
-    b.head -= len(data)
-    b.Bytes[b.head:b.head + len(data)] = data
+class _SharedVectors:
+    """Writes each distinct small int32 vector once; later tables point at the same bytes."""
+
+    def __init__(self, b: flatbuffers.Builder) -> None:
+        self.b = b
+        self.written: dict[tuple[int, ...], int] = {}
+
+    def __call__(self, values: Sequence[int]) -> int:
+        key = tuple(values)
+        offset = self.written.get(key)
+        if offset is None:
+            offset = self.written[key] = _int32_vector(self.b, key)
+        return offset
+
+
+def _aligned_bytes(b: flatbuffers.Builder, data: np.ndarray) -> int:
+    """A [ubyte] vector of `data` (flat uint8), copied straight from the array's memory."""
+    size = data.size
+    b.StartVector(1, size, BUFFER_ALIGNMENT)
+    b.head -= size
+    b.Bytes[b.head:b.head + size] = memoryview(data)  # not `data`: bytearray refuses ndarrays
     return b.EndVector()
 
 
-def _write_buffer(b: flatbuffers.Builder, data: bytes) -> int:
-    data_offset = _aligned_bytes(b, data) if data else None
+def _write_buffer(b: flatbuffers.Builder, data: np.ndarray) -> int:
+    data_offset = _aligned_bytes(b, data) if data.size else None
     Buffer.Start(b)
     if data_offset is not None:
         Buffer.AddData(b, data_offset)
@@ -664,10 +707,10 @@ def _write_quant(b: flatbuffers.Builder, q: QParams) -> int:
     return QuantizationParameters.End(b)
 
 
-def _write_tensor(b: flatbuffers.Builder, t: _Tensor) -> int:
+def _write_tensor(b: flatbuffers.Builder, t: _Tensor, vector: _SharedVectors) -> int:
     name = b.CreateString(t.name)
-    shape = _int32_vector(b, t.shape)
-    signature = _int32_vector(b, t.signature) if t.signature is not None else None
+    shape = vector(t.shape)
+    signature = vector(t.signature) if t.signature is not None else None
     quant = _write_quant(b, t.quant) if t.quant is not None else None
     Tensor.Start(b)
     Tensor.AddShape(b, shape)
@@ -728,10 +771,15 @@ def _signature_names(values: Sequence[Value], taken: set[str]) -> list[str]:
     return names
 
 
-def _serialize(w: _ModelWriter, graph: Graph, inputs: list[int], outputs: list[int], description: str) -> bytes:
-    b = flatbuffers.Builder(1024 + sum(len(d) for d in w.buffers))
+def _serialize(w: _ModelWriter, graph: Graph, inputs: list[int], output_values: Sequence[Value], outputs: list[int],
+               description: str) -> bytes:
+    # Room for everything up front: when the builder grows it copies all the constant data written so far.
+    data_size = sum(d.size + BUFFER_ALIGNMENT + 16 for d in w.buffers)
+    b = flatbuffers.Builder(data_size + 65536 + 256 * (len(w.tensors) + len(w.operators))
+                            + 2 * sum(len(t.name) for t in w.tensors))
+    vector = _SharedVectors(b)
     buffers = _offset_vector(b, [_write_buffer(b, data) for data in w.buffers])
-    tensors = _offset_vector(b, [_write_tensor(b, t) for t in w.tensors])
+    tensors = _offset_vector(b, [_write_tensor(b, t, vector) for t in w.tensors])
     operators = _offset_vector(b, [_write_operator(b, op) for op in w.operators])
     subgraph_name = b.CreateString(graph.name)
     in_vec, out_vec = _int32_vector(b, inputs), _int32_vector(b, outputs)
@@ -745,7 +793,7 @@ def _serialize(w: _ModelWriter, graph: Graph, inputs: list[int], outputs: list[i
     opcodes = _offset_vector(b, [_write_opcode(b, code, version) for code, version in w.opcodes])
 
     sig_inputs = _write_tensor_maps(b, list(zip(_signature_names(graph.inputs, set()), inputs)))
-    sig_outputs = _write_tensor_maps(b, list(zip(_signature_names(graph.outputs, set()), outputs)))
+    sig_outputs = _write_tensor_maps(b, list(zip(_signature_names(output_values, set()), outputs)))
     key = b.CreateString(SIGNATURE_KEY)
     SignatureDef.Start(b)
     SignatureDef.AddInputs(b, sig_inputs)
@@ -763,23 +811,35 @@ def _serialize(w: _ModelWriter, graph: Graph, inputs: list[int], outputs: list[i
     Model.AddBuffers(b, buffers)
     Model.AddSignatureDefs(b, signatures)
     b.Finish(Model.End(b), file_identifier=FILE_IDENTIFIER)
-    return bytes(b.Output())
+    return bytes(memoryview(b.Bytes)[b.Head():])  # b.Output() would copy the model twice
 
 
 # ----------------------------------------------------------------------------------------------------
 # public API
 # ----------------------------------------------------------------------------------------------------
-def write_tflite(graph: Graph, description: str = "qcompiler") -> bytes:
-    """Serialize `graph` to TFLite flatbuffer bytes. Raises BackendError for anything TFLite cannot express."""
+def write_tflite(graph: Graph, description: str = "qcompiler", extra_outputs: Sequence[Value] = ()) -> bytes:
+    """Serialize `graph` to TFLite flatbuffer bytes. Raises BackendError for anything TFLite cannot express.
+
+    `extra_outputs`: values of `graph` written as further model outputs after the graph's own (those already
+    outputs, and graph inputs, are skipped), e.g. the tensors calibration reads; the graph is not changed.
+    """
     if not graph.outputs:
         raise BackendError(f"graph @{graph.name} has no outputs; nothing to write")
+    output_values = list(graph.outputs)
+    listed = {id(v) for v in output_values} | {id(v) for v in graph.inputs}
+    for value in extra_outputs:
+        if id(value) not in listed:
+            if value.producer is None or not graph.contains(value.producer):
+                raise BackendError(f"extra output %{value.name} is not a value of graph @{graph.name}")
+            listed.add(id(value))
+            output_values.append(value)
     w = _ModelWriter(v.name for v in graph.values())
     inputs = [w.add_input(v) for v in graph.inputs]
     for node in graph.nodes:
         if node.op != "const":
             _emit_node(w, node)
-    outputs = [w.tensor_of(v) for v in graph.outputs]
-    return _serialize(w, graph, inputs, outputs, description)
+    outputs = [w.tensor_of(v) for v in output_values]
+    return _serialize(w, graph, inputs, output_values, outputs, description)
 
 
 def write_tflite_file(graph: Graph, path: str | os.PathLike, description: str = "qcompiler") -> Path:
