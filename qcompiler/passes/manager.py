@@ -1,4 +1,5 @@
-"""Runs a pipeline of passes over a graph, verifying after each one.
+"""Runs a pipeline of passes over a graph, verifying the input and the graph after each pass that changed it
+(a pass reporting `modified=False` is trusted, as MLIR's pass manager trusts a pass that preserved everything).
 
     run_passes(graph, "canonicalize,fold-batchnorm", timing=True)
     PassManager(DEFAULT_FLOAT_PIPELINE, print_ir_after={"fold-batchnorm"}).run(graph)
@@ -94,7 +95,7 @@ class PassManager:
                 text = _safe_print(graph) or "(the graph cannot be printed)\n"
                 self.stream.write(f"// ----- IR after {p} ({state}) -----\n{text}\n")
             verify_start = time.perf_counter()
-            if self.verify_each:
+            if self.verify_each and result.modified:  # as MLIR: a pass that changed nothing is not re-verified
                 self._verify(graph, str(p), done)
             self.records.append(PassRecord(p, result, elapsed, time.perf_counter() - verify_start))
             done.append(str(p))
