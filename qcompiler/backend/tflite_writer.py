@@ -8,15 +8,18 @@ graph (or a clone of it) always gives the same bytes.
 Tensor shapes: an unknown dimension (the batch) is written as 1 in `shape` and -1 in `shape_signature`, as
 TFLiteConverter does; `Interpreter.resize_tensor_input` then changes it.
 
-Speed on big models: constant data is copied once into the flatbuffer (from the array's memory, no `tobytes`)
-and once more into the returned `bytes`; large constants are deduplicated by a sampled fingerprint and compared
-in full only when fingerprints collide, so their bytes are never hashed. Identical small int32 vectors (shapes,
-signatures) are written once and shared, which flatbuffers allows.
+Speed on big models: constant data is copied exactly once, from the arrays' memory straight into the returned
+`bytes` (one `bytes.join`). The flatbuffers builder only writes the small rest ("skeleton"); the constants' data
+vectors are laid out by `_DataRegion` at the end of the file, where the builder would have put them, and the
+Buffer tables point there. Large constants are deduplicated by a sampled fingerprint and compared in full only
+when fingerprints collide, so their bytes are never hashed. Identical small int32 vectors (shapes, signatures)
+are written once and shared, which flatbuffers allows.
 """
 from __future__ import annotations
 
 import importlib
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -680,17 +683,40 @@ class _SharedVectors:
         return offset
 
 
-def _aligned_bytes(b: flatbuffers.Builder, data: np.ndarray) -> int:
-    """A [ubyte] vector of `data` (flat uint8), copied straight from the array's memory."""
-    size = data.size
-    b.StartVector(1, size, BUFFER_ALIGNMENT)
-    b.head -= size
-    b.Bytes[b.head:b.head + size] = memoryview(data)  # not `data`: bytearray refuses ndarrays
-    return b.EndVector()
+class _DataRegion:
+    """The constants' [ubyte] vectors, laid out as the flatbuffers builder would write them first (so they end up
+    at the end of the file), each one's data 16-byte aligned, but never copied into the builder.
+
+    `offsets[i]` is what `Buffer.AddData` takes for buffer i: the builder measures offsets from the end of its
+    own bytes, which is where this region starts, so a vector inside the region has a negative offset (the
+    forward distance the builder computes from it is still right). None for an empty buffer (no data vector)."""
+
+    def __init__(self, buffers: Sequence[np.ndarray]) -> None:
+        self.offsets: list[Optional[int]] = []
+        self._vectors: list[tuple[np.ndarray, int]] = []  # (data, padding after it), in writing order
+        written = 0  # bytes from the end of the file
+        for data in buffers:
+            if not data.size:
+                self.offsets.append(None)
+                continue
+            padding = -(written + data.size) % BUFFER_ALIGNMENT  # makes the data start 16-byte aligned
+            written += padding + data.size + 4  # + the uint32 length before the data
+            self._vectors.append((data, padding))
+            self.offsets.append(written)
+        # Leading padding keeps the region a multiple of the alignment, and no offset 0 (AddData would skip it).
+        self._front = -written % BUFFER_ALIGNMENT or BUFFER_ALIGNMENT
+        self.size = written + self._front
+        self.offsets = [None if o is None else o - self.size for o in self.offsets]
+
+    def pieces(self) -> list[Any]:
+        """The region's bytes, in file order, as buffers for `bytes.join` (the arrays' own memory)."""
+        out: list[Any] = [bytes(self._front)]
+        for data, padding in reversed(self._vectors):
+            out += [struct.pack("<I", data.size), memoryview(data), bytes(padding)]
+        return out
 
 
-def _write_buffer(b: flatbuffers.Builder, data: np.ndarray) -> int:
-    data_offset = _aligned_bytes(b, data) if data.size else None
+def _write_buffer(b: flatbuffers.Builder, data_offset: Optional[int]) -> int:
     Buffer.Start(b)
     if data_offset is not None:
         Buffer.AddData(b, data_offset)
@@ -773,12 +799,11 @@ def _signature_names(values: Sequence[Value], taken: set[str]) -> list[str]:
 
 def _serialize(w: _ModelWriter, graph: Graph, inputs: list[int], output_values: Sequence[Value], outputs: list[int],
                description: str) -> bytes:
-    # Room for everything up front: when the builder grows it copies all the constant data written so far.
-    data_size = sum(d.size + BUFFER_ALIGNMENT + 16 for d in w.buffers)
-    b = flatbuffers.Builder(data_size + 65536 + 256 * (len(w.tensors) + len(w.operators))
-                            + 2 * sum(len(t.name) for t in w.tensors))
+    region = _DataRegion(w.buffers)
+    b = flatbuffers.Builder(65536 + 256 * (len(w.tensors) + len(w.operators)) + 2 * sum(len(t.name) for t in w.tensors))
+    b.minalign = BUFFER_ALIGNMENT  # the skeleton's size stays a multiple of 16, so the data stays aligned in the file
     vector = _SharedVectors(b)
-    buffers = _offset_vector(b, [_write_buffer(b, data) for data in w.buffers])
+    buffers = _offset_vector(b, [_write_buffer(b, offset) for offset in region.offsets])
     tensors = _offset_vector(b, [_write_tensor(b, t, vector) for t in w.tensors])
     operators = _offset_vector(b, [_write_operator(b, op) for op in w.operators])
     subgraph_name = b.CreateString(graph.name)
@@ -811,7 +836,7 @@ def _serialize(w: _ModelWriter, graph: Graph, inputs: list[int], output_values: 
     Model.AddBuffers(b, buffers)
     Model.AddSignatureDefs(b, signatures)
     b.Finish(Model.End(b), file_identifier=FILE_IDENTIFIER)
-    return bytes(memoryview(b.Bytes)[b.Head():])  # b.Output() would copy the model twice
+    return b"".join([memoryview(b.Bytes)[b.Head():], *region.pieces()])
 
 
 # ----------------------------------------------------------------------------------------------------
