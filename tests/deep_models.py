@@ -1,9 +1,10 @@
 """Very deep Keras models (thousands of layers) for the scaling test and benchmarks/scaling.py.
 
-A chain of residual blocks on a small tensor, in nested stages of at most 250 layers: convolution blocks on 4x4x8 maps, then dense blocks on 8 features.
-Most layers carry no weights (ReLU, Average, Maximum, ...), because every Keras weight costs ~10-20 ms to create
-in TensorFlow; one layer in five has weights (Conv2D, DepthwiseConv2D, Dense, BatchNormalization). `Average`
-keeps the magnitude bounded through hundreds of residual joins, so int8 stays meaningful at the output.
+A chain of residual blocks on a small tensor, in nested stages of at most 250 layers: convolution blocks on
+4x4x16 maps, then dense blocks on 16 features. Most layers carry no weights (ReLU, Add, Maximum, ...), because
+every Keras weight costs ~10-20 ms to create in TensorFlow; one layer in five has weights (Conv2D,
+DepthwiseConv2D, Dense, BatchNormalization). ReLU(max_value=6) after each residual Add keeps values in [0, 6]
+through hundreds of joins, so the quantized modes stay meaningful at the output.
 """
 from __future__ import annotations
 
@@ -20,25 +21,26 @@ layers = keras.layers
 
 # One block per entry: the layers it adds, in order. `skip` is the block's input.
 STAGE_LAYERS = 250
-_CONV_BLOCK = ("conv", "bn", "relu", "average", "relu6", "depthwise", "maximum", "relu", "average", "relu")
-_DENSE_BLOCK = ("dense", "relu", "average", "bn", "relu6", "minimum", "relu", "average", "relu", "maximum")
+_CONV_BLOCK = ("conv", "bn", "relu", "add", "relu6", "depthwise", "maximum", "relu6", "add", "relu6")
+_DENSE_BLOCK = ("dense", "relu", "add", "bn", "relu6", "minimum", "relu6", "add", "relu6", "maximum")
+CHANNELS = 16  # a 3x3 kernel then has 2304 weights: enough for dynamic-range quantization (at least 1024)
 
 
 def _apply(kind: str, x, skip, i: int):
     if kind == "conv":
-        return layers.Conv2D(8, 3 if i % 2 else 1, padding="same")(x)
+        return layers.Conv2D(CHANNELS, 3 if i % 2 else 1, padding="same")(x)
     if kind == "depthwise":
         return layers.DepthwiseConv2D(3, padding="same")(x)
     if kind == "dense":
-        return layers.Dense(8)(x)
+        return layers.Dense(CHANNELS)(x)
     if kind == "bn":
         return layers.BatchNormalization()(x) if i % 3 == 0 else layers.ReLU()(x)
     if kind == "relu":
         return layers.ReLU()(x)
     if kind == "relu6":
         return layers.ReLU(max_value=6.0)(x)
-    if kind == "average":
-        return layers.Average()([x, skip])
+    if kind == "add":
+        return layers.Add()([x, skip])
     if kind == "maximum":
         return layers.Maximum()([x, skip])
     if kind == "minimum":
@@ -67,7 +69,7 @@ def deep_model(n_layers: int, seed: int = 0, stage_layers: int = STAGE_LAYERS) -
     a functional graph recursively (keras.src.ops.function._build_map_helper), so one flat graph deeper than
     the recursion limit cannot be built. qcompiler flattens the stages into one graph that is n_layers deep."""
     keras.utils.set_random_seed(seed)
-    inputs = keras.Input((4, 4, 8), name="x")
+    inputs = keras.Input((4, 4, CHANNELS), name="x")
     x, stage, stage_count = inputs, [], 0
     blocks = _blocks(n_layers)
     for index, kinds in enumerate(blocks):
@@ -107,4 +109,4 @@ def count_layers(model: keras.Model) -> int:
 
 
 def deep_inputs(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(-1.0, 1.0, (n, 4, 4, 8)).astype(np.float32)
+    return np.random.default_rng(seed).uniform(-1.0, 1.0, (n, 4, 4, CHANNELS)).astype(np.float32)
