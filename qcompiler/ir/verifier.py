@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from qcompiler.ir.graph import Graph, IRError, Node
-from qcompiler.ir.ops import OPS, check_arity, check_attrs, infer_checked, op_def
+from qcompiler.ir.ops import OPS, check_arity, check_attrs, infer_checked
 from qcompiler.ir.types import TensorType
 
 
