@@ -3,8 +3,7 @@
 A chain of residual blocks on a small tensor, in nested stages of at most 250 layers: convolution blocks on
 4x4x16 maps, then dense blocks on 16 features. Most layers carry no weights (ReLU, Add, Maximum, ...), because
 every Keras weight costs ~10-20 ms to create in TensorFlow; one layer in five has weights (Conv2D,
-DepthwiseConv2D, Dense, BatchNormalization). ReLU(max_value=6) after each residual Add keeps values in [0, 6]
-through hundreds of joins, so the quantized modes stay meaningful at the output.
+DepthwiseConv2D, Dense, BatchNormalization).
 """
 from __future__ import annotations
 
@@ -21,18 +20,25 @@ layers = keras.layers
 
 # One block per entry: the layers it adds, in order. `skip` is the block's input.
 STAGE_LAYERS = 250
-_CONV_BLOCK = ("conv", "bn", "relu", "add", "relu6", "depthwise", "maximum", "relu6", "add", "relu6")
-_DENSE_BLOCK = ("dense", "relu", "add", "bn", "relu6", "minimum", "relu6", "add", "relu6", "maximum")
 CHANNELS = 16  # a 3x3 kernel then has 2304 weights: enough for dynamic-range quantization (at least 1024)
+# A block reads its input `skip` and adds a small signed update to it (the last weight layer is initialised
+# small), so the output still depends on the input after hundreds of blocks (a deep random net whose blocks
+# saturate or contract forgets its input, and then any compile bug that keeps the constant would pass).
+_CONV_BLOCK = ("conv", "bn", "relu", "maximum", "relu6", "minimum", "relu", "relu6", "depthwise", "add")
+_DENSE_BLOCK = ("dense", "bn", "relu", "maximum", "relu6", "minimum", "relu", "relu6", "dense_small", "add")
 
 
-def _apply(kind: str, x, skip, i: int):
+def _apply(kind: str, x, skip, first, i: int):
+    """Layer `kind` on `x`; `skip` is the block's input, `first` the output of its second layer."""
+    small = keras.initializers.RandomNormal(stddev=0.05, seed=i)
     if kind == "conv":
         return layers.Conv2D(CHANNELS, 3 if i % 2 else 1, padding="same")(x)
     if kind == "depthwise":
-        return layers.DepthwiseConv2D(3, padding="same")(x)
+        return layers.DepthwiseConv2D(3, padding="same", depthwise_initializer=small)(x)
     if kind == "dense":
         return layers.Dense(CHANNELS)(x)
+    if kind == "dense_small":
+        return layers.Dense(CHANNELS, kernel_initializer=small)(x)
     if kind == "bn":
         return layers.BatchNormalization()(x) if i % 3 == 0 else layers.ReLU()(x)
     if kind == "relu":
@@ -40,11 +46,11 @@ def _apply(kind: str, x, skip, i: int):
     if kind == "relu6":
         return layers.ReLU(max_value=6.0)(x)
     if kind == "add":
-        return layers.Add()([x, skip])
+        return layers.Add()([skip, x])
     if kind == "maximum":
         return layers.Maximum()([x, skip])
     if kind == "minimum":
-        return layers.Minimum()([x, skip])
+        return layers.Minimum()([x, first])
     raise ValueError(kind)
 
 
@@ -91,9 +97,10 @@ def _stage_model(blocks: list[tuple[str, ...]], shape: tuple, first_block: int) 
         if kinds == ("global_pool",):
             x = layers.GlobalAveragePooling2D()(x)
             continue
-        skip = x
-        for kind in kinds:
-            x = _apply(kind, x, skip, first_block + number)
+        skip = first = x
+        for position, kind in enumerate(kinds):
+            x = _apply(kind, x, skip, first, first_block + number)
+            first = x if position == 1 else first  # after the batch norm, which then folds into the conv
     return keras.Model(inputs, x, name=f"stage{first_block}")
 
 
