@@ -57,9 +57,12 @@ class PassRecord:
 class PassManager:
     def __init__(self, pipeline: Pipeline, verify_each: bool = True, print_ir_after_all: bool = False,
                  print_ir_after: Iterable[str] = (), timing: bool = False, stream: Optional[TextIO] = None,
-                 registry: Mapping[str, type[Pass]] = PASSES) -> None:
+                 registry: Mapping[str, type[Pass]] = PASSES, verify_input: bool = True) -> None:
+        """`verify_input=False` skips verifying the graph before the first pass: for a graph that was verified
+        already (qcompiler.compile chains several pipelines on one graph)."""
         self.passes = _to_passes(pipeline, registry)
         self.verify_each = verify_each
+        self.verify_input = verify_input
         self.print_ir_after_all = print_ir_after_all
         self.print_ir_after = set(print_ir_after)
         self.timing = timing
@@ -78,7 +81,7 @@ class PassManager:
     def run(self, graph: Graph) -> Graph:
         """Run every pass in order on `graph` (in place); returns it."""
         self.records = []
-        if self.verify_each:
+        if self.verify_each and self.verify_input:
             self._verify(graph, None, [])
         done: list[str] = []
         for p in self.passes:
