@@ -66,12 +66,19 @@ def quantize(model_or_graph: Union[ModelLike, Graph], mode: str = "int8", calibr
         raise QCompilerError(f"--io {io} is not available in mode {mode}; choose {' or '.join(_IO_CHOICES[mode])}")
     graph = float_graph(model_or_graph)
     activations = "i16" if mode == "int16x8" else "i8"
-    run_passes(graph, [InsertFakeQuant(activations=activations, per_channel=per_channel)])
-    if calibration_stats is None and calibration_data is not None:
+    # a QAT model brings its own ranges: no calibration (a missing one is an error, or default_ranges, in lowering)
+    trained = _trained_ranges(graph, mode, calibration_data, calibration_stats)
+    if not trained:
+        run_passes(graph, [InsertFakeQuant(activations=activations, per_channel=per_channel)])
+    if trained:
+        pass
+    elif calibration_stats is None and calibration_data is not None:
         calibration_stats = calibration_statistics(graph, calibration_data, batch_size=batch_size,
                                                    calibrate_with=calibrate_with, progress=progress,
                                                    exact_histograms=observer == "kl")
-    if calibration_stats is not None:
+    if trained:
+        pass
+    elif calibration_stats is not None:
         apply_ranges(graph, calibration_stats, observer, **dict(observer_options or {}))
     elif default_ranges is None:
         raise QCompilerError(f"mode {mode} needs calibration data (--calibration DATA.npy or calibration_data=...) "
@@ -79,6 +86,30 @@ def quantize(model_or_graph: Union[ModelLike, Graph], mode: str = "int8", calibr
     lower = LowerToInt(io=io, default_ranges=_pair(default_ranges, "default ranges"),
                        input_stats=_pair(input_stats, "input stats"))
     return run_passes(graph, [lower, DeadCodeElimination()])
+
+
+def _has_trained_ranges(graph: Graph) -> bool:
+    from qcompiler.passes.complete_fake_quant import has_trained_ranges
+
+    return has_trained_ranges(graph)
+
+
+def _trained_ranges(graph: Graph, mode: str, calibration_data: Any, calibration_stats: Any) -> bool:
+    """A quantization-aware-trained model (qcompiler.qat): mark what training left out and use its ranges."""
+    import warnings
+
+    from qcompiler.passes.complete_fake_quant import CompleteFakeQuant
+
+    if not _has_trained_ranges(graph):
+        return False
+    if mode == "int16x8":
+        raise QCompilerError("this model was quantization-aware trained for 8-bit activations; compile it with "
+                             "--mode int8 or uint8")
+    if calibration_data is not None or calibration_stats is not None:
+        warnings.warn("the model carries ranges from quantization-aware training; the calibration data is not used",
+                      UserWarning, stacklevel=3)
+    run_passes(graph, [CompleteFakeQuant()])
+    return True
 
 
 def calibration_statistics(graph: Graph, calibration_data: Any, batch_size: int = 32,

@@ -324,6 +324,8 @@ def _infer_fake_quant(types: Sequence[TensorType], attrs: dict) -> list[TensorTy
         raise IRError(f"fake_quant needs min <= max, got min={attrs['min']} max={attrs['max']}")
     if attrs["axis"] is not None and not attrs["weights"]:
         raise IRError("only weights (weights=true) are quantized per channel")
+    if attrs["bits"] is not None and not 2 <= attrs["bits"] <= 8:
+        raise IRError(f"fake_quant bits must be 2..8 (int8 storage), got {attrs['bits']}")
     if attrs["axis"] is not None and not -types[0].rank <= attrs["axis"] < types[0].rank:
         raise IRError(f"fake_quant axis {attrs['axis']} is outside a rank-{types[0].rank} tensor")
     return [TensorType(types[0].shape, types[0].dtype)]
@@ -452,6 +454,14 @@ def fake_quant_array(x: np.ndarray, attrs: dict) -> np.ndarray:
     (per channel along `axis`), activations from the calibrated [min, max]; uncalibrated is the identity."""
     from qcompiler.quant import math as qmath  # pure numpy; imports nothing above the IR
 
+    if attrs["bits"] is not None:  # trained (QAT) ranges: TF's fake-quant grid, as trained
+        if attrs["weights"]:
+            lo, hi = qmath.symmetric_weight_range(x, attrs["axis"])
+        elif attrs["min"] is None:
+            return x
+        else:
+            lo, hi = attrs["min"], attrs["max"]
+        return qmath.fake_quant(x, lo, hi, attrs["bits"], attrs["narrow_range"], attrs["axis"])
     if attrs["weights"]:
         params = qmath.weight_qparams(x, attrs["axis"])
         return qmath.dequantize(qmath.quantize_weights(x, params), params)
@@ -553,10 +563,12 @@ OPS: dict[str, OpDef] = {
         _def("resize_nearest", 1, 1, {"size": REQUIRED}, _infer_resize, _compute_resize_nearest,
              "nearest neighbour, align_corners=False, half_pixel_centers=False"),
         _def("identity", 1, 1, {}, _same, lambda xs, a: [xs[0]], "inference-time no-op (dropout, noise)"),
-        _def("fake_quant", 1, 1, {"dtype": "i8", "min": None, "max": None, "weights": False, "axis": None},
+        _def("fake_quant", 1, 1, {"dtype": "i8", "min": None, "max": None, "weights": False, "axis": None,
+                                  "bits": None, "narrow_range": False},
              _infer_fake_quant, lambda xs, a: [fake_quant_array(xs[0], a)],
              "quantize-dequantize; weights=true: symmetric from the values (per channel along axis); "
-             "otherwise from [min, max], none until calibrated"),
+             "otherwise from [min, max], none until calibrated; bits set: a trained (QAT) range on TF's "
+             "fake-quant grid of 2^bits levels"),
         _def("quantize", 1, 1, {}, _infer_quantize, lambda xs, a: [xs[0]],
              "float → integer (or integer → integer requantize); params in the result type"),
         _def("dequantize", 1, 1, {"dtype": "f32"}, _infer_dequantize, lambda xs, a: [xs[0]], "integer → float"),

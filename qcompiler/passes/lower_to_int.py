@@ -67,7 +67,7 @@ class LowerToInt(Pass):
         states = PROPAGATIONS[act_dtype](graph, marks.ranges, act_dtype).run()
         _check_all_quantized(states)
         params, requantized = _insert_requantizations(graph, states)
-        weights = sum(_lower_constants(graph, node, params, marks.weight_axes, act_dtype)
+        weights = sum(_lower_constants(graph, node, params, marks, act_dtype)
                       for node in list(graph.nodes))
         _retype_activations(graph, params, act_dtype)
         folded = _fold_trivial_requantizations(graph)
@@ -142,6 +142,7 @@ class LowerToInt(Pass):
 class _Marks:
     ranges: dict[int, QParams] = field(default_factory=dict)  # activation id -> calibrated parameters
     weight_axes: dict[tuple[int, int], Optional[int]] = field(default_factory=dict)  # (node id, operand) -> axis
+    weight_grids: dict[tuple[int, int], tuple[int, bool]] = field(default_factory=dict)  # trained: (bits, narrow)
 
 
 def _erase_fake_quants(graph: Graph, fake_quants: list[Node]) -> _Marks:
@@ -153,11 +154,25 @@ def _erase_fake_quants(graph: Graph, fake_quants: list[Node]) -> _Marks:
         if node.attrs["weights"]:
             for use in node.result.uses:
                 marks.weight_axes[(id(use.node), use.index)] = node.attrs["axis"]
+                if node.attrs["bits"] is not None:
+                    marks.weight_grids[(id(use.node), use.index)] = (node.attrs["bits"], node.attrs["narrow_range"])
         elif not source.is_constant and not _is_fixed_output(source):
-            marks.ranges[id(source)] = qmath.activation_qparams(node.attrs["min"], node.attrs["max"],
-                                                                node.attrs["dtype"])
+            marks.ranges[id(source)] = _activation_params(node)
         graph.replace_node(node, [source])
     return marks
+
+
+def _activation_params(fake_quant: Node) -> QParams:
+    """A calibrated range gets the converter's parameters; a trained one (QAT, `bits` set) its fake-quant grid."""
+    attrs = fake_quant.attrs
+    if attrs["bits"] is None:
+        return qmath.activation_qparams(attrs["min"], attrs["max"], attrs["dtype"])
+    if attrs["bits"] != 8 or attrs["dtype"] != "i8":
+        raise QCompilerError(
+            f"{_describe_tensor(fake_quant.operands[0])} was trained with {attrs['bits']}-bit activations; int8 "
+            "kernels clamp results to the 8-bit range only, so the integer model could not reproduce it. Train with "
+            "activation_bits=8 (weights may have fewer bits)")
+    return qmath.fake_quant_qparams(attrs["min"], attrs["max"], 8, attrs["narrow_range"], "i8")
 
 
 def _is_fixed_output(value: Value) -> bool:
@@ -407,13 +422,13 @@ def _quantized_const(graph: Graph, array: np.ndarray, qp: QParams, like: Value, 
     return new
 
 
-def _lower_constants(graph: Graph, node: Node, params: dict[int, QParams], weight_axes: dict, act_dtype: str) -> int:
+def _lower_constants(graph: Graph, node: Node, params: dict[int, QParams], marks: _Marks, act_dtype: str) -> int:
     spec = _spec_of(node)
     if spec is None:
         return 0
     lowered = 0
     if spec.weight_operand is not None and spec.weight_operand < len(node.operands):
-        _lower_weights_and_bias(graph, node, spec, params, weight_axes, act_dtype)
+        _lower_weights_and_bias(graph, node, spec, params, marks, act_dtype)
         lowered += 1
     for index, operand in enumerate(node.operands):
         if index in (spec.weight_operand, spec.bias_operand) or not operand.is_constant or not operand.type.is_float:
@@ -429,9 +444,10 @@ def _lower_constants(graph: Graph, node: Node, params: dict[int, QParams], weigh
 
 
 def _lower_weights_and_bias(graph: Graph, node: Node, spec: OpQuantSpec, params: dict[int, QParams],
-                            weight_axes: dict, act_dtype: str) -> None:
+                            marks: _Marks, act_dtype: str) -> None:
     weights = node.operands[spec.weight_operand]
     key = (id(node), spec.weight_operand)
+    weight_axes = marks.weight_axes
     if key not in weight_axes:
         raise QCompilerError(f"{node.describe()}: weights %{weights.name} were not marked by insert-fake-quant")
     if not weights.is_constant:
@@ -448,7 +464,15 @@ def _lower_weights_and_bias(graph: Graph, node: Node, spec: OpQuantSpec, params:
         if not bias.is_constant:
             raise QCompilerError(f"{node.describe()}: bias %{bias.name} is not a constant")
     bias_data = None if bias is None else np.asarray(bias.data, np.float32)
-    if act_dtype == "i16":
+    grid = marks.weight_grids.get(key)
+    if grid is not None:  # trained (QAT) weights: the grid the training used, from the weights' own range
+        if act_dtype != "i8":
+            raise QCompilerError(f"{node.describe()}: trained (QAT) weights lower with int8 activations only")
+        lo, hi = qmath.symmetric_weight_range(w, axis)
+        wq = qmath.fake_quant_qparams(lo, hi, grid[0], grid[1], "i8", axis)
+        w_int = qmath.fake_quant_storage(w, lo, hi, grid[0], grid[1], "i8", axis)
+        bias_dtype = "i32"
+    elif act_dtype == "i16":
         wq, w_int = qmath.weight_qparams_16x8(w, axis if axis is not None else 0, bias_data, in_scale)
         bias_dtype = "i64"
     else:
@@ -456,10 +480,12 @@ def _lower_weights_and_bias(graph: Graph, node: Node, spec: OpQuantSpec, params:
         bias_dtype = "i32"
     if bias_data is not None:
         adjusted = qmath.bias_qparams(bias_data, in_scale, wq, dtype=bias_dtype)
+        if grid is not None and adjusted.weight != wq:
+            raise QCompilerError(f"{node.describe()}: bias %{bias.name} overflows int32 at the trained weight scale")
         wq = adjusted.weight
         b_int = qmath.quantize_bias(bias_data, adjusted.bias, dtype=bias_dtype)
         node.set_operand(spec.bias_operand, _quantized_const(graph, b_int, adjusted.bias, bias, node))
-    if act_dtype != "i16":
+    if grid is None and act_dtype != "i16":
         w_int = qmath.quantize_weights(w, wq)
     node.set_operand(spec.weight_operand, _quantized_const(graph, w_int, wq, weights, node))
 

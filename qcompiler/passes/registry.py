@@ -19,6 +19,7 @@ from qcompiler.errors import QCompilerError
 from qcompiler.passes.base import Pass, format_option
 from qcompiler.passes.calibrate import Calibrate
 from qcompiler.passes.canonicalize import Canonicalize
+from qcompiler.passes.complete_fake_quant import CompleteFakeQuant
 from qcompiler.passes.dce import DeadCodeElimination
 from qcompiler.passes.fold_affine import FoldAffine
 from qcompiler.passes.fold_batchnorm import FoldBatchNorm
@@ -34,6 +35,7 @@ from qcompiler.passes.weights_to_f16 import WeightsToF16
 PASSES: dict[str, type[Pass]] = {
     "calibrate": Calibrate,
     "canonicalize": Canonicalize,
+    "complete-fake-quant": CompleteFakeQuant,
     "dce": DeadCodeElimination,
     "fold-affine": FoldAffine,
     "fold-batchnorm": FoldBatchNorm,
