@@ -151,7 +151,7 @@ class _QuantWeights(keras.layers.Layer):
     def __init__(self, layer: dict, batch_norm: Optional[dict] = None, activation: str = "linear",
                  activation_name: Optional[str] = None, weight_bits: int = 8, per_channel: bool = True,
                  narrow_range: bool = True, quant_delay: int = 0, freeze_bn_delay: Optional[int] = None,
-                 **kwargs: Any) -> None:
+                 split_activation: Optional[str] = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if activation not in FUSED_ACTIVATIONS:
             raise ValueError(f"fused activation must be one of {FUSED_ACTIVATIONS}, got {activation!r}")
@@ -159,9 +159,13 @@ class _QuantWeights(keras.layers.Layer):
         self.batch_norm_config = None if batch_norm is None else _unbuilt(batch_norm)
         self.activation_kind = activation
         self.activation_name = activation_name
+        self.split_activation = split_activation  # the layer's own activation, now an Activation layer after it
         self.weight_bits = _check_bits(weight_bits, 2, 8)
         self.per_channel = bool(per_channel)
-        self.narrow_range = bool(narrow_range)
+        if not narrow_range:
+            raise ValueError("weights need narrow_range=True: TFLite's int8 weights have zero point 0, which only the "
+                             "symmetric grid [-(2^(bits-1) - 1), 2^(bits-1) - 1] guarantees")
+        self.narrow_range = True
         self.quant_delay = int(quant_delay)
         self.freeze_bn_delay = None if freeze_bn_delay is None else int(freeze_bn_delay)
         inner = keras.layers.deserialize(self.layer_config)
@@ -265,7 +269,7 @@ class _QuantWeights(keras.layers.Layer):
         config.update(layer=self.layer_config, batch_norm=self.batch_norm_config, activation=self.activation_kind,
                       activation_name=self.activation_name, weight_bits=self.weight_bits,
                       per_channel=self.per_channel, narrow_range=self.narrow_range, quant_delay=self.quant_delay,
-                      freeze_bn_delay=self.freeze_bn_delay)
+                      freeze_bn_delay=self.freeze_bn_delay, split_activation=self.split_activation)
         return config
 
 

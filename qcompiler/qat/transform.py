@@ -180,6 +180,7 @@ class _Options:
     freeze_bn_delay: Optional[int]
     range_mode: str
     ema_decay: float
+    dense_per_channel: bool
 
 
 class _Quantizer:
@@ -283,9 +284,10 @@ class _Quantizer:
                 key = self.flat.calls[user].output
         wrapper = QUANT_WEIGHT_LAYERS[type(layer)](
             layer=config, batch_norm=None if bn is None else keras.layers.serialize(bn), activation=activation,
-            activation_name=activation_name, weight_bits=o.weight_bits, per_channel=o.per_channel,
+            activation_name=activation_name, weight_bits=o.weight_bits,
+            per_channel=o.per_channel and (o.dense_per_channel or type(layer) is not L.Dense),
             narrow_range=o.narrow_range, quant_delay=o.quant_delay, freeze_bn_delay=o.freeze_bn_delay,
-            name=layer.name)
+            split_activation=after, name=layer.name)
         y = _apply(call, wrapper, env)
         _copy_weights(layer, wrapper.inner)
         if bn is not None:
@@ -296,11 +298,15 @@ class _Quantizer:
             return
         fq = self.fake_quant(f"{layer.name}_linear")
         y = fq(y)
-        act = L.Activation(after, name=f"{layer.name}_{after}")
+        act = L.Activation(after, name=split_activation_name(layer.name, after))
         y = act(y)
         fixed = FIXED_RANGES.get(after)
         env[key] = y
         self.mark(env, key, act.name, fixed)
+
+
+def split_activation_name(layer_name: str, activation: str) -> str:
+    return f"{layer_name}_{activation}"
 
 
 def _reapply(call: _Call, layer: Any, env: dict) -> Any:
@@ -313,21 +319,23 @@ def _reapply(call: _Call, layer: Any, env: dict) -> Any:
 
 def quantize_model(model: keras.Model, *, quant_delay: int = 0, weight_bits: int = 8, activation_bits: int = 8,
                    per_channel: bool = True, narrow_range: bool = True, freeze_bn_delay: Optional[int] = None,
-                   range_mode: str = "ema", ema_decay: float = 0.99) -> keras.Model:
+                   range_mode: str = "ema", ema_decay: float = 0.99, dense_per_channel: bool = True) -> keras.Model:
     """A trainable copy of `model` with fake quantization on weights and activations (see the module doc).
 
     quant_delay: training steps before fake quantization starts (ranges are tracked from the first step).
     weight_bits: 2..8 (symmetric, per output channel unless per_channel=False, narrow range [-(2^(b-1)-1),
-    2^(b-1)-1] unless narrow_range=False); activation_bits: 2..16 (int8 compilation needs 8).
+    2^(b-1)-1]; narrow_range=False is refused: only that grid has TFLite's zero point 0); activation_bits: 2..16 (int8 compilation needs 8).
     freeze_bn_delay: training steps after which folded batch norms use their moving statistics (None: batch
     statistics in every training step, moving ones at inference).
     range_mode: "ema" (moving averages, `ema_decay`) or "learned" (trainable min/max, PACT/LSQ-style).
+    dense_per_channel=False: Dense kernels per tensor even with per_channel (as tfmot does; TFLiteConverter
+    cannot read a per-channel FakeQuant on a MatMul kernel, so use it for a model the converter must read too).
     The input model is not modified; its weights are copied.
     """
     if range_mode not in ("ema", "learned"):
         raise ValueError(f"range_mode must be 'ema' or 'learned', got {range_mode!r}")
     options = _Options(int(quant_delay), int(weight_bits), int(activation_bits), bool(per_channel),
-                       bool(narrow_range), freeze_bn_delay, range_mode, float(ema_decay))
+                       bool(narrow_range), freeze_bn_delay, range_mode, float(ema_decay), bool(dense_per_channel))
     return _Quantizer(flatten_model(model), options).build(model.name)
 
 
@@ -339,9 +347,11 @@ def strip(model: keras.Model) -> keras.Model:
     activation (with their original names), every weight copied unchanged."""
     flat = flatten_model(model)
     env, inputs = _new_inputs(flat)
+    merged = {split_activation_name(c.layer.name, c.layer.split_activation) for c in flat.calls
+              if isinstance(c.layer, _QuantWeights) and c.layer.split_activation}
     for call in flat.calls:
         layer = call.layer
-        if isinstance(layer, FakeQuant):
+        if isinstance(layer, FakeQuant) or (type(layer) is L.Activation and layer.name in merged):
             env[call.output] = env[call.inputs[0]]
         elif isinstance(layer, _QuantWeights):
             env[call.output] = _strip_weights(call, layer, env)
@@ -354,7 +364,9 @@ def strip(model: keras.Model) -> keras.Model:
 def _strip_weights(call: _Call, layer: _QuantWeights, env: dict):
     config = dict(layer.layer_config)
     fuse_into_layer = layer.activation_name is None and layer.bn is None
-    if fuse_into_layer:
+    if layer.split_activation:
+        config["config"] = dict(config["config"], activation=layer.split_activation)
+    elif fuse_into_layer:
         config["config"] = dict(config["config"], activation=layer.activation_kind)
     inner = keras.layers.deserialize(config)
     y = _apply(call, inner, env)
