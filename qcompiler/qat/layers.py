@@ -8,7 +8,9 @@ qcompiler.qat registers them; qcompiler's own loader imports it).
   and a ReLU/ReLU6, whose weights are folded with the batch norm and fake-quantized before the convolution, so
   that the weights that train are the weights that ship.
 
-Every layer counts its training calls (`step`); fake quantization is off while step < quant_delay.
+Every layer counts its training calls (`step`); fake quantization is off in training while step < quant_delay
+(ranges are tracked meanwhile). Inference always quantizes, like tf.contrib.quantize's eval graph, so the
+inference graph holds only TF fake-quant ops and TFLiteConverter can read it.
 """
 from __future__ import annotations
 
@@ -85,7 +87,7 @@ class FakeQuant(keras.layers.Layer):
             self.step.assign_add(ops.cast(1, "int64"))
         lo, hi = include_zero(self.range_min, self.range_max)
         quantized = fake_quant(x, lo, hi, self.bits, self.narrow_range, self.per_channel)
-        if self.quant_delay <= 0:
+        if not training or self.quant_delay <= 0:  # inference always quantizes, as tf.contrib's eval graph
             return quantized
         return ops.where(active, quantized, x)
 
@@ -252,7 +254,7 @@ class _QuantWeights(keras.layers.Layer):
         if training:
             self.step.assign_add(ops.cast(1, "int64"))
         q_kernel = self.quantized_kernel(kernel)
-        if self.quant_delay > 0:
+        if training and self.quant_delay > 0:
             q_kernel = ops.where(active, q_kernel, kernel)
         y = self._linear(x, q_kernel) + bias
         if self.activation_kind == "relu":
