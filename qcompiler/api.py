@@ -48,11 +48,12 @@ def quantize(model_or_graph: Union[ModelLike, Graph], mode: str = "int8", calibr
              per_channel: bool = True, default_ranges: Optional[Sequence[float]] = None,
              input_stats: Optional[Sequence[float]] = None, batch_size: int = 32,
              calibration_stats: Optional[Mapping] = None, calibrate_with: str = "tflite",
-             progress: Optional[TextIO] = None) -> Graph:
+             progress: Optional[TextIO] = None, int4_weights: bool = True) -> Graph:
     """The integer IR graph of a model: float pipeline, insert-fake-quant, calibrate, lower-to-int.
 
     `calibration_stats` (from an earlier `calibration_statistics` call) replaces `calibration_data`, so another
-    observer can be tried without running the data again.
+    observer can be tried without running the data again. `int4_weights`: weights trained (QAT) with <= 4 bits
+    are stored as TFLite INT4 (False: int8 storage holding the same levels).
     """
     from qcompiler.passes.calibrate import apply_ranges
     from qcompiler.passes.dce import DeadCodeElimination
@@ -84,7 +85,7 @@ def quantize(model_or_graph: Union[ModelLike, Graph], mode: str = "int8", calibr
         raise QCompilerError(f"mode {mode} needs calibration data (--calibration DATA.npy or calibration_data=...) "
                              "or --default-ranges MIN,MAX")
     lower = LowerToInt(io=io, default_ranges=_pair(default_ranges, "default ranges"),
-                       input_stats=_pair(input_stats, "input stats"))
+                       input_stats=_pair(input_stats, "input stats"), int4=int4_weights)
     return run_passes(graph, [lower, DeadCodeElimination()])
 
 

@@ -117,19 +117,25 @@ def test_converter_reads_the_same_qat_model_and_agrees(trained):
     assert np.mean(a == b) >= 0.99
 
 
-def test_four_bit_weights_are_stored_with_at_most_15_levels(trained):
+def test_four_bit_weights_are_stored_as_int4_with_at_most_15_levels(trained):
     x_train, y_train, x_test, _ = _digits()
     qat = quantize_model(_cnn(), weight_bits=4)
     qat.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
     qat.fit(x_train[:256], y_train[:256], epochs=1, batch_size=32, verbose=0)
     graph = qcompiler.quantize(qat, "int8")
-    kernels = [n for n in graph.find("const") if n.result.name.endswith("kernel.int")]
-    assert len(kernels) == 4
-    for node in kernels:
-        data = np.asarray(node.attrs["value"])
+    kernels = [n.result for n in graph.find("const") if n.result.name.endswith("kernel.int")]
+    assert sorted(k.type.dtype for k in kernels) == ["i4"] * 4  # conv2d and fully_connected: TFLite INT4
+    for kernel in kernels:
+        data = np.asarray(kernel.data)
         for channel in data.reshape(data.shape[0], -1):
             assert len(np.unique(channel)) <= 15 and np.abs(channel).max() <= 7
-    outputs = tflite_predict(qcompiler.compile(qat, mode="int8"), x_test)
+    int4 = qcompiler.compile(qat, mode="int8")
+    int8_storage = qcompiler.compile(qat, mode="int8", int4_weights=False)
+    weight_count = sum(int(np.prod(k.type.shape)) for k in kernels)
+    assert len(int8_storage) - len(int4) >= weight_count // 2 - 64  # two weights per byte
+    raw = tflite_predict(int4, x_test, raw=True)
+    np.testing.assert_array_equal(raw, tflite_predict(int8_storage, x_test, raw=True))
+    outputs = tflite_predict(int4, x_test)
     assert np.mean(outputs.argmax(-1) == qat.predict(x_test, verbose=0).argmax(-1)) >= 0.99
 
 

@@ -38,6 +38,11 @@ from qcompiler.quant.spec import FIXED, OWN, SAME, OpQuantSpec, quant_spec
 _NOT_ACTIVATIONS = ("const", "fake_quant", "quantize", "dequantize", "cast")
 
 
+# Ops whose int8 kernels in ai-edge-litert 2.3 load INT4 weights: CONV_2D v7 and FULLY_CONNECTED v10, the versions
+# TFLiteConverter writes. DEPTHWISE_CONV_2D needs v7, which that runtime does not register: int8 storage instead.
+INT4_WEIGHT_OPS = ("conv2d", "fully_connected")
+
+
 class MissingRangeError(QCompilerError):
     pass
 
@@ -54,6 +59,7 @@ class LowerToInt(Pass):
     io: Literal["int8", "int16", "uint8", "float"] = "int8"
     default_ranges: Optional[tuple[float, float]] = None
     input_stats: Optional[tuple[float, float]] = None  # uint8 inputs: real = (q - mean) / std
+    int4: bool = True  # trained weights of <= 4 bits as TFLite INT4 where the runtime accepts it (INT4_WEIGHT_OPS)
 
     def run(self, graph: Graph) -> PassResult:
         fake_quants = graph.find("fake_quant")
@@ -67,6 +73,7 @@ class LowerToInt(Pass):
         states = PROPAGATIONS[act_dtype](graph, marks.ranges, act_dtype).run()
         _check_all_quantized(states)
         params, requantized = _insert_requantizations(graph, states)
+        marks.int4 = self.int4
         weights = sum(_lower_constants(graph, node, params, marks, act_dtype)
                       for node in list(graph.nodes))
         _retype_activations(graph, params, act_dtype)
@@ -143,6 +150,7 @@ class _Marks:
     ranges: dict[int, QParams] = field(default_factory=dict)  # activation id -> calibrated parameters
     weight_axes: dict[tuple[int, int], Optional[int]] = field(default_factory=dict)  # (node id, operand) -> axis
     weight_grids: dict[tuple[int, int], tuple[int, bool]] = field(default_factory=dict)  # trained: (bits, narrow)
+    int4: bool = True  # store trained weights of <= 4 bits as i4
 
 
 def _erase_fake_quants(graph: Graph, fake_quants: list[Node]) -> _Marks:
@@ -487,7 +495,10 @@ def _lower_weights_and_bias(graph: Graph, node: Node, spec: OpQuantSpec, params:
         node.set_operand(spec.bias_operand, _quantized_const(graph, b_int, adjusted.bias, bias, node))
     if grid is None and act_dtype != "i16":
         w_int = qmath.quantize_weights(w, wq)
-    node.set_operand(spec.weight_operand, _quantized_const(graph, w_int, wq, weights, node))
+    w_const = _quantized_const(graph, w_int, wq, weights, node)
+    if grid is not None and grid[0] <= 4 and marks.int4 and node.op in INT4_WEIGHT_OPS:
+        w_const.type = TensorType(w_const.type.shape, "i4", wq)
+    node.set_operand(spec.weight_operand, w_const)
 
 
 def _retype_activations(graph: Graph, params: dict[int, QParams], act_dtype: str) -> None:

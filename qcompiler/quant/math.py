@@ -18,6 +18,7 @@ ArrayLike = Union[float, Sequence[float], np.ndarray]
 # Storage ranges of the quantized element types.
 QRANGES: dict[str, tuple[int, int]] = {
     "i8": (-128, 127),
+    "i4": (-8, 7),
     "u8": (0, 255),
     "i16": (-32768, 32767),
     "i32": (-(2**31), 2**31 - 1),
@@ -339,7 +340,7 @@ def quantize_constant(x: np.ndarray, qparams: QParams, dtype: str = "i8", narrow
     return np.clip(round_half_away(scaled), qmin, qmax).astype(np.dtype(_NP_INT[dtype]))
 
 
-_NP_INT = {"i8": np.int8, "u8": np.uint8, "i16": np.int16, "i32": np.int32, "i64": np.int64}
+_NP_INT = {"i4": np.int8, "i8": np.int8, "u8": np.uint8, "i16": np.int16, "i32": np.int32, "i64": np.int64}
 
 
 # ----------------------------------------------------------------------------------------------------
