@@ -167,3 +167,45 @@ def test_add_relu_and_concatenate_get_one_fake_quant_each_where_tflite_has_one_s
     # average pooling re-applies its input's quantizer (same grid), without a range of its own
     avg_input = qat.get_layer("sum_relu_quant")
     assert len(avg_input._inbound_nodes) == 2
+
+
+def test_learned_ranges_are_trainable_and_receive_gradients_from_clipped_values():
+    import tensorflow as tf
+
+    layer = FakeQuant(mode="learned")
+    x = np.linspace(-2, 2, 41, dtype=np.float32)[None]
+    layer(x[:, 10:31], training=True)  # the first batch starts the range: [-1, 1]
+    assert {w.name for w in layer.trainable_weights} == {"min", "max"}
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(x, training=True))
+    grads = dict(zip([w.name for w in layer.trainable_weights], tape.gradient(loss, layer.trainable_weights)))
+    grid = qmath.fake_quant_grid(float(layer.range_min.numpy()), float(layer.range_max.numpy()))
+    assert float(grads["min"]) == np.sum(x < grid.nudged_min) >= 10  # the values clipped at each end
+    assert float(grads["max"]) == np.sum(x > grid.nudged_max) >= 9
+
+
+def test_sequential_and_nested_models_are_flattened_into_one_qat_model():
+    keras.utils.set_random_seed(0)
+    block = keras.Sequential([keras.Input((8, 8, 4)), L.Conv2D(4, 3, padding="same"), L.BatchNormalization(),
+                              L.ReLU()], name="block")
+    model = keras.Sequential([keras.Input((8, 8, 1)), L.Conv2D(4, 1), block, L.GlobalAveragePooling2D(),
+                              L.Dense(3)])
+    qat = quantize_model(model)
+    kinds = [type(layer).__name__ for layer in qat.layers]
+    assert kinds.count("QuantConv2D") == 2 and "BatchNormalization" not in kinds and "Sequential" not in kinds
+    x = _data(8)
+    np.testing.assert_allclose(np.asarray(strip(qat)(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_hand_placed_fake_quant_layers_compile_with_their_ranges():
+    import qcompiler
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,), name="x")
+    h = FakeQuant(mode="fixed", min=-1.0, max=1.0, name="in_q")(inputs)
+    h = FakeQuant(mode="fixed", min=0.0, max=4.0, name="hidden_q")(L.Dense(5, activation="relu", name="hidden")(h))
+    outputs = FakeQuant(mode="fixed", min=-3.0, max=3.0, name="out_q")(L.Dense(2, name="out")(h))
+    model = keras.Model(inputs, outputs)
+    graph = qcompiler.quantize(model, "int8")
+    assert graph.inputs[0].type.quant.scale[0] == pytest.approx(2 / 255)
+    assert graph.outputs[0].type.quant.scale[0] == pytest.approx(6 / 255)
