@@ -90,7 +90,7 @@ def quantize(model_or_graph: Union[ModelLike, Graph], mode: str = "int8", calibr
 
 
 def _has_trained_ranges(graph: Graph) -> bool:
-    from qcompiler.passes.complete_fake_quant import has_trained_ranges
+    from qcompiler.passes.insert_missing_fake_quant import has_trained_ranges
 
     return has_trained_ranges(graph)
 
@@ -99,7 +99,7 @@ def _trained_ranges(graph: Graph, mode: str, calibration_data: Any, calibration_
     """A quantization-aware-trained model (qcompiler.qat): mark what training left out and use its ranges."""
     import warnings
 
-    from qcompiler.passes.complete_fake_quant import CompleteFakeQuant
+    from qcompiler.passes.insert_missing_fake_quant import InsertMissingFakeQuant
 
     if not _has_trained_ranges(graph):
         return False
@@ -109,7 +109,7 @@ def _trained_ranges(graph: Graph, mode: str, calibration_data: Any, calibration_
     if calibration_data is not None or calibration_stats is not None:
         warnings.warn("the model carries ranges from quantization-aware training; the calibration data is not used",
                       UserWarning, stacklevel=3)
-    run_passes(graph, [CompleteFakeQuant()])
+    run_passes(graph, [InsertMissingFakeQuant()])
     return True
 
 

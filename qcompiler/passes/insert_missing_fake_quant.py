@@ -1,4 +1,4 @@
-"""complete-fake-quant: a graph imported from a quantization-aware-trained model already carries its trained
+"""insert-missing-fake-quant: a graph imported from a quantization-aware-trained model already carries its trained
 fake_quant nodes; mark only what training left out, so that lower-to-int can run without calibration.
 
     %c = conv2d(%x.q, %w, %b) : ...        ->   %w.q = fake_quant(%w) {axis=0, weights=true}
@@ -28,8 +28,8 @@ def has_trained_ranges(graph: Graph) -> bool:
 
 
 @dataclass(frozen=True)
-class CompleteFakeQuant(Pass):
-    name: ClassVar[str] = "complete-fake-quant"
+class InsertMissingFakeQuant(Pass):
+    name: ClassVar[str] = "insert-missing-fake-quant"
     summary: ClassVar[str] = ("after a QAT import: mark weights and needed activations that training left without "
                               "fake_quant (activations stay uncalibrated)")
 
