@@ -10,6 +10,7 @@ Data: scikit-learn's digits (8x8, upsampled to 28x28 as the demo does) and, when
   PTQ int8            qcompiler and TFLiteConverter, 200 calibration samples
   QAT int8            qcompiler.qat.quantize_model(quant_delay=...) trained from scratch like the float model, then
                       `qcompiler compile --mode int8` (the trained ranges, no calibration)
+  QAT int8 fine-tune  the float model fine-tuned with quantize_model (the same float model as the PTQ rows)
   PTQ 4-bit weights   the float model's weights on a 4-bit grid (int8 activations, ranges from the calibration
                       samples), no training
   QAT 4-bit weights   the float model fine-tuned with weight_bits=4, stored as TFLite INT4
@@ -180,6 +181,8 @@ def run(dataset: str, epochs: int, quant_delay_epochs: int, png: Optional[str]) 
     qat_log = train(qat, x, y, x_test, y_test, epochs)
     qat4 = quantize_model(float_model, weight_bits=4)
     train(qat4, x, y, x_test, y_test, max(2, epochs // 2), lr=5e-4)
+    qat_tuned = quantize_model(float_model)
+    train(qat_tuned, x, y, x_test, y_test, max(2, epochs // 2), lr=5e-4)
 
     def compiled(model, mode: str, **options) -> bytes:
         return qcompiler.compile(model, mode=mode, **options)
@@ -198,6 +201,9 @@ def run(dataset: str, epochs: int, quant_delay_epochs: int, png: Optional[str]) 
     qat_bytes = compiled(qat, "int8")
     rows.append(Row("QAT int8 (qcompiler)", accuracy(qat_bytes, x_test, y_test), len(qat_bytes), "int8 per-channel",
                     "QAT"))
+    tuned = compiled(qat_tuned, "int8")
+    rows.append(Row("QAT int8 fine-tune", accuracy(tuned, x_test, y_test), len(tuned), "int8 per-channel",
+                    "QAT fine-tune"))
     ptq4 = compiled(calibrated_4bit_ptq(float_model, calibration), "int8")
     rows.append(Row("PTQ 4-bit weights", accuracy(ptq4, x_test, y_test), len(ptq4), "int4 per-channel (INT4)",
                     "PTQ"))

@@ -12,7 +12,7 @@ from qcompiler.cli import main
 from qcompiler.demo import tflite_predict
 from qcompiler.errors import QCompilerError
 from qcompiler.passes.lower_to_int import DefaultRangesWarning
-from qcompiler.qat import quantize_model
+from qcompiler.qat import FakeQuant, quantize_model
 
 L = keras.layers
 
@@ -166,3 +166,11 @@ def test_residual_add_and_concatenate_compile_to_the_simulated_outputs():
     raw = tflite_predict(qcompiler.compile(qat, mode="int8"), x_test, raw=True)
     assert np.mean(raw.argmax(-1) == simulated.argmax(-1)) >= 0.99
     assert np.mean(np.abs(raw.astype(np.int64) - _to_int8(simulated)) <= 1) >= 0.98
+
+
+def test_activations_of_fewer_than_8_bits_are_refused_at_compile_time():
+    inputs = keras.Input((4,), name="x")
+    h = L.Dense(3, name="dense")(FakeQuant(bits=8, mode="fixed", min=-1.0, max=1.0, name="in_q")(inputs))
+    model = keras.Model(inputs, FakeQuant(bits=4, mode="fixed", min=-2.0, max=2.0, name="out_q")(h))
+    with pytest.raises(QCompilerError, match=r"%dense .*4-bit activations"):
+        qcompiler.compile(model, mode="int8")
