@@ -148,17 +148,20 @@ def test_a_range_training_never_saw_is_an_error_naming_it_or_takes_default_range
     assert len(model) > 0
 
 
-def test_residual_add_and_concatenate_compile_to_the_simulated_outputs():
+def test_depthwise_bn_relu6_residual_add_and_concatenate_compile_to_the_simulated_outputs():
     keras.utils.set_random_seed(2)
     inputs = keras.Input((8, 8, 1), name="image")
-    a = L.Conv2D(8, 3, padding="same", name="a")(inputs)
-    b = L.Conv2D(8, 1, name="b")(inputs)
+    d = L.DepthwiseConv2D(3, depth_multiplier=4, padding="same", use_bias=False, name="dw")(inputs)
+    d = L.ReLU(6.0, name="dw_relu6")(L.BatchNormalization(name="dw_bn")(d))
+    a = L.Conv2D(8, 3, padding="same", name="a")(d)
+    b = L.Conv2D(8, 1, name="b")(d)
     s = L.ReLU(name="sum_relu")(L.Add(name="sum")([a, b]))
     c = L.Concatenate(name="cat")([L.Conv2D(4, 1, activation="relu", name="c")(s), L.AveragePooling2D(
         1, name="avg")(s)])
     x = L.GlobalAveragePooling2D(name="gap")(c)
     outputs = L.Dense(10, activation="softmax", name="probs")(x)
     qat = quantize_model(keras.Model(inputs, outputs))
+    assert type(qat.get_layer("dw")).__name__ == "QuantDepthwiseConv2D" and qat.get_layer("dw").bn is not None
     x_train, y_train, x_test, _ = _digits()
     qat.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
     qat.fit(x_train, y_train, epochs=2, batch_size=32, verbose=0)

@@ -39,7 +39,7 @@ def _folded(layer) -> tuple[np.ndarray, np.ndarray]:
     kernel = _weights(inner.kernel)
     bias = _weights(inner.bias) if inner.use_bias else None
     if layer.bn is None:
-        channels = kernel.shape[-1] if not isinstance(layer, QuantDepthwiseConv2D) else kernel.shape[-2] * kernel.shape[-1]
+        channels = kernel.shape[-2] * kernel.shape[-1] if isinstance(layer, QuantDepthwiseConv2D) else kernel.shape[-1]
         return kernel, bias if bias is not None else np.zeros(channels, np.float32)
     bn = layer.bn
     mean, variance = _weights(bn.moving_mean), _weights(bn.moving_variance)

@@ -324,7 +324,8 @@ def quantize_model(model: keras.Model, *, quant_delay: int = 0, weight_bits: int
 
     quant_delay: training steps before fake quantization starts (ranges are tracked from the first step).
     weight_bits: 2..8 (symmetric, per output channel unless per_channel=False, narrow range [-(2^(b-1)-1),
-    2^(b-1)-1]; narrow_range=False is refused: only that grid has TFLite's zero point 0); activation_bits: 2..16 (int8 compilation needs 8).
+    2^(b-1)-1]; narrow_range=False is refused: only that grid has TFLite's zero point 0).
+    activation_bits: 2..16 (int8 compilation needs 8).
     freeze_bn_delay: training steps after which folded batch norms use their moving statistics (None: batch
     statistics in every training step, moving ones at inference).
     range_mode: "ema" (moving averages, `ema_decay`) or "learned" (trainable min/max, PACT/LSQ-style).
