@@ -177,3 +177,18 @@ def test_activations_of_fewer_than_8_bits_are_refused_at_compile_time():
     model = keras.Model(inputs, FakeQuant(bits=4, mode="fixed", min=-2.0, max=2.0, name="out_q")(h))
     with pytest.raises(QCompilerError, match=r"%dense .*4-bit activations"):
         qcompiler.compile(model, mode="int8")
+
+
+def test_learned_ranges_compile_to_the_simulated_outputs():
+    x_train, y_train, x_test, _ = _digits()
+    qat = quantize_model(_cnn(), range_mode="learned")
+    qat.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    qat.fit(x_train[:512], y_train[:512], epochs=2, batch_size=32, verbose=0)
+    learned = qat.get_layer("hidden_quant")
+    assert learned.range_max.trainable
+    graph = qcompiler.import_keras(qat)
+    node = next(n for n in graph.find("fake_quant") if n.attrs["min"] is not None and n.layer == "hidden_quant")
+    assert node.attrs["max"] == pytest.approx(float(learned.range_max.numpy()))
+    simulated = qat.predict(x_test, verbose=0)
+    outputs = tflite_predict(qcompiler.compile(qat, mode="int8"), x_test)
+    assert np.mean(outputs.argmax(-1) == simulated.argmax(-1)) >= 0.99
