@@ -18,7 +18,7 @@ from typing import ClassVar
 
 from qcompiler.ir.graph import Graph, Value
 from qcompiler.passes.base import Pass, PassResult
-from qcompiler.passes.insert_fake_quant import NotQuantizableError, calibrated_values
+from qcompiler.passes.insert_fake_quant import _PASS_THROUGH, NotQuantizableError, calibrated_values
 from qcompiler.quant.spec import quant_spec
 
 
@@ -44,7 +44,7 @@ class InsertMissingFakeQuant(Pass):
     def _mark_weights(graph: Graph) -> int:
         marked = 0
         for node in list(graph.nodes):
-            if node.op in ("const", "fake_quant", "quantize", "dequantize"):
+            if node.op in _PASS_THROUGH:
                 continue
             spec = quant_spec(node.op)
             index = spec.weight_operand if spec is not None else None
@@ -80,7 +80,7 @@ class InsertMissingFakeQuant(Pass):
 
 def _check_quantizable(graph: Graph) -> None:
     for node in graph.nodes:
-        if node.op in ("const", "fake_quant", "quantize", "dequantize"):
+        if node.op in _PASS_THROUGH:
             continue
         spec = quant_spec(node.op)
         if spec is None:

@@ -34,9 +34,6 @@ from qcompiler.passes.base import Pass, PassResult
 from qcompiler.quant import math as qmath
 from qcompiler.quant.spec import FIXED, OWN, SAME, OpQuantSpec, quant_spec
 
-# Ops whose results are not activations to quantize (conversions already explicit, constants).
-_NOT_ACTIVATIONS = ("const", "fake_quant", "quantize", "dequantize", "cast")
-
 
 # Ops whose int8 kernels in ai-edge-litert 2.3 load INT4 weights: CONV_2D v7 and FULLY_CONNECTED v10, the versions
 # TFLiteConverter writes. DEPTHWISE_CONV_2D needs v7, which that runtime does not register: int8 storage instead.
@@ -189,7 +186,9 @@ def _is_fixed_output(value: Value) -> bool:
 
 
 def _spec_of(node: Optional[Node]) -> Optional[OpQuantSpec]:
-    if node is None or node.op in _NOT_ACTIVATIONS:
+    """The quantization recipe of the node's op; None for graph inputs, constants, conversions (fake_quant,
+    quantize, dequantize, cast) and ops without an integer kernel."""
+    if node is None:
         return None
     return quant_spec(node.op)
 

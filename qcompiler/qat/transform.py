@@ -23,12 +23,11 @@ from typing import Any, Optional
 import keras
 
 from qcompiler.qat.layers import FUSED_ACTIVATIONS, QUANT_WEIGHT_LAYERS, FakeQuant, _QuantWeights
-from qcompiler.quant.spec import QUANT_SPEC
+from qcompiler.quant.spec import quant_spec
 
 L = keras.layers
 # kernel-fixed output ranges (int8): the same table lower-to-int uses
-FIXED_RANGES = {"softmax": QUANT_SPEC["softmax"].fixed_i8, "sigmoid": QUANT_SPEC["sigmoid"].fixed_i8,
-                "tanh": QUANT_SPEC["tanh"].fixed_i8}
+FIXED_RANGES = {op: quant_spec(op).fixed_i8 for op in ("softmax", "sigmoid", "tanh")}
 KEEP_GRID = (L.MaxPooling2D, L.Flatten, L.Reshape, L.ZeroPadding2D, L.Cropping2D, L.UpSampling2D,
              L.GlobalMaxPooling2D, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.GaussianNoise,
              L.GaussianDropout, L.AlphaDropout)
