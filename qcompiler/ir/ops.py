@@ -79,13 +79,16 @@ class Weights:
     hybrid: TFLite has a dynamic-range kernel for it (float activations, int8 weights): quantize-weights
       quantizes its weights and the writer accepts the mix.
     affine_foldable: output channel c is sum(x * w[c]) + bias[c] with the input channels on the weights' last
-      axis, so fold-batchnorm and fold-affine may fold a per-channel mul/add into weights and bias."""
+      axis, so fold-batchnorm and fold-affine may fold a per-channel mul/add into weights and bias.
+    int4: ai-edge-litert's int8 kernel loads TFLite INT4 weights (CONV_2D v7, FULLY_CONNECTED v10); lower-to-int
+      stores weights trained with <= 4 bits that way."""
 
     out_axis: int
     operand: int = 1
     bias: Optional[int] = 2
     hybrid: bool = True
     affine_foldable: bool = True
+    int4: bool = False
 
 
 @dataclass(frozen=True)
@@ -656,12 +659,12 @@ OPS: dict[str, OpDef] = {
         _def("const", 0, 0, {"value": array()}, _infer_const, lambda xs, a: [np.asarray(a["value"])],
              _NOT_ACTIVATION, None, "a constant tensor", constant_foldable=False),
         _def("conv2d", 2, 3, dict(_CONV_ATTRS), _infer_conv2d, _compute_conv2d, _OWN, "CONV_2D",
-             "(x, w[o,kh,kw,i], bias?)", weights=Weights(out_axis=0), absorbs_zero_pad=True),
+             "(x, w[o,kh,kw,i], bias?)", weights=Weights(out_axis=0, int4=True), absorbs_zero_pad=True),
         _def("depthwise_conv2d", 2, 3, {**_CONV_ATTRS, "depth_multiplier": integer(1, minimum=1)}, _infer_depthwise,
              _compute_depthwise, _OWN, "DEPTHWISE_CONV_2D", "(x, w[1,kh,kw,c*m], bias?)",
              weights=Weights(out_axis=3), absorbs_zero_pad=True),
         _def("fully_connected", 2, 3, {"activation": _ACTIVATION}, _infer_fc, _compute_fc, _OWN, "FULLY_CONNECTED",
-             "(x, w[o,i], bias?) on the last axis", weights=Weights(out_axis=0)),
+             "(x, w[o,i], bias?) on the last axis", weights=Weights(out_axis=0, int4=True)),
         _def("batch_norm", 5, 5, {"epsilon": real()}, _infer_batch_norm, _compute_batch_norm, _FLOAT, None,
              "(x, gamma, beta, mean, var) on the last axis; fold-batchnorm removes it"),
         _def("add", 2, 2, {"activation": _ACTIVATION}, _infer_binary, _binary(np.add), _OWN, "ADD",

@@ -29,15 +29,17 @@ import numpy as np
 
 from qcompiler.errors import QCompilerError
 from qcompiler.ir.graph import Graph, Node, Value
+from qcompiler.ir.ops import OPS
 from qcompiler.ir.types import QParams, TensorType
 from qcompiler.passes.base import Pass, PassResult
 from qcompiler.quant import math as qmath
 from qcompiler.quant.spec import FIXED, OWN, SAME, OpQuantSpec, quant_spec
 
 
-# Ops whose int8 kernels in ai-edge-litert 2.3 load INT4 weights: CONV_2D v7 and FULLY_CONNECTED v10, the versions
-# TFLiteConverter writes. DEPTHWISE_CONV_2D needs v7, which that runtime does not register: int8 storage instead.
-INT4_WEIGHT_OPS = ("conv2d", "fully_connected")
+# Ops whose int8 kernels in ai-edge-litert 2.3 load INT4 weights (OpDef.weights.int4): CONV_2D v7 and
+# FULLY_CONNECTED v10, the versions TFLiteConverter writes. DEPTHWISE_CONV_2D needs v7, which that runtime does
+# not register: int8 storage instead.
+INT4_WEIGHT_OPS = frozenset(name for name, d in OPS.items() if d.weights is not None and d.weights.int4)
 
 
 class MissingRangeError(QCompilerError):
