@@ -192,3 +192,15 @@ def test_learned_ranges_compile_to_the_simulated_outputs():
     simulated = qat.predict(x_test, verbose=0)
     outputs = tflite_predict(qcompiler.compile(qat, mode="int8"), x_test)
     assert np.mean(outputs.argmax(-1) == simulated.argmax(-1)) >= 0.99
+
+
+def test_a_qat_compile_is_its_printed_pipeline(trained, capsys):
+    from qcompiler.backend.tflite_writer import write_tflite
+
+    _, path, _, _ = trained
+    assert main(["compile", str(path), "--mode", "int8", "--print-pipeline"]) == 0
+    pipeline = capsys.readouterr().out.strip()
+    assert pipeline == qcompiler.pipeline_for("int8", trained=True)
+    assert "insert-missing-fake-quant" in pipeline and "calibrate" not in pipeline
+    graph = qcompiler.run_passes(qcompiler.import_keras(path), pipeline)
+    assert write_tflite(graph) == qcompiler.compile(path, mode="int8")
