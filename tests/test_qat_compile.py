@@ -141,7 +141,8 @@ def test_four_bit_weights_are_stored_as_int4_with_at_most_15_levels(trained):
 
 def test_a_range_training_never_saw_is_an_error_naming_it_or_takes_default_ranges():
     qat = quantize_model(_cnn())  # never trained: no range was ever observed
-    with pytest.raises(QCompilerError, match=r"%image \(model input\).*%conv1/conv2d \(Keras layer 'conv1'\)"):
+    with pytest.raises(QCompilerError, match=r"no trained range: %image \(model input\).*%conv1/conv2d \(Keras layer "
+                       r"'conv1'\).*--default-ranges"):
         qcompiler.compile(qat, mode="int8")
     with pytest.warns(DefaultRangesWarning, match="conv1"):
         model = qcompiler.compile(qat, mode="int8", default_ranges=(-6.0, 6.0))

@@ -105,6 +105,12 @@ class LowerToInt(Pass):
         if not missing:
             return
         listing = ", ".join(_describe_tensor(n.operands[0]) for n in missing)
+        if self.default_ranges is None and any(n.attrs["bits"] is not None for n in fake_quants):
+            raise MissingRangeError(
+                f"{len(missing)} tensor(s) of this quantization-aware-trained model have no trained range: {listing}. "
+                "Training never saw them (a FakeQuant never called in training, or no FakeQuant where the int8 model "
+                "needs a range): train with qcompiler.qat.quantize_model's layers, or fill them with --default-ranges "
+                "MIN,MAX")
         if self.default_ranges is None:
             raise MissingRangeError(
                 f"{len(missing)} tensor(s) have no calibrated range: {listing}. Calibrate with data that reaches "
