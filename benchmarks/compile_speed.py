@@ -1,14 +1,16 @@
 """Compile speed: qcompiler vs TFLiteConverter on one keras.applications model (weights=None, random BN stats).
 
 Both run in the same process on the same model (and data), so the ratio is meaningful on a noisy machine:
-    python benchmarks/compile_speed.py                                  # MobileNetV2 224x224, int8, 100 samples
-    python benchmarks/compile_speed.py --mode float32 --model VGG16 --size 96
-    python benchmarks/compile_speed.py --mode int8 --model ResNet50 --size 96 --samples 20 --repeats 3
+    python benchmarks/compile_speed.py       # MobileNetV2 224x224, int8, 100 samples, executors exact and fast
+    python benchmarks/compile_speed.py --mode float32 --model VGG16 --size 96 --repeats 3
+    python benchmarks/compile_speed.py --model ResNet50 --size 96 --samples 20 --executor fast
     python benchmarks/compile_speed.py --mode float32 --model VGG16 --size 96 --profile   # where the time goes
 
 float32: `qcompiler.compile(model, "float32")` against `TFLiteConverter.from_keras_model(model).convert()`.
 int8: full integer PTQ (int8 inputs/outputs) on the same calibration samples; the converter is calibrated one
-sample at a time, as `qcompiler.demo.converter_int8` does.
+sample at a time, as `qcompiler.demo.converter_int8` does. qcompiler runs once per calibration executor given:
+`exact` (the default: TensorFlow's TFLite runtime configured as the converter's calibrator, ranges bit for bit)
+and `fast` (XNNPACK). The converter runs between them, so slow drift of the machine's load favours neither side.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # this checkout's qcompiler
 
 import numpy as np  # noqa: E402
 
@@ -35,7 +37,7 @@ def build_model(name: str, size: int):
     return randomize_batchnorm(model, seed=0)
 
 
-def qcompiler_float32(model, samples: np.ndarray = None, calibrate_with: str = "tflite") -> bytes:
+def qcompiler_float32(model, samples: np.ndarray = None, executor: str = "") -> bytes:
     import qcompiler
 
     return qcompiler.compile(model, mode="float32")
@@ -54,10 +56,10 @@ def converter_float32(model, samples: np.ndarray = None) -> bytes:
         return converter.convert()
 
 
-def qcompiler_int8(model, samples: np.ndarray, calibrate_with: str = "tflite") -> bytes:
+def qcompiler_int8(model, samples: np.ndarray, executor: str = "exact") -> bytes:
     import qcompiler
 
-    return qcompiler.compile(model, mode="int8", calibration_data=samples, calibrate_with=calibrate_with)
+    return qcompiler.compile(model, mode="int8", calibration_data=samples, executor=executor)
 
 
 MODES = {"float32": (qcompiler_float32, converter_float32), "int8": (qcompiler_int8, converter_int8)}
@@ -88,26 +90,32 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=100, help="calibration samples (int8)")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=1, help="best of N for each compiler")
-    parser.add_argument("--calibrate-with", default="tflite", choices=("tflite", "tensorflow", "numpy"),
-                        help="qcompiler's calibration executor (tensorflow: ranges bit-exact with the converter)")
+    parser.add_argument("--executor", nargs="+", default=["exact", "fast"], choices=("exact", "fast", "numpy"),
+                        help="int8: qcompiler's calibration executors to time (exact: ranges bit-exact with the "
+                             "converter)")
     parser.add_argument("--profile", action="store_true", help="profile qcompiler's compile instead of timing")
     args = parser.parse_args()
     ours_fn, theirs_fn = MODES[args.mode]
+    executors = args.executor if args.mode == "int8" else [""]
     model = build_model(args.model, args.size)
     samples = np.random.default_rng(0).uniform(-1, 1, (args.samples, args.size, args.size, 3)).astype(np.float32)
-    ours_fn(model, samples[:2], args.calibrate_with)  # warm-up: imports and first-call costs, for both sides below
+    for executor in executors:  # warm-up: imports and first-call costs, for both sides below
+        ours_fn(model, samples[:2], executor)
     if args.profile:
-        profile(ours_fn, model, samples, args.calibrate_with)
+        profile(ours_fn, model, samples, executors[0])
         return
     theirs_fn(model, samples[:2])
-    ours = min(timed(ours_fn, model, samples, args.calibrate_with)[0] for _ in range(args.repeats))
-    theirs = min(timed(theirs_fn, model, samples)[0] for _ in range(args.repeats))
+    ours = {}
+    for i, executor in enumerate(executors):
+        ours[executor] = min(timed(ours_fn, model, samples, executor)[0] for _ in range(args.repeats))
+        if i == 0:
+            theirs = min(timed(theirs_fn, model, samples)[0] for _ in range(args.repeats))
     what = "float32" if args.mode == "float32" else f"{args.samples} calibration samples, full int8"
     print(f"{args.model} {args.size}x{args.size}, {what}")
-    print(f"  TFLiteConverter: {theirs:7.2f} s")
-    extra = f"   (calibrate_with={args.calibrate_with})" if args.mode == "int8" else ""
-    print(f"  qcompiler:       {ours:7.2f} s{extra}")
-    print(f"  speed-up:        {theirs / ours:7.2f}x")
+    print(f"  TFLiteConverter:               {theirs:7.2f} s")
+    for executor, seconds in ours.items():
+        label = f"qcompiler (executor={executor:5s}):" if executor else "qcompiler:                    "
+        print(f"  {label} {seconds:7.2f} s   speed-up {theirs / seconds:5.2f}x")
 
 
 if __name__ == "__main__":

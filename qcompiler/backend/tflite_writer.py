@@ -91,6 +91,7 @@ _TFL_DTYPES: dict[str, int] = {
     "f16": TflType.FLOAT16,
     "f64": TflType.FLOAT64,
     "i8": TflType.INT8,
+    "i4": TflType.INT4,
     "u8": TflType.UINT8,
     "i16": TflType.INT16,
     "i32": TflType.INT32,
@@ -205,7 +206,10 @@ class _ModelWriter:
                   ) -> int:
         array = np.ascontiguousarray(array)
         t = t or TensorType(array.shape, array.dtype)
-        data = array.astype(array.dtype.newbyteorder("<"), copy=False).reshape(-1).view(np.uint8)
+        if t.dtype == "i4":
+            data = _pack_int4(array)
+        else:
+            data = array.astype(array.dtype.newbyteorder("<"), copy=False).reshape(-1).view(np.uint8)
         return self._add_tensor(name, t, self._add_buffer(t.dtype, data), of_value)
 
     def int32_const(self, values: Sequence[int] | np.ndarray, name: str) -> int:
@@ -260,7 +264,7 @@ class _ModelWriter:
         """
         activation = node.attrs.get("activation", "none")
         out = self.result_tensor(node.result)
-        if activation == "none" or (activation in _FUSED and node.op != "concat"):
+        if activation == "none" or (activation in _FUSED and OPS[node.op].tflite_fuses_activation):
             emit_main(_FUSED[activation], out)
             return
         if activation == "tanh" and _is_quantized(node.result.type):
@@ -282,6 +286,17 @@ def _fingerprint(data: np.ndarray) -> bytes:
     """A few hundred evenly spaced bytes and both ends of `data`: equal arrays have equal fingerprints."""
     step = max(data.size // _FINGERPRINT_SAMPLES, 1)
     return data[::step].tobytes() + data[-64:].tobytes()
+
+
+def _pack_int4(array: np.ndarray) -> np.ndarray:
+    """TFLite INT4 buffers: two values per byte, the first in the low nibble (an odd count ends half empty)."""
+    flat = np.asarray(array, np.int8).reshape(-1)
+    if np.any((flat < -8) | (flat > 7)):
+        raise BackendError("an INT4 constant holds values outside [-8, 7]")
+    nibbles = (flat.astype(np.uint8) & 0x0F)
+    if nibbles.size % 2:
+        nibbles = np.append(nibbles, np.uint8(0))
+    return (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8)
 
 
 def _const_data(value: Value) -> np.ndarray:
