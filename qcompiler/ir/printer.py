@@ -13,6 +13,8 @@ in full (`dense<[1.0, 2.0]>`); larger ones as `#` + a digest of dtype, shape and
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from typing import Any
 
 import numpy as np
@@ -58,7 +60,7 @@ def print_graph(graph: Graph, full_constants: bool = False) -> str:
 
 def print_node(node: Node, full_constants: bool = False) -> str:
     results = ", ".join(f"%{v.name}" for v in node.results)
-    layer = f"  # layer {node.layer}" if node.layer else ""
+    layer = f"  # layer {format_layer_name(node.layer)}" if node.layer else ""
     if node.op == "const":
         return f"{results} = const {node.result.type} {format_constant(node.attrs['value'], full_constants)}{layer}"
     operands = ", ".join(f"%{v.name}" for v in node.operands)
@@ -94,7 +96,7 @@ def format_value(value: Any) -> str:
     if isinstance(value, (float, np.floating)):
         return _format_attr_float(float(value))
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return json.dumps(value)  # escapes quotes, backslashes, control and non-ASCII characters
     if isinstance(value, np.ndarray):
         return format_value(value.tolist())
     if isinstance(value, (list, tuple)):
@@ -109,6 +111,17 @@ def _format_attr_float(value: float) -> str:
         return "inf" if value > 0 else "-inf"
     text = format_float(value)
     return text if any(c in text for c in ".en") else text + ".0"
+
+
+_PLAIN_LAYER_NAME = re.compile(r"[A-Za-z0-9_.\-/:+@ ]*[A-Za-z0-9_.\-/:+@]")
+
+
+def format_layer_name(name: str) -> str:
+    """A Keras layer name as the `# layer` comment shows it: as is when plain, else quoted with JSON escapes
+    (so a name holding a newline, a quote or `}` cannot change the lines around it)."""
+    if _PLAIN_LAYER_NAME.fullmatch(name) and not name.startswith(" "):
+        return name
+    return json.dumps(name)
 
 
 def format_constant(array: np.ndarray, full: bool = False) -> str:

@@ -65,6 +65,16 @@ def _verify_node(graph: Graph, node: Node, defined: set[int]) -> None:
     _verify_types(node, where)
 
 
+def verify_node_types(node: Node) -> None:
+    """The per-node checks of `verify` that need no graph context: arity, attributes, result types."""
+    where = node.describe()
+    try:
+        check_arity(node)
+    except IRError as err:
+        raise VerifyError(f"{where}: {err}") from None
+    _verify_types(node, where)
+
+
 def _verify_types(node: Node, where: str) -> None:
     if node.op in ("quantize",):
         return
