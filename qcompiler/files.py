@@ -33,7 +33,7 @@ def check_output_path(path: PathLike, inputs: Iterable[Optional[PathLike]] = ())
         raise OutputPathError(f"output path '{text}' names a folder; give a file name, e.g. -o model.tflite")
     try:
         info = os.lstat(target)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # the folder check in atomic_write says which
         info = None
     except OSError as err:
         raise OutputPathError(f"cannot write '{text}': {err.strerror}") from None

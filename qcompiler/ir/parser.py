@@ -108,7 +108,7 @@ class _Line:
 def parse(text: str, constants: Optional[Mapping[str, np.ndarray]] = None) -> Graph:
     if not isinstance(text, str):
         hint = " (decode it first: data.decode('utf-8'))" if isinstance(text, (bytes, bytearray)) else ""
-        raise TypeError(f"parse takes IR text as a str, got {type(text).__name__}{hint}")
+        raise TypeError(f"parse_ir takes IR text as a str, got {type(text).__name__}{hint}")
     if constants is not None and not isinstance(constants, Mapping):
         raise TypeError(f"constants must map digests to arrays, got {type(constants).__name__}")
     lines = [(i + 1, raw) for i, raw in enumerate(text.splitlines()) if raw.strip() and not raw.strip().startswith("//")]

@@ -28,9 +28,34 @@ DIGEST_CHARS = 6
 
 
 class ElidedArray(np.ndarray):
-    """Stand-in for a constant read from a dump that showed only its digest: right shape, no data."""
+    """Stand-in for a constant read from a dump that showed only its digest: right shape, values unknown.
+
+    It is a zero-strided view (no memory for any shape). Computing with it or serializing it raises instead of
+    silently using zeros; code that needs values checks `qcompiler.ir.checks.is_unknown` first.
+    """
 
     digest: str = ""
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):  # noqa: ANN001, ANN204
+        raise _unknown(self, f"numpy {ufunc.__name__}")
+
+    def __array_function__(self, func, types, args, kwargs):  # noqa: ANN001, ANN204
+        if func in (np.shape, np.ndim, np.size, np.result_type):
+            return super().__array_function__(func, types, args, kwargs)
+        raise _unknown(self, f"numpy {func.__name__}")
+
+    def tobytes(self, order: str = "C") -> bytes:  # noqa: D102
+        raise _unknown(self, "serializing")
+
+    def astype(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201, D102
+        raise _unknown(self, "converting")
+
+
+def _unknown(array: "ElidedArray", what: str) -> Exception:
+    from qcompiler.ir.graph import IRError
+
+    return IRError(f"{what} needs the values of constant #{array.digest}, which was read from a dump that shows "
+                   "only its digest; dump the model with --full-constants and use that file")
 
 
 def elided_array(shape: tuple[int, ...], dtype: np.dtype, digest: str) -> ElidedArray:
