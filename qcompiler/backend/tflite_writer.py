@@ -783,12 +783,12 @@ def write_tflite(graph: Graph, description: str = "qcompiler") -> bytes:
                 raise
             except (KeyError, IndexError, TypeError, ValueError, OverflowError, struct.error) as err:
                 raise BackendError(f"{node.describe()} cannot be written as TFLite: {type(err).__name__}: {err}") \
-                    from None
+                    from err
     outputs = [w.tensor_of(v) for v in graph.outputs]
     try:
         return _serialize(w, graph, inputs, outputs, description)
     except (OverflowError, struct.error, ValueError) as err:
-        raise BackendError(f"graph @{graph.name} cannot be written as TFLite: {type(err).__name__}: {err}") from None
+        raise BackendError(f"graph @{graph.name} cannot be written as TFLite: {type(err).__name__}: {err}") from err
 
 
 # Flatbuffers address with 32-bit offsets: a model and its buffers must stay under 2 GiB.

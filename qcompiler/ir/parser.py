@@ -21,6 +21,9 @@ from qcompiler.ir.printer import constant_digest, elided_array
 from qcompiler.ir.types import DTYPES, QParams, TensorType
 
 
+MAX_DIMENSION = 1 << 31  # TFLite stores dimensions as int32
+
+
 class ParseError(IRError):
     def __init__(self, message: str, line_no: int, line: str) -> None:
         super().__init__(f"line {line_no}: {message}\n    {line.strip()}")
@@ -153,7 +156,7 @@ def _guarded(make, raw: str, line_no: int, then=None):  # noqa: ANN001, ANN202
     except ParseError:
         raise
     except Exception as err:  # noqa: BLE001 - the safety net: never an exception without the line
-        raise ParseError(f"{type(err).__name__}: {err}", line_no, raw) from None
+        raise ParseError(f"{type(err).__name__}: {err}", line_no, raw) from err
     return line if then is None else _guarded_at(line, then, line)
 
 
@@ -167,8 +170,9 @@ def _guarded_at(line: "_Line", fn, *args):  # noqa: ANN001, ANN202
     except RecursionError:
         raise line.error("nested too deeply") from None
     except Exception as err:  # noqa: BLE001 - generic safety net, in addition to the specific messages
-        message = str(err) if isinstance(err, IRError) else f"{type(err).__name__}: {err}"
-        raise line.error(message) from None
+        if isinstance(err, IRError):
+            raise line.error(str(err)) from None
+        raise line.error(f"{type(err).__name__}: {err}") from err  # keeps the cause: a bug to fix where it arose
 
 
 def _parse_header(line: _Line) -> tuple[Graph, dict[str, Value]]:
@@ -342,6 +346,8 @@ def _parse_type(line: _Line) -> TensorType:
         if token.text == "?":
             dims.append(None)
         elif token.kind == "number" and token.text.isdigit():
+            if len(token.text) > 10 or int(token.text) >= MAX_DIMENSION:
+                raise line.error(f"dimension {token.text} is too large (TFLite dimensions are int32)")
             dims.append(int(token.text))
         else:
             raise line.error(f"expected a dimension or '?', found '{token.text}'")

@@ -65,6 +65,10 @@ class LowerToInt(Pass):
                                  "or give default ranges) before it, e.g. --pipeline "
                                  "\"insert-fake-quant,calibrate{data=samples.npy},lower-to-int\"")
         check_known_values(graph, "lower-to-int")
+        lowered = next((v for v in graph.values() if v.type.quant is not None), None)
+        if lowered is not None:
+            raise QCompilerError(f"lower-to-int: the graph is partly integer already (%{lowered.name} is "
+                                 f"{lowered.type}); run it once, on a float graph with fake_quant nodes")
         act_dtype = _activation_dtype(fake_quants)
         self._check_io(act_dtype)
         self._fill_missing_ranges(graph, fake_quants)
