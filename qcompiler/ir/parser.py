@@ -246,8 +246,7 @@ def _check_node(node: Node) -> None:
     from qcompiler.ir.verifier import verify_node_types
 
     verify_node_types(node)
-    if node.op == "const":
-        check_constant_values(node)
+    check_constant_values(node)  # NaN/inf constants, a batch norm's negative variance
 
 
 def _layer_from_comment(line: _Line) -> Optional[str]:
