@@ -341,6 +341,22 @@ PIPELINES = [
 ]
 
 
+def internal_bug(err: BaseException) -> Optional[str]:
+    """For a QCompilerError that wraps a non-qcompiler exception: the qcompiler file and line where that exception
+    was raised (a safety net caught a bug there), else None. Wrapping a library's exception (zipfile, Keras,
+    h5py, numpy called directly by the wrapper) is the intended translation, not a bug."""
+    import traceback
+
+    from qcompiler.errors import QCompilerError
+
+    cause = err.__cause__
+    if cause is None or isinstance(cause, QCompilerError):
+        return None
+    frames = traceback.extract_tb(cause.__traceback__)[1:]  # [0] is the frame that caught it
+    ours = [f for f in frames if "/qcompiler/" in f.filename]
+    return f"{ours[-1].filename}:{ours[-1].lineno}" if ours else None
+
+
 def run_ir_chain(text: str, pipeline: str) -> Optional[bytes]:
     """parse -> verify -> passes -> write; returns the .tflite bytes when the IR makes it through."""
     import qcompiler

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import tempfile
-import traceback
 import warnings
 import zipfile
 from pathlib import Path
@@ -41,18 +40,8 @@ def _assert_only_qcompiler_errors(fn, *args) -> None:
         try:
             fn(*args)
         except QCompilerError as err:
-            bug = internal_bug(err)
-            assert bug is None or bug.endswith(OP_TABLE_FILES), f"a bug in {bug} wrapped in: {err}"
-
-
-def internal_bug(err: QCompilerError):
-    """The qcompiler file where the non-qcompiler exception behind `err` was raised, or None."""
-    cause = err.__cause__
-    if cause is None or isinstance(cause, QCompilerError):
-        return None
-    frames = traceback.extract_tb(cause.__traceback__)[1:]  # [0] is the frame that caught it
-    ours = [f.filename for f in frames if "/qcompiler/" in f.filename]
-    return ours[-1] if ours else None
+            bug = fm.internal_bug(err)
+            assert bug is None or bug.split(":")[0].endswith(OP_TABLE_FILES), f"a bug at {bug} wrapped in: {err}"
 
 
 @functools.lru_cache(maxsize=None)

@@ -11,6 +11,7 @@ the Keras layer it came from in `node.layer`.
 """
 from __future__ import annotations
 
+import gc
 import inspect
 import json
 import os
@@ -66,7 +67,12 @@ def load_model(path: Union[str, os.PathLike]) -> keras.Model:
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as err:  # Keras raises many kinds; all mean the same thing to the user
-        raise ModelLoadError(f"Keras could not load '{path}': {type(err).__name__}: {_short(str(err))}") from err
+        message = f"Keras could not load '{path}': {type(err).__name__}: {_short(str(err))}"
+        del err
+        # A failed load can leave h5py objects for the archive's weights in reference cycles; libhdf5 has been
+        # seen to crash when they are collected during a later load, so they are closed now.
+        gc.collect()
+        raise ModelLoadError(message) from None
 
 
 # Limits checked before Keras (or json) parses a config: a hostile file must not exhaust memory or the stack.
