@@ -330,8 +330,9 @@ def test_unexpected_exceptions_while_building_a_node_become_line_numbered(monkey
     def broken(*args):
         raise ZeroDivisionError("integer division or modulo by zero")
 
-    definition = ops.OPS["relu"]
-    monkeypatch.setitem(ops.OPS, "relu", type(definition)(**{**definition.__dict__, "infer": broken}))
+    import dataclasses
+
+    monkeypatch.setitem(ops.OPS, "relu", dataclasses.replace(ops.OPS["relu"], infer=broken))
     with pytest.raises(ParseError, match="^line 2: ZeroDivisionError") as info:
         qcompiler.parse_ir("graph @g(%x: f32[1]) {\n  %y = relu(%x) : f32[1]\n  return %y\n}\n")
     assert isinstance(info.value.__cause__, ZeroDivisionError)

@@ -74,6 +74,7 @@ def verify_node_types(node: Node) -> None:
     where = node.describe()
     try:
         check_arity(node)
+        check_attrs(node)
     except IRError as err:
         raise VerifyError(f"{where}: {err}") from None
     _verify_types(node, where)
