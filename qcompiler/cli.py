@@ -265,7 +265,7 @@ def _load_graph(path: str):
     if path == "-" or path.endswith(".qir"):
         name = "<stdin>" if path == "-" else path
         try:
-            data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+            data = _read_stdin() if path == "-" else Path(path).read_bytes()
         except OSError as err:
             raise QCompilerError(f"cannot read IR file '{path}': {err.strerror}") from None
         try:
@@ -279,6 +279,11 @@ def _load_graph(path: str):
         except IRError as err:
             raise QCompilerError(f"{name}: {err}") from None
     return import_keras(path)
+
+
+def _read_stdin() -> bytes:
+    stream = getattr(sys.stdin, "buffer", None)
+    return stream.read() if stream is not None else sys.stdin.read().encode()
 
 
 def _run_pipeline(graph, args: argparse.Namespace):

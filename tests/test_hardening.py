@@ -44,10 +44,12 @@ def _cli(argv, capsys):
     return code, captured.out, captured.err
 
 
-def _one_line_error(code, err):
+def _one_line_error(code, err, context: int = 0):
+    """The error line; `context`: how many indented lines may follow it (a parse error quotes its source line)."""
     assert code == 2, err
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("qcompiler: error: "), err
+    assert 1 <= len(lines) <= 1 + context and lines[0].startswith("qcompiler: error: "), err
+    assert all(line.startswith("  ") for line in lines[1:]), err
     assert "Traceback" not in err
     return lines[0]
 
@@ -345,11 +347,21 @@ def test_non_utf8_qir_names_the_file(tmp_path, capsys):
     assert "latin1.qir: line 2: not UTF-8" in line
 
 
+def test_opt_reads_standard_input_and_names_it_in_errors(monkeypatch, capsys):
+    good = "graph @g(%x: f32[1]) {\n  %y = relu(%x) : f32[1]\n  return %y\n}\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(good.encode())))
+    code, out, _ = _cli(["opt", "-"], capsys)
+    assert code == 0 and out == good
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(good.encode() + b"junk\n")))
+    line = _one_line_error(*_cli(["opt", "-"], capsys)[::2], context=1)
+    assert "<stdin>: line 5: unexpected text after the closing" in line
+
+
 def test_opt_parse_error_names_file_and_line(tmp_path, capsys):
     qir = tmp_path / "bad.qir"
     qir.write_text("graph @g(%x: f32[1]) {\n  %y = conv2d(%x) {strides=[0, 0]} : f32[1]\n  return %y\n}\n")
-    code, _, err = _cli(["opt", qir], capsys)
-    assert code == 2 and "bad.qir: line 2" in err and "Traceback" not in err
+    line = _one_line_error(*_cli(["opt", qir], capsys)[::2], context=1)
+    assert "bad.qir: line 2: " in line and "strides" in line
 
 
 # ----------------------------------------------------------------------------------------------------
