@@ -359,9 +359,10 @@ def test_opt_reads_standard_input_and_names_it_in_errors(monkeypatch, capsys):
 
 def test_opt_parse_error_names_file_and_line(tmp_path, capsys):
     qir = tmp_path / "bad.qir"
-    qir.write_text("graph @g(%x: f32[1]) {\n  %y = conv2d(%x) {strides=[0, 0]} : f32[1]\n  return %y\n}\n")
+    qir.write_text("graph @g(%x: f32[1,4,4,1]) {\n  %w = const f32[1,1,1,1] dense<[[[[1.0]]]]>\n"
+                   "  %y = conv2d(%x, %w) {strides=[0, 0]} : f32[1,4,4,1]\n  return %y\n}\n")
     line = _one_line_error(*_cli(["opt", qir], capsys)[::2], context=1)
-    assert "bad.qir: line 2: " in line and "strides" in line
+    assert "bad.qir: line 3: " in line and "strides" in line
 
 
 # ----------------------------------------------------------------------------------------------------
