@@ -22,6 +22,7 @@ from typing import Any, Sequence, Union
 import keras
 from keras.src.models.functional import Functional
 
+from qcompiler.errors import QCompilerError
 from qcompiler.frontend.errors import ModelLoadError, UnsupportedLayerError
 from qcompiler.frontend.keras_layers import CONVERTERS, LAMBDA_REASON, LayerContext, supported_layers
 from qcompiler.ir.checks import check_values
@@ -213,7 +214,16 @@ class _Importer:
             return results
         _check_translatable(op, node)
         ctx = LayerContext(self.graph, op, prefix + _sanitize(op.name), self.weights)
-        value = CONVERTERS[type(op)](ctx, args)
+        try:
+            value = CONVERTERS[type(op)](ctx, args)
+        except QCompilerError:
+            raise
+        except (TypeError, ValueError, ArithmeticError, IndexError, KeyError) as err:
+            # Keras does not validate every setting of a loaded config (Rescaling(scale="same") loads): whatever a
+            # translator cannot use is an error naming the layer, not a traceback.
+            raise UnsupportedLayerError(op.name, type(op).__name__, supported_layers(),
+                                        f"its configuration cannot be translated ({type(err).__name__}: {err})") \
+                from err
         _rename(self.graph, value, ctx.base)
         return [value]
 

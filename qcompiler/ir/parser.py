@@ -356,7 +356,22 @@ def _parse_type(line: _Line) -> TensorType:
     quant = None
     if line.peek() is not None and line.peek().text == "q" and line.peek(1) and line.peek(1).text == "<":
         quant = _parse_qparams(line)
+        _check_qparams(quant, dtype, dims, line)
     return TensorType(tuple(dims), dtype, quant)
+
+
+def _check_qparams(quant: QParams, dtype: str, dims: list[Optional[int]], line: _Line) -> None:
+    """Zero points the storage type can hold; a per-channel axis inside the shape, with one scale per channel."""
+    np_dtype = DTYPES[dtype]
+    info = np.iinfo(np_dtype) if np.issubdtype(np_dtype, np.integer) else np.iinfo(np.int64)
+    bad = [z for z in quant.zero_point if not info.min <= z <= info.max]
+    if bad:
+        raise line.error(f"zero point {bad[0]} does not fit {dtype} [{info.min}, {info.max}]")
+    if quant.axis is not None:
+        if not 0 <= quant.axis < len(dims):
+            raise line.error(f"quantization axis {quant.axis} is outside a rank-{len(dims)} tensor")
+        if dims[quant.axis] is not None and dims[quant.axis] != len(quant.scale):
+            raise line.error(f"{len(quant.scale)} scales for {dims[quant.axis]} channels on axis {quant.axis}")
 
 
 def _parse_qparams(line: _Line) -> QParams:
