@@ -14,13 +14,14 @@ DTYPES: dict[str, np.dtype] = {
     "f16": np.dtype(np.float16),
     "f64": np.dtype(np.float64),
     "i8": np.dtype(np.int8),
+    "i4": np.dtype(np.int8),  # TFLite INT4 (weights): values in [-8, 7], one per int8 in memory, packed in files
     "u8": np.dtype(np.uint8),
     "i16": np.dtype(np.int16),
     "i32": np.dtype(np.int32),
     "i64": np.dtype(np.int64),
     "bool": np.dtype(np.bool_),
 }
-_NUMPY_TO_IR = {v: k for k, v in DTYPES.items()}
+_NUMPY_TO_IR = {v: k for k, v in DTYPES.items() if k != "i4"}
 
 
 def dtype_name(dtype: np.dtype | type | str) -> str:
@@ -56,8 +57,9 @@ class QParams:
     axis: Optional[int] = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "scale", tuple(float(np.float32(s)) for s in self.scale))
-        object.__setattr__(self, "zero_point", tuple(int(z) for z in self.zero_point))
+        # float32 values held as Python floats; one numpy conversion (per-channel params have thousands)
+        object.__setattr__(self, "scale", tuple(np.asarray(self.scale, np.float32).reshape(-1).tolist()))
+        object.__setattr__(self, "zero_point", tuple(np.asarray(self.zero_point).astype(np.int64).reshape(-1).tolist()))
         if len(self.scale) != len(self.zero_point):
             raise ValueError(f"QParams: {len(self.scale)} scales but {len(self.zero_point)} zero points")
         if not self.scale:

@@ -16,7 +16,7 @@ import typing
 from typing import Any, Literal, Mapping, Sequence, Union
 
 from qcompiler.errors import QCompilerError
-from qcompiler.passes.base import Pass, PassOptionError, format_option
+from qcompiler.passes.base import Pass, PassOptionError, format_option, option_fields
 from qcompiler.passes.calibrate import Calibrate
 from qcompiler.passes.canonicalize import Canonicalize
 from qcompiler.passes.dce import DeadCodeElimination
@@ -26,6 +26,7 @@ from qcompiler.passes.fold_constants import FoldConstants
 from qcompiler.passes.fold_pad import FoldPad
 from qcompiler.passes.fuse_activations import FuseActivations
 from qcompiler.passes.insert_fake_quant import InsertFakeQuant
+from qcompiler.passes.insert_missing_fake_quant import InsertMissingFakeQuant
 from qcompiler.passes.lower_to_int import LowerToInt
 from qcompiler.passes.quantize_weights import QuantizeWeights
 from qcompiler.passes.weights_to_f16 import WeightsToF16
@@ -41,6 +42,7 @@ PASSES: dict[str, type[Pass]] = {
     "fold-pad": FoldPad,
     "fuse-activations": FuseActivations,
     "insert-fake-quant": InsertFakeQuant,
+    "insert-missing-fake-quant": InsertMissingFakeQuant,
     "lower-to-int": LowerToInt,
     "quantize-weights": QuantizeWeights,
     "weights-to-f16": WeightsToF16,
@@ -212,7 +214,7 @@ def _split_top(text: str, whole: str) -> list[str]:
 
 def _fields(cls: type[Pass]) -> list[tuple[dataclasses.Field, Any]]:
     hints = typing.get_type_hints(cls)
-    return [(f, hints[f.name]) for f in dataclasses.fields(cls)]
+    return [(f, hints[f.name]) for f in option_fields(cls)]
 
 
 def _type_name(tp: Any) -> str:

@@ -18,6 +18,7 @@ ArrayLike = Union[float, Sequence[float], np.ndarray]
 # Storage ranges of the quantized element types.
 QRANGES: dict[str, tuple[int, int]] = {
     "i8": (-128, 127),
+    "i4": (-8, 7),
     "u8": (0, 255),
     "i16": (-32768, 32767),
     "i32": (-(2**31), 2**31 - 1),
@@ -67,24 +68,111 @@ def nudge_range(qmin: int, qmax: int, rmin: np.ndarray, rmax: np.ndarray) -> tup
     return nudged_min, nudged_max, scale
 
 
+class FakeQuantGrid(NamedTuple):
+    """The grid of tf.quantization.fake_quant_with_min_max_vars for a range: real = scale * (level - zero_point),
+    levels in [qmin, qmax] (unsigned: [0, 2^bits - 1], [1, 2^bits - 1] with narrow range)."""
+
+    scale: np.ndarray  # float32, one per channel (or a scalar)
+    zero_point: np.ndarray  # float32 holding integers in [qmin, qmax]
+    nudged_min: np.ndarray
+    nudged_max: np.ndarray
+    qmin: int
+    qmax: int
+
+
+def fake_quant_grid(rmin: ArrayLike, rmax: ArrayLike, bits: int = 8, narrow_range: bool = False) -> FakeQuantGrid:
+    """TensorFlow's FakeQuant nudging for `bits` levels (2..16): the range is shifted so that 0 is a level."""
+    if not 2 <= bits <= 16:
+        raise ValueError(f"fake quantization takes 2 to 16 bits, not {bits}")
+    qmin, qmax = (1 if narrow_range else 0), (1 << bits) - 1
+    rmin, rmax = np.asarray(rmin, np.float32), np.asarray(rmax, np.float32)
+    nudged_min, nudged_max, scale = nudge_range(qmin, qmax, rmin, rmax)
+    zero_point = np.float32(qmin) - np.round(nudged_min / np.where(scale > 0, scale, np.float32(1)))
+    return FakeQuantGrid(scale, zero_point.astype(np.float32), nudged_min, nudged_max, qmin, qmax)
+
+
+def fake_quant_levels(x: np.ndarray, grid: FakeQuantGrid, axis: Optional[int] = None) -> np.ndarray:
+    """The signed level of each value, level - zero_point (int64), as TF's kernel finds it: clamp to the nudged
+    range, then floor((x - nudged_min) * (1 / scale) + 0.5) in float32. `axis`: the channel axis of per-channel
+    grids (TF's _per_channel op takes the last one)."""
+    x = np.asarray(x, np.float32)
+    shape = [1] * x.ndim
+    if axis is not None:
+        shape[axis] = -1
+    scale, zero_point, nmin, nmax = (np.reshape(a, shape if np.ndim(a) else ())
+                                     for a in (grid.scale, grid.zero_point, grid.nudged_min, grid.nudged_max))
+    safe_scale = np.where(scale > 0, scale, np.float32(1))
+    inv = (np.float32(1) / safe_scale).astype(np.float32)
+    clamped = np.clip(x, nmin, nmax)
+    steps = np.floor(((clamped - nmin).astype(np.float32) * inv).astype(np.float32) + np.float32(0.5))
+    return (steps + np.float32(grid.qmin) - zero_point).astype(np.int64)
+
+
 def fake_quant(x: np.ndarray, rmin: ArrayLike, rmax: ArrayLike, bits: int = 8, narrow_range: bool = False,
                axis: Optional[int] = None) -> np.ndarray:
-    """tf.quantization.fake_quant_with_min_max_vars(_per_channel) in float32."""
-    qmin = 1 if narrow_range else 0
-    qmax = (1 << bits) - 1
-    nudged_min, nudged_max, scale = nudge_range(qmin, qmax, np.atleast_1d(rmin), np.atleast_1d(rmax))
+    """tf.quantization.fake_quant_with_min_max_vars(_per_channel) in float32: scale * (level - zero_point).
+
+    TF's kernel gives the same float32 values on all but about 1 in a million elements (tests/test_qat_math.py):
+    its vectorised float32 steps occasionally round the other way at an exact .5."""
+    x = np.asarray(x, np.float32)
+    grid = fake_quant_grid(np.atleast_1d(rmin) if axis is not None else rmin,
+                           np.atleast_1d(rmax) if axis is not None else rmax, bits, narrow_range)
+    levels = fake_quant_levels(x, grid, axis).astype(np.float32)
+    shape = [1] * x.ndim
     if axis is not None:
-        shape = [1] * x.ndim
         shape[axis] = -1
-        nudged_min, nudged_max, scale = (a.reshape(shape) for a in (nudged_min, nudged_max, scale))
+    scale = np.reshape(grid.scale, shape if np.ndim(grid.scale) else ())
+    out = (levels * scale).astype(np.float32)
+    return np.where(scale > 0, out, np.clip(x, np.reshape(grid.nudged_min, np.shape(scale)),
+                                           np.reshape(grid.nudged_max, np.shape(scale)))).astype(np.float32)
+
+
+def fake_quant_qparams(rmin: ArrayLike, rmax: ArrayLike, bits: int = 8, narrow_range: bool = False,
+                       dtype: str = "i8", axis: Optional[int] = None) -> QParams:
+    """Plain lowering of a trained fake-quant range: the grid's scale, and its zero point moved into the signed
+    storage type (level u stored as u - 2^(bits-1)), so an 8-bit grid is int8 with zero point zp - 128 and a
+    b-bit grid uses 2^b of int8's levels. No converter rules (no FLT_MIN, no 1e-6 widening): the range as trained."""
+    grid = fake_quant_grid(rmin, rmax, bits, narrow_range)
+    storage_min, storage_max = qrange(dtype)
+    offset = 1 << (bits - 1)
+    if -offset < storage_min or offset - 1 > storage_max:
+        raise ValueError(f"a {bits}-bit grid does not fit {dtype} storage")
+    scales = np.atleast_1d(grid.scale)
+    if np.any(scales <= 0):
+        raise ValueError(f"fake-quant range [{rmin}, {rmax}] is empty; its scale would be 0")
+    zero_points = tuple(int(z) - offset for z in np.atleast_1d(grid.zero_point))
+    if axis is None and scales.size == 1:
+        return QParams.per_tensor(float(scales[0]), zero_points[0])
+    return QParams(tuple(float(s) for s in scales), zero_points, axis if axis is not None else 0)
+
+
+def fake_quant_storage(x: np.ndarray, rmin: ArrayLike, rmax: ArrayLike, bits: int, narrow_range: bool,
+                       dtype: str = "i8", axis: Optional[int] = None) -> np.ndarray:
+    """The stored integers of `x` on the grid of `fake_quant_qparams`: level - zero_point + storage zero point."""
+    grid = fake_quant_grid(np.atleast_1d(rmin) if axis is not None else rmin,
+                           np.atleast_1d(rmax) if axis is not None else rmax, bits, narrow_range)
+    levels = fake_quant_levels(x, grid, axis)
+    params = fake_quant_qparams(rmin, rmax, bits, narrow_range, dtype, axis)
+    shape = [1] * np.ndim(x)
+    if axis is not None:
+        shape[axis] = -1
+    zero_points = np.reshape(np.asarray(params.zero_point, np.int64), shape if axis is not None else ())
+    return (levels + zero_points).astype(_NP_INT[dtype])
+
+
+def symmetric_weight_range(w: np.ndarray, axis: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
+    """QAT weight ranges: [-m, m] with m = max|w| (per channel along `axis`), at least WEIGHT_RANGE_FLOOR so that
+    an all-zero channel still has a grid. qcompiler.qat computes the same with keras.ops."""
+    w = np.abs(np.asarray(w, np.float32))
+    if axis is None:
+        m = np.asarray(w.max() if w.size else 0, np.float32)
     else:
-        nudged_min, nudged_max, scale = (a.reshape(()) for a in (nudged_min, nudged_max, scale))
-    x = x.astype(np.float32)
-    clamped = np.clip(x, nudged_min, nudged_max)
-    safe_scale = np.where(scale > 0, scale, np.float32(1))
-    steps = np.floor((clamped - nudged_min) / safe_scale + np.float32(0.5))
-    out = steps * scale + nudged_min
-    return np.where(scale > 0, out, clamped).astype(np.float32)
+        m = w.max(axis=tuple(i for i in range(w.ndim) if i != axis % w.ndim))
+    m = np.maximum(m, np.float32(WEIGHT_RANGE_FLOOR)).astype(np.float32)
+    return -m, m
+
+
+WEIGHT_RANGE_FLOOR = 1e-8
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -136,7 +224,7 @@ def _check_range(rmin: float, rmax: float, what: str) -> None:
         raise ValueError(f"{what}: min {rmin} > max {rmax}")
 
 
-def activation_qparams(rmin: float, rmax: float, dtype: str = "i8") -> QParams:
+def activation_qparams(rmin: float, rmax: float, dtype: str = "i8", flt_min_floor: bool = True) -> QParams:
     """Per-tensor quantization of an activation from its calibrated float range, as the converter does.
 
     i8/u8 (MLIR quantizer, prepare_quantize_helper.h ConvertStatsToQDQs):
@@ -145,14 +233,19 @@ def activation_qparams(rmin: float, rmax: float, dtype: str = "i8") -> QParams:
     i16 (16x8 mode uses the old quantizer, GetSymmetricQuantizationParams): include 0, symmetric,
       scale = max(|min|, |max|) / 32767 in float32, zp = 0.
     The converter's calibration logger starts `max` at FLT_MIN, so an all-non-positive tensor has max = FLT_MIN;
-    that is applied here (it matters for int16: an all-zero tensor gets scale FLT_MIN / 32767, not 0).
+    `flt_min_floor` (the tflite-2.21 policy) applies that (it matters for int16: an all-zero tensor gets scale
+    FLT_MIN / 32767). Without it an all-zero int16 range is widened by 1e-6 like an int8 one.
     """
     rmin, rmax = float(np.float32(rmin)), float(np.float32(rmax))
     _check_range(rmin, rmax, "activation_qparams")
-    rmax = max(rmax, FLT_MIN)
+    if flt_min_floor:
+        rmax = max(rmax, FLT_MIN)
     if dtype == "i16":
         lo, hi = np.float32(min(rmin, 0.0)), np.float32(max(rmax, 0.0))
-        scale = np.float32(max(abs(lo), abs(hi)) / np.float32(32767))
+        half_range = max(abs(lo), abs(hi))
+        if half_range == 0:
+            half_range = np.float32(NEAR_ZERO_TOLERANCE)
+        scale = np.float32(half_range / np.float32(32767))
         return QParams.per_tensor(float(scale), 0)
     if dtype not in ("i8", "u8"):
         raise ValueError(f"activation_qparams supports i8, u8 and i16 activations, not '{dtype}'")
@@ -206,7 +299,11 @@ def weight_qparams(w: np.ndarray, axis: Optional[int], dtype: str = "i8", narrow
         maxs = np.maximum(np.abs(mins), np.abs(maxs))
         mins = -maxs
     mins, maxs = _expand_very_small_range(mins, maxs)
-    scales, zero_points = zip(*(_range_qparams(qmin, qmax, float(lo), float(hi)) for lo, hi in zip(mins, maxs)))
+    if narrow_range:  # symmetric: zero point 0 whatever the nudging, one vectorised float32 scale per channel
+        scales = (maxs.astype(np.float32) - mins.astype(np.float32)).astype(np.float32) / np.float32(qmax - qmin)
+        zero_points = (0,) * len(scales)
+    else:
+        scales, zero_points = zip(*(_range_qparams(qmin, qmax, float(lo), float(hi)) for lo, hi in zip(mins, maxs)))
     if axis is None:
         return QParams.per_tensor(float(scales[0]), zero_points[0])
     return QParams(tuple(float(s) for s in scales), tuple(zero_points), axis % np.ndim(w))
@@ -252,7 +349,7 @@ def quantize_constant(x: np.ndarray, qparams: QParams, dtype: str = "i8", narrow
     return np.clip(round_half_away(scaled), qmin, qmax).astype(np.dtype(_NP_INT[dtype]))
 
 
-_NP_INT = {"i8": np.int8, "u8": np.uint8, "i16": np.int16, "i32": np.int32, "i64": np.int64}
+_NP_INT = {"i4": np.int8, "i8": np.int8, "u8": np.uint8, "i16": np.int16, "i32": np.int32, "i64": np.int64}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -275,7 +372,7 @@ def _as_weight_qparams(weight_qparams: Union[QParams, Sequence[float], np.ndarra
 
 
 def bias_qparams(bias: np.ndarray, input_scale: float, weight_qparams: Union[QParams, Sequence[float]],
-                 dtype: str = "i32") -> BiasQParams:
+                 dtype: str = "i32", adjust: bool = True) -> BiasQParams:
     """Bias of conv2d / depthwise / FC: scale = f32(input_scale * weight_scale[c]), zero point 0, quantized
     dimension 0 (GetUniformQuantizedTypeForBias with legacy float scale).
 
@@ -283,7 +380,8 @@ def bias_qparams(bias: np.ndarray, input_scale: float, weight_qparams: Union[QPa
     the bias scale becomes f32(|b[c]| / kBiasMax) and the weight scale f32(that / input_scale) — a channel with
     all-zero or tiny weights and a real bias gets a larger weight scale. Quantize the weights with the returned
     `weight` params. i64 (16x8 mode) has no adjustment here (the old quantizer adjusts the weights beforehand,
-    see weight_qparams_16x8).
+    see weight_qparams_16x8). `adjust=False` (the plain policy) keeps scale = input * weight; quantize_bias then
+    saturates a bias that does not fit.
     """
     wq = _as_weight_qparams(weight_qparams)
     bias = np.asarray(bias, np.float32).reshape(-1)
@@ -291,9 +389,9 @@ def bias_qparams(bias: np.ndarray, input_scale: float, weight_qparams: Union[QPa
     w_scales = np.asarray(wq.scale, np.float32)
     b_scales = (in_scale * w_scales).astype(np.float32)
     per_channel = wq.axis is not None and w_scales.size > 1
-    if dtype == "i32":
+    if dtype == "i32" and adjust:
         b_scales, w_scales = _adjust_for_bias_overflow(bias, in_scale, b_scales, w_scales, per_channel)
-    elif dtype != "i64":
+    elif dtype not in ("i32", "i64"):
         raise ValueError(f"bias dtype must be i32 (int8 activations) or i64 (16x8), not '{dtype}'")
     if per_channel:
         bias_q = QParams(tuple(float(s) for s in b_scales), (0,) * b_scales.size, 0)
@@ -347,19 +445,20 @@ def _saturate(q: np.ndarray, dtype: str) -> np.ndarray:
 # 16x8 mode weights (old quantizer: tensorflow/lite/tools/optimize/quantization_utils.cc)
 # ----------------------------------------------------------------------------------------------------
 def weight_qparams_16x8(w: np.ndarray, axis: int, bias: Optional[np.ndarray] = None,
-                        input_scale: Optional[float] = None) -> tuple[QParams, np.ndarray]:
+                        input_scale: Optional[float] = None, adjust: bool = True) -> tuple[QParams, np.ndarray]:
     """Per-channel int8 weights as the 16x8 (old) quantizer writes them: (params, int8 values).
 
     half_range = max(|min|, |max|) per channel in float32; with a bias, AdjustWeightsForBiasScale first widens a
     channel when |b| >= 0.5 * input_scale * (half_range / 127) * (2^31 - 1), to
     half_range = 2 |b| / (2^31 - 1) * (127 / input_scale). scale = half_range / 127, inv = 127 / half_range
     (both float32; an all-zero channel gets scale 0 and zeros), q = round_half_away(f32(w * inv)).
+    `adjust=False` (the plain policy) skips AdjustWeightsForBiasScale.
     """
     w = np.asarray(w, np.float32)
     axis = axis % w.ndim
     reduce_axes = tuple(i for i in range(w.ndim) if i != axis)
     half_range = np.maximum(np.abs(w.min(axis=reduce_axes)), np.abs(w.max(axis=reduce_axes))).astype(np.float32)
-    if bias is not None and input_scale is not None and half_range.size > 1:
+    if adjust and bias is not None and input_scale is not None and half_range.size > 1:
         k_scale = float(2**31 - 1)
         in_scale = float(np.float32(input_scale))
         scales = (half_range / np.float32(127)).astype(np.float32)
