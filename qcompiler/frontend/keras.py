@@ -165,6 +165,10 @@ def _refuse_untranslatable(config: Any) -> None:
             stack.extend(item)
 
 
+# Classes a config may name: Keras's own, and qcompiler's quantization-aware-training layers (code we ship).
+TRUSTED_MODULES = ("keras", "qcompiler.qat.")
+
+
 def _refuse_object(config: dict) -> None:
     class_name = config.get("class_name")
     if not isinstance(class_name, str) or not isinstance(config.get("config"), (dict, type(None))):
@@ -176,7 +180,8 @@ def _refuse_object(config: dict) -> None:
     registered = config.get("registered_name")
     if class_name.startswith("__"):  # Keras's own markers (__keras_tensor__, __tuple__, __numpy__ ...)
         return
-    if module is None and registered is not None or isinstance(module, str) and not module.startswith("keras"):
+    trusted = isinstance(module, str) and module.startswith(TRUSTED_MODULES)
+    if module is None and registered is not None or isinstance(module, str) and not trusted:
         origin = f"module '{module}'" if module else f"registered as '{registered}'"
         raise UnsupportedLayerError(name, class_name, supported_layers(),
                                     f"is a custom class ({origin}), not a built-in Keras layer: qcompiler "
