@@ -896,8 +896,7 @@ def write_tflite(graph: Graph, description: str = "qcompiler", extra_outputs: Se
     `extra_outputs`: values of `graph` written as further model outputs after the graph's own (those already
     outputs, and graph inputs, are skipped), e.g. the tensors calibration reads; the graph is not changed.
     """
-    if not graph.outputs:
-        raise BackendError(f"graph @{graph.name} has no outputs; nothing to write")
+    check_writable(graph, description)
     output_values = list(graph.outputs)
     listed = {id(v) for v in output_values} | {id(v) for v in graph.inputs}
     for value in extra_outputs:
@@ -910,9 +909,47 @@ def write_tflite(graph: Graph, description: str = "qcompiler", extra_outputs: Se
     inputs = [w.add_input(v) for v in graph.inputs]
     for node in graph.nodes:
         if node.op != "const":
-            _emit_node(w, node)
+            try:
+                _emit_node(w, node)
+            except QCompilerError:
+                raise
+            except (KeyError, IndexError, TypeError, ValueError, OverflowError, struct.error) as err:
+                raise BackendError(f"{node.describe()} cannot be written as TFLite: {type(err).__name__}: {err}") \
+                    from err
     outputs = [w.tensor_of(v) for v in output_values]
-    return _serialize(w, graph, inputs, output_values, outputs, description)
+    try:
+        return _serialize(w, graph, inputs, output_values, outputs, description)
+    except (OverflowError, struct.error, ValueError) as err:
+        raise BackendError(f"graph @{graph.name} cannot be written as TFLite: {type(err).__name__}: {err}") from err
+
+
+# Flatbuffers address with 32-bit offsets: a model and its buffers must stay under 2 GiB.
+MAX_MODEL_BYTES = (1 << 31) - (1 << 20)
+
+
+def check_writable(graph: Graph, description: str = "qcompiler") -> None:
+    """The writer's input checks, before anything is built (the pass manager has verified the graph): outputs,
+    every used constant's values known (not read from a digest-only dump) and finite, shapes and sizes TFLite
+    can store."""
+    from qcompiler.ir.checks import check_known_values, check_values
+
+    if not isinstance(graph, Graph):
+        raise TypeError(f"write_tflite takes a qcompiler Graph, got {type(graph).__name__}")
+    if not isinstance(description, str):
+        raise TypeError(f"description must be a str, got {type(description).__name__}")
+    if not graph.outputs:
+        raise BackendError(f"graph @{graph.name} has no outputs; nothing to write")
+    check_known_values(graph, "writing TFLite")
+    check_values(graph)
+    total = 0
+    for value in graph.values():
+        if any(d is not None and not 0 <= d < (1 << 31) for d in value.type.shape):
+            raise BackendError(f"%{value.name} has shape {list(value.type.shape)}; TFLite dimensions are int32")
+        if value.is_constant:
+            total += int(value.data.nbytes)
+    if total > MAX_MODEL_BYTES:
+        raise BackendError(f"graph @{graph.name} holds {total:,} bytes of constants; a .tflite file (flatbuffer) "
+                           f"is limited to 2 GiB")
 
 
 def write_tflite_file(graph: Graph, path: str | os.PathLike, description: str = "qcompiler") -> Path:

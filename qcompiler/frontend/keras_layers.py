@@ -325,8 +325,11 @@ def _upsampling(ctx: LayerContext, xs: Sequence[Value]) -> Value:
 
 
 def _rescaling(ctx: LayerContext, xs: Sequence[Value]) -> Value:
-    scale = np.asarray(ctx.layer.scale, np.float32)
-    offset = np.asarray(ctx.layer.offset, np.float32)
+    try:
+        scale = np.asarray(ctx.layer.scale, np.float32)
+        offset = np.asarray(ctx.layer.offset, np.float32)
+    except (TypeError, ValueError):
+        raise ctx.unsupported(f"scale {ctx.layer.scale!r} and offset {ctx.layer.offset!r} must be numbers") from None
     y = ctx.op("mul", xs[0], ctx.weight(scale, "scale"))
     if np.any(offset != 0):
         y = ctx.op("add", y, ctx.weight(offset, "offset"))

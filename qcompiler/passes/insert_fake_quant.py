@@ -55,6 +55,10 @@ class InsertFakeQuant(Pass):
     def run(self, graph: Graph) -> PassResult:
         if graph.find("fake_quant"):
             return PassResult.unchanged()
+        lowered = next((v for v in graph.values() if v.type.quant is not None), None)
+        if lowered is not None:
+            raise QCompilerError(f"insert-fake-quant: the graph is already quantized (%{lowered.name} is "
+                                 f"{lowered.type}); give it the float graph")
         _check_quantizable(graph)
         calibrated = calibrated_values(graph, share_backwards=get_policy(self.policy).shares_backwards(self.activations))
         counts = {"activations": 0, "weights": 0, "constants": 0, "shared": 0,
