@@ -521,17 +521,19 @@ def test_lower_to_int_before_insert_fake_quant_is_refused(capsys, tmp_path):
     assert "insert-fake-quant" in line and "print-ir-after" not in line
 
 
-def test_all_zero_calibration_warns_naming_tensor_and_layer_with_a_sane_scale(model_path):
+@pytest.mark.parametrize("policy, widened", [("plain", True), ("tflite-2.21", False)])
+def test_all_zero_calibration_warns_naming_tensor_and_layer(model_path, policy, widened):
+    """Both policies warn; plain widens the range to a sane scale, tflite-2.21 keeps the converter's tiny one."""
     data = np.zeros((4, 6, 6, 2), np.float32)
     for mode in ("int8", "int16x8"):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            graph = qcompiler.quantize(str(model_path), mode, calibration_data=data)
+            graph = qcompiler.quantize(str(model_path), mode, calibration_data=data, policy=policy)
         messages = [str(w.message) for w in caught if "degenerate" in str(w.message)]
         assert any("%conv (Keras layer 'conv')" in m for m in messages), messages
         scales = [s for v in graph.values() if v.type.quant is not None and v.type.quant.axis is None
                   for s in v.type.quant.scale]
-        assert min(scales) > 1e-6, scales
+        assert (min(scales) > 1e-6) == widened, scales
 
 
 def test_cli_prints_the_degenerate_range_warning(model_path, tmp_path, capsys):

@@ -346,8 +346,9 @@ def apply_ranges(graph: Graph, stats: Mapping[str, TensorStats], observer: str =
                  policy: Union[str, QuantPolicy] = DEFAULT_POLICY, **options) -> int:
     """Set min/max of each fake_quant whose input has statistics; returns how many were set. The minmax observer
     includes in-place writes (`TensorStats.logged_range`) when the policy has in-place range unions."""
+    rules = get_policy(policy)
     if observer == "minmax":
-        options.setdefault("inplace", get_policy(policy).inplace_range_unions)
+        options.setdefault("inplace", rules.inplace_range_unions)
     chosen = make_observer(observer, **options)
     applied = 0
     for node in graph.find("fake_quant"):
@@ -363,7 +364,7 @@ def apply_ranges(graph: Graph, stats: Mapping[str, TensorStats], observer: str =
             raise CalibrationError(f"{where}: calibrated range [{lo}, {hi}] is not finite: the calibration data "
                                    "overflows float32 inside the model (values too large?); scale the data as the "
                                    "model expects it, or use a clipping observer (percentile, mse, kl)")
-        lo, hi = _widen_degenerate(float(lo), float(hi), where)
+        lo, hi = _check_degenerate(float(lo), float(hi), where, widen=rules.widen_degenerate_ranges)
         node.attrs["min"], node.attrs["max"] = lo, hi
         applied += 1
     return applied
@@ -382,17 +383,23 @@ def _describe(value: Value) -> str:
     return f"tensor %{value.name}{layer}"
 
 
-def _widen_degenerate(lo: float, hi: float, where: str) -> tuple[float, float]:
-    """A range that collapses to a point (all-zero data) would give a scale of ~1e-8 (int16: a denormal), so any
-    other value at inference saturates. Warn, and use a unit-wide range around the value instead."""
+def _check_degenerate(lo: float, hi: float, where: str, widen: bool) -> tuple[float, float]:
+    """A range that collapses to a point (all-zero data) gives a scale of ~1e-8 (int16: a denormal), so any other
+    value at inference saturates. Warn; with `widen` (the plain policy) use a unit-wide range around the value,
+    otherwise keep it, as the converter does."""
     if max(hi, 0.0) - min(lo, 0.0) >= DEGENERATE_SPAN:
         return lo, hi
     center = (lo + hi) / 2
     widened = (min(center - 0.5, 0.0), max(center + 0.5, 0.0))
+    if widen:
+        action = f"so [{widened[0]:g}, {widened[1]:g}] is used instead"
+    else:
+        action = (f"and is kept as the converter keeps it (any other value saturates); the plain policy would use "
+                  f"[{widened[0]:g}, {widened[1]:g}]")
     warnings.warn(f"{where}: calibration saw only the value {center:g} (range [{lo:g}, {hi:g}]); its "
-                  f"quantization range is degenerate, so [{widened[0]:g}, {widened[1]:g}] is used instead. Calibrate "
-                  "with data that exercises this tensor", DegenerateRangeWarning, stacklevel=3)
-    return widened
+                  f"quantization range is degenerate, {action}. Calibrate with data that exercises this tensor",
+                  DegenerateRangeWarning, stacklevel=3)
+    return widened if widen else (lo, hi)
 
 
 class _Progress:
