@@ -257,6 +257,14 @@ _RULES: dict[int, Callable[[OpSig], int]] = {
     B.QUANTIZE: _quantize,
     B.DEQUANTIZE: _dequantize,
     B.CAST: _cast,
+    # as TFLiteConverter 2.21 writes them for int8 and 16x8 models
+    B.TRANSPOSE: _by_input_type(int8=2, int16=2),
+    B.SQUARED_DIFFERENCE: _by_input_type(int8=2, int16=2),
+    B.RSQRT: _by_input_type(int8=2, int16=2),
+    B.SQRT: _by_input_type(int8=2, int16=2),
+    B.ABS: _by_input_type(int8=2, int16=2),
+    B.EXP: _by_input_type(int8=2, int16=2),
+    B.SUM: _by_input_type(int8=2, int16=2),
 }
 
 
