@@ -30,6 +30,7 @@ import numpy as np
 from qcompiler.errors import QCompilerError
 from qcompiler.ir import interpreter
 from qcompiler.ir.graph import Graph, Node, Value
+from qcompiler.ir.ops import OPS
 from qcompiler.passes.base import Pass, PassResult
 from qcompiler.passes.fuse_activations import CLAMP_ACTIVATIONS
 from qcompiler.quant.observers import TensorStats, make_observer
@@ -185,9 +186,11 @@ def float_graph_of(graph: Graph) -> Graph:
 # ----------------------------------------------------------------------------------------------------
 # IR ops whose TFLite kernel may write its output into an operand's buffer, and the operands it may take, in the
 # order TFLite tries them (TfLiteRegistration.inplace_operator in the TFLite bundled with TF 2.21).
-INPLACE_OPERANDS: dict[str, tuple[int, ...]] = {"add": (0, 1), "sub": (0, 1), "mul": (0, 1), "softmax": (0,)}
-# IR ops written as RESHAPE, whose output shares its input's buffer without changing it.
-SHARED_BUFFER_OPS = ("flatten", "reshape")
+# OpDef.inplace_operands: add, sub, mul (0, 1) and softmax (0,).
+INPLACE_OPERANDS: dict[str, tuple[int, ...]] = {name: d.inplace_operands for name, d in OPS.items()
+                                                if d.inplace_operands}
+# IR ops written as RESHAPE, whose output shares its input's buffer without changing it (OpDef.shares_input_buffer).
+SHARED_BUFFER_OPS = tuple(name for name, d in OPS.items() if d.shares_input_buffer)
 
 
 def inplace_writes(graph: Graph) -> list[tuple[Value, Value]]:

@@ -25,10 +25,11 @@ from typing import ClassVar, Literal, Optional, Sequence
 import numpy as np
 
 from qcompiler.errors import QCompilerError
+from qcompiler.ir.ops import OPS
 from qcompiler.passes.rewriter import Const, Match, Pat, Rewriter, RewritePass, Rule, Var, has_data, single_use_reason
 
-FOLDABLE_PRODUCERS = ("conv2d", "depthwise_conv2d", "fully_connected")
-_OUTPUT_AXIS = {"conv2d": 0, "depthwise_conv2d": 3, "fully_connected": 0}
+# conv2d, depthwise_conv2d, fully_connected: OpDef.weights.affine_foldable
+FOLDABLE_PRODUCERS = tuple(name for name, d in OPS.items() if d.weights and d.weights.affine_foldable)
 _BN_PARAMS = ("gamma", "beta", "mean", "var")
 RsqrtKernel = Literal["tensorflow", "f32"]
 _F32 = np.float32
@@ -96,7 +97,7 @@ def _params_check(m: Match) -> Optional[str]:
 
 def _scale_weights(op: str, weights: np.ndarray, inv: np.ndarray) -> np.ndarray:
     shape = [1] * weights.ndim
-    shape[_OUTPUT_AXIS[op]] = -1
+    shape[OPS[op].weights.out_axis] = -1
     return (np.asarray(weights, _F32) * inv.reshape(shape)).astype(_F32)
 
 

@@ -28,11 +28,12 @@ import numpy as np
 
 from qcompiler.errors import QCompilerError
 from qcompiler.ir.graph import Graph, Node, Value
+from qcompiler.ir.ops import NOT_ACTIVATION, OPS
 from qcompiler.passes.base import Pass, PassResult
 from qcompiler.quant.spec import FIXED, OWN, SAME, quant_spec
 
-# Ops that quantization leaves alone: their inputs and outputs are not activations.
-_PASS_THROUGH = ("const", "fake_quant", "quantize", "dequantize")
+# Ops that quantization leaves alone: their inputs and outputs are not activations (OpDef.quant).
+_PASS_THROUGH = frozenset(name for name, d in OPS.items() if d.quant.output == NOT_ACTIVATION)
 
 
 class NotQuantizableError(QCompilerError):
@@ -174,10 +175,15 @@ def _check_quantizable(graph: Graph) -> None:
         if spec is None:
             layer = f" (Keras layer '{node.layer}')" if node.layer else ""
             hint = ("run the default float pipeline first (canonicalize, fold-batchnorm)"
-                    if node.op in ("batch_norm", "identity") else
+                    if node.op in _REMOVED_BY_FLOAT_PIPELINE else
                     "TFLite has no integer kernel for it; use --mode dynamic or float16 for this model")
             raise NotQuantizableError(f"op {node.op} at %{node.results[0].name}{layer} cannot be quantized: {hint}")
         _check_weights(node, spec.weight_operand)
+
+
+# Ops without an integer kernel that the default float pipeline removes (they have no TFLite builtin).
+_REMOVED_BY_FLOAT_PIPELINE = frozenset(name for name, d in OPS.items()
+                                       if d.tflite is None and d.quant.output != NOT_ACTIVATION)
 
 
 def _check_weights(node: Node, index: Optional[int]) -> None:

@@ -34,9 +34,6 @@ from qcompiler.passes.base import Pass, PassResult
 from qcompiler.quant import math as qmath
 from qcompiler.quant.spec import FIXED, OWN, SAME, OpQuantSpec, quant_spec
 
-# Ops whose results are not activations to quantize (conversions already explicit, constants).
-_NOT_ACTIVATIONS = ("const", "fake_quant", "quantize", "dequantize", "cast")
-
 
 class MissingRangeError(QCompilerError):
     pass
@@ -166,7 +163,9 @@ def _is_fixed_output(value: Value) -> bool:
 
 
 def _spec_of(node: Optional[Node]) -> Optional[OpQuantSpec]:
-    if node is None or node.op in _NOT_ACTIVATIONS:
+    """The quantization recipe of the node's op; None for graph inputs, constants, conversions (fake_quant,
+    quantize, dequantize, cast) and ops without an integer kernel."""
+    if node is None:
         return None
     return quant_spec(node.op)
 
