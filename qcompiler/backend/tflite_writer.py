@@ -500,23 +500,17 @@ def _emit_reduce(w: _ModelWriter, node: Node) -> None:
            _single_options(ReducerOptions, "AddKeepDims", bool(node.attrs["keepdims"])))
 
 
-def _emit_sum(w: _ModelWriter, node: Node) -> None:
-    axes = sorted(a % node.operands[0].type.rank for a in node.attrs["axes"])
-    inputs = [w.tensor_of(node.operands[0]), w.int32_const(axes, f"{node.result.name}/axes")]
-    w.emit(B.SUM, inputs, [w.result_tensor(node.result)], BO.ReducerOptions,
-           _single_options(ReducerOptions, "AddKeepDims", bool(node.attrs["keepdims"])))
-
-
 def _emit_transpose(w: _ModelWriter, node: Node) -> None:
     inputs = [w.tensor_of(node.operands[0]), w.int32_const(node.attrs["perm"], f"{node.result.name}/perm")]
-    w.emit(B.TRANSPOSE, inputs, [w.result_tensor(node.result)], BO.TransposeOptions,
+    w.emit(builtin_code(node.op), inputs, [w.result_tensor(node.result)], BO.TransposeOptions,
            _empty_options(TransposeOptions))
 
 
 def _emit_div(w: _ModelWriter, node: Node) -> None:
     inputs = [w.tensor_of(v) for v in node.operands]
     w.emit_with_activation(node, lambda fused, out: w.emit(
-        B.DIV, inputs, [out], BO.DivOptions, _single_options(DivOptions, "AddFusedActivationFunction", fused)))
+        builtin_code(node.op), inputs, [out], BO.DivOptions,
+        _single_options(DivOptions, "AddFusedActivationFunction", fused)))
 
 
 def _reshape_target(node: Node) -> list[int]:
@@ -646,13 +640,12 @@ def _emitters() -> dict[str, Emitter]:
         "cast": _emit_cast,
         "transpose": _emit_transpose,
         "div": _emit_div,
-        "squared_difference": _simple(B.SQUARED_DIFFERENCE, BO.SquaredDifferenceOptions,
-                                      lambda n: _empty_options(SquaredDifferenceOptions)),
-        "rsqrt": _simple(B.RSQRT),
-        "sqrt": _simple(B.SQRT),
-        "abs": _simple(B.ABS),
-        "exp": _simple(B.EXP, BO.ExpOptions, lambda n: _empty_options(ExpOptions)),
-        "sum": _emit_sum,
+        "squared_difference": _simple(BO.SquaredDifferenceOptions, lambda n: _empty_options(SquaredDifferenceOptions)),
+        "rsqrt": _simple(),
+        "sqrt": _simple(),
+        "abs": _simple(),
+        "exp": _simple(BO.ExpOptions, lambda n: _empty_options(ExpOptions)),
+        "sum": _emit_reduce,
     }
 
 

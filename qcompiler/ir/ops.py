@@ -577,6 +577,29 @@ def _sigmoid(x: np.ndarray, attrs: dict) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------------
+# float semantics: transpose, elementwise math, sum (keras.ops graphs, normalization layers)
+# ----------------------------------------------------------------------------------------------------
+def _infer_transpose(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
+    x, perm = types[0], list(attrs["perm"])
+    if sorted(perm) != list(range(x.rank)):
+        raise IRError(f"transpose perm {perm} is not a permutation of the {x.rank} axes of {x}")
+    return [TensorType(tuple(x.shape[p] for p in perm), x.dtype)]
+
+
+def _infer_binary_plain(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
+    return [TensorType(broadcast_shapes(types[0].shape, types[1].shape), types[0].dtype)]
+
+
+def _float64_unary(fn: Callable[[np.ndarray], np.ndarray]) -> ComputeFn:
+    return _unary(lambda x, a: fn(x.astype(np.float64)))
+
+
+def _compute_sum(xs: Sequence[np.ndarray], attrs: dict) -> list[np.ndarray]:
+    axes = tuple(_normalize_axes(attrs["axes"], xs[0].ndim))
+    return [xs[0].sum(axis=axes, keepdims=attrs["keepdims"], dtype=np.float64).astype(xs[0].dtype)]
+
+
+# ----------------------------------------------------------------------------------------------------
 # the table
 # ----------------------------------------------------------------------------------------------------
 _PADDING = enum("same", "valid", default="valid")
@@ -672,46 +695,20 @@ OPS: dict[str, OpDef] = {
              constant_foldable=False, converts_dtype=True),
         _def("cast", 1, 1, {"dtype": enum(*sorted(DTYPES))}, _infer_cast, lambda xs, a: [xs[0]], _FLOAT, "CAST",
              converts_dtype=True),
+        _def("transpose", 1, 1, {"perm": ints(minimum=0)}, _infer_transpose,
+             lambda xs, a: [np.transpose(xs[0], a["perm"])], _SAME_1, "TRANSPOSE",
+             "perm[i] is the input axis that becomes axis i"),
+        _def("div", 2, 2, {"activation": _ACTIVATION}, _infer_binary, _binary(np.divide), _FLOAT, "DIV",
+             "TFLite divides int8 tensors only as uint8: a float island in integer models"),
+        _def("squared_difference", 2, 2, {}, _infer_binary_plain,
+             _binary(lambda a, b: np.square(a.astype(np.float64) - b)), _OWN, "SQUARED_DIFFERENCE"),
+        _def("rsqrt", 1, 1, {}, _same, _float64_unary(lambda x: 1.0 / np.sqrt(x)), _OWN, "RSQRT"),
+        _def("sqrt", 1, 1, {}, _same, _float64_unary(np.sqrt), _OWN, "SQRT"),
+        _def("abs", 1, 1, {}, _same, _unary(lambda x, a: np.abs(x)), _OWN, "ABS"),
+        _def("exp", 1, 1, {}, _same, _float64_unary(np.exp), _OWN, "EXP"),
+        _def("sum", 1, 1, dict(_AXES), _infer_reduce, _compute_sum, _OWN, "SUM"),
     ]
 }
-
-
-# ----------------------------------------------------------------------------------------------------
-# ops for keras.ops graphs and normalization layers (transpose, elementwise math, sum)
-# ----------------------------------------------------------------------------------------------------
-def _infer_transpose(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
-    x, perm = types[0], list(attrs["perm"])
-    if sorted(perm) != list(range(x.rank)):
-        raise IRError(f"transpose perm {perm} is not a permutation of the {x.rank} axes of {x}")
-    return [TensorType(tuple(x.shape[p] for p in perm), x.dtype)]
-
-
-def _infer_binary_plain(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
-    return [TensorType(broadcast_shapes(types[0].shape, types[1].shape), types[0].dtype)]
-
-
-def _float64_unary(fn: Callable[[np.ndarray], np.ndarray]) -> ComputeFn:
-    return _unary(lambda x, a: fn(x.astype(np.float64)))
-
-
-def _compute_sum(xs: Sequence[np.ndarray], attrs: dict) -> list[np.ndarray]:
-    axes = tuple(_normalize_axes(attrs["axes"], xs[0].ndim))
-    return [xs[0].sum(axis=axes, keepdims=attrs["keepdims"], dtype=np.float64).astype(xs[0].dtype)]
-
-
-_EXTRA_OPS = [
-    _def("transpose", 1, 1, {"perm": REQUIRED}, _infer_transpose,
-         lambda xs, a: [np.transpose(xs[0], a["perm"])], "perm[i]: the input axis that becomes axis i"),
-    _def("div", 2, 2, {"activation": "none"}, _infer_binary, _binary(np.divide)),
-    _def("squared_difference", 2, 2, {}, _infer_binary_plain,
-         _binary(lambda a, b: np.square(a.astype(np.float64) - b))),
-    _def("rsqrt", 1, 1, {}, _same, _float64_unary(lambda x: 1.0 / np.sqrt(x))),
-    _def("sqrt", 1, 1, {}, _same, _float64_unary(np.sqrt)),
-    _def("abs", 1, 1, {}, _same, _unary(lambda x, a: np.abs(x))),
-    _def("exp", 1, 1, {}, _same, _float64_unary(np.exp)),
-    _def("sum", 1, 1, {"axes": REQUIRED, "keepdims": False}, _infer_reduce, _compute_sum),
-]
-OPS.update({d.name: d for d in _EXTRA_OPS})
 
 
 def op_def(op: str) -> OpDef:
