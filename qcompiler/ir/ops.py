@@ -707,11 +707,11 @@ OPS: dict[str, OpDef] = {
              "TFLite divides int8 tensors only as uint8: a float island in integer models"),
         _def("squared_difference", 2, 2, {}, _infer_binary_plain,
              _binary(lambda a, b: np.square(a.astype(np.float64) - b)), _OWN_NO_I16, "SQUARED_DIFFERENCE"),
-        _def("rsqrt", 1, 1, {}, _same, _float64_unary(lambda x: 1.0 / np.sqrt(x)), _OWN, "RSQRT"),
+        _def("rsqrt", 1, 1, {}, _same, _float64_unary(lambda x: 1.0 / np.sqrt(x)), _OWN_NO_I16, "RSQRT"),
         _def("sqrt", 1, 1, {}, _same, _float64_unary(np.sqrt), _OWN_NO_I16, "SQRT"),
         _def("abs", 1, 1, {}, _same, _unary(lambda x, a: np.abs(x)), _OWN, "ABS"),
         _def("exp", 1, 1, {}, _same, _float64_unary(np.exp), _OWN, "EXP"),
-        _def("sum", 1, 1, dict(_AXES), _infer_reduce, _compute_sum, _OWN, "SUM"),
+        _def("sum", 1, 1, dict(_AXES), _infer_reduce, _compute_sum, _OWN_NO_I16, "SUM"),
     ]
 }
 
