@@ -406,6 +406,23 @@ def _layer_norm(ctx: LayerContext, xs: Sequence[Value]) -> Value:
     return y
 
 
+def _rms_norm(ctx: LayerContext, xs: Sequence[Value]) -> Value:
+    """keras.ops.rms_normalization: x * rsqrt(mean(x * x) + eps) * scale."""
+    layer, x = ctx.layer, xs[0]
+    rank = x.type.rank
+    axes = sorted(int(a) % rank for a in (layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]))
+    if 0 in axes:
+        raise ctx.unsupported(f"normalizes over the batch axis (axis={layer.axis})")
+    mean_square = ctx.op("mean", ctx.op("mul", x, x, suffix="square"), axes=axes, keepdims=True)
+    epsilon = keras.backend.epsilon() if layer.epsilon is None else layer.epsilon
+    inv = ctx.op("rsqrt", ctx.op("add", mean_square, ctx.const(np.float32(epsilon), "epsilon")))
+    y = ctx.op("mul", x, inv, suffix="normalized")
+    scale = _weights(layer.scale)
+    if np.all(scale == 1):
+        return y
+    return ctx.op("mul", y, ctx.weight(_channel_vector(ctx, scale, rank, axes), "scale"), suffix="scaled")
+
+
 def _custom_scale(ctx: LayerContext, xs: Sequence[Value]) -> Value:
     """InceptionResNetV2's CustomScaleLayer: inputs[0] + inputs[1] * scale."""
     if len(xs) != 2:
@@ -482,6 +499,7 @@ CONVERTERS: dict[type, Converter] = {
     L.Lambda: _lambda,
     L.Normalization: _normalization,
     L.LayerNormalization: _layer_norm,
+    L.RMSNormalization: _rms_norm,
 }
 del L
 CONVERTERS.update(_known_application_layers())
