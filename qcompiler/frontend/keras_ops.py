@@ -195,6 +195,34 @@ def _matmul(ctx: LayerContext, args: list[Any], out: Any) -> Value:
     return ctx.op("fully_connected", x, ctx.const(w.T, "kernel"))
 
 
+def _get_item(ctx: LayerContext, args: list[Any], out: Any) -> Value:
+    """x[...] with unit-step slices and integer indices on non-batch axes: a slice, then a reshape that drops
+    the indexed axes (Ellipsis and None are refused)."""
+    x = _tensor(ctx, args)
+    key = args[1] if isinstance(args[1], tuple) else (args[1],)
+    if len(key) > x.type.rank or any(k is Ellipsis or k is None for k in key):
+        raise unsupported(ctx, f"index {key} is not supported; use unit-step slices and integers, one per axis")
+    begin, size = [0] * x.type.rank, [-1] * x.type.rank
+    for axis, k in enumerate(key):
+        dim = x.type.shape[axis]
+        if isinstance(k, slice):
+            if k == slice(None):
+                continue
+            if axis == 0 or dim is None or k.step not in (None, 1):
+                raise unsupported(ctx, f"slice {k} on axis {axis} of {x.type}: only unit-step slices of known "
+                                       "non-batch axes are supported")
+            start, stop, _ = k.indices(dim)
+            begin[axis], size[axis] = start, max(stop - start, 0)
+        elif isinstance(k, (int, np.integer)) and axis > 0 and dim is not None and -dim <= int(k) < dim:
+            begin[axis], size[axis] = int(k) % dim, 1
+        else:
+            raise unsupported(ctx, f"index {k!r} on axis {axis} of {x.type} is not supported")
+    y = ctx.op("slice", x, begin=begin, size=size)
+    if tuple(out.shape) == y.type.shape:
+        return y
+    return ctx.op("reshape", y, shape=[-1 if d is None else int(d) for d in out.shape])
+
+
 def _elu(ctx: LayerContext, args: list[Any], out: Any) -> Value:
     return elu_general(ctx, _tensor(ctx, args), ctx.layer.alpha)
 
@@ -229,6 +257,7 @@ OPERATIONS: dict[type, Builder] = {
     knp.Squeeze: _reshape_to_output,
     knp.Transpose: _transpose,
     knp.Concatenate: _concatenate,
+    knp.GetItem: _get_item,
     knp.Matmul: _matmul,
     kmath.Rsqrt: _unary("rsqrt"),
     knn.Relu: _activation("relu"),
