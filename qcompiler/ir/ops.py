@@ -218,10 +218,28 @@ def broadcast_shapes(a: Shape, b: Shape) -> Shape:
 # inference
 # ----------------------------------------------------------------------------------------------------
 def _infer_const(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
-    value = np.asarray(attrs["value"])
     from qcompiler.ir.types import dtype_name
 
-    return [TensorType(value.shape, dtype_name(value.dtype))]
+    try:
+        value = np.asarray(attrs["value"])
+        return [TensorType(value.shape, dtype_name(value.dtype))]
+    except (TypeError, ValueError) as err:
+        raise IRError(f"the value is not a tensor of a supported dtype: {err}") from None
+
+
+def _need_rank(x: TensorType, what: str, rank: Optional[int] = None, at_least: int = 0) -> None:
+    """Refuse an operand of the wrong rank before an inference function indexes its shape."""
+    if rank is not None and x.rank != rank:
+        raise IRError(f"{what} must have rank {rank}, got {x}")
+    if x.rank < at_least:
+        raise IRError(f"{what} must have rank >= {at_least}, got {x}")
+
+
+def _check_axis(axis: int, rank: int, what: str = "axis") -> int:
+    """`axis` in [-rank, rank), as a non-negative index."""
+    if not -rank <= axis < rank:
+        raise IRError(f"{what} {axis} is outside a rank-{rank} tensor (valid: {-rank}..{rank - 1})")
+    return axis % rank
 
 
 def _infer_conv2d(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
@@ -257,6 +275,7 @@ def _infer_fc(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
     x, w = types[0], types[1]
     if w.rank != 2:
         raise IRError(f"fully_connected wants weights [out,in], got {w}")
+    _need_rank(x, "the fully_connected input", at_least=1)
     if x.shape[-1] is not None and x.shape[-1] != w.shape[1]:
         raise IRError(f"fully_connected weights take {w.shape[1]} inputs but the last input axis is {x.shape[-1]}")
     _check_bias(types, w.shape[0])
@@ -270,6 +289,9 @@ def _check_bias(types: Sequence[TensorType], channels: Optional[int]) -> None:
 
 
 def _infer_batch_norm(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
+    _need_rank(types[0], "the batch_norm input", at_least=1)
+    if attrs["epsilon"] < 0:
+        raise IRError(f"epsilon must not be negative, got {attrs['epsilon']}")
     channels = types[0].shape[-1]
     for t in types[1:]:
         if t.shape != (channels,):
@@ -308,7 +330,11 @@ def _normalize_axes(axes: Sequence[int], rank: int) -> list[int]:
 
 def _infer_reduce(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
     x = types[0]
+    for a in attrs["axes"]:
+        _check_axis(a, x.rank, "reduction axis")
     axes = _normalize_axes(attrs["axes"], x.rank)
+    if len(set(axes)) != len(axes):
+        raise IRError(f"reduction axes {list(attrs['axes'])} name an axis twice")
     if attrs["keepdims"]:
         shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
     else:
@@ -318,8 +344,9 @@ def _infer_reduce(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
 
 def _infer_flatten(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
     x = types[0]
+    _need_rank(x, "the flatten input", at_least=1)
     rest = x.shape[1:]
-    flat = int(np.prod(rest)) if all(d is not None for d in rest) else None
+    flat = math.prod(rest) if all(d is not None for d in rest) else None
     return [TensorType((x.shape[0], flat), x.dtype)]
 
 
@@ -330,7 +357,7 @@ def _infer_reshape(types: Sequence[TensorType], attrs: dict) -> list[TensorType]
         raise IRError(f"reshape target {target} has more than one -1")
     known_in = x.num_elements()
     if -1 in target:
-        rest = int(np.prod([d for d in target if d != -1]))
+        rest = math.prod(d for d in target if d != -1)
         if known_in is not None:
             if rest == 0 or known_in % rest:
                 raise IRError(f"cannot reshape {x} to {target}")
@@ -338,12 +365,13 @@ def _infer_reshape(types: Sequence[TensorType], attrs: dict) -> list[TensorType]
         elif x.shape[0] is None and target[0] == -1 and x.rank >= 1:
             # the batch stays unknown; check the rest is consistent
             inner = x.shape[1:]
-            if all(d is not None for d in inner) and int(np.prod(inner)) != rest:
-                raise IRError(f"cannot reshape {x} to {attrs['shape']}: {int(np.prod(inner))} elements per batch, not {rest}")
+            if all(d is not None for d in inner) and math.prod(inner) != rest:
+                raise IRError(f"cannot reshape {x} to {attrs['shape']}: {math.prod(inner)} elements per batch, "
+                              f"not {rest}")
             target[0] = None
         else:
             target[target.index(-1)] = None
-    elif known_in is not None and int(np.prod(target)) != known_in:
+    elif known_in is not None and math.prod(target) != known_in:
         raise IRError(f"cannot reshape {x} ({known_in} elements) to {target}")
     return [TensorType(tuple(target), x.dtype)]
 
@@ -351,7 +379,7 @@ def _infer_reshape(types: Sequence[TensorType], attrs: dict) -> list[TensorType]
 def _infer_concat(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
     _check_activation(attrs)
     rank = types[0].rank
-    axis = attrs["axis"] % rank
+    axis = _check_axis(attrs["axis"], rank, "concat axis")
     total: Optional[int] = 0
     for t in types:
         if t.rank != rank:
@@ -381,6 +409,8 @@ def _infer_slice(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
         raise IRError(f"slice begin/size need {x.rank} entries, got {begin} and {size}")
     shape = []
     for d, b, s in zip(x.shape, begin, size):
+        if d is not None and b > d:
+            raise IRError(f"slice begin {b} is outside a dimension of {d}")
         if s == -1:
             shape.append(None if d is None else d - b)
         else:
@@ -392,6 +422,7 @@ def _infer_slice(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
 
 def _infer_resize(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
     x = types[0]
+    _need_rank(x, "the resize_nearest input (NHWC)", rank=4)
     h, w = attrs["size"]
     return [TensorType((x.shape[0], h, w, x.shape[3]), x.dtype)]
 
@@ -498,10 +529,16 @@ def _compute_reduce_min(xs: Sequence[np.ndarray], attrs: dict) -> list[np.ndarra
     return [xs[0].min(axis=axes, keepdims=attrs["keepdims"])]
 
 
+def _compute_pad(xs: Sequence[np.ndarray], attrs: dict) -> list[np.ndarray]:
+    if xs[0].ndim == 0:
+        return [xs[0].copy()]  # nothing to pad (np.pad refuses an empty pad list)
+    return [np.pad(xs[0], np.asarray(attrs["paddings"], np.int64).reshape(-1, 2))]
+
+
 def _compute_reshape(xs: Sequence[np.ndarray], attrs: dict) -> list[np.ndarray]:
     target = list(attrs["shape"])
-    if target and target[0] == -1 and -1 not in target[1:]:
-        target[0] = xs[0].shape[0]  # the batch dimension follows the input's
+    if xs[0].size == 0 and target and target[0] == -1 and -1 not in target[1:]:
+        target[0] = xs[0].shape[0]  # an empty batch: numpy cannot solve for the -1
     return [xs[0].reshape(target)]
 
 
@@ -670,7 +707,7 @@ OPS: dict[str, OpDef] = {
         _def("mean", 1, 1, dict(_AXES), _infer_reduce, _compute_mean, _OWN, "MEAN"),
         _def("reduce_max", 1, 1, dict(_AXES), _infer_reduce, _compute_reduce_max, _SAME_1, "REDUCE_MAX"),
         _def("reduce_min", 1, 1, dict(_AXES), _infer_reduce, _compute_reduce_min, _SAME_1, "REDUCE_MIN"),
-        _def("flatten", 1, 1, {}, _infer_flatten, lambda xs, a: [xs[0].reshape(xs[0].shape[0], -1)], _SAME_1,
+        _def("flatten", 1, 1, {}, _infer_flatten, lambda xs, a: [xs[0].reshape(xs[0].shape[0], math.prod(xs[0].shape[1:]))], _SAME_1,
              "RESHAPE", "keep the batch axis, flatten the rest", shares_input_buffer=True),
         _def("reshape", 1, 1, {"shape": ints(minimum=-1)}, _infer_reshape, _compute_reshape, _SAME_1, "RESHAPE",
              "target shape; a leading -1 is the batch", shares_input_buffer=True),
@@ -678,7 +715,7 @@ OPS: dict[str, OpDef] = {
              lambda xs, a: [apply_activation(np.concatenate(xs, axis=a["axis"]), a["activation"])], _SAME,
              "CONCATENATION"),
         _def("pad", 1, 1, {"paddings": int_pairs(minimum=0)}, _infer_pad,
-             lambda xs, a: [np.pad(xs[0], a["paddings"])], _SAME_1, "PAD",
+             _compute_pad, _SAME_1, "PAD",
              "zero padding, [[before, after], ...] per axis"),
         _def("slice", 1, 1, {"begin": ints(minimum=0), "size": ints(minimum=-1)}, _infer_slice, _compute_slice,
              QuantRule(SAME, param_operands=2), "SLICE", "size -1 runs to the end"),
@@ -723,7 +760,7 @@ def op_def(op: str) -> OpDef:
 
 
 def complete_attrs(node: Node) -> None:
-    """Fill defaults and reject unknown or missing attributes."""
+    """Fill defaults and reject unknown, missing or ill-typed attributes."""
     definition = op_def(node.op)
     unknown = set(node.attrs) - set(definition.attrs)
     if unknown:
@@ -733,6 +770,15 @@ def complete_attrs(node: Node) -> None:
             if default is REQUIRED:
                 raise IRError(f"{node.op}: attribute '{key}' is required")
             node.attrs[key] = list(default) if isinstance(default, list) else default
+    check_attrs(node)
+
+
+def check_attrs(node: Node) -> None:
+    """Check every attribute the node has against its declaration in the op table (qcompiler/ir/attrs.py)."""
+    signature = op_def(node.op).signature
+    for key, value in node.attrs.items():
+        if key in signature:
+            signature[key].check(key, value)
 
 
 def check_arity(node: Node) -> None:
@@ -748,10 +794,20 @@ def infer_types(node: Node) -> list[TensorType]:
     try:
         complete_attrs(node)
         check_arity(node)
-        return op_def(node.op).infer([v.type for v in node.operands], node.attrs)
+        return infer_checked(node.op, [v.type for v in node.operands], node.attrs)
     except IRError as err:
         layer = f" (Keras layer '{node.layer}')" if node.layer else ""
         raise IRError(f"{node.op}{layer}: {err}") from None
+
+
+def infer_checked(op: str, types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
+    """The op's inference, after the checks every op shares: weight and bias operands have fully known shapes."""
+    weights = op_def(op).weights
+    if weights is not None:
+        for index, role in ((weights.operand, "weights"), (weights.bias, "bias")):
+            if index is not None and index < len(types) and not types[index].is_static:
+                raise IRError(f"{role} (operand {index}) must have a fully known shape, got {types[index]}")
+    return op_def(op).infer(types, attrs)
 
 
 def compute(node: Node, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:

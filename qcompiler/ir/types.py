@@ -1,6 +1,8 @@
 """Frozen value types of the IR: element types, quantization parameters, tensor types."""
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -124,7 +126,7 @@ class TensorType:
         return all(d is not None for d in self.shape)
 
     def num_elements(self) -> Optional[int]:
-        return int(np.prod(self.shape)) if self.is_static else None
+        return math.prod(self.shape) if self.is_static else None  # exact: np.prod wraps past 2**63
 
     def with_shape(self, shape: Sequence[Optional[int]]) -> "TensorType":
         return TensorType(tuple(shape), self.dtype, self.quant)

@@ -16,7 +16,7 @@ import typing
 from typing import Any, Literal, Mapping, Sequence, Union
 
 from qcompiler.errors import QCompilerError
-from qcompiler.passes.base import Pass, format_option
+from qcompiler.passes.base import Pass, PassOptionError, format_option
 from qcompiler.passes.calibrate import Calibrate
 from qcompiler.passes.canonicalize import Canonicalize
 from qcompiler.passes.dce import DeadCodeElimination
@@ -112,6 +112,8 @@ def build_pass(cls: type[Pass], options: Mapping[str, str]) -> Pass:
             raise PipelineError(f"option '{key}' of pass '{cls.name}': {err}") from None
     try:
         return cls(**kwargs)
+    except PassOptionError as err:
+        raise PipelineError(str(err)) from None
     except (TypeError, ValueError) as err:
         raise PipelineError(f"pass '{cls.name}': {err}") from None
 
