@@ -632,7 +632,12 @@ def _infer_binary_plain(types: Sequence[TensorType], attrs: dict) -> list[Tensor
 
 
 def _float64_unary(fn: Callable[[np.ndarray], np.ndarray]) -> ComputeFn:
-    return _unary(lambda x, a: fn(x.astype(np.float64)))
+    """Computed in float64; NaN for negative inputs of sqrt/rsqrt and inf for overflow, as TFLite's kernels."""
+    def compute(x: np.ndarray, attrs: dict) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            return fn(x.astype(np.float64))
+
+    return _unary(compute)
 
 
 def _compute_sum(xs: Sequence[np.ndarray], attrs: dict) -> list[np.ndarray]:
