@@ -373,7 +373,9 @@ def _normalization(ctx: LayerContext, xs: Sequence[Value]) -> Value:
 
     if layer.invert:
         y = x if np.all(denominator == 1) else ctx.op("mul", x, ctx.weight(per_axis(denominator), "scale"))
-        return y if not np.any(mean) else ctx.op("add", y, ctx.weight(per_axis(mean), "mean"))
+        if np.any(mean):
+            return ctx.op("add", y, ctx.weight(per_axis(mean), "mean"))
+        return y if y is not x else ctx.op("identity", x)
     y = x if not np.any(mean) else ctx.op("sub", x, ctx.weight(per_axis(mean), "mean"))
     scale = np.float32(1.0) / denominator
     if np.all(scale == 1):
