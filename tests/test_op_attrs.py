@@ -193,3 +193,35 @@ def test_every_default_passes_its_declaration(op):
     for key, attr in OPS[op].signature.items():
         if attr.default is not REQUIRED:
             attr.check(key, attr.default)
+
+
+# ----------------------------------------------------------------------------------------------------
+# one attribute of a valid graph mutated, then verified, optimized and written
+# ----------------------------------------------------------------------------------------------------
+def _mutation_cases() -> dict:
+    from tests.test_backend import FLOAT_CASES
+
+    return FLOAT_CASES
+
+
+@pytest.mark.parametrize("case", sorted(_mutation_cases()))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_mutated_attribute_gives_only_qcompiler_errors(case, data):
+    from qcompiler.backend.tflite_writer import write_tflite
+    from qcompiler.ir.verifier import verify
+
+    graph = _mutation_cases()[case]()
+    nodes = [n for n in graph.nodes if OPS[n.op].signature and n.op != "const"]
+    if not nodes:
+        return
+    node = data.draw(st.sampled_from(nodes))
+    key = data.draw(st.sampled_from(sorted(OPS[node.op].signature)))
+    attr = OPS[node.op].signature[key]
+    node.attrs[key] = data.draw(st.one_of(_well_typed(attr), _HOSTILE))
+    try:
+        verify(graph)
+        run_passes(graph, DEFAULT_FLOAT_PIPELINE)
+        write_tflite(graph)
+    except QCompilerError:
+        pass

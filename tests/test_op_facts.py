@@ -98,13 +98,47 @@ def test_passes_keep_no_private_op_lists(path):
 
 def test_derived_tables_match_the_converter_facts():
     """What the passes derive from the table (pinned, so an edit to the table is a visible decision)."""
-    from qcompiler.passes import calibrate, fold_affine, fold_batchnorm, fold_constants, fold_pad, quantize_weights
+    from qcompiler.passes import fold_affine, fold_batchnorm, fold_constants, fold_pad, quantize_weights
 
     assert set(fold_batchnorm.FOLDABLE_PRODUCERS) >= {"conv2d", "depthwise_conv2d", "fully_connected"}
     assert set(fold_affine.LAYERS) == set(fold_batchnorm.FOLDABLE_PRODUCERS)
     assert set(fold_pad.FOLDING_OPS) >= {"conv2d", "depthwise_conv2d"}
     assert quantize_weights.HYBRID_WEIGHTS.items() >= {"conv2d": (1, 0), "depthwise_conv2d": (1, 3),
                                                        "fully_connected": (1, 0)}.items()
-    assert calibrate.INPLACE_OPERANDS == {"add": (0, 1), "sub": (0, 1), "mul": (0, 1), "softmax": (0,)}
-    assert set(calibrate.SHARED_BUFFER_OPS) == {"flatten", "reshape"}
+    from qcompiler.backend.tflite_arena import DATA_UNMODIFIED, kernel_flags, shareable_operands
+    from qcompiler.ir.ops import OPS
+
+    changing = {op: shareable_operands(op) for op in OPS if kernel_flags(op) and not kernel_flags(op) & DATA_UNMODIFIED}
+    assert changing == {"add": (0, 1), "sub": (0, 1), "mul": (0, 1), "softmax": (0,)}
+    assert {op for op in OPS if kernel_flags(op) & DATA_UNMODIFIED} == {"flatten", "reshape"}
     assert fold_constants.KEPT_OPS == {"const", "fake_quant", "quantize", "dequantize"}
+
+
+def test_param_operands_count_the_constants_the_writer_adds():
+    """QuantRule.param_operands (what the converter's same-scale rule counts) is the number of TFLite inputs the
+    writer adds beyond the IR operands (shape, axes, paddings, begin/size), for every SAME op the backend tests
+    write."""
+    import tflite
+
+    from qcompiler.backend.tflite_writer import write_tflite
+    from tests.test_backend import FLOAT_CASES
+
+    checked = set()
+    for build in FLOAT_CASES.values():
+        graph = build()
+        model = tflite.Model.GetRootAs(write_tflite(graph), 0)
+        sub = model.Subgraphs(0)
+        by_output = {}
+        for i in range(sub.OperatorsLength()):
+            op = sub.Operators(i)
+            by_output[sub.Tensors(op.Outputs(0)).Name().decode()] = op.InputsLength()
+        for node in graph.nodes:
+            spec = quant_spec(node.op)
+            if spec is None or spec.output != SAME or node.result.name not in by_output:
+                continue
+            if node.attrs.get("activation", "none") != "none":
+                continue  # written as the op plus an activation op that produces the result
+            assert by_output[node.result.name] - len(node.operands) == spec.param_operands, node.op
+            checked.add(node.op)
+    assert checked >= {"reshape", "pad", "slice", "resize_nearest", "reduce_max", "reduce_min", "max_pool2d",
+                       "maximum"}

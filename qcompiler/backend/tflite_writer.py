@@ -244,7 +244,7 @@ class _ModelWriter:
         """
         activation = node.attrs.get("activation", "none")
         out = self.result_tensor(node.result)
-        if activation == "none" or (activation in _FUSED and node.op != "concat"):
+        if activation == "none" or (activation in _FUSED and OPS[node.op].tflite_fuses_activation):
             emit_main(_FUSED[activation], out)
             return
         if activation == "tanh" and _is_quantized(node.result.type):

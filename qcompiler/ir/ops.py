@@ -107,13 +107,17 @@ class OpDef:
     doc: str = ""
     weights: Optional[Weights] = None
     tflite: Optional[str] = None  # the TFLite BuiltinOperator name the backend writes it as; None: never written
-    # TFLite runtime facts the converter's calibrator sees (passes/calibrate.py): operands whose buffer the kernel
-    # may overwrite with its output, in the order TFLite tries them; or the output shares the input's buffer.
+    # TFLite runtime facts the converter's calibrator sees (backend/tflite_arena.py): the inplace_operator flags of
+    # the `tflite` kernel's registration. Operands whose buffer the kernel may overwrite with its output, in the
+    # order TFLite tries them (kTfLiteInplaceOpInputNShared); or input 0 shared unmodified (+DataUnmodified).
     inplace_operands: tuple[int, ...] = ()
     shares_input_buffer: bool = False
     constant_foldable: bool = True  # fold-constants may evaluate it when all operands are constants
     absorbs_zero_pad: bool = False  # a zero pad before it can become its SAME padding (fold-pad)
     converts_dtype: bool = False  # converts between float and integer by design (the writer allows the mix)
+    # Its TFLite kernel runs a fused relu/relu6/relu_n1_to_1 (`activation` attribute). CONCATENATION's Prepare
+    # requires NONE: the writer emits the activation as its own op and fuse-activations leaves it alone.
+    tflite_fuses_activation: bool = True
     attrs: dict[str, Any] = field(init=False)  # attribute name -> default (REQUIRED when it must be given)
     fusable_activation: bool = field(init=False)
 
@@ -718,7 +722,7 @@ OPS: dict[str, OpDef] = {
              "target shape; a leading -1 is the batch", shares_input_buffer=True),
         _def("concat", 1, None, {"axis": integer(), "activation": _ACTIVATION}, _infer_concat,
              lambda xs, a: [apply_activation(np.concatenate(xs, axis=a["axis"]), a["activation"])], _SAME,
-             "CONCATENATION"),
+             "CONCATENATION", tflite_fuses_activation=False),
         _def("pad", 1, 1, {"paddings": int_pairs(minimum=0)}, _infer_pad,
              _compute_pad, _SAME_1, "PAD",
              "zero padding, [[before, after], ...] per axis"),
