@@ -25,6 +25,8 @@ from keras.src.models.functional import Functional
 from qcompiler.errors import QCompilerError
 from qcompiler.frontend.errors import ModelLoadError, UnsupportedLayerError
 from qcompiler.frontend.keras_layers import CONVERTERS, LAMBDA_REASON, LayerContext, supported_layers
+from qcompiler.frontend.keras_ops import OPERATIONS, UnsupportedOperationError, class_path, emit_operation
+from qcompiler.frontend.keras_ops import substitute_tensors
 from qcompiler.frontend.keras_qat import QAT_CONVERTERS
 from qcompiler.ir.checks import check_values
 from qcompiler.ir.graph import Graph, IRError, Value
@@ -221,16 +223,20 @@ class _Importer:
             return results
         _check_translatable(op, node)
         ctx = LayerContext(self.graph, op, prefix + _sanitize(op.name), self.weights)
-        try:
-            value = CONVERTERS[type(op)](ctx, args)
-        except QCompilerError:
-            raise
-        except (TypeError, ValueError, ArithmeticError, IndexError, KeyError) as err:
-            # Keras does not validate every setting of a loaded config (Rescaling(scale="same") loads): whatever a
-            # translator cannot use is an error naming the layer, not a traceback.
-            raise UnsupportedLayerError(op.name, type(op).__name__, supported_layers(),
-                                        f"its configuration cannot be translated ({type(err).__name__}: {err})") \
-                from err
+        if isinstance(op, keras.layers.Layer):
+            try:
+                value = CONVERTERS[type(op)](ctx, args)
+            except QCompilerError:
+                raise
+            except (TypeError, ValueError, ArithmeticError, IndexError, KeyError) as err:
+                # Keras does not validate every setting of a loaded config (Rescaling(scale="same") loads): whatever
+                # a translator cannot use is an error naming the layer, not a traceback.
+                raise UnsupportedLayerError(op.name, type(op).__name__, supported_layers(),
+                                            f"its configuration cannot be translated ({type(err).__name__}: {err})") \
+                    from err
+        else:  # a keras.ops operation: its constant arguments matter too
+            values = {id(t): v for t, v in zip(_call_tensors(node), args)}
+            value = emit_operation(ctx, node, substitute_tensors(_split_arguments(node)[0], values))
         _rename(self.graph, value, ctx.base)
         return [value]
 
@@ -302,9 +308,12 @@ def _calls_in_order(function: Functional) -> list[Any]:
 def _check_translatable(op: Any, node: Any) -> None:
     class_name = type(op).__name__
     if not isinstance(op, keras.layers.Layer):
-        raise UnsupportedLayerError(op.name, class_name, supported_layers(),
-                                    "is a keras.ops operation applied to a symbolic tensor; only Keras layers "
-                                    "are translated, so use the matching layer (e.g. keras.layers.Add)")
+        if type(op) not in OPERATIONS:
+            raise UnsupportedOperationError(op.name, class_path(op))
+        if len(node.outputs) != 1:
+            raise UnsupportedOperationError(op.name, class_path(op), f"has {len(node.outputs)} outputs; only "
+                                            "single-output operations are supported")
+        return
     if type(op) not in CONVERTERS:
         base = next((cls.__name__ for cls in CONVERTERS if isinstance(op, cls)), None)
         reason = None if base is None else (f"subclasses {base}, and a subclass may change call(); use "
