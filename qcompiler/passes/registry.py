@@ -19,6 +19,7 @@ from qcompiler.errors import QCompilerError
 from qcompiler.passes.base import Pass, format_option
 from qcompiler.passes.calibrate import Calibrate
 from qcompiler.passes.canonicalize import Canonicalize
+from qcompiler.passes.cse import CommonSubexpressionElimination
 from qcompiler.passes.dce import DeadCodeElimination
 from qcompiler.passes.fold_affine import FoldAffine
 from qcompiler.passes.fold_batchnorm import FoldBatchNorm
@@ -34,6 +35,7 @@ from qcompiler.passes.weights_to_f16 import WeightsToF16
 PASSES: dict[str, type[Pass]] = {
     "calibrate": Calibrate,
     "canonicalize": Canonicalize,
+    "cse": CommonSubexpressionElimination,
     "dce": DeadCodeElimination,
     "fold-affine": FoldAffine,
     "fold-batchnorm": FoldBatchNorm,
@@ -49,7 +51,7 @@ PASSES: dict[str, type[Pass]] = {
 # dce first as well as last: a dead user would make a producer look shared and block folding and fusion.
 # fold-constants before fold-batchnorm so batch-norm parameters computed from constants are constants.
 # fold-pad needs nothing but dce before it (a dead user would make a pad look shared).
-DEFAULT_FLOAT_PIPELINE = "dce,canonicalize,fold-pad,fold-constants,fold-batchnorm,fold-affine,fuse-activations,dce"
+DEFAULT_FLOAT_PIPELINE = "dce,canonicalize,cse,fold-pad,fold-constants,fold-batchnorm,fold-affine,fuse-activations,dce"
 
 
 class PipelineError(QCompilerError, ValueError):
