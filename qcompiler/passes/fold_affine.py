@@ -27,7 +27,8 @@ from typing import ClassVar, Optional, Sequence
 import numpy as np
 
 from qcompiler.ir.graph import Node, Value
-from qcompiler.passes.rewriter import Const, Match, Pat, Rewriter, RewritePass, Rule, Var, has_data, single_use_reason
+from qcompiler.passes.rewriter import (Const, Match, Pat, Rewriter, RewritePass, Rule, Var, batched_fc_reason, has_data,
+                                       single_use_reason)
 
 LAYERS = ("conv2d", "depthwise_conv2d", "fully_connected")
 AFFINE = ("mul", "add")
@@ -41,6 +42,8 @@ _F32 = np.float32
 def _layer_reason(layer: Node) -> Optional[str]:
     """Why the weights and bias of `layer` cannot be rewritten, or None."""
     weights = layer.operands[1]
+    if (reason := batched_fc_reason(layer)) is not None:
+        return reason
     if not has_data(weights):
         return f"{layer.op} weights are not a constant with known data"
     if weights.type.dtype != "f32" or weights.type.quant is not None:
