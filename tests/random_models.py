@@ -598,8 +598,12 @@ def _depth(g: Gen) -> int:
                     else [g.int(2, 8), g.int(4, 16), g.int(10, 30)])
 
 
-def _pick_tensor(g: Gen, live: list[Any]) -> Any:
-    return live[-1] if g.chance(0.7) else g.choice(live)
+def _pick_tensor(g: Gen, leaves: list[Any], live: list[Any]) -> Any:
+    """Mostly extend the newest unconsumed tensor; sometimes an older one, or branch off anything."""
+    r = g.rng.random()
+    if r < 0.75:
+        return leaves[-1]
+    return g.choice(leaves) if r < 0.87 else g.choice(live)
 
 
 def _head(g: Gen, x: Any) -> tuple[Any, Any]:
@@ -616,16 +620,20 @@ def _head(g: Gen, x: Any) -> tuple[Any, Any]:
 
 
 def random_model(seed: int, blocks: Optional[Sequence[Block]] = None, depth: Optional[int] = None) -> RandomModel:
-    """A random valid functional model, the same for the same seed (and block set)."""
+    """A random valid functional model, the same for the same seed (and block set). `depth` (number of blocks
+    applied) overrides the seed's own; the walk is otherwise unchanged, so depth=k gives the seed's first k
+    steps (handy to shrink a failing model)."""
     blocks = tuple(available_blocks() if blocks is None else blocks)
     g = Gen(np.random.default_rng(seed), prefix=f"m{seed}_", activations=supported_activations())
     inputs = [keras.Input(s, name=f"in{i}") for i, s in enumerate(_input_shapes(g))]
+    steps = _depth(g)
     reaches: dict[int, frozenset] = {id(x): frozenset([i]) for i, x in enumerate(inputs)}
     live: list[Any] = list(inputs)
+    leaves: list[Any] = list(inputs)
     g.pool = list(inputs)
     applied: list[str] = []
-    for _ in range(depth if depth is not None else _depth(g)):
-        x = _pick_tensor(g, live)
+    for _ in range(depth if depth is not None else steps):
+        x = _pick_tensor(g, leaves, live)
         candidates = [b for b in blocks if b.accepts(shape_of(x))]
         weights = np.array([b.weight for b in candidates])
         block = candidates[int(g.rng.choice(len(candidates), p=weights / weights.sum()))]
@@ -634,9 +642,18 @@ def random_model(seed: int, blocks: Optional[Sequence[Block]] = None, depth: Opt
             continue  # too large or degenerate: drop it (Keras keeps only what reaches the outputs)
         applied.append(block.name)
         reaches[id(y)] = _sources(y, reaches)
+        leaves = [t for t in leaves if t is not x and not _feeds(t, y, reaches)] + [y]
         live.append(y)
         g.pool.append(y)
-    return _finish(g, seed, inputs, live, reaches, applied)
+    return _finish(g, seed, inputs, leaves, reaches, applied)
+
+
+def _feeds(t: Any, y: Any, reaches: dict[int, frozenset]) -> bool:
+    """Whether t is among y's direct operands (a merge block consumed it)."""
+    history = getattr(y, "_keras_history", None)
+    if history is None or history.operation is None:
+        return False
+    return any(i is t for i in history.operation._inbound_nodes[history.node_index].input_tensors)
 
 
 def _sources(y: Any, reaches: dict[int, frozenset]) -> frozenset:
@@ -657,21 +674,23 @@ def _sources(y: Any, reaches: dict[int, frozenset]) -> frozenset:
     return found
 
 
-def _finish(g: Gen, seed: int, inputs: list[Any], live: list[Any], reaches: dict, applied: list[str]) -> RandomModel:
+MAX_OUTPUTS = 3
+
+
+def _finish(g: Gen, seed: int, inputs: list[Any], leaves: list[Any], reaches: dict, applied: list[str]) -> RandomModel:
+    """Outputs: the newest unconsumed tensors (up to MAX_OUTPUTS), plus one per input that reaches none of them;
+    half the models get a classifier head on one output, whose logits become an extra output."""
     def computed(t: Any) -> Any:  # an output must not be a model input itself
         return L.Activation("relu6", name=g.name("out_act"))(t) if any(t is x for x in inputs) else t
 
-    outputs = [computed(live[-1])]
-    if g.chance(0.25) and len(live) > 2:
-        extra = g.choice(live[len(inputs):-1] or live[:-1])
-        if all(extra is not o for o in outputs):
-            outputs.append(extra)
-    covered = frozenset().union(*(reaches[id(o)] for o in outputs))
-    for i, x in enumerate(inputs):  # every input must reach an output: its newest descendant becomes one
+    chosen = leaves[::-1][:MAX_OUTPUTS]
+    covered = frozenset().union(*(reaches.get(id(t), frozenset()) for t in chosen))
+    outputs = [computed(t) for t in chosen]
+    for i, x in enumerate(inputs):  # every input must reach an output
         if i not in covered:
-            own = [t for t in live if i in reaches[id(t)]][-1]
-            outputs.append(computed(own))
-            covered |= reaches[id(own)]
+            own = [t for t in leaves if i in reaches.get(id(t), frozenset())][-1:] or [x]
+            outputs.append(computed(own[0]))
+            covered |= reaches.get(id(own[0]), frozenset([i]))
     logits = []
     if g.chance(0.5):
         k = g.int(0, len(outputs) - 1)

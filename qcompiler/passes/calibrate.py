@@ -253,7 +253,15 @@ def _inplace_operand(graph: Graph, node: Node, inputs: set[int]) -> Optional[Val
 
 
 def _in_arena(value: Value, inputs: set[int]) -> bool:
-    return not value.is_constant and id(value) not in inputs
+    """Whether the tensor lives in TFLite's arena (only those can be written in place or share a buffer).
+    Not: constants, graph inputs, and the result of a fully_connected on a rank > 2 input with a dynamic batch,
+    which the converter's model produces with a RESHAPE whose shape is computed at run time (SHAPE, GATHER,
+    PACK: Keras' tensordot), so that tensor is dynamic, allocated outside the arena."""
+    if value.is_constant or id(value) in inputs:
+        return False
+    producer = value.producer
+    return not (producer is not None and producer.op == "fully_connected"
+                and producer.operands[0].type.rank > 2 and producer.operands[0].type.shape[0] is None)
 
 
 def _references(graph: Graph, value: Value) -> int:

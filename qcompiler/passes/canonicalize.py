@@ -7,6 +7,9 @@
 - maximum(x, 0)                   -> relu(x)
 - minimum(relu(x), 6)             -> relu6(x)
 - clamp(x, -1, 1) (min of max)    -> relu_n1_to_1(x)
+- add(x, 0), sub(x, 0), mul(x, 1) -> x   (constants of equal elements that do not broadcast x; TensorFlow's
+                                         IdentityArithmeticOpFolder, which the converter runs: a Dense with a
+                                         zero bias on a rank-3 input keeps no ADD)
 """
 from __future__ import annotations
 
@@ -96,6 +99,21 @@ def _clamp(outer: str, inner: str, outer_bound: float, inner_bound: float) -> Pa
                Const(where=_scalar_is(outer_bound)), commutative=True, where=_keeps_shape)
 
 
+def _identity_arithmetic_check(m: Match) -> Optional[str]:
+    node, x = m.root, m["x"]
+    if node.attrs.get("activation", "none") != "none":
+        return f"{node.op} has fused activation '{node.attrs['activation']}'"
+    if node.result.type != x.type:
+        return f"the constant broadcasts %{x.name} {x.type} to {node.result.type}"
+    return _output_alias_reason(node, x)
+
+
+def _identity_arithmetic(op: str, neutral: float, commutative: bool) -> Rule:
+    return Rule(f"{op}-{'zero' if neutral == 0 else 'one'}",
+                Pat(op, "x", Const(where=_scalar_is(neutral)), commutative=commutative),
+                _forward_operand, _identity_arithmetic_check)
+
+
 RULES: list[Rule] = [
     Rule("flatten-to-reshape", Pat("flatten", "x"), _flatten_to_reshape, _flatten_check),
     Rule("remove-identity", Pat("identity", "x"), _forward_operand, _drop_identity_check),
@@ -112,13 +130,17 @@ RULES: list[Rule] = [
                                      where=_keeps_shape), _to_activation("relu")),
     Rule("min-relu-6-to-relu6", Pat("minimum", Pat("relu", "x", one_use=True), Const(where=_scalar_is(6.0)),
                                     commutative=True, where=_keeps_shape), _to_activation("relu6")),
+    _identity_arithmetic("add", 0.0, commutative=True),
+    _identity_arithmetic("sub", 0.0, commutative=False),
+    _identity_arithmetic("mul", 1.0, commutative=True),
 ]
 
 
 @dataclass(frozen=True)
 class Canonicalize(RewritePass):
     name: ClassVar[str] = "canonicalize"
-    summary: ClassVar[str] = "flatten->reshape, drop identities and no-op reshapes, min/max clamps->relu ops"
+    summary: ClassVar[str] = ("flatten->reshape, drop identities, no-op reshapes and x+0/x-0/x*1, "
+                              "min/max clamps->relu ops")
 
     def rules(self) -> Sequence[Rule]:
         return RULES
