@@ -452,7 +452,7 @@ BLOCKS: tuple[Block, ...] = (
     Block("upsampling", _fits_upsampling, _upsampling, 0.5),
     Block("zero_padding", lambda s: len(s) == 3 and _elements(s) * 2 <= MAX_ELEMENTS and s[0] <= MAX_SPATIAL,
           _zero_padding, 0.5),
-    Block("cropping", image(4), _cropping, 0.5),
+    Block("cropping", image(4), _cropping, 0.8),
     Block("flatten", lambda s: len(s) >= 2, _flatten, 0.3),
     Block("reshape", lambda s: len(s) >= 1, _reshape, 0.4),
     Block("residual", any_shape, _residual, 2.0),
@@ -594,8 +594,10 @@ def _input_shapes(g: Gen) -> list[Shape]:
 
 
 def _depth(g: Gen) -> int:
-    return g.choice([g.int(2, 8), g.int(4, 16), g.int(10, 30), g.int(30, 60), g.int(80, 130)] if g.chance(0.1)
-                    else [g.int(2, 8), g.int(4, 16), g.int(10, 30)])
+    """Blocks to apply: mostly a few to a few dozen, one model in ten 100-160 (past 100 layers)."""
+    if g.chance(0.1):
+        return g.int(100, 160)
+    return g.choice([g.int(2, 8), g.int(4, 16), g.int(10, 30), g.int(20, 50)])
 
 
 def _pick_tensor(g: Gen, leaves: list[Any], live: list[Any]) -> Any:

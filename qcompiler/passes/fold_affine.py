@@ -5,7 +5,8 @@ After the layer (its output channel c on the last axis; the constant a scalar or
     conv(x, w) + b -> mul by s   =   conv(x, w * s) + b * s
     conv(x, w) + b -> add t      =   conv(x, w) + (b + t)
 
-Before the layer (the constant a scalar or one value per input channel), as Keras' Rescaling feeding a model:
+Before the layer, as Keras' Rescaling feeding a model (the constant a scalar; before a fully_connected also one
+value per input channel, as the converter does: it leaves a per-channel mul/add before a conv alone):
 
     conv(x * s, w) + b           =   conv(x, w * s) + b                   (w scaled along its input-channel axis)
     conv(x + t, w) + b           =   conv(x, w) + (b + sum over the kernel of w * t)
@@ -159,6 +160,9 @@ def _before_check(m: Match) -> Optional[str]:
         return reason
     if layer.op != "fully_connected" and layer.attrs["padding"] != "valid":
         return f"{layer.describe()} has padding '{layer.attrs['padding']}'; its zero border would change"
+    if layer.op != "fully_connected" and has_data(m["c"]) and m["c"].data.size != 1:
+        return (f"%{m['c'].name} {m['c'].type} is per channel: the converter folds only a scalar mul/add into a "
+                f"following {layer.op} (a batch norm before a conv stays MUL + ADD)")
     reason = _layer_reason(layer) or _binary_reason(binary)
     if reason is not None:
         return reason

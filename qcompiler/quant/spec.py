@@ -70,6 +70,8 @@ QUANT_SPEC: dict[str, OpQuantSpec] = {
     "flatten": _SAME_WITH_PARAM,  # written as RESHAPE
     "pad": _SAME_WITH_PARAM,  # paddings
     "slice": OpQuantSpec(SAME, param_operands=2),  # begin, size
+    "space_to_batch": OpQuantSpec(SAME, param_operands=2),  # block, paddings
+    "batch_to_space": OpQuantSpec(SAME, param_operands=2),  # block, crops
     "resize_nearest": _SAME_WITH_PARAM,  # size
     "concat": _SAME,
     "maximum": _SAME,
