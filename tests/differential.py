@@ -50,24 +50,23 @@ class Verdict:
         return f"{head}: identical [{identical}], max LSB [{lsb}], float error {self.float_error:.2e} {self.detail}"
 
 
-def run(model_bytes: bytes, keras_model, arrays: list[np.ndarray]) -> list[np.ndarray]:
-    """Outputs in the Keras order, with the reference kernels; with the default kernels for a model holding an
-    op the reference resolver lacks (ai-edge-litert's BUILTIN_REF has no ELU)."""
+def run(models: Sequence[bytes], keras_model, arrays: list[np.ndarray]) -> tuple[list[list[np.ndarray]], str]:
+    """Outputs of each model in the Keras order, all with the same kernels: the reference kernels, or the default
+    ones for all of them when one model holds an op the reference resolver lacks (ai-edge-litert's BUILTIN_REF has
+    no ELU and no TILE version 3, which the converter writes for int8 UpSampling2D)."""
     try:
-        return _run_in_keras_order(model_bytes, keras_model, arrays)
+        return [_run_in_keras_order(m, keras_model, arrays) for m in models], "reference"
     except ValueError as err:
         if "Didn't find op for builtin opcode" not in str(err):
             raise
     from ai_edge_litert.interpreter import OpResolverType
     import tests.tflite_run as tflite_run
 
-    saved = OpResolverType.BUILTIN_REF
-    try:  # run_tflite names the resolver; give it the default one for this call
+    try:  # run_tflite names the resolver; give it the default one for these calls
         tflite_run.OpResolverType = type("Resolver", (), {"BUILTIN_REF": OpResolverType.AUTO})
-        return _run_in_keras_order(model_bytes, keras_model, arrays)
+        return [_run_in_keras_order(m, keras_model, arrays) for m in models], "default"
     finally:
         tflite_run.OpResolverType = OpResolverType
-        del saved
 
 
 def _as_list(batch) -> list[np.ndarray]:
@@ -77,7 +76,7 @@ def _as_list(batch) -> list[np.ndarray]:
 def float_error(model, ours: bytes, batch: Sequence[np.ndarray]) -> float:
     """Largest relative difference between qcompiler's float32 model and Keras over all outputs."""
     expected = _as_list(model.predict(list(batch) if len(batch) > 1 else batch[0], verbose=0))
-    got = run(ours, model, list(batch))
+    got = run([ours], model, list(batch))[0][0]
     worst = 0.0
     for g, e in zip(got, expected):
         scale = max(float(np.max(np.abs(e))), 1e-6)
@@ -116,15 +115,17 @@ def check(model, calibration: Sequence[np.ndarray], test: Sequence[np.ndarray], 
     ours_params = [_params(d) for d in our_io[0] + our_io[1]]
     ref_params = [_params(d) for d in ref_io[0] + ref_io[1]]
     quantized = [qmath.quantize(a, QParams.per_tensor(*d["quantization"]), "i8") for a, d in zip(test, ref_io[0])]
-    got = run(ours, model, quantized)
-    expected = run(reference, model, quantized)
+    (got, expected), kernels = run([ours, reference], model, quantized)
+    if kernels != "reference":
+        verdict.detail = f"(run with the {kernels} kernels) "
     for g, e in zip(got, expected):
         diff = np.abs(g.astype(np.int32) - e.astype(np.int32))
         verdict.identical.append(float(np.mean(diff == 0)))
         verdict.max_lsb.append(int(diff.max()) if diff.size else 0)
     if ours_params != ref_params:
         mismatched = [i for i, (a, b) in enumerate(zip(ours_params, ref_params)) if a != b]
-        verdict.cause, verdict.detail = "I/O quant mismatch", f"tensors {mismatched} (inputs first): " + "; ".join(
+        verdict.cause = "I/O quant mismatch"
+        verdict.detail += f"tensors {mismatched} (inputs first): " + "; ".join(
             f"ours {ours_params[i][1:]} vs {ref_params[i][1:]}" for i in mismatched[:2])
     elif min(verdict.identical, default=1.0) < MIN_IDENTICAL:
         verdict.cause = "<99% identical"

@@ -166,8 +166,15 @@ def _relu_layer(g: Gen, x: Any) -> Any:
     variant = g.int(0, 4)
     max_value = [None, 6.0, float(g.choice([1.0, 2.5, 4.0])), None, 6.0][variant]
     slope = float(g.choice([0.05, 0.1, 0.3])) if variant in (3, 4) else 0.0
-    threshold = float(g.choice([0.0, 0.0, 0.5, 0.25])) if variant != 3 else 0.0
-    return L.ReLU(max_value=max_value, negative_slope=slope, threshold=threshold, name=g.name("relu"))(x)
+    return L.ReLU(max_value=max_value, negative_slope=slope, name=g.name("relu"))(x)
+
+
+def _relu_threshold(g: Gen, x: Any) -> Any:
+    """ReLU with a threshold: Keras computes x * (x > t); its own block (see BLOCKS)."""
+    max_value = g.choice([None, 6.0, 2.5])
+    slope = float(g.choice([0.0, 0.1]))
+    return L.ReLU(max_value=max_value, negative_slope=slope, threshold=float(g.choice([0.25, 0.5])),
+                  name=g.name("relu"))(x)
 
 
 def _leaky_relu(g: Gen, x: Any) -> Any:
@@ -175,7 +182,12 @@ def _leaky_relu(g: Gen, x: Any) -> Any:
 
 
 def _elu(g: Gen, x: Any) -> Any:
-    return L.ELU(alpha=float(g.choice([1.0, 1.0, 0.5, 1.5])), name=g.name("elu"))(x)
+    return L.ELU(alpha=1.0, name=g.name("elu"))(x)
+
+
+def _elu_alpha(g: Gen, x: Any) -> Any:
+    """ELU with alpha != 1: where(x > 0, elu(x), alpha * elu(x)); its own block (see BLOCKS)."""
+    return L.ELU(alpha=float(g.choice([0.5, 1.5])), name=g.name("elu"))(x)
 
 
 def _softmax(g: Gen, x: Any) -> Any:
@@ -443,6 +455,10 @@ BLOCKS: tuple[Block, ...] = (
     Block("relu-layer", any_shape, _relu_layer, 0.7),
     Block("leaky_relu-layer", any_shape, _leaky_relu, 0.3),
     Block("elu-layer", any_shape, _elu, 0.3),
+    # Keras computes these two with greater + select, which the converter runs partly in float (hybrid int8/float
+    # islands) and qcompiler cannot quantize yet: rare, so that they do not hide every other finding.
+    Block("relu-threshold", any_shape, _relu_threshold, 0.05),
+    Block("elu-alpha", any_shape, _elu_alpha, 0.05),
     Block("softmax-layer", any_shape, _softmax, 0.2),
     Block("rescaling", any_shape, _rescaling, 0.3),
     Block("dropout", any_shape, _dropout, 0.2),
