@@ -1,7 +1,7 @@
 """Differential check of one Keras model: qcompiler against TFLiteConverter (int8) and against Keras (float32).
 
 Both tools calibrate on the same samples (the converter one at a time through `representative_dataset`,
-qcompiler in batches with its default executor unless told otherwise). The int8 models then run with the
+qcompiler with its default settings unless an executor is given). The int8 models then run with the
 reference kernels (BUILTIN_REF) on the same int8 inputs, quantized with the converter's input parameters.
 
 `check(model, ...)` returns a `Verdict`: the measurements and, when the model misses the bar, the cause, one of
@@ -84,7 +84,7 @@ def float_error(model, ours: bytes, batch: Sequence[np.ndarray]) -> float:
     return worst
 
 
-def check(model, calibration: Sequence[np.ndarray], test: Sequence[np.ndarray], calibrate_with: str = "tflite",
+def check(model, calibration: Sequence[np.ndarray], test: Sequence[np.ndarray], executor: Optional[str] = None,
           check_float: bool = True) -> Verdict:
     """Compile `model` both ways and compare; never raises for a model-level failure (it becomes the cause)."""
     verdict = Verdict()
@@ -96,7 +96,8 @@ def check(model, calibration: Sequence[np.ndarray], test: Sequence[np.ndarray], 
     try:
         start = time.perf_counter()
         ours_float = qcompiler.compile(graph, mode="float32") if check_float else None
-        ours = qcompiler.compile(graph, mode="int8", calibration_data=by_name, calibrate_with=calibrate_with)
+        options = {} if executor is None else {"executor": executor}  # None: compile's default (exact)
+        ours = qcompiler.compile(graph, mode="int8", calibration_data=by_name, **options)
         verdict.seconds["qcompiler"] = time.perf_counter() - start
     except Exception as err:  # noqa: BLE001
         return _fail(verdict, "compile error", err)

@@ -238,6 +238,7 @@ FLOAT_CASES: dict[str, Callable[[], Graph]] = {
     "mean_hw": _single("mean", axes=[1, 2], keepdims=False),
     "mean_keepdims": _single("mean", axes=[-1, 1], keepdims=True),
     "reduce_max": _single("reduce_max", axes=[2], keepdims=False),
+    "reduce_min": _single("reduce_min", axes=[1, -1], keepdims=True),
     "flatten": _single("flatten"),
     "reshape": _single("reshape", shape=[-1, 24, 9]),
     "pad": _single("pad", paddings=[[0, 0], [2, 1], [0, 0], [1, 3]]),

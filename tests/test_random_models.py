@@ -9,9 +9,7 @@ in a softmax, for the logits before it, which the generator makes an extra outpu
 Seeds that fail for a known, named cause are xfailed (strict, so a fix shows up); `KNOWN_CAUSES` counts them.
 The long campaign over hundreds of seeds is benchmarks/fuzz_vs_converter.py.
 
-Calibration runs with calibrate_with="tensorflow" (the converter calibrator's float kernels, bit for bit):
-the default executor's float values differ in the last ulp, which moves a range by one ulp now and then and
-says nothing about the quantization rules these tests check (README, "converter parity").
+qcompiler compiles with its default settings (exact calibration: the converter calibrator's float kernels).
 """
 from __future__ import annotations
 
@@ -22,7 +20,6 @@ from tests.differential import check
 from tests.random_models import BLOCKS, random_batch, random_model, shape_of
 
 SEEDS = range(20)
-CALIBRATE_WITH = "tensorflow"
 
 # seed -> the cause, found by shrinking the model (random_model(seed, depth=k)) and comparing both .tflite files.
 GREATER_SELECT = ("ReLU(threshold>0) / ELU(alpha!=1) import as greater + select, which qcompiler cannot quantize "
@@ -44,8 +41,7 @@ def _params():
 def test_random_model_matches_the_converter(seed: int) -> None:
     spec = random_model(seed)
     model = spec.model
-    verdict = check(model, random_batch(model, 32, seed=1), random_batch(model, 64, seed=2),
-                    calibrate_with=CALIBRATE_WITH)
+    verdict = check(model, random_batch(model, 32, seed=1), random_batch(model, 64, seed=2))
     if verdict.cause == "converter error":  # nothing to compare with (the fuzz campaign counts these)
         pytest.skip(f"TFLiteConverter cannot convert seed {seed}: {verdict.detail}")
     assert verdict.ok, f"seed {seed} ({', '.join(spec.blocks)}): {verdict.summary()}"

@@ -250,6 +250,7 @@ _RULES: dict[int, Callable[[OpSig], int]] = {
     B.AVERAGE_POOL_2D: _pool,
     B.MEAN: _by_input_type(int8=2, int16=3),
     B.REDUCE_MAX: _by_input_type(int8=2, int16=3),
+    B.REDUCE_MIN: _by_input_type(int8=2, int16=3),
     B.CONCATENATION: _by_input_type(int8=2, int16=3),
     B.PAD: _pad,
     B.SLICE: _slice,
@@ -260,6 +261,15 @@ _RULES: dict[int, Callable[[OpSig], int]] = {
     B.DEQUANTIZE: _dequantize,
     B.CAST: _cast,
 }
+
+
+# Builtins qcompiler writes that stay version 1 for every tensor type it writes them with. Every builtin an OpDef
+# names (`tflite`) is in _RULES or here, so a new op cannot silently fall back to version 1 (tests/test_op_facts.py).
+VERSION_1_BUILTINS = frozenset({B.RESHAPE, B.ELU, B.HARD_SWISH, B.RELU_N1_TO_1, B.SELECT_V2})
+
+
+def has_version_rule(builtin: int) -> bool:
+    return builtin in _RULES or builtin in VERSION_1_BUILTINS
 
 
 def op_version(sig: OpSig) -> int:

@@ -29,6 +29,7 @@ from qcompiler.backend.opcodes import ABSENT, OpSig, TensorSig, deprecated_built
 from qcompiler.errors import QCompilerError
 from qcompiler.files import atomic_write
 from qcompiler.ir.graph import Graph, Node, Value
+from qcompiler.ir.ops import OPS
 from qcompiler.ir.types import QParams, TensorType
 
 
@@ -94,12 +95,16 @@ _FUSED: dict[str, int] = {
     "relu6": ActivationFunctionType.RELU6,
     "relu_n1_to_1": ActivationFunctionType.RELU_N1_TO_1,
 }
-# Activations TFLite kernels cannot fuse (a fused TANH is silently ignored by conv/add kernels) become their own op.
-_ACTIVATION_OPS: dict[str, int] = {"relu": B.RELU, "relu6": B.RELU6, "relu_n1_to_1": B.RELU_N1_TO_1, "tanh": B.TANH}
 _PADDING = {"same": Padding.SAME, "valid": Padding.VALID}
 _PIPELINE_HINT = "run the default pipeline (canonicalize, fold-batchnorm) first"
-_HYBRID_OPS = ("conv2d", "depthwise_conv2d", "fully_connected")  # weights (operand 1) may be int8, rest float
-_NO_MIXING_CHECK = ("quantize", "dequantize", "cast")  # they convert between float and integer by design
+
+
+def builtin_code(op: str) -> int:
+    """The TFLite builtin operator code of an IR op, from its OpDef (`tflite`, a BuiltinOperator name)."""
+    name = OPS[op].tflite
+    if name is None:
+        raise BackendError(f"op '{op}' has no TFLite builtin; {_PIPELINE_HINT}")
+    return getattr(B, name)
 
 OptionsFn = Callable[[flatbuffers.Builder], int]
 
@@ -237,7 +242,7 @@ class _ModelWriter:
         """
         activation = node.attrs.get("activation", "none")
         out = self.result_tensor(node.result)
-        if activation == "none" or (activation in _FUSED and node.op != "concat"):
+        if activation == "none" or (activation in _FUSED and OPS[node.op].tflite_fuses_activation):
             emit_main(_FUSED[activation], out)
             return
         if activation == "tanh" and _is_quantized(node.result.type):
@@ -247,7 +252,9 @@ class _ModelWriter:
         # outside the result's range would be clamped by the activation anyway.
         pre = self.scratch_tensor(node.result, f"pre_{activation}")
         emit_main(_FUSED["none"], pre)
-        self.emit(_ACTIVATION_OPS[activation], [pre], [out])
+        # Activations TFLite kernels cannot fuse (a fused TANH is silently ignored by conv/add kernels) become
+        # their own op: the IR op of the same name.
+        self.emit(builtin_code(activation), [pre], [out])
 
 
 def _const_data(value: Value) -> np.ndarray:
@@ -388,13 +395,13 @@ def _conv_inputs(w: _ModelWriter, node: Node, channels: int) -> list[int]:
 def _emit_conv2d(w: _ModelWriter, node: Node) -> None:
     inputs = _conv_inputs(w, node, node.operands[1].type.shape[0])
     w.emit_with_activation(node, lambda fused, out: w.emit(
-        B.CONV_2D, inputs, [out], BO.Conv2DOptions, _conv_options(node.attrs, fused)))
+        builtin_code(node.op), inputs, [out], BO.Conv2DOptions, _conv_options(node.attrs, fused)))
 
 
 def _emit_depthwise(w: _ModelWriter, node: Node) -> None:
     inputs = _conv_inputs(w, node, node.operands[1].type.shape[3])
     w.emit_with_activation(node, lambda fused, out: w.emit(
-        B.DEPTHWISE_CONV_2D, inputs, [out], BO.DepthwiseConv2DOptions, _depthwise_options(node.attrs, fused),
+        builtin_code(node.op), inputs, [out], BO.DepthwiseConv2DOptions, _depthwise_options(node.attrs, fused),
         dilation=tuple(node.attrs["dilation"])))
 
 
@@ -407,7 +414,7 @@ def _emit_fully_connected(w: _ModelWriter, node: Node) -> None:
     # (zero-point) quantization of that input (prepare_quantize_dynamic_range.cc).
     asymmetric = _is_hybrid(node)
     w.emit_with_activation(node, lambda fused, out: w.emit(
-        B.FULLY_CONNECTED, inputs, [out], BO.FullyConnectedOptions, _fc_options(fused, keep, asymmetric),
+        builtin_code(node.op), inputs, [out], BO.FullyConnectedOptions, _fc_options(fused, keep, asymmetric),
         keep_num_dims=keep, asymmetric_quantize_inputs=asymmetric))
 
 
@@ -420,12 +427,13 @@ def _is_hybrid(node: Node) -> bool:
 def _check_mixed_types(node: Node) -> None:
     """Only conv2d, depthwise_conv2d and fully_connected have kernels that mix float activations with integer
     weights; elsewhere TFLite would reject (or misread) the model at run time."""
-    if node.op in _NO_MIXING_CHECK or not any(v.type.is_float for v in node.results):
+    if OPS[node.op].converts_dtype or not any(v.type.is_float for v in node.results):
         return
     for index, operand in enumerate(node.operands):
         if not _is_quantized(operand.type):
             continue
-        if node.op in _HYBRID_OPS and index == 1 and _is_hybrid(node):
+        weights = OPS[node.op].weights
+        if weights is not None and weights.hybrid and index == weights.operand and _is_hybrid(node):
             if operand.type.dtype != "i8":
                 raise BackendError(f"{node.describe()}: hybrid weights %{operand.name} must be i8, not "
                                    f"{operand.type.dtype}")
@@ -437,7 +445,7 @@ def _check_mixed_types(node: Node) -> None:
 
 def _emit_arith(w: _ModelWriter, node: Node) -> None:
     inputs = [w.tensor_of(v) for v in node.operands]
-    builtin = {"add": B.ADD, "sub": B.SUB, "mul": B.MUL}[node.op]
+    builtin = builtin_code(node.op)
 
     def main(fused: int, out: int) -> None:
         options_type, build = _arith_options(node.op, fused)
@@ -448,7 +456,7 @@ def _emit_arith(w: _ModelWriter, node: Node) -> None:
 
 def _emit_pool(w: _ModelWriter, node: Node) -> None:
     inputs = [w.tensor_of(node.operands[0])]
-    builtin = B.MAX_POOL_2D if node.op == "max_pool2d" else B.AVERAGE_POOL_2D
+    builtin = builtin_code(node.op)
     w.emit_with_activation(node, lambda fused, out: w.emit(
         builtin, inputs, [out], BO.Pool2DOptions, _pool_options(node.attrs, fused)))
 
@@ -464,19 +472,19 @@ def _emit_concat(w: _ModelWriter, node: Node) -> None:
             ConcatenationOptions.AddFusedActivationFunction(b, fused)
             return ConcatenationOptions.End(b)
 
-        w.emit(B.CONCATENATION, inputs, [out], BO.ConcatenationOptions, build)
+        w.emit(builtin_code(node.op), inputs, [out], BO.ConcatenationOptions, build)
 
     w.emit_with_activation(node, main)
 
 
-def _simple(builtin: int, options_type: int = 0, options: Optional[Callable[[Node], OptionsFn]] = None
+def _simple(options_type: int = 0, options: Optional[Callable[[Node], OptionsFn]] = None
             ) -> Callable[[_ModelWriter, Node], None]:
-    """An op whose operands map one to one onto the TFLite op's inputs."""
+    """An op whose operands map one to one onto the TFLite op's inputs (the builtin is the OpDef's `tflite`)."""
 
     def emitter(w: _ModelWriter, node: Node) -> None:
         inputs = [w.tensor_of(v) for v in node.operands]
         out = w.result_tensor(node.result)
-        w.emit(builtin, inputs, [out], options_type, options(node) if options else None)
+        w.emit(builtin_code(node.op), inputs, [out], options_type, options(node) if options else None)
 
     return emitter
 
@@ -485,7 +493,7 @@ def _emit_reduce(w: _ModelWriter, node: Node) -> None:
     axes = sorted(a % node.operands[0].type.rank for a in node.attrs["axes"])
     inputs = [w.tensor_of(node.operands[0]), w.int32_const(axes, f"{node.result.name}/axes")]
     out = w.result_tensor(node.result)
-    builtin = B.MEAN if node.op == "mean" else B.REDUCE_MAX
+    builtin = builtin_code(node.op)
     w.emit(builtin, inputs, [out], BO.ReducerOptions,
            _single_options(ReducerOptions, "AddKeepDims", bool(node.attrs["keepdims"])))
 
@@ -512,14 +520,14 @@ def _emit_reshape(w: _ModelWriter, node: Node) -> None:
         ReshapeOptions.AddNewShape(b, new_shape)
         return ReshapeOptions.End(b)
 
-    w.emit(B.RESHAPE, inputs, [out], BO.ReshapeOptions, build)
+    w.emit(builtin_code(node.op), inputs, [out], BO.ReshapeOptions, build)
 
 
 def _emit_pad(w: _ModelWriter, node: Node) -> None:
     paddings = np.asarray(node.attrs["paddings"], np.int32).reshape(-1, 2)
     inputs = [w.tensor_of(node.operands[0]), w.int32_const(paddings, f"{node.result.name}/paddings")]
     out = w.result_tensor(node.result)
-    w.emit(B.PAD, inputs, [out], BO.PadOptions, _empty_options(PadOptions))
+    w.emit(builtin_code(node.op), inputs, [out], BO.PadOptions, _empty_options(PadOptions))
 
 
 def _emit_space_batch(w: _ModelWriter, node: Node) -> None:
@@ -541,7 +549,7 @@ def _emit_slice(w: _ModelWriter, node: Node) -> None:
               w.int32_const(node.attrs["begin"], f"{node.result.name}/begin"),
               w.int32_const(node.attrs["size"], f"{node.result.name}/size")]
     out = w.result_tensor(node.result)
-    w.emit(B.SLICE, inputs, [out], BO.SliceOptions, _empty_options(SliceOptions))
+    w.emit(builtin_code(node.op), inputs, [out], BO.SliceOptions, _empty_options(SliceOptions))
 
 
 def _emit_resize_nearest(w: _ModelWriter, node: Node) -> None:
@@ -554,7 +562,7 @@ def _emit_resize_nearest(w: _ModelWriter, node: Node) -> None:
         ResizeNearestNeighborOptions.AddHalfPixelCenters(b, False)
         return ResizeNearestNeighborOptions.End(b)
 
-    w.emit(B.RESIZE_NEAREST_NEIGHBOR, inputs, [out], BO.ResizeNearestNeighborOptions, build)
+    w.emit(builtin_code(node.op), inputs, [out], BO.ResizeNearestNeighborOptions, build)
 
 
 def _emit_quantize(w: _ModelWriter, node: Node) -> None:
@@ -562,14 +570,14 @@ def _emit_quantize(w: _ModelWriter, node: Node) -> None:
     if not _is_quantized(result):
         raise BackendError(f"{node.describe()}: quantize must produce an integer type with quantization params, "
                            f"got {result}")
-    _simple(B.QUANTIZE, BO.QuantizeOptions, lambda n: _empty_options(QuantizeOptions))(w, node)
+    _simple(BO.QuantizeOptions, lambda n: _empty_options(QuantizeOptions))(w, node)
 
 
 def _emit_dequantize(w: _ModelWriter, node: Node) -> None:
     if node.result.type.dtype != "f32":
         raise BackendError(f"{node.describe()}: TFLite's DEQUANTIZE only produces f32, not "
                            f"{node.result.type.dtype}")
-    _simple(B.DEQUANTIZE, BO.DequantizeOptions, lambda n: _empty_options(DequantizeOptions))(w, node)
+    _simple(BO.DequantizeOptions, lambda n: _empty_options(DequantizeOptions))(w, node)
 
 
 def _emit_cast(w: _ModelWriter, node: Node) -> None:
@@ -582,10 +590,15 @@ def _emit_cast(w: _ModelWriter, node: Node) -> None:
         return CastOptions.End(b)
 
     inputs = [w.tensor_of(node.operands[0])]
-    w.emit(B.CAST, inputs, [w.result_tensor(node.result)], BO.CastOptions, build)
+    w.emit(builtin_code(node.op), inputs, [w.result_tensor(node.result)], BO.CastOptions, build)
 
 
-def _emitters() -> dict[str, Callable[[_ModelWriter, Node], None]]:
+Emitter = Callable[[_ModelWriter, Node], None]
+
+
+def _emitters() -> dict[str, Emitter]:
+    """The writer of every IR op whose OpDef has a `tflite` builtin, keyed by op name (tests/test_op_facts.py
+    checks that the two sets are equal). An op without options is `_simple()`; options are built from attrs."""
     return {
         "conv2d": _emit_conv2d,
         "depthwise_conv2d": _emit_depthwise,
@@ -593,27 +606,28 @@ def _emitters() -> dict[str, Callable[[_ModelWriter, Node], None]]:
         "add": _emit_arith,
         "sub": _emit_arith,
         "mul": _emit_arith,
-        "maximum": _simple(B.MAXIMUM, BO.MaximumMinimumOptions, lambda n: _empty_options(MaximumMinimumOptions)),
-        "minimum": _simple(B.MINIMUM, BO.MaximumMinimumOptions, lambda n: _empty_options(MaximumMinimumOptions)),
-        "greater": _simple(B.GREATER, BO.GreaterOptions, lambda n: _empty_options(GreaterOptions)),
-        "select": _simple(B.SELECT_V2, BO.SelectV2Options, lambda n: _empty_options(SelectV2Options)),
-        "relu": _simple(B.RELU),
-        "relu6": _simple(B.RELU6),
-        "relu_n1_to_1": _simple(B.RELU_N1_TO_1),
-        "leaky_relu": _simple(B.LEAKY_RELU, BO.LeakyReluOptions,
+        "maximum": _simple(BO.MaximumMinimumOptions, lambda n: _empty_options(MaximumMinimumOptions)),
+        "minimum": _simple(BO.MaximumMinimumOptions, lambda n: _empty_options(MaximumMinimumOptions)),
+        "greater": _simple(BO.GreaterOptions, lambda n: _empty_options(GreaterOptions)),
+        "select": _simple(BO.SelectV2Options, lambda n: _empty_options(SelectV2Options)),
+        "relu": _simple(),
+        "relu6": _simple(),
+        "relu_n1_to_1": _simple(),
+        "leaky_relu": _simple(BO.LeakyReluOptions,
                               lambda n: _single_options(LeakyReluOptions, "AddAlpha", float(n.attrs["alpha"]))),
-        "sigmoid": _simple(B.LOGISTIC),
-        "tanh": _simple(B.TANH),
-        "softmax": _simple(B.SOFTMAX, BO.SoftmaxOptions,
+        "sigmoid": _simple(),
+        "tanh": _simple(),
+        "softmax": _simple(BO.SoftmaxOptions,
                            lambda n: _single_options(SoftmaxOptions, "AddBeta", float(n.attrs["beta"]))),
-        "elu": _simple(B.ELU),
-        "hard_swish": _simple(B.HARD_SWISH, BO.HardSwishOptions, lambda n: _empty_options(HardSwishOptions)),
-        "gelu": _simple(B.GELU, BO.GeluOptions,
+        "elu": _simple(),
+        "hard_swish": _simple(BO.HardSwishOptions, lambda n: _empty_options(HardSwishOptions)),
+        "gelu": _simple(BO.GeluOptions,
                         lambda n: _single_options(GeluOptions, "AddApproximate", bool(n.attrs["approximate"]))),
         "max_pool2d": _emit_pool,
         "avg_pool2d": _emit_pool,
         "mean": _emit_reduce,
         "reduce_max": _emit_reduce,
+        "reduce_min": _emit_reduce,
         "flatten": _emit_reshape,
         "reshape": _emit_reshape,
         "concat": _emit_concat,
@@ -628,7 +642,7 @@ def _emitters() -> dict[str, Callable[[_ModelWriter, Node], None]]:
     }
 
 
-EMITTERS = _emitters()
+EMITTERS: dict[str, Emitter] = _emitters()
 SUPPORTED_OPS = frozenset(EMITTERS)
 
 

@@ -5,8 +5,16 @@ Layout conventions (the same as TFLite, so the backend writes tensors as they ar
   fully_connected weights [out, in] applied to the last axis of any-rank input.
 Fused activations (`activation` attribute): none, relu, relu6, relu_n1_to_1, tanh.
 
-To add an op: write its inference and compute functions, add an `OpDef` to `OPS`; the printer, parser,
-verifier and interpreter pick it up. Then teach the frontend to emit it and the backend to write it.
+The table is the one source of every fact about an op: operands and typed attributes (qcompiler/ir/attrs.py),
+result-type inference, float semantics, which operands are weights/bias and their output-channel axis
+(`Weights`), the quantization rule (`QuantRule`), TFLite runtime facts the calibrator and folding passes read
+(in-place operands, shared buffers, constant folding, zero-pad folding) and the TFLite builtin it is written as.
+Passes and the backend read these facts; nothing here imports them.
+
+To add an op (docs/architecture.md "Adding an op" has a worked example): write its inference and compute
+functions and add an `OpDef` to `OPS` (the printer, parser, verifier, interpreter and every pass pick it up);
+teach the frontend to emit it; add its writer to the backend's EMITTERS (tests/test_op_facts.py fails until
+every op with a `tflite` builtin has a writer and a version rule).
 """
 from __future__ import annotations
 
@@ -17,8 +25,9 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from qcompiler.ir.attrs import REQUIRED, Attr, array, enum, flag, int_pairs, integer, ints, pair, real
 from qcompiler.ir.graph import IRError, Node
-from qcompiler.ir.types import TensorType
+from qcompiler.ir.types import DTYPES, TensorType
 
 FUSED_ACTIVATIONS = ("none", "relu", "relu6", "relu_n1_to_1", "tanh")
 Shape = tuple[Optional[int], ...]
@@ -26,19 +35,91 @@ InferFn = Callable[[Sequence[TensorType], dict], list[TensorType]]
 ComputeFn = Callable[[Sequence[np.ndarray], dict], list[np.ndarray]]
 
 
+# ----------------------------------------------------------------------------------------------------
+# facts about an op that passes and the backend read (the op table below is their only source)
+# ----------------------------------------------------------------------------------------------------
+# How quantization treats an op's output (QuantRule.output):
+OWN = "own"  # its own calibrated range (a fake_quant after it)
+SAME = "same"  # shares its operands' parameters: the TFLite kernel moves values without rescaling
+FIXED = "fixed"  # a range the kernel fixes (softmax, logistic, tanh)
+FLOAT_ONLY = "float"  # TFLite has no integer kernel: int8/int16 compilation refuses the op
+NOT_ACTIVATION = "none"  # constants and explicit conversions: quantization leaves the op alone
+
+# Fixed output ranges as (min, max) that activation_qparams turns into the kernel's required parameters:
+# int8: softmax/logistic scale 1/256 zero point -128; tanh 1/128, 0.  int16: 1/32768, 0 for all three.
+FIXED_I8_UNIT = (0.0, 255.0 / 256.0)
+FIXED_I8_TANH = (-1.0, 127.0 / 128.0)
+FIXED_I16_UNIT = (0.0, 32767.0 / 32768.0)
+FIXED_I16_TANH = (-1.0, 32767.0 / 32768.0)
+
+
+@dataclass(frozen=True)
+class QuantRule:
+    """How int8/int16 quantization treats the op (qcompiler/quant/spec.py explains OWN/SAME/FIXED).
+
+    param_operands: the non-tensor operands (shape, paddings, size, ...) the TFLite op takes, which the converter's
+    same-scale heuristic counts (docs/quantization-notes.md §5.2)."""
+
+    output: str
+    fixed_i8: Optional[tuple[float, float]] = None
+    fixed_i16: Optional[tuple[float, float]] = None
+    param_operands: int = 0
+
+    @property
+    def quantizable(self) -> bool:
+        return self.output in (OWN, SAME, FIXED)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The op has constant weights (and maybe a bias) that quantization and folding rewrite.
+
+    out_axis: the weights' output-channel axis (per-channel quantization; fold-batchnorm/fold-affine scale it).
+    operand / bias: operand indices (bias None: the op takes no bias).
+    hybrid: TFLite has a dynamic-range kernel for it (float activations, int8 weights): quantize-weights
+      quantizes its weights and the writer accepts the mix.
+    affine_foldable: output channel c is sum(x * w[c]) + bias[c] with the input channels on the weights' last
+      axis, so fold-batchnorm and fold-affine may fold a per-channel mul/add into weights and bias."""
+
+    out_axis: int
+    operand: int = 1
+    bias: Optional[int] = 2
+    hybrid: bool = True
+    affine_foldable: bool = True
+
+
 @dataclass(frozen=True)
 class OpDef:
+    """Everything about one op. Adding an op: an entry in OPS below, the frontend mapping that emits it
+    (qcompiler/frontend/), and a writer in the backend's EMITTERS when `tflite` is set (tests check both)."""
+
     name: str
     min_operands: int
     max_operands: Optional[int]  # None: any number
-    attrs: dict[str, Any]  # attribute name -> default (REQUIRED when it must be given)
+    signature: dict[str, Attr]  # attribute name -> its declaration (kind, default, constraints)
     infer: InferFn
     compute: ComputeFn
+    quant: QuantRule
     doc: str = ""
-    fusable_activation: bool = field(default=False)
+    weights: Optional[Weights] = None
+    tflite: Optional[str] = None  # the TFLite BuiltinOperator name the backend writes it as; None: never written
+    # TFLite runtime facts the converter's calibrator sees (backend/tflite_arena.py): the inplace_operator flags of
+    # the `tflite` kernel's registration. Operands whose buffer the kernel may overwrite with its output, in the
+    # order TFLite tries them (kTfLiteInplaceOpInputNShared); or input 0 shared unmodified (+DataUnmodified).
+    inplace_operands: tuple[int, ...] = ()
+    shares_input_buffer: bool = False
+    constant_foldable: bool = True  # fold-constants may evaluate it when all operands are constants
+    absorbs_zero_pad: bool = False  # a zero pad before it can become its SAME padding (fold-pad)
+    converts_dtype: bool = False  # converts between float and integer by design (the writer allows the mix)
+    # Its TFLite kernel runs a fused relu/relu6/relu_n1_to_1 (`activation` attribute). CONCATENATION's Prepare
+    # requires NONE: the writer emits the activation as its own op and fuse-activations leaves it alone.
+    tflite_fuses_activation: bool = True
+    attrs: dict[str, Any] = field(init=False)  # attribute name -> default (REQUIRED when it must be given)
+    fusable_activation: bool = field(init=False)
 
-
-REQUIRED = object()
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "attrs", {k: a.default for k, a in self.signature.items()})
+        object.__setattr__(self, "fusable_activation", "activation" in self.signature)
 
 
 def _fail(node_desc: str, message: str) -> IRError:
@@ -137,10 +218,28 @@ def broadcast_shapes(a: Shape, b: Shape) -> Shape:
 # inference
 # ----------------------------------------------------------------------------------------------------
 def _infer_const(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
-    value = np.asarray(attrs["value"])
     from qcompiler.ir.types import dtype_name
 
-    return [TensorType(value.shape, dtype_name(value.dtype))]
+    try:
+        value = np.asarray(attrs["value"])
+        return [TensorType(value.shape, dtype_name(value.dtype))]
+    except (TypeError, ValueError) as err:
+        raise IRError(f"the value is not a tensor of a supported dtype: {err}") from None
+
+
+def _need_rank(x: TensorType, what: str, rank: Optional[int] = None, at_least: int = 0) -> None:
+    """Refuse an operand of the wrong rank before an inference function indexes its shape."""
+    if rank is not None and x.rank != rank:
+        raise IRError(f"{what} must have rank {rank}, got {x}")
+    if x.rank < at_least:
+        raise IRError(f"{what} must have rank >= {at_least}, got {x}")
+
+
+def _check_axis(axis: int, rank: int, what: str = "axis") -> int:
+    """`axis` in [-rank, rank), as a non-negative index."""
+    if not -rank <= axis < rank:
+        raise IRError(f"{what} {axis} is outside a rank-{rank} tensor (valid: {-rank}..{rank - 1})")
+    return axis % rank
 
 
 def _infer_conv2d(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
@@ -176,6 +275,7 @@ def _infer_fc(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
     x, w = types[0], types[1]
     if w.rank != 2:
         raise IRError(f"fully_connected wants weights [out,in], got {w}")
+    _need_rank(x, "the fully_connected input", at_least=1)
     if x.shape[-1] is not None and x.shape[-1] != w.shape[1]:
         raise IRError(f"fully_connected weights take {w.shape[1]} inputs but the last input axis is {x.shape[-1]}")
     _check_bias(types, w.shape[0])
@@ -189,6 +289,9 @@ def _check_bias(types: Sequence[TensorType], channels: Optional[int]) -> None:
 
 
 def _infer_batch_norm(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
+    _need_rank(types[0], "the batch_norm input", at_least=1)
+    if attrs["epsilon"] < 0:
+        raise IRError(f"epsilon must not be negative, got {attrs['epsilon']}")
     channels = types[0].shape[-1]
     for t in types[1:]:
         if t.shape != (channels,):
@@ -227,7 +330,11 @@ def _normalize_axes(axes: Sequence[int], rank: int) -> list[int]:
 
 def _infer_reduce(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
     x = types[0]
+    for a in attrs["axes"]:
+        _check_axis(a, x.rank, "reduction axis")
     axes = _normalize_axes(attrs["axes"], x.rank)
+    if len(set(axes)) != len(axes):
+        raise IRError(f"reduction axes {list(attrs['axes'])} name an axis twice")
     if attrs["keepdims"]:
         shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
     else:
@@ -237,8 +344,9 @@ def _infer_reduce(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
 
 def _infer_flatten(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
     x = types[0]
+    _need_rank(x, "the flatten input", at_least=1)
     rest = x.shape[1:]
-    flat = int(np.prod(rest)) if all(d is not None for d in rest) else None
+    flat = math.prod(rest) if all(d is not None for d in rest) else None
     return [TensorType((x.shape[0], flat), x.dtype)]
 
 
@@ -249,7 +357,7 @@ def _infer_reshape(types: Sequence[TensorType], attrs: dict) -> list[TensorType]
         raise IRError(f"reshape target {target} has more than one -1")
     known_in = x.num_elements()
     if -1 in target:
-        rest = int(np.prod([d for d in target if d != -1]))
+        rest = math.prod(d for d in target if d != -1)
         if known_in is not None:
             if rest == 0 or known_in % rest:
                 raise IRError(f"cannot reshape {x} to {target}")
@@ -257,12 +365,13 @@ def _infer_reshape(types: Sequence[TensorType], attrs: dict) -> list[TensorType]
         elif x.shape[0] is None and target[0] == -1 and x.rank >= 1:
             # the batch stays unknown; check the rest is consistent
             inner = x.shape[1:]
-            if all(d is not None for d in inner) and int(np.prod(inner)) != rest:
-                raise IRError(f"cannot reshape {x} to {attrs['shape']}: {int(np.prod(inner))} elements per batch, not {rest}")
+            if all(d is not None for d in inner) and math.prod(inner) != rest:
+                raise IRError(f"cannot reshape {x} to {attrs['shape']}: {math.prod(inner)} elements per batch, "
+                              f"not {rest}")
             target[0] = None
         else:
             target[target.index(-1)] = None
-    elif known_in is not None and int(np.prod(target)) != known_in:
+    elif known_in is not None and math.prod(target) != known_in:
         raise IRError(f"cannot reshape {x} ({known_in} elements) to {target}")
     return [TensorType(tuple(target), x.dtype)]
 
@@ -270,7 +379,7 @@ def _infer_reshape(types: Sequence[TensorType], attrs: dict) -> list[TensorType]
 def _infer_concat(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
     _check_activation(attrs)
     rank = types[0].rank
-    axis = attrs["axis"] % rank
+    axis = _check_axis(attrs["axis"], rank, "concat axis")
     total: Optional[int] = 0
     for t in types:
         if t.rank != rank:
@@ -300,6 +409,8 @@ def _infer_slice(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
         raise IRError(f"slice begin/size need {x.rank} entries, got {begin} and {size}")
     shape = []
     for d, b, s in zip(x.shape, begin, size):
+        if d is not None and b > d:
+            raise IRError(f"slice begin {b} is outside a dimension of {d}")
         if s == -1:
             shape.append(None if d is None else d - b)
         else:
@@ -311,6 +422,7 @@ def _infer_slice(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
 
 def _infer_resize(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
     x = types[0]
+    _need_rank(x, "the resize_nearest input (NHWC)", rank=4)
     h, w = attrs["size"]
     return [TensorType((x.shape[0], h, w, x.shape[3]), x.dtype)]
 
@@ -412,10 +524,21 @@ def _compute_reduce_max(xs: Sequence[np.ndarray], attrs: dict) -> list[np.ndarra
     return [xs[0].max(axis=axes, keepdims=attrs["keepdims"])]
 
 
+def _compute_reduce_min(xs: Sequence[np.ndarray], attrs: dict) -> list[np.ndarray]:
+    axes = tuple(_normalize_axes(attrs["axes"], xs[0].ndim))
+    return [xs[0].min(axis=axes, keepdims=attrs["keepdims"])]
+
+
+def _compute_pad(xs: Sequence[np.ndarray], attrs: dict) -> list[np.ndarray]:
+    if xs[0].ndim == 0:
+        return [xs[0].copy()]  # nothing to pad (np.pad refuses an empty pad list)
+    return [np.pad(xs[0], np.asarray(attrs["paddings"], np.int64).reshape(-1, 2))]
+
+
 def _compute_reshape(xs: Sequence[np.ndarray], attrs: dict) -> list[np.ndarray]:
     target = list(attrs["shape"])
-    if target and target[0] == -1 and -1 not in target[1:]:
-        target[0] = xs[0].shape[0]  # the batch dimension follows the input's
+    if xs[0].size == 0 and target and target[0] == -1 and -1 not in target[1:]:
+        target[0] = xs[0].shape[0]  # an empty batch: numpy cannot solve for the -1
     return [xs[0].reshape(target)]
 
 
@@ -542,74 +665,105 @@ def _sigmoid(x: np.ndarray, attrs: dict) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------
 # the table
 # ----------------------------------------------------------------------------------------------------
-_CONV_ATTRS = {"strides": [1, 1], "padding": "valid", "dilation": [1, 1], "activation": "none"}
-_POOL_ATTRS = {"pool_size": REQUIRED, "strides": REQUIRED, "padding": "valid", "activation": "none"}
+_PADDING = enum("same", "valid", default="valid")
+_ACTIVATION = enum(*FUSED_ACTIVATIONS, default="none")
+_CONV_ATTRS = {"strides": pair(1), "padding": _PADDING, "dilation": pair(1), "activation": _ACTIVATION}
+_POOL_ATTRS = {"pool_size": pair(), "strides": pair(), "padding": _PADDING, "activation": _ACTIVATION}
+_AXES = {"axes": ints(), "keepdims": flag(False)}
+
+# quantization rules
+_OWN = QuantRule(OWN)
+_SAME = QuantRule(SAME)
+_SAME_1 = QuantRule(SAME, param_operands=1)  # one int32 parameter operand (shape, axes, paddings, size)
+_UNIT = QuantRule(FIXED, fixed_i8=FIXED_I8_UNIT, fixed_i16=FIXED_I16_UNIT)
+_TANH = QuantRule(FIXED, fixed_i8=FIXED_I8_TANH, fixed_i16=FIXED_I16_TANH)
+_FLOAT = QuantRule(FLOAT_ONLY)
+_NOT_ACTIVATION = QuantRule(NOT_ACTIVATION)
 
 
-def _def(name: str, lo: int, hi: Optional[int], attrs: dict, infer: InferFn, compute: ComputeFn, doc: str = "") -> OpDef:
-    return OpDef(name, lo, hi, attrs, infer, compute, doc, fusable_activation="activation" in attrs)
+def _def(name: str, lo: int, hi: Optional[int], attrs: dict[str, Attr], infer: InferFn, compute: ComputeFn,
+         quant: QuantRule, tflite: Optional[str], doc: str = "", **facts: Any) -> OpDef:
+    return OpDef(name, lo, hi, attrs, infer, compute, quant, doc, tflite=tflite, **facts)
 
 
 OPS: dict[str, OpDef] = {
     d.name: d
     for d in [
-        _def("const", 0, 0, {"value": REQUIRED}, _infer_const, lambda xs, a: [np.asarray(a["value"])],
-             "a constant tensor"),
-        _def("conv2d", 2, 3, dict(_CONV_ATTRS), _infer_conv2d, _compute_conv2d, "(x, w[o,kh,kw,i], bias?)"),
-        _def("depthwise_conv2d", 2, 3, {**_CONV_ATTRS, "depth_multiplier": 1}, _infer_depthwise,
-             _compute_depthwise, "(x, w[1,kh,kw,c*m], bias?)"),
-        _def("fully_connected", 2, 3, {"activation": "none"}, _infer_fc, _compute_fc,
-             "(x, w[o,i], bias?) on the last axis"),
-        _def("batch_norm", 5, 5, {"epsilon": REQUIRED}, _infer_batch_norm, _compute_batch_norm,
-             "(x, gamma, beta, mean, var) on the last axis"),
-        _def("add", 2, 2, {"activation": "none"}, _infer_binary, _binary(np.add)),
-        _def("sub", 2, 2, {"activation": "none"}, _infer_binary, _binary(np.subtract)),
-        _def("mul", 2, 2, {"activation": "none"}, _infer_binary, _binary(np.multiply)),
-        _def("maximum", 2, 2, {}, _infer_binary, _binary(np.maximum)),
-        _def("minimum", 2, 2, {}, _infer_binary, _binary(np.minimum)),
-        _def("greater", 2, 2, {}, _infer_compare, lambda xs, a: [np.greater(xs[0], xs[1])]),
+        _def("const", 0, 0, {"value": array()}, _infer_const, lambda xs, a: [np.asarray(a["value"])],
+             _NOT_ACTIVATION, None, "a constant tensor", constant_foldable=False),
+        _def("conv2d", 2, 3, dict(_CONV_ATTRS), _infer_conv2d, _compute_conv2d, _OWN, "CONV_2D",
+             "(x, w[o,kh,kw,i], bias?)", weights=Weights(out_axis=0), absorbs_zero_pad=True),
+        _def("depthwise_conv2d", 2, 3, {**_CONV_ATTRS, "depth_multiplier": integer(1, minimum=1)}, _infer_depthwise,
+             _compute_depthwise, _OWN, "DEPTHWISE_CONV_2D", "(x, w[1,kh,kw,c*m], bias?)",
+             weights=Weights(out_axis=3), absorbs_zero_pad=True),
+        _def("fully_connected", 2, 3, {"activation": _ACTIVATION}, _infer_fc, _compute_fc, _OWN, "FULLY_CONNECTED",
+             "(x, w[o,i], bias?) on the last axis", weights=Weights(out_axis=0)),
+        _def("batch_norm", 5, 5, {"epsilon": real()}, _infer_batch_norm, _compute_batch_norm, _FLOAT, None,
+             "(x, gamma, beta, mean, var) on the last axis; fold-batchnorm removes it"),
+        _def("add", 2, 2, {"activation": _ACTIVATION}, _infer_binary, _binary(np.add), _OWN, "ADD",
+             inplace_operands=(0, 1)),
+        _def("sub", 2, 2, {"activation": _ACTIVATION}, _infer_binary, _binary(np.subtract), _OWN, "SUB",
+             inplace_operands=(0, 1)),
+        _def("mul", 2, 2, {"activation": _ACTIVATION}, _infer_binary, _binary(np.multiply), _OWN, "MUL",
+             inplace_operands=(0, 1)),
+        _def("maximum", 2, 2, {}, _infer_binary, _binary(np.maximum), _SAME, "MAXIMUM"),
+        _def("minimum", 2, 2, {}, _infer_binary, _binary(np.minimum), _SAME, "MINIMUM"),
+        _def("greater", 2, 2, {}, _infer_compare, lambda xs, a: [np.greater(xs[0], xs[1])], _FLOAT, "GREATER"),
         _def("select", 3, 3, {}, _infer_select, lambda xs, a: [np.where(xs[0], xs[1], xs[2]).astype(xs[1].dtype)],
-             "(condition, if_true, if_false)"),
-        _def("relu", 1, 1, {}, _same, _unary(lambda x, a: np.maximum(x, 0))),
-        _def("relu6", 1, 1, {}, _same, _unary(lambda x, a: np.clip(x, 0, 6))),
-        _def("relu_n1_to_1", 1, 1, {}, _same, _unary(lambda x, a: np.clip(x, -1, 1))),
-        _def("leaky_relu", 1, 1, {"alpha": REQUIRED}, _same,
-             _unary(lambda x, a: np.where(x >= 0, x, x * np.float32(a["alpha"])))),
-        _def("sigmoid", 1, 1, {}, _same, _unary(_sigmoid)),
-        _def("tanh", 1, 1, {}, _same, _unary(lambda x, a: np.tanh(x))),
-        _def("softmax", 1, 1, {"beta": 1.0}, _same, _unary(_compute_softmax), "on the last axis"),
-        _def("elu", 1, 1, {}, _same, _unary(_elu)),
-        _def("hard_swish", 1, 1, {}, _same, _unary(_hard_swish)),
-        _def("gelu", 1, 1, {"approximate": False}, _same, _unary(_compute_gelu)),
-        _def("max_pool2d", 1, 1, dict(_POOL_ATTRS), _infer_pool, _compute_max_pool),
-        _def("avg_pool2d", 1, 1, dict(_POOL_ATTRS), _infer_pool, _compute_avg_pool),
-        _def("mean", 1, 1, {"axes": REQUIRED, "keepdims": False}, _infer_reduce, _compute_mean),
-        _def("reduce_max", 1, 1, {"axes": REQUIRED, "keepdims": False}, _infer_reduce, _compute_reduce_max),
-        _def("flatten", 1, 1, {}, _infer_flatten, lambda xs, a: [xs[0].reshape(xs[0].shape[0], -1)],
-             "keep the batch axis, flatten the rest"),
-        _def("reshape", 1, 1, {"shape": REQUIRED}, _infer_reshape, _compute_reshape,
-             "target shape; a leading -1 is the batch"),
-        _def("concat", 1, None, {"axis": REQUIRED, "activation": "none"}, _infer_concat,
-             lambda xs, a: [apply_activation(np.concatenate(xs, axis=a["axis"]), a["activation"])]),
-        _def("pad", 1, 1, {"paddings": REQUIRED}, _infer_pad, lambda xs, a: [np.pad(xs[0], a["paddings"])],
+             _FLOAT, "SELECT_V2", "(condition, if_true, if_false)"),
+        _def("relu", 1, 1, {}, _same, _unary(lambda x, a: np.maximum(x, 0)), _OWN, "RELU"),
+        _def("relu6", 1, 1, {}, _same, _unary(lambda x, a: np.clip(x, 0, 6)), _OWN, "RELU6"),
+        _def("relu_n1_to_1", 1, 1, {}, _same, _unary(lambda x, a: np.clip(x, -1, 1)), _OWN, "RELU_N1_TO_1"),
+        _def("leaky_relu", 1, 1, {"alpha": real()}, _same,
+             _unary(lambda x, a: np.where(x >= 0, x, x * np.float32(a["alpha"]))), _OWN, "LEAKY_RELU"),
+        _def("sigmoid", 1, 1, {}, _same, _unary(_sigmoid), _UNIT, "LOGISTIC"),
+        _def("tanh", 1, 1, {}, _same, _unary(lambda x, a: np.tanh(x)), _TANH, "TANH"),
+        _def("softmax", 1, 1, {"beta": real(1.0)}, _same, _unary(_compute_softmax), _UNIT, "SOFTMAX",
+             "on the last axis", inplace_operands=(0,)),
+        _def("elu", 1, 1, {}, _same, _unary(_elu), _OWN, "ELU"),
+        _def("hard_swish", 1, 1, {}, _same, _unary(_hard_swish), _OWN, "HARD_SWISH"),
+        _def("gelu", 1, 1, {"approximate": flag(False)}, _same, _unary(_compute_gelu), _OWN, "GELU"),
+        _def("max_pool2d", 1, 1, dict(_POOL_ATTRS), _infer_pool, _compute_max_pool, _SAME, "MAX_POOL_2D"),
+        _def("avg_pool2d", 1, 1, dict(_POOL_ATTRS), _infer_pool, _compute_avg_pool, _SAME, "AVERAGE_POOL_2D"),
+        _def("mean", 1, 1, dict(_AXES), _infer_reduce, _compute_mean, _OWN, "MEAN"),
+        _def("reduce_max", 1, 1, dict(_AXES), _infer_reduce, _compute_reduce_max, _SAME_1, "REDUCE_MAX"),
+        _def("reduce_min", 1, 1, dict(_AXES), _infer_reduce, _compute_reduce_min, _SAME_1, "REDUCE_MIN"),
+        _def("flatten", 1, 1, {}, _infer_flatten, lambda xs, a: [xs[0].reshape(xs[0].shape[0], math.prod(xs[0].shape[1:]))], _SAME_1,
+             "RESHAPE", "keep the batch axis, flatten the rest", shares_input_buffer=True),
+        _def("reshape", 1, 1, {"shape": ints(minimum=-1)}, _infer_reshape, _compute_reshape, _SAME_1, "RESHAPE",
+             "target shape; a leading -1 is the batch", shares_input_buffer=True),
+        _def("concat", 1, None, {"axis": integer(), "activation": _ACTIVATION}, _infer_concat,
+             lambda xs, a: [apply_activation(np.concatenate(xs, axis=a["axis"]), a["activation"])], _SAME,
+             "CONCATENATION", tflite_fuses_activation=False),
+        _def("pad", 1, 1, {"paddings": int_pairs(minimum=0)}, _infer_pad,
+             _compute_pad, _SAME_1, "PAD",
              "zero padding, [[before, after], ...] per axis"),
-        _def("slice", 1, 1, {"begin": REQUIRED, "size": REQUIRED}, _infer_slice, _compute_slice,
-             "size -1 runs to the end"),
-        _def("space_to_batch", 1, 1, {"block": REQUIRED, "paddings": REQUIRED}, _infer_space_to_batch,
-             _compute_space_to_batch, "NHWC SpaceToBatchND: zero padding [[top, bottom], [left, right]], block [bh, bw]"),
-        _def("batch_to_space", 1, 1, {"block": REQUIRED, "crops": REQUIRED}, _infer_batch_to_space,
-             _compute_batch_to_space, "NHWC BatchToSpaceND: block [bh, bw], crops [[top, bottom], [left, right]]"),
-        _def("resize_nearest", 1, 1, {"size": REQUIRED}, _infer_resize, _compute_resize_nearest,
-             "nearest neighbour, align_corners=False, half_pixel_centers=False"),
-        _def("identity", 1, 1, {}, _same, lambda xs, a: [xs[0]], "inference-time no-op (dropout, noise)"),
-        _def("fake_quant", 1, 1, {"dtype": "i8", "min": None, "max": None, "weights": False, "axis": None},
-             _infer_fake_quant, lambda xs, a: [fake_quant_array(xs[0], a)],
+        _def("slice", 1, 1, {"begin": ints(minimum=0), "size": ints(minimum=-1)}, _infer_slice, _compute_slice,
+             QuantRule(SAME, param_operands=2), "SLICE", "size -1 runs to the end"),
+        _def("space_to_batch", 1, 1, {"block": pair(), "paddings": int_pairs(minimum=0)}, _infer_space_to_batch,
+             _compute_space_to_batch, QuantRule(SAME, param_operands=2), "SPACE_TO_BATCH_ND",
+             "NHWC SpaceToBatchND: zero padding [[top, bottom], [left, right]], block [bh, bw]"),
+        _def("batch_to_space", 1, 1, {"block": pair(), "crops": int_pairs(minimum=0)}, _infer_batch_to_space,
+             _compute_batch_to_space, QuantRule(SAME, param_operands=2), "BATCH_TO_SPACE_ND",
+             "NHWC BatchToSpaceND: block [bh, bw], crops [[top, bottom], [left, right]]"),
+        _def("resize_nearest", 1, 1, {"size": pair()}, _infer_resize, _compute_resize_nearest, _SAME_1,
+             "RESIZE_NEAREST_NEIGHBOR", "nearest neighbour, align_corners=False, half_pixel_centers=False"),
+        _def("identity", 1, 1, {}, _same, lambda xs, a: [xs[0]], _FLOAT, None,
+             "inference-time no-op (dropout, noise); canonicalize removes it"),
+        _def("fake_quant", 1, 1, {"dtype": enum("i8", "u8", "i16", default="i8"), "min": real(None, optional=True),
+                                  "max": real(None, optional=True), "weights": flag(False),
+                                  "axis": integer(None, optional=True)},
+             _infer_fake_quant, lambda xs, a: [fake_quant_array(xs[0], a)], _NOT_ACTIVATION, None,
              "quantize-dequantize; weights=true: symmetric from the values (per channel along axis); "
-             "otherwise from [min, max], none until calibrated"),
-        _def("quantize", 1, 1, {}, _infer_quantize, lambda xs, a: [xs[0]],
-             "float → integer (or integer → integer requantize); params in the result type"),
-        _def("dequantize", 1, 1, {"dtype": "f32"}, _infer_dequantize, lambda xs, a: [xs[0]], "integer → float"),
-        _def("cast", 1, 1, {"dtype": REQUIRED}, _infer_cast, lambda xs, a: [xs[0]]),
+             "otherwise from [min, max], none until calibrated", constant_foldable=False),
+        _def("quantize", 1, 1, {}, _infer_quantize, lambda xs, a: [xs[0]], _NOT_ACTIVATION, "QUANTIZE",
+             "float → integer (or integer → integer requantize); params in the result type",
+             constant_foldable=False, converts_dtype=True),
+        _def("dequantize", 1, 1, {"dtype": enum(*sorted(DTYPES), default="f32")}, _infer_dequantize,
+             lambda xs, a: [xs[0]], _NOT_ACTIVATION, "DEQUANTIZE", "integer → float",
+             constant_foldable=False, converts_dtype=True),
+        _def("cast", 1, 1, {"dtype": enum(*sorted(DTYPES))}, _infer_cast, lambda xs, a: [xs[0]], _FLOAT, "CAST",
+             converts_dtype=True),
     ]
 }
 
@@ -621,7 +775,7 @@ def op_def(op: str) -> OpDef:
 
 
 def complete_attrs(node: Node) -> None:
-    """Fill defaults and reject unknown or missing attributes."""
+    """Fill defaults and reject unknown, missing or ill-typed attributes."""
     definition = op_def(node.op)
     unknown = set(node.attrs) - set(definition.attrs)
     if unknown:
@@ -631,6 +785,15 @@ def complete_attrs(node: Node) -> None:
             if default is REQUIRED:
                 raise IRError(f"{node.op}: attribute '{key}' is required")
             node.attrs[key] = list(default) if isinstance(default, list) else default
+    check_attrs(node)
+
+
+def check_attrs(node: Node) -> None:
+    """Check every attribute the node has against its declaration in the op table (qcompiler/ir/attrs.py)."""
+    signature = op_def(node.op).signature
+    for key, value in node.attrs.items():
+        if key in signature:
+            signature[key].check(key, value)
 
 
 def check_arity(node: Node) -> None:
@@ -646,10 +809,20 @@ def infer_types(node: Node) -> list[TensorType]:
     try:
         complete_attrs(node)
         check_arity(node)
-        return op_def(node.op).infer([v.type for v in node.operands], node.attrs)
+        return infer_checked(node.op, [v.type for v in node.operands], node.attrs)
     except IRError as err:
         layer = f" (Keras layer '{node.layer}')" if node.layer else ""
         raise IRError(f"{node.op}{layer}: {err}") from None
+
+
+def infer_checked(op: str, types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
+    """The op's inference, after the checks every op shares: weight and bias operands have fully known shapes."""
+    weights = op_def(op).weights
+    if weights is not None:
+        for index, role in ((weights.operand, "weights"), (weights.bias, "bias")):
+            if index is not None and index < len(types) and not types[index].is_static:
+                raise IRError(f"{role} (operand {index}) must have a fully known shape, got {types[index]}")
+    return op_def(op).infer(types, attrs)
 
 
 def compute(node: Node, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -1,6 +1,8 @@
 """Frozen value types of the IR: element types, quantization parameters, tensor types."""
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -54,8 +56,9 @@ class QParams:
     axis: Optional[int] = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "scale", tuple(float(np.float32(s)) for s in self.scale))
-        object.__setattr__(self, "zero_point", tuple(int(z) for z in self.zero_point))
+        # float32 values held as Python floats; one numpy conversion (per-channel params have thousands)
+        object.__setattr__(self, "scale", tuple(np.asarray(self.scale, np.float32).reshape(-1).tolist()))
+        object.__setattr__(self, "zero_point", tuple(np.asarray(self.zero_point).astype(np.int64).reshape(-1).tolist()))
         if len(self.scale) != len(self.zero_point):
             raise ValueError(f"QParams: {len(self.scale)} scales but {len(self.zero_point)} zero points")
         if not self.scale:
@@ -124,7 +127,7 @@ class TensorType:
         return all(d is not None for d in self.shape)
 
     def num_elements(self) -> Optional[int]:
-        return int(np.prod(self.shape)) if self.is_static else None
+        return math.prod(self.shape) if self.is_static else None  # exact: np.prod wraps past 2**63
 
     def with_shape(self, shape: Sequence[Optional[int]]) -> "TensorType":
         return TensorType(tuple(shape), self.dtype, self.quant)

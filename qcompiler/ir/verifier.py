@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from qcompiler.ir.graph import Graph, IRError, Node
-from qcompiler.ir.ops import OPS, check_arity, op_def
+from qcompiler.ir.ops import OPS, check_arity, check_attrs, infer_checked, op_def
 from qcompiler.ir.types import TensorType
 
 
@@ -53,6 +53,10 @@ def _verify_node(graph: Graph, node: Node, defined: set[int]) -> None:
     unknown = [k for k in node.attrs if k not in op_def(node.op).attrs]
     if missing or unknown:
         raise VerifyError(f"{where}: attributes missing {missing} / unknown {unknown}")
+    try:
+        check_attrs(node)
+    except IRError as err:
+        raise VerifyError(f"{where}: {err}") from None
     for i, value in enumerate(node.operands):
         if id(value) not in defined:
             raise VerifyError(f"{where}: operand {i} %{value.name} is used before it is defined "
@@ -69,7 +73,7 @@ def _verify_types(node: Node, where: str) -> None:
     if node.op in ("quantize",):
         return
     try:
-        expected = op_def(node.op).infer([v.type for v in node.operands], node.attrs)
+        expected = infer_checked(node.op, [v.type for v in node.operands], node.attrs)
     except IRError as err:
         raise VerifyError(f"{where}: {err}") from None
     for value, want in zip(node.results, expected):

@@ -28,12 +28,22 @@ from typing import ClassVar, Optional, Sequence
 import numpy as np
 
 from qcompiler.ir.graph import Node, Value
+from qcompiler.ir.ops import OPS
 from qcompiler.passes.rewriter import (Const, Match, Pat, Rewriter, RewritePass, Rule, Var, batched_fc_reason, has_data,
                                        single_use_reason)
 
-LAYERS = ("conv2d", "depthwise_conv2d", "fully_connected")
+# conv2d, depthwise_conv2d, fully_connected: OpDef.weights.affine_foldable
+LAYERS = tuple(name for name, d in OPS.items() if d.weights and d.weights.affine_foldable)
 AFFINE = ("mul", "add")
-_OUTPUT_AXIS = {"conv2d": 0, "depthwise_conv2d": 3, "fully_connected": 0}
+
+
+def _out_axis(layer: Node) -> int:
+    return OPS[layer.op].weights.out_axis
+
+
+def _is_depthwise(layer: Node) -> bool:
+    """Depthwise weights [1,kh,kw,in*mult]: input channel c feeds columns c*mult .. c*mult+mult-1."""
+    return "depth_multiplier" in layer.attrs
 _F32 = np.float32
 
 
@@ -82,7 +92,7 @@ def _binary_reason(binary: Node) -> Optional[str]:
 def _bias(layer: Node) -> np.ndarray:
     if len(layer.operands) > 2:
         return np.array(layer.operands[2].data, _F32)
-    channels = layer.operands[1].type.shape[_OUTPUT_AXIS[layer.op]]
+    channels = layer.operands[1].type.shape[_out_axis(layer)]
     return np.zeros(channels, _F32)
 
 
@@ -117,7 +127,7 @@ def _after_constant(binary: Node, layer: Node) -> tuple[Optional[np.ndarray], Op
     if reason is not None:
         return None, reason
     constant = next(v for v in binary.operands if v is not result)
-    channels = layer.operands[1].type.shape[_OUTPUT_AXIS[layer.op]]
+    channels = layer.operands[1].type.shape[_out_axis(layer)]
     values = _per_channel(binary, constant, result, channels)
     if values is None:
         return None, f"%{constant.name} {constant.type} is not a scalar or one value per output channel ({channels})"
@@ -135,7 +145,7 @@ def _fold_after(m: Match, rw: Rewriter) -> None:
     bias = _bias(layer)
     if m.root.op == "mul":
         shape = [1] * layer.operands[1].type.rank
-        shape[_OUTPUT_AXIS[layer.op]] = -1
+        shape[_out_axis(layer)] = -1
         weights = (np.asarray(layer.operands[1].data, _F32) * c.reshape(shape)).astype(_F32)
         _set_weights(layer, rw, weights, (bias * c).astype(_F32) if len(layer.operands) > 2 else None)
     else:
@@ -158,7 +168,7 @@ def _before_check(m: Match) -> Optional[str]:
             return f"{user.describe()} after {layer.describe()} folds first"
     if (reason := single_use_reason(binary)) is not None:
         return reason
-    if layer.op != "fully_connected" and layer.attrs["padding"] != "valid":
+    if layer.attrs.get("padding", "valid") != "valid":
         return f"{layer.describe()} has padding '{layer.attrs['padding']}'; its zero border would change"
     if layer.op != "fully_connected" and has_data(m["c"]) and m["c"].data.size != 1:
         return (f"%{m['c'].name} {m['c'].type} is per channel: the converter folds only a scalar mul/add into a "
@@ -167,7 +177,7 @@ def _before_check(m: Match) -> Optional[str]:
     if reason is not None:
         return reason
     weights = layer.operands[1]
-    channels = weights.type.shape[3] // layer.attrs["depth_multiplier"] if layer.op == "depthwise_conv2d" \
+    channels = weights.type.shape[3] // layer.attrs["depth_multiplier"] if _is_depthwise(layer) \
         else weights.type.shape[-1]
     values = _per_channel(binary, m["c"], x, channels)
     if values is None:
@@ -178,7 +188,7 @@ def _before_check(m: Match) -> Optional[str]:
 
 def _input_axis_vector(layer: Node, c: np.ndarray) -> np.ndarray:
     """`c` (one value per input channel) laid out along the weights' last axis."""
-    if layer.op == "depthwise_conv2d":
+    if _is_depthwise(layer):
         return np.repeat(c, layer.attrs["depth_multiplier"])
     return c
 
@@ -191,7 +201,7 @@ def _fold_before(m: Match, rw: Rewriter) -> None:
         _set_weights(layer, rw, (weights * column).astype(_F32), None)
     else:
         products = (weights * column).astype(_F32)
-        if layer.op == "depthwise_conv2d":
+        if _is_depthwise(layer):
             terms = products.reshape(-1, products.shape[-1])  # one row per kernel position, in memory order
         else:
             terms = products.reshape(products.shape[0], -1).T  # one row per (kh, kw, in), in memory order

@@ -13,14 +13,14 @@ from typing import ClassVar, Optional, Sequence
 import numpy as np
 
 from qcompiler.ir.graph import IRError, Node
-from qcompiler.ir.ops import compute
+from qcompiler.ir.ops import OPS, compute
 from qcompiler.passes.rewriter import Match, Pat, Rewriter, RewritePass, Rule, has_data
 
-KEPT_OPS = frozenset({"const", "fake_quant", "quantize", "dequantize"})
+KEPT_OPS = frozenset(name for name, d in OPS.items() if not d.constant_foldable)
 
 
 def _all_operands_constant(node: Node) -> bool:
-    return node.op not in KEPT_OPS and bool(node.operands) and all(v.is_constant for v in node.operands)
+    return node.op in OPS and node.op not in KEPT_OPS and bool(node.operands) and all(v.is_constant for v in node.operands)
 
 
 def _check(m: Match, max_elements: int) -> Optional[str]:

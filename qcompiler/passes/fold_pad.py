@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from typing import ClassVar, Optional, Sequence
 
 from qcompiler.ir.graph import Graph, Use, Value
-from qcompiler.ir.ops import conv_output_size, same_padding
+from qcompiler.ir.ops import OPS, conv_output_size, same_padding
 from qcompiler.passes.base import PassResult
 from qcompiler.passes.rewriter import Match, Pat, Rewriter, RewritePass, Rule, apply_rules, result_from_stats
 
-FOLDING_OPS = ("conv2d", "depthwise_conv2d")
+FOLDING_OPS = tuple(name for name, d in OPS.items() if d.absorbs_zero_pad)  # conv2d, depthwise_conv2d
 _POOL_REASONS = {
     "max_pool2d": "max_pool2d pads with -inf in SAME mode, not with zeros",
     "avg_pool2d": "avg_pool2d leaves SAME padding out of the average, so zeros would change it",

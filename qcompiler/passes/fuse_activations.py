@@ -49,5 +49,5 @@ class FuseActivations(RewritePass):
 
     def rules(self) -> Sequence[Rule]:
         activations = CLAMP_ACTIVATIONS + (("tanh",) if self.tanh else ())
-        producers = [op for op in FUSING_OPS if op != "concat" or self.concat]
+        producers = [op for op in FUSING_OPS if OPS[op].tflite_fuses_activation or self.concat]
         return [Rule("fuse-activation", Pat(activations, Pat(producers, capture="producer")), _fuse, _check)]

@@ -25,6 +25,7 @@ from typing import ClassVar, Optional
 import numpy as np
 
 from qcompiler.ir.graph import Graph, Node, Value
+from qcompiler.ir.ops import OPS
 from qcompiler.ir.types import QParams
 from qcompiler.passes.base import Pass, PassResult
 from qcompiler.passes.rewriter import has_data
@@ -32,9 +33,7 @@ from qcompiler.quant import math as qmath
 
 # op -> (weight operand, quantization axis): the ops TFLite has hybrid (float in, int8 weights) kernels for.
 HYBRID_WEIGHTS: dict[str, tuple[int, int]] = {
-    "conv2d": (1, 0),
-    "depthwise_conv2d": (1, 3),
-    "fully_connected": (1, 0),
+    name: (d.weights.operand, d.weights.out_axis) for name, d in OPS.items() if d.weights and d.weights.hybrid
 }
 MIN_ELEMENTS = 1024  # the converter's default minimum_elements_for_weights
 _QMAX = 127  # narrow signed 8-bit range [-127, 127]

@@ -16,7 +16,7 @@ import typing
 from typing import Any, Literal, Mapping, Sequence, Union
 
 from qcompiler.errors import QCompilerError
-from qcompiler.passes.base import Pass, format_option
+from qcompiler.passes.base import Pass, PassOptionError, format_option, option_fields
 from qcompiler.passes.calibrate import Calibrate
 from qcompiler.passes.canonicalize import Canonicalize
 from qcompiler.passes.cse import CommonSubexpressionElimination
@@ -116,6 +116,8 @@ def build_pass(cls: type[Pass], options: Mapping[str, str]) -> Pass:
             raise PipelineError(f"option '{key}' of pass '{cls.name}': {err}") from None
     try:
         return cls(**kwargs)
+    except PassOptionError as err:
+        raise PipelineError(str(err)) from None
     except (TypeError, ValueError) as err:
         raise PipelineError(f"pass '{cls.name}': {err}") from None
 
@@ -214,7 +216,7 @@ def _split_top(text: str, whole: str) -> list[str]:
 
 def _fields(cls: type[Pass]) -> list[tuple[dataclasses.Field, Any]]:
     hints = typing.get_type_hints(cls)
-    return [(f, hints[f.name]) for f in dataclasses.fields(cls)]
+    return [(f, hints[f.name]) for f in option_fields(cls)]
 
 
 def _type_name(tp: Any) -> str:
