@@ -58,7 +58,14 @@ def worker(seeds: list[int], executor: str) -> None:
 # ----------------------------------------------------------------------------------------------------
 # the driver
 # ----------------------------------------------------------------------------------------------------
-def _run_chunk(seeds: list[int], calibrate_with: str, timeout: float) -> list[dict]:
+def _record(row: dict, journal: Optional[str]) -> None:
+    print(_progress(row), flush=True)
+    if journal:
+        with open(journal, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def _run_chunk(seeds: list[int], calibrate_with: str, timeout: float, journal: Optional[str] = None) -> list[dict]:
     """Check `seeds` in worker subprocesses, restarting after a crash; one row per seed."""
     rows: dict[int, dict] = {}
     pending = list(seeds)
@@ -79,14 +86,14 @@ def _run_chunk(seeds: list[int], calibrate_with: str, timeout: float) -> list[di
                 continue
             rows[row["seed"]] = row
             current = None
-            print(_progress(row), flush=True)
+            _record(row, journal)
             if time.monotonic() > deadline:
                 proc.kill()
                 break
         code = proc.wait()
         if current is not None:  # the worker died on this seed
             rows[current] = {"seed": current, "cause": "crash", "detail": f"worker exit code {code}"}
-            print(_progress(rows[current]), flush=True)
+            _record(rows[current], journal)
         pending = [s for s in pending if s not in rows]
     return [rows[s] for s in seeds]
 
@@ -98,15 +105,16 @@ def _progress(row: dict) -> str:
     return f"seed {row['seed']}: {row['cause']} [{identical}] max LSB {row.get('max_lsb')} {row.get('detail', '')}"
 
 
-def run_campaign(first: int, count: int, jobs: int, calibrate_with: str, timeout: float) -> list[dict]:
+def run_campaign(first: int, count: int, jobs: int, calibrate_with: str, timeout: float,
+                 journal: Optional[str] = None) -> list[dict]:
     seeds = list(range(first, first + count))
     if jobs <= 1:
-        return _run_chunk(seeds, calibrate_with, timeout)
+        return _run_chunk(seeds, calibrate_with, timeout, journal)
     from concurrent.futures import ThreadPoolExecutor
 
     chunks = [seeds[i::jobs] for i in range(jobs)]
     with ThreadPoolExecutor(jobs) as pool:
-        results = list(pool.map(lambda c: _run_chunk(c, calibrate_with, timeout), chunks))
+        results = list(pool.map(lambda c: _run_chunk(c, calibrate_with, timeout, journal), chunks))
     by_seed = {row["seed"]: row for rows in results for row in rows}
     return [by_seed[s] for s in seeds]
 
@@ -180,14 +188,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per model")
     parser.add_argument("--out", default=None, help="write the Markdown report here (atomically)")
     parser.add_argument("--json", default=None, help="write every row as JSON here")
+    parser.add_argument("--journal", default=None, help="append each row as a JSON line here as it comes")
+    parser.add_argument("--report-from", default=None, help="only write the report of a journal (an interrupted run)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is not None:
         worker([int(s) for s in args.worker.split(",")], args.calibrate_with)
         return 0
     start = time.perf_counter()
-    rows = run_campaign(args.seed, args.models, args.jobs, args.calibrate_with, args.timeout)
-    text = report(rows, args.calibrate_with, time.perf_counter() - start)
+    if args.report_from:
+        with open(args.report_from) as f:
+            rows = sorted((json.loads(line) for line in f if line.strip()), key=lambda r: r["seed"])
+        seconds = sum(r.get("seconds", 0.0) for r in rows)
+    else:
+        rows = run_campaign(args.seed, args.models, args.jobs, args.calibrate_with, args.timeout, args.journal)
+        seconds = time.perf_counter() - start
+    text = report(rows, args.calibrate_with, seconds)
     print(text)
     sys.path.insert(0, str(ROOT))
     from qcompiler.files import atomic_write
