@@ -20,6 +20,11 @@ from tests.differential import check
 from tests.random_models import BLOCKS, random_batch, random_model, shape_of
 
 SEEDS = range(20)
+# The CI corpus is the layer blocks, validated against the converter seed by seed. The keras.ops blocks
+# (probe=True) joined the generator's table when the importer learnt keras.ops; with them the same seeds give other
+# models, several of which fail or abort the reference interpreter (open, issue 8), so they are pinned out here
+# and exercised by benchmarks/fuzz_vs_converter.py instead.
+LAYER_BLOCKS = tuple(b for b in BLOCKS if not b.probe)
 MAX_DEPTH = 24  # blocks per CI model (the campaign goes to 160): keeps the 20 seeds within a few minutes
 
 # seed -> the cause, found by shrinking the model (random_model(seed, depth=k)) and comparing both .tflite files.
@@ -41,7 +46,7 @@ def _params():
 
 @pytest.mark.parametrize("seed", _params())
 def test_random_model_matches_the_converter(seed: int) -> None:
-    spec = random_model(seed, max_depth=MAX_DEPTH)
+    spec = random_model(seed, blocks=LAYER_BLOCKS, max_depth=MAX_DEPTH)
     model = spec.model
     verdict = check(model, random_batch(model, 32, seed=1), random_batch(model, 64, seed=2))
     if verdict.cause == "converter error":  # nothing to compare with (the fuzz campaign counts these)
