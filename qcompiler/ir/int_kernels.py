@@ -1,0 +1,338 @@
+"""Integer kernels: what TFLite's reference kernels (ai-edge-litert, BUILTIN_REF) compute for int8 and int16x8 ops.
+
+`INT_KERNELS[op](node, args)` takes the raw integer operands of a lowered node (their scales and zero points are
+in the operand and result types) and returns the raw integer results, bit for bit as the reference kernel
+(accumulators, fixed-point multipliers and shifts, rounding, saturation, lookup tables). The numeric primitives
+live in qcompiler/quant/math.py; this file only wires them per op. Accumulating ops use float64 matrix products
+of integer values, which are exact (|sum| < 2^53) and let BLAS do the work.
+
+tests/test_int_interpreter.py checks every op lower-to-int can emit against BUILTIN_REF on random parameters.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from qcompiler.ir.graph import IRError, Node, Value
+from qcompiler.ir.ops import _normalize_axes, _spatial_pads, _windows
+from qcompiler.ir.types import QParams
+from qcompiler.quant import math as qm
+
+IntKernel = Callable[[Node, Sequence[np.ndarray]], list[np.ndarray]]
+# Ops whose int8 kernel in ai-edge-litert rounds MultiplyByQuantizedMultiplier twice (gemmlowp's
+# SaturatingRoundingDoublingHighMul then RoundingDivideByPOT); the others round once (TFLITE_SINGLE_ROUNDING).
+DOUBLE_ROUNDING = frozenset({"conv2d", "depthwise_conv2d"})  # and mean (see _mean)
+
+
+def _q(value: Value) -> QParams:
+    if value.type.quant is None:
+        raise IRError(f"%{value.name} ({value.type}) has no quantization parameters; the integer kernel needs them")
+    return value.type.quant
+
+
+def _scale(value: Value) -> float:
+    return float(np.float32(_q(value).scale[0]))
+
+
+def _zp(value: Value) -> int:
+    return int(_q(value).zero_point[0])
+
+
+def _out(node: Node, acc: np.ndarray, lo: int, hi: int) -> list[np.ndarray]:
+    return [np.clip(acc, lo, hi).astype(node.result.type.np_dtype)]
+
+
+def _act_range(node: Node) -> tuple[int, int]:
+    return qm.activation_range(node.attrs.get("activation", "none"), _q(node.result), node.result.type.dtype)
+
+
+def _wide(node: Node) -> bool:
+    return node.operands[0].type.dtype == "i16"
+
+
+def _requantize_acc(node: Node, acc: np.ndarray, real: np.ndarray) -> list[np.ndarray]:
+    """acc (int64, channels last) * per-channel real multiplier, + output zero point, clamped to the activation.
+    CONV_2D and DEPTHWISE_CONV_2D round twice (gemmlowp), FULLY_CONNECTED once: measured against BUILTIN_REF."""
+    m, s = qm.quantize_multipliers(real)
+    wide = _wide(node) and node.op != "fully_connected"  # 16x8 FULLY_CONNECTED rescales in int32
+    scaled = qm.multiply_by_quantized_multiplier_any(acc, m, s, wide=wide, single_rounding=node.op not in DOUBLE_ROUNDING)
+    return _out(node, scaled + _zp(node.result), *_act_range(node))
+
+
+def _bias(node: Node, args: Sequence[np.ndarray], acc: np.ndarray) -> np.ndarray:
+    return acc + args[2].astype(np.int64) if len(args) > 2 else acc
+
+
+def _weight_real(node: Node) -> np.ndarray:
+    return qm.effective_scale(_scale(node.operands[0]), _q(node.operands[1]).scale, _scale(node.result))
+
+
+def _padded_input(node: Node, x: np.ndarray, kh: int, kw: int) -> np.ndarray:
+    """x - zero point, zero padded for SAME (the kernels skip padded taps, which is the same)."""
+    x = x.astype(np.int64) - _zp(node.operands[0])
+    ph, pw = _spatial_pads(x.shape, kh, kw, node.attrs)
+    return np.pad(x, ((0, 0), ph, pw, (0, 0))) if ph != (0, 0) or pw != (0, 0) else x
+
+
+def _taps(node: Node, xp: np.ndarray, kh: int, kw: int, out_hw: tuple[int, int]):
+    (sh, sw), (dh, dw) = node.attrs["strides"], node.attrs.get("dilation", [1, 1])
+    oh, ow = out_hw
+    for i in range(kh):
+        for j in range(kw):
+            yield i, j, xp[:, i * dh: i * dh + (oh - 1) * sh + 1: sh, j * dw: j * dw + (ow - 1) * sw + 1: sw, :]
+
+
+def _conv2d(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    x, w = args[0], args[1]
+    out_c, kh, kw, in_c = w.shape
+    xp = _padded_input(node, x, kh, kw).astype(np.float64)
+    oh, ow = _out_hw(node, x)
+    cols = np.stack([t for _, _, t in _taps(node, xp, kh, kw, (oh, ow))], axis=3)  # N,OH,OW,KH*KW,C
+    acc = cols.reshape(-1, kh * kw * in_c) @ w.reshape(out_c, -1).astype(np.float64).T
+    acc = acc.reshape(x.shape[0], oh, ow, out_c).astype(np.int64)
+    return _requantize_acc(node, _bias(node, args, acc), _weight_real(node))
+
+
+def _depthwise(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    x, w = args[0], args[1]
+    _, kh, kw, channels = w.shape
+    mult = node.attrs["depth_multiplier"]
+    xp = _padded_input(node, x, kh, kw)
+    if mult > 1:
+        xp = np.repeat(xp, mult, axis=3)  # output channel c*mult+m reads input channel c
+    oh, ow = _out_hw(node, x)
+    acc = np.zeros((x.shape[0], oh, ow, channels), np.int64)
+    wk = w[0].astype(np.int64)
+    for i, j, tap in _taps(node, xp, kh, kw, (oh, ow)):
+        acc += tap * wk[i, j]
+    return _requantize_acc(node, _bias(node, args, acc), _weight_real(node))
+
+
+def _out_hw(node: Node, x: np.ndarray) -> tuple[int, int]:
+    return tuple(node.result.type.shape[1:3]) if all(d is not None for d in node.result.type.shape[1:3]) else \
+        _infer_hw(node, x)
+
+
+def _infer_hw(node: Node, x: np.ndarray) -> tuple[int, int]:
+    from qcompiler.ir.ops import conv_output_size
+
+    w = node.operands[1].type.shape
+    (sh, sw), (dh, dw) = node.attrs["strides"], node.attrs.get("dilation", [1, 1])
+    return (conv_output_size(x.shape[1], w[1], sh, dh, node.attrs["padding"]),
+            conv_output_size(x.shape[2], w[2], sw, dw, node.attrs["padding"]))
+
+
+def _fully_connected(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    x = args[0].astype(np.float64) - _zp(node.operands[0])
+    w = args[1].astype(np.float64) - _zp(node.operands[1])
+    acc = (x @ w.T).astype(np.int64)
+    return _requantize_acc(node, _bias(node, args, acc), _weight_real(node))
+
+
+def _add_sub(sign: int) -> IntKernel:
+    def kernel(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+        a, b, out = node.operands[0], node.operands[1], node.result
+        left_shift = 15 if out.type.dtype == "i16" else 20
+        twice_max = 2 * max(_scale(a), _scale(b))
+        m1, s1 = qm.quantize_multiplier(_scale(a) / twice_max)
+        m2, s2 = qm.quantize_multiplier(_scale(b) / twice_max)
+        mo, so = qm.quantize_multiplier(twice_max / float(np.float32((1 << left_shift) * np.float32(_scale(out)))))
+        sr = out.type.dtype != "i16"  # the int16 general-scale path rounds twice (measured)
+        x1 = qm.multiply_by_quantized_multiplier((args[0].astype(np.int64) - _zp(a)) << left_shift, m1, s1, sr)
+        x2 = qm.multiply_by_quantized_multiplier((args[1].astype(np.int64) - _zp(b)) << left_shift, m2, s2, sr)
+        raw = qm.multiply_by_quantized_multiplier(x1 + sign * x2, mo, so, sr)
+        return _out(node, raw + _zp(out), *_act_range(node))
+
+    return kernel
+
+
+def _mul(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    a, b, out = node.operands[0], node.operands[1], node.result
+    m, s = qm.quantize_multiplier(_scale(a) * _scale(b) / _scale(out))
+    prod = (args[0].astype(np.int64) - _zp(a)) * (args[1].astype(np.int64) - _zp(b))
+    return _out(node, qm.multiply_by_quantized_multiplier(prod, m, s) + _zp(out), *_act_range(node))
+
+
+def _relu_x(lo: float, hi: float) -> IntKernel:
+    """QuantizedReluX: rescale by f32(in_scale / out_scale), clamp to zp + roundf(bound / out_scale)."""
+    def kernel(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+        src, out = node.operands[0], node.result
+        qmin, qmax = qm.qrange(out.type.dtype)
+        out_scale = np.float32(_scale(out))
+
+        def bound(f: float) -> int:
+            return _zp(out) + int(qm.round_half_away(np.float32(np.float32(f) / out_scale)))
+
+        act_min = max(qmin, bound(lo))
+        act_max = qmax if hi == np.inf else min(qmax, bound(hi))
+        m, s = qm.quantize_multiplier(float(np.float32(np.float32(_scale(src)) / out_scale)))
+        acc = qm.multiply_by_quantized_multiplier(args[0].astype(np.int64) - _zp(src), m, s) + _zp(out)
+        return _out(node, acc, act_min, act_max)
+
+    return kernel
+
+
+def _leaky_relu(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    src, out = node.operands[0], node.result
+    in_s, out_s = np.float32(_scale(src)), np.float32(_scale(out))
+    alpha_m, alpha_s = qm.quantize_multiplier(float(np.float32(in_s * np.float32(node.attrs["alpha"]) / out_s)))
+    id_m, id_s = qm.quantize_multiplier(float(np.float32(in_s / out_s)))
+    x = args[0].astype(np.int64) - _zp(src)
+    acc = np.where(x >= 0, qm.multiply_by_quantized_multiplier(x, id_m, id_s),
+                   qm.multiply_by_quantized_multiplier(x, alpha_m, alpha_s))
+    return _out(node, acc + _zp(out), *qm.qrange(out.type.dtype))
+
+
+def _lut(fn: Callable[[np.ndarray], np.ndarray]) -> IntKernel:
+    """8-bit ops the kernels run through a 256-entry table built with LUTPopulate (elu, gelu)."""
+    def kernel(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+        dtype = node.result.type.dtype
+        if dtype not in ("i8", "u8"):
+            raise NotImplementedError(f"{node.op} on {dtype}")
+        table = qm.populate_lut(fn, _q(node.operands[0]), _q(node.result), dtype)
+        return [table[args[0].astype(np.int64) - qm.qrange(dtype)[0]]]
+
+    return kernel
+
+
+def _max_pool(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    kh, kw = node.attrs["pool_size"]
+    lowest = np.iinfo(args[0].dtype).min
+    win = _windows(args[0], kh, kw, node.attrs, pad_value=lowest)
+    return _out(node, win.max(axis=(4, 5)).astype(np.int64), *_act_range(node))
+
+
+def _avg_pool(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    x = args[0]
+    kh, kw = node.attrs["pool_size"]
+    sums = _windows(x.astype(np.int64), kh, kw, node.attrs).sum(axis=(4, 5))
+    ones = np.ones((1,) + x.shape[1:3] + (1,), np.int64)
+    counts = _windows(ones, kh, kw, node.attrs).sum(axis=(4, 5))
+    return _out(node, _round_div(sums, counts), *_act_range(node))
+
+
+def _round_div(acc: np.ndarray, n) -> np.ndarray:
+    """acc > 0 ? (acc + n/2) / n : (acc - n/2) / n, C integer division (truncates toward zero)."""
+    half = np.asarray(n) // 2
+    num = np.where(acc > 0, acc + half, acc - half)
+    return np.sign(num) * (np.abs(num) // n)
+
+
+def _mean(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """MEAN as ai-edge-litert's kernel computes it (measured against BUILTIN_REF): the centred int32 sum times
+    QuantizeMultiplier(in_scale / (out_scale * count)), rounded twice (gemmlowp), + output zero point."""
+    src, out = node.operands[0], node.result
+    x = args[0].astype(np.int64)
+    axes = tuple(_normalize_axes(node.attrs["axes"], x.ndim))
+    n = int(np.prod([x.shape[a] for a in axes])) if axes else 1
+    m, s = qm.quantize_multiplier(_scale(src) / (_scale(out) * n))
+    total = (x - _zp(src)).sum(axis=axes, keepdims=node.attrs["keepdims"])
+    acc = qm.multiply_by_quantized_multiplier(total, m, s, single_rounding=False)
+    return _out(node, acc + _zp(out), *qm.qrange(out.type.dtype))
+
+
+def _softmax(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """reference_ops::Softmax (8-bit): gemmlowp fixed-point exp of the rescaled differences to the row max,
+    a fixed-point reciprocal of their sum, rescaled to the output."""
+    src, out = node.operands[0], node.result
+    if src.type.dtype not in ("i8", "u8"):
+        raise NotImplementedError("softmax on int16")
+    real = min(float(np.float32(node.attrs["beta"])) * float(np.float32(_q(src).scale[0])) * (1 << 26),
+               float(2**31 - 1))
+    mult, left_shift = qm.quantize_multiplier(real)
+    radius = int(np.floor(31.0 * (1 << 26) / (1 << left_shift)))
+    x = args[0].astype(np.int64)
+    diff = x - x.max(axis=-1, keepdims=True)
+    used = diff >= -radius
+    exps = qm.exp_on_negative_values(qm.multiply_by_quantized_multiplier(np.where(used, diff, 0), mult, left_shift), 5)
+    exps = np.where(used, exps, 0)
+    total = qm.rounding_divide_by_pot(exps, 12).sum(axis=-1, keepdims=True)
+    scale, bits_over_unit = qm.get_reciprocal(total, 12)
+    out_bits = 8 * out.type.np_dtype.itemsize
+    exponent = bits_over_unit + 31 - out_bits
+    unsat = qm.rounding_divide_by_pot(qm.saturating_rounding_doubling_high_mul(scale, exps), exponent)
+    qmin, qmax = qm.qrange(out.type.dtype)
+    return _out(node, np.where(used, unsat + qmin, qmin), qmin, qmax)
+
+
+def _requantize_or_quantize(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    src, out = node.operands[0], node.result
+    if src.type.is_float:
+        return [qm.quantize(args[0], _q(out), out.type.dtype)]
+    return [qm.requantize(args[0], _q(src), _q(out), out.type.dtype)]
+
+
+def _dequantize(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    return [qm.dequantize(args[0], _q(node.operands[0])).astype(node.result.type.np_dtype)]
+
+
+def _pad(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    x = args[0]
+    if x.ndim == 0:
+        return [x.copy()]
+    return [np.pad(x, np.asarray(node.attrs["paddings"], np.int64).reshape(-1, 2), constant_values=_zp(node.result))]
+
+
+def _float_op(name: str) -> IntKernel:
+    """Same-parameter ops: their float semantics on raw codes is exact (moves, max/min, reshapes)."""
+    from qcompiler.ir.ops import op_def
+
+    def kernel(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [r.astype(node.result.type.np_dtype) for r in op_def(name).compute(args, node.attrs)]
+
+    return kernel
+
+
+def _concat(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    for v in node.operands:
+        if v.type.quant != node.result.type.quant:
+            raise IRError(f"{node.describe()}: CONCATENATION needs every int8/int16 operand to share the output's "
+                          f"parameters; %{v.name} has {v.type.quant}")
+    return [np.concatenate(args, axis=node.attrs["axis"]).astype(node.result.type.np_dtype)]
+
+
+def _elu(x: np.ndarray) -> np.ndarray:
+    return np.where(x < 0, np.expm1(x), x)
+
+
+def _gelu(approximate: bool) -> Callable[[np.ndarray], np.ndarray]:
+    def fn(x: np.ndarray) -> np.ndarray:
+        from qcompiler.ir.ops import _compute_gelu
+
+        return _compute_gelu(x, {"approximate": approximate}).astype(np.float32)
+
+    return fn
+
+
+def _gelu_kernel(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    return _lut(_gelu(node.attrs["approximate"]))(node, args)
+
+
+INT_KERNELS: dict[str, IntKernel] = {
+    "quantize": _requantize_or_quantize,
+    "dequantize": _dequantize,
+    "conv2d": _conv2d,
+    "depthwise_conv2d": _depthwise,
+    "fully_connected": _fully_connected,
+    "add": _add_sub(1),
+    "sub": _add_sub(-1),
+    "mul": _mul,
+    "relu": _relu_x(0.0, np.inf),
+    "relu6": _relu_x(0.0, 6.0),
+    "relu_n1_to_1": _relu_x(-1.0, 1.0),
+    "leaky_relu": _leaky_relu,
+    "elu": _lut(_elu),
+    "gelu": _gelu_kernel,
+    "softmax": _softmax,
+    "max_pool2d": _max_pool,
+    "avg_pool2d": _avg_pool,
+    "mean": _mean,
+    "pad": _pad,
+    "concat": _concat,
+    **{name: _float_op(name) for name in ("maximum", "minimum", "reduce_max", "reduce_min", "flatten", "reshape",
+                                          "slice", "resize_nearest")},
+}
+
+# Ops whose kernel above covers only some dtypes (the others raise NotImplementedError and are simulated).
+EXACT_DTYPES: dict[str, tuple[str, ...]] = {"softmax": ("i8", "u8"), "elu": ("i8", "u8"), "gelu": ("i8", "u8")}
