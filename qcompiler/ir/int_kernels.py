@@ -236,8 +236,8 @@ def _softmax(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
     """reference_ops::Softmax (8-bit): gemmlowp fixed-point exp of the rescaled differences to the row max,
     a fixed-point reciprocal of their sum, rescaled to the output."""
     src, out = node.operands[0], node.result
-    if src.type.dtype not in ("i8", "u8"):
-        raise NotImplementedError("softmax on int16")
+    if src.type.dtype == "i16":
+        return _softmax_int16(node, args)
     real = min(float(np.float32(node.attrs["beta"])) * float(np.float32(_q(src).scale[0])) * (1 << 26),
                float(2**31 - 1))
     mult, left_shift = qm.quantize_multiplier(real)
@@ -254,6 +254,26 @@ def _softmax(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
     unsat = qm.rounding_divide_by_pot(qm.saturating_rounding_doubling_high_mul(scale, exps), exponent)
     qmin, qmax = qm.qrange(out.type.dtype)
     return _out(node, np.where(used, unsat + qmin, qmin), qmin, qmax)
+
+
+def _softmax_int16(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """reference_ops::SoftmaxInt16: exp and 1/(1+x) from 513-entry LUTs, Q0.15 arithmetic."""
+    exp_lut = qm.populate_lut_int16(np.exp, -10.0, 0.0, -1.0, 1.0)
+    recip_lut = qm.populate_lut_int16(lambda v: 1.0 / (1.0 + v), 0.0, 1.0, -1.0, 1.0)
+    f = np.float32
+    real = float(f(f(_scale(node.operands[0])) * f(node.attrs["beta"]))) / (10.0 / 65535.0)
+    mult, shift = qm.quantize_multiplier(real)
+    x = args[0].astype(np.int64)
+    diff = x - x.max(axis=-1, keepdims=True)
+    scaled = qm.multiply_by_quantized_multiplier(diff, mult, shift, single_rounding=False) + 32767  # measured
+    exps = qm.lut_lookup_int16(np.clip(scaled, -32768, 32767), exp_lut).astype(np.int64)
+    total = exps.sum(axis=-1, keepdims=True)
+    headroom_plus_one = 32 - np.frexp(np.maximum(total, 1).astype(np.float64))[1].astype(np.int64)
+    shifted = ((total << (headroom_plus_one - 1)) + (1 << 13)) >> 14
+    recip = qm.lut_lookup_int16(np.clip(shifted - ((1 << 15) + (1 << 16)), -32768, 32767), recip_lut).astype(np.int64)
+    right_shift = 31 - headroom_plus_one
+    result = (exps * recip + (np.int64(1) << (right_shift - 1))) >> right_shift
+    return _out(node, result, 0, 32767)
 
 
 def _requantize_or_quantize(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -335,4 +355,4 @@ INT_KERNELS: dict[str, IntKernel] = {
 }
 
 # Ops whose kernel above covers only some dtypes (the others raise NotImplementedError and are simulated).
-EXACT_DTYPES: dict[str, tuple[str, ...]] = {"softmax": ("i8", "u8"), "elu": ("i8", "u8"), "gelu": ("i8", "u8")}
+EXACT_DTYPES: dict[str, tuple[str, ...]] = {"elu": ("i8", "u8"), "gelu": ("i8", "u8")}

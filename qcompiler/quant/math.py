@@ -624,3 +624,37 @@ def get_reciprocal(x: np.ndarray, x_integer_digits: int) -> tuple[np.ndarray, np
     num_bits_over_unit = x_integer_digits - headroom_plus_one
     shifted_minus_one = ((x << headroom_plus_one) & 0xFFFFFFFF) - (1 << 31)
     return one_over_one_plus_x_for_x_in_0_1(shifted_minus_one), num_bits_over_unit
+
+
+def populate_lut_int16(fn, input_min: float, input_max: float, output_min: float, output_max: float,
+                       precision: type = np.float64) -> np.ndarray:
+    """gen_lut / LUTPopulate<int16_t>: 513 samples of fn over [input_min, input_max], each corrected by half the
+    error of linear interpolation at the midpoint of its segment, for outputs in [output_min, output_max].
+    `precision` is the float type the kernel computes in. Read with `lut_lookup_int16`."""
+    f = precision
+    input_min, input_max, output_min, output_max = f(input_min), f(input_max), f(output_min), f(output_max)
+    step = f((input_max - input_min) / f(512))
+    half_step = f(step / f(2))
+    inv = f(f(65536) / f(output_max - output_min))
+    i = np.arange(512, dtype=f)
+    with np.errstate(all="ignore"):
+        val = np.asarray(fn((input_min + i * step).astype(f)), f)
+        mid = np.asarray(fn((input_min + i * step + half_step).astype(f)), f)
+        nxt = np.asarray(fn((input_min + (i + 1) * step).astype(f)), f)
+        sample = round_half_away((val * inv).astype(f))
+        interp = round_half_away(((nxt * inv + sample) / f(2)).astype(f))
+        bias = round_half_away(((interp - round_half_away((mid * inv).astype(f))) / f(2)).astype(f))
+        last = round_half_away(np.asarray(np.asarray(fn(np.asarray([input_max], f)), f) * inv, f))
+    table = np.concatenate([np.clip(sample - bias, -32768, 32767), np.clip(last, -32768, 32767)])
+    return table.astype(np.int16)
+
+
+def lut_lookup_int16(x: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """LUTLookup(int16): base lut[256 + (x >> 7)] plus the interpolated slope over the low 7 bits."""
+    x = np.asarray(x, np.int64)
+    index = 256 + (x >> 7)
+    offset = x & 0x7F
+    lut = lut.astype(np.int64)
+    base = lut[index]
+    slope = lut[index + 1] - base
+    return (base + ((slope * offset + 64) >> 7)).astype(np.int16)
