@@ -20,9 +20,14 @@ from qcompiler.ir.types import QParams
 from qcompiler.quant import math as qm
 
 IntKernel = Callable[[Node, Sequence[np.ndarray]], list[np.ndarray]]
-# Ops whose int8 kernel in ai-edge-litert rounds MultiplyByQuantizedMultiplier twice (gemmlowp's
-# SaturatingRoundingDoublingHighMul then RoundingDivideByPOT); the others round once (TFLITE_SINGLE_ROUNDING).
-DOUBLE_ROUNDING = frozenset({"conv2d", "depthwise_conv2d"})  # and mean (see _mean)
+# ai-edge-litert's reference kernels round MultiplyByQuantizedMultiplier twice (gemmlowp's
+# SaturatingRoundingDoublingHighMul then RoundingDivideByPOT), except these, which round once (as with
+# TFLITE_SINGLE_ROUNDING). Measured against BUILTIN_REF (tests/test_int_interpreter.py).
+SINGLE_ROUNDING = frozenset({"fully_connected"})
+
+
+def _mbqm(node: Node, x: np.ndarray, multiplier, shift) -> np.ndarray:
+    return qm.multiply_by_quantized_multiplier(x, multiplier, shift, single_rounding=node.op in SINGLE_ROUNDING)
 
 
 def _q(value: Value) -> QParams:
@@ -53,10 +58,10 @@ def _wide(node: Node) -> bool:
 
 def _requantize_acc(node: Node, acc: np.ndarray, real: np.ndarray) -> list[np.ndarray]:
     """acc (int64, channels last) * per-channel real multiplier, + output zero point, clamped to the activation.
-    CONV_2D and DEPTHWISE_CONV_2D round twice (gemmlowp), FULLY_CONNECTED once: measured against BUILTIN_REF."""
+    16x8 CONV_2D / DEPTHWISE_CONV_2D use the int64-accumulator variant; 16x8 FULLY_CONNECTED stays in int32."""
     m, s = qm.quantize_multipliers(real)
     wide = _wide(node) and node.op != "fully_connected"  # 16x8 FULLY_CONNECTED rescales in int32
-    scaled = qm.multiply_by_quantized_multiplier_any(acc, m, s, wide=wide, single_rounding=node.op not in DOUBLE_ROUNDING)
+    scaled = qm.multiply_by_quantized_multiplier_any(acc, m, s, wide=wide, single_rounding=node.op in SINGLE_ROUNDING)
     return _out(node, scaled + _zp(node.result), *_act_range(node))
 
 
@@ -138,10 +143,9 @@ def _add_sub(sign: int) -> IntKernel:
         m1, s1 = qm.quantize_multiplier(_scale(a) / twice_max)
         m2, s2 = qm.quantize_multiplier(_scale(b) / twice_max)
         mo, so = qm.quantize_multiplier(twice_max / float(np.float32((1 << left_shift) * np.float32(_scale(out)))))
-        sr = out.type.dtype != "i16"  # the int16 general-scale path rounds twice (measured)
-        x1 = qm.multiply_by_quantized_multiplier((args[0].astype(np.int64) - _zp(a)) << left_shift, m1, s1, sr)
-        x2 = qm.multiply_by_quantized_multiplier((args[1].astype(np.int64) - _zp(b)) << left_shift, m2, s2, sr)
-        raw = qm.multiply_by_quantized_multiplier(x1 + sign * x2, mo, so, sr)
+        x1 = _mbqm(node, (args[0].astype(np.int64) - _zp(a)) << left_shift, m1, s1)
+        x2 = _mbqm(node, (args[1].astype(np.int64) - _zp(b)) << left_shift, m2, s2)
+        raw = _mbqm(node, x1 + sign * x2, mo, so)
         return _out(node, raw + _zp(out), *_act_range(node))
 
     return kernel
@@ -151,7 +155,7 @@ def _mul(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
     a, b, out = node.operands[0], node.operands[1], node.result
     m, s = qm.quantize_multiplier(_scale(a) * _scale(b) / _scale(out))
     prod = (args[0].astype(np.int64) - _zp(a)) * (args[1].astype(np.int64) - _zp(b))
-    return _out(node, qm.multiply_by_quantized_multiplier(prod, m, s) + _zp(out), *_act_range(node))
+    return _out(node, _mbqm(node, prod, m, s) + _zp(out), *_act_range(node))
 
 
 def _relu_x(lo: float, hi: float) -> IntKernel:
@@ -167,7 +171,7 @@ def _relu_x(lo: float, hi: float) -> IntKernel:
         act_min = max(qmin, bound(lo))
         act_max = qmax if hi == np.inf else min(qmax, bound(hi))
         m, s = qm.quantize_multiplier(float(np.float32(np.float32(_scale(src)) / out_scale)))
-        acc = qm.multiply_by_quantized_multiplier(args[0].astype(np.int64) - _zp(src), m, s) + _zp(out)
+        acc = _mbqm(node, args[0].astype(np.int64) - _zp(src), m, s) + _zp(out)
         return _out(node, acc, act_min, act_max)
 
     return kernel
@@ -179,8 +183,8 @@ def _leaky_relu(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
     alpha_m, alpha_s = qm.quantize_multiplier(float(np.float32(in_s * np.float32(node.attrs["alpha"]) / out_s)))
     id_m, id_s = qm.quantize_multiplier(float(np.float32(in_s / out_s)))
     x = args[0].astype(np.int64) - _zp(src)
-    acc = np.where(x >= 0, qm.multiply_by_quantized_multiplier(x, id_m, id_s),
-                   qm.multiply_by_quantized_multiplier(x, alpha_m, alpha_s))
+    acc = np.where(x >= 0, _mbqm(node, x, id_m, id_s),
+                   _mbqm(node, x, alpha_m, alpha_s))
     return _out(node, acc + _zp(out), *qm.qrange(out.type.dtype))
 
 
@@ -194,6 +198,53 @@ def _lut(fn: Callable[[np.ndarray], np.ndarray]) -> IntKernel:
         return [table[args[0].astype(np.int64) - qm.qrange(dtype)[0]]]
 
     return kernel
+
+
+def _srdhm16(a: np.ndarray, b) -> np.ndarray:
+    """int16 SaturatingRoundingDoublingHighMul."""
+    ab = np.asarray(a, np.int64) * np.int64(b)
+    nudge = np.where(ab >= 0, 1 << 14, 1 - (1 << 14))
+    total = ab + nudge
+    high = np.sign(total) * (np.abs(total) >> 15)  # C division truncates toward zero
+    return np.where((np.asarray(a) == b) & (b == -32768), 32767, high)
+
+
+def _sat16(x: np.ndarray) -> np.ndarray:
+    return np.clip(x, -32768, 32767)
+
+
+def _down_scale_to_int16(multiplier: int) -> int:
+    """DownScaleInt32ToInt16Multiplier."""
+    return 32767 if multiplier >= 2**31 - 1 - (1 << 15) else (multiplier + (1 << 15)) >> 16
+
+
+def _hard_swish_kernel(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """reference_ops::HardSwish (8-bit): 16-bit fixed point, a relu-ish multiplier in [0, 1] times the input
+    rescaled to the output."""
+    src, out = node.operands[0], node.result
+    if out.type.dtype not in ("i8", "u8"):
+        raise NotImplementedError(f"hard_swish on {out.type.dtype}")
+    f = np.float32
+    hires = f(f(1.0 / 128.0) * f(_scale(src)))
+    out_m, out_e = qm.quantize_multiplier(float(f(hires / f(_scale(out)))))
+    relu_m, relu_e = qm.quantize_multiplier(float(f(hires / f(3.0 / 32768.0))))
+    out_m16, relu_m16 = _down_scale_to_int16(out_m), _down_scale_to_int16(relu_m)
+    hires_value = (args[0].astype(np.int64) - _zp(src)) * 128
+    preshift_out = _srdhm16(hires_value, out_m16)
+    reluish = hires_value
+    if relu_e > 0:
+        reluish = _sat16(reluish << (relu_e - 1))
+    reluish = _srdhm16(reluish, relu_m16)
+    if relu_e > 0:
+        reluish = _sat16(reluish << 1)
+    if relu_e < 0:
+        reluish = qm.rounding_divide_by_pot(reluish, -relu_e)
+    reluish = (reluish + (1 << 15)) >> 1
+    product = reluish * preshift_out
+    preshift = np.where((reluish == -32768) & (preshift_out == -32768), 32767,
+                        np.sign(product) * (np.abs(product) >> 15))
+    value = qm.rounding_divide_by_pot(preshift, -out_e) + _zp(out)
+    return _out(node, value, *qm.qrange(out.type.dtype))
 
 
 def _max_pool(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -221,14 +272,20 @@ def _round_div(acc: np.ndarray, n) -> np.ndarray:
 
 def _mean(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
     """MEAN as ai-edge-litert's kernel computes it (measured against BUILTIN_REF): the centred int32 sum times
-    QuantizeMultiplier(in_scale / (out_scale * count)), rounded twice (gemmlowp), + output zero point."""
+    QuantizeMultiplier(in_scale / (out_scale * count)), + output zero point; int16 over H and W with keepdims:
+    rescaled by in/out first, then divided by the count."""
     src, out = node.operands[0], node.result
     x = args[0].astype(np.int64)
     axes = tuple(_normalize_axes(node.attrs["axes"], x.ndim))
     n = int(np.prod([x.shape[a] for a in axes])) if axes else 1
-    m, s = qm.quantize_multiplier(_scale(src) / (_scale(out) * n))
     total = (x - _zp(src)).sum(axis=axes, keepdims=node.attrs["keepdims"])
-    acc = qm.multiply_by_quantized_multiplier(total, m, s, single_rounding=False)
+    if out.type.dtype == "i16" and node.attrs["keepdims"] and x.ndim == 4 and axes == (1, 2):
+        # reference_integer_ops::Mean: rescale by in/out, then divide by the count rounding half away
+        m, s = qm.quantize_multiplier(_scale(src) / _scale(out))
+        acc = _round_div(_mbqm(node, total, m, s), n)
+    else:
+        m, s = qm.quantize_multiplier(_scale(src) / (_scale(out) * n))
+        acc = _mbqm(node, total, m, s)
     return _out(node, acc + _zp(out), *qm.qrange(out.type.dtype))
 
 
@@ -245,7 +302,7 @@ def _softmax(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
     x = args[0].astype(np.int64)
     diff = x - x.max(axis=-1, keepdims=True)
     used = diff >= -radius
-    exps = qm.exp_on_negative_values(qm.multiply_by_quantized_multiplier(np.where(used, diff, 0), mult, left_shift), 5)
+    exps = qm.exp_on_negative_values(_mbqm(node, np.where(used, diff, 0), mult, left_shift), 5)
     exps = np.where(used, exps, 0)
     total = qm.rounding_divide_by_pot(exps, 12).sum(axis=-1, keepdims=True)
     scale, bits_over_unit = qm.get_reciprocal(total, 12)
@@ -265,7 +322,7 @@ def _softmax_int16(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
     mult, shift = qm.quantize_multiplier(real)
     x = args[0].astype(np.int64)
     diff = x - x.max(axis=-1, keepdims=True)
-    scaled = qm.multiply_by_quantized_multiplier(diff, mult, shift, single_rounding=False) + 32767  # measured
+    scaled = _mbqm(node, diff, mult, shift) + 32767
     exps = qm.lut_lookup_int16(np.clip(scaled, -32768, 32767), exp_lut).astype(np.int64)
     total = exps.sum(axis=-1, keepdims=True)
     headroom_plus_one = 32 - np.frexp(np.maximum(total, 1).astype(np.float64))[1].astype(np.int64)
@@ -280,7 +337,7 @@ def _requantize_or_quantize(node: Node, args: Sequence[np.ndarray]) -> list[np.n
     src, out = node.operands[0], node.result
     if src.type.is_float:
         return [qm.quantize(args[0], _q(out), out.type.dtype)]
-    return [qm.requantize(args[0], _q(src), _q(out), out.type.dtype)]
+    return [qm.requantize(args[0], _q(src), _q(out), out.type.dtype, single_rounding=False)]
 
 
 def _dequantize(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -316,6 +373,10 @@ def _elu(x: np.ndarray) -> np.ndarray:
     return np.where(x < 0, np.expm1(x), x)
 
 
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (np.float32(1) / (np.float32(1) + np.exp(-x.astype(np.float64)).astype(np.float32))).astype(np.float32)
+
+
 def _gelu(approximate: bool) -> Callable[[np.ndarray], np.ndarray]:
     def fn(x: np.ndarray) -> np.ndarray:
         from qcompiler.ir.ops import _compute_gelu
@@ -343,6 +404,9 @@ INT_KERNELS: dict[str, IntKernel] = {
     "relu_n1_to_1": _relu_x(-1.0, 1.0),
     "leaky_relu": _leaky_relu,
     "elu": _lut(_elu),
+    "sigmoid": _lut(_sigmoid),
+    "tanh": _lut(np.tanh),
+    "hard_swish": _hard_swish_kernel,
     "gelu": _gelu_kernel,
     "softmax": _softmax,
     "max_pool2d": _max_pool,
@@ -355,4 +419,4 @@ INT_KERNELS: dict[str, IntKernel] = {
 }
 
 # Ops whose kernel above covers only some dtypes (the others raise NotImplementedError and are simulated).
-EXACT_DTYPES: dict[str, tuple[str, ...]] = {"elu": ("i8", "u8"), "gelu": ("i8", "u8")}
+EXACT_DTYPES: dict[str, tuple[str, ...]] = {"sigmoid": ("i8", "u8"), "tanh": ("i8", "u8"), "hard_swish": ("i8", "u8"), "elu": ("i8", "u8"), "gelu": ("i8", "u8")}

@@ -524,12 +524,13 @@ def quantize_multipliers(reals: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray([p[0] for p in pairs], np.int64), np.asarray([p[1] for p in pairs], np.int64)
 
 
-def requantize(q: np.ndarray, src: QParams, dst: QParams, dtype: str) -> np.ndarray:
+def requantize(q: np.ndarray, src: QParams, dst: QParams, dtype: str, single_rounding: bool = True) -> np.ndarray:
     """Reference QUANTIZE of an integer input (reference_ops::Requantize): real = double(in) / double(out),
     out = clamp(MultiplyByQuantizedMultiplier(q - zp_in, m, s) + zp_out)."""
     real = float(np.float32(src.scale[0])) / float(np.float32(dst.scale[0]))
     m, s = quantize_multiplier(real)
-    acc = multiply_by_quantized_multiplier(np.asarray(q, np.int64) - src.zero_point[0], m, s) + dst.zero_point[0]
+    acc = multiply_by_quantized_multiplier(np.asarray(q, np.int64) - src.zero_point[0], m, s, single_rounding)
+    acc = acc + dst.zero_point[0]
     qmin, qmax = qrange(dtype)
     return np.clip(acc, qmin, qmax).astype(_NP_INT[dtype])
 
