@@ -188,12 +188,15 @@ def _leaky_relu(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
     return _out(node, acc + _zp(out), *qm.qrange(out.type.dtype))
 
 
-def _lut(fn: Callable[[np.ndarray], np.ndarray]) -> IntKernel:
-    """8-bit ops the kernels run through a 256-entry table built with LUTPopulate (elu, gelu)."""
+def _lut(fn: Callable[[np.ndarray], np.ndarray], int16: bool = True) -> IntKernel:
+    """Ops the kernels run through a table built with LUTPopulate: 256 entries for 8-bit types, 513 interpolated
+    ones for int16 (`int16=False`: the int16 kernel does something else, simulated in float)."""
     def kernel(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
         dtype = node.result.type.dtype
-        if dtype not in ("i8", "u8"):
-            raise NotImplementedError(f"{node.op} on {dtype}")
+        if dtype == "i16" and not int16:
+            raise NotImplementedError(f"{node.op} on int16")
+        if dtype == "i16":
+            return [_lut16(node, fn, args[0])]
         table = qm.populate_lut(fn, _q(node.operands[0]), _q(node.result), dtype)
         return [table[args[0].astype(np.int64) - qm.qrange(dtype)[0]]]
 
@@ -213,6 +216,13 @@ def _sat16(x: np.ndarray) -> np.ndarray:
     return np.clip(x, -32768, 32767)
 
 
+def _rounding_divide_by_pot16(x: np.ndarray, exponent: int) -> np.ndarray:
+    """int16 RoundingDivideByPOT, including its mask wrapping to -1 for exponents >= 16."""
+    mask = ((1 << exponent) - 1 + 32768) % 65536 - 32768
+    threshold = (mask >> 1) + (x < 0)
+    return (x >> exponent) + ((x & mask) > threshold)
+
+
 def _down_scale_to_int16(multiplier: int) -> int:
     """DownScaleInt32ToInt16Multiplier."""
     return 32767 if multiplier >= 2**31 - 1 - (1 << 15) else (multiplier + (1 << 15)) >> 16
@@ -227,6 +237,9 @@ def _hard_swish_kernel(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarra
     f = np.float32
     hires = f(f(1.0 / 128.0) * f(_scale(src)))
     out_m, out_e = qm.quantize_multiplier(float(f(hires / f(_scale(out)))))
+    if out_e > 0:
+        raise IRError(f"{node.describe()}: HARD_SWISH needs input scale / 128 <= output scale "
+                      f"({_scale(src)} / 128 > {_scale(out)}); TFLite refuses such a model")
     relu_m, relu_e = qm.quantize_multiplier(float(f(hires / f(3.0 / 32768.0))))
     out_m16, relu_m16 = _down_scale_to_int16(out_m), _down_scale_to_int16(relu_m)
     hires_value = (args[0].astype(np.int64) - _zp(src)) * 128
@@ -238,13 +251,23 @@ def _hard_swish_kernel(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarra
     if relu_e > 0:
         reluish = _sat16(reluish << 1)
     if relu_e < 0:
-        reluish = qm.rounding_divide_by_pot(reluish, -relu_e)
+        reluish = _rounding_divide_by_pot16(reluish, -relu_e)
     reluish = (reluish + (1 << 15)) >> 1
     product = reluish * preshift_out
     preshift = np.where((reluish == -32768) & (preshift_out == -32768), 32767,
                         np.sign(product) * (np.abs(product) >> 15))
-    value = qm.rounding_divide_by_pot(preshift, -out_e) + _zp(out)
+    value = _rounding_divide_by_pot16(preshift, -out_e) + _zp(out)
     return _out(node, value, *qm.qrange(out.type.dtype))
+
+
+def _lut16(node: Node, fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    """LUTPopulate<int16_t> over the input's and output's float ranges, read with LUTLookup."""
+    src, out = node.operands[0], node.result
+    f = np.float32
+    table = qm.populate_lut_int16(fn, f(_scale(src)) * f(-32768 - _zp(src)), f(_scale(src)) * f(32767 - _zp(src)),
+                                  f(_scale(out)) * f(-32768 - _zp(out)), f(_scale(out)) * f(32767 - _zp(out)),
+                                  precision=np.float32)
+    return qm.lut_lookup_int16(x, table)
 
 
 def _max_pool(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -271,22 +294,18 @@ def _round_div(acc: np.ndarray, n) -> np.ndarray:
 
 
 def _mean(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """MEAN as ai-edge-litert's kernel computes it (measured against BUILTIN_REF): the centred int32 sum times
-    QuantizeMultiplier(in_scale / (out_scale * count)), + output zero point; int16 over H and W with keepdims:
-    rescaled by in/out first, then divided by the count."""
+    """reference_ops::QuantizedMeanOrSum (mean): the centred int32 sum times QuantizeMultiplier(in / out) with
+    the division by the count folded in: multiplier = (multiplier << r) / count (integer division),
+    shift -= r, r = min(floor(log2(count)), 32, 31 + shift); + output zero point."""
     src, out = node.operands[0], node.result
     x = args[0].astype(np.int64)
     axes = tuple(_normalize_axes(node.attrs["axes"], x.ndim))
     n = int(np.prod([x.shape[a] for a in axes])) if axes else 1
+    m, s = qm.quantize_multiplier(_scale(src) / _scale(out))
+    r = min(n.bit_length() - 1, 32, 31 + s)
+    m, s = (m << r) // n, s - r
     total = (x - _zp(src)).sum(axis=axes, keepdims=node.attrs["keepdims"])
-    if out.type.dtype == "i16" and node.attrs["keepdims"] and x.ndim == 4 and axes == (1, 2):
-        # reference_integer_ops::Mean: rescale by in/out, then divide by the count rounding half away
-        m, s = qm.quantize_multiplier(_scale(src) / _scale(out))
-        acc = _round_div(_mbqm(node, total, m, s), n)
-    else:
-        m, s = qm.quantize_multiplier(_scale(src) / (_scale(out) * n))
-        acc = _mbqm(node, total, m, s)
-    return _out(node, acc + _zp(out), *qm.qrange(out.type.dtype))
+    return _out(node, _mbqm(node, total, m, s) + _zp(out), *qm.qrange(out.type.dtype))
 
 
 def _softmax(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -404,8 +423,8 @@ INT_KERNELS: dict[str, IntKernel] = {
     "relu_n1_to_1": _relu_x(-1.0, 1.0),
     "leaky_relu": _leaky_relu,
     "elu": _lut(_elu),
-    "sigmoid": _lut(_sigmoid),
-    "tanh": _lut(np.tanh),
+    "sigmoid": _lut(_sigmoid, int16=False),  # int16 LOGISTIC/TANH use their own fixed-point tables
+    "tanh": _lut(np.tanh, int16=False),
     "hard_swish": _hard_swish_kernel,
     "gelu": _gelu_kernel,
     "softmax": _softmax,
@@ -419,4 +438,4 @@ INT_KERNELS: dict[str, IntKernel] = {
 }
 
 # Ops whose kernel above covers only some dtypes (the others raise NotImplementedError and are simulated).
-EXACT_DTYPES: dict[str, tuple[str, ...]] = {"sigmoid": ("i8", "u8"), "tanh": ("i8", "u8"), "hard_swish": ("i8", "u8"), "elu": ("i8", "u8"), "gelu": ("i8", "u8")}
+EXACT_DTYPES: dict[str, tuple[str, ...]] = {"hard_swish": ("i8", "u8"), "sigmoid": ("i8", "u8"), "tanh": ("i8", "u8")}
