@@ -89,8 +89,10 @@ def _run_node(node: Node, args: list[np.ndarray]) -> list[np.ndarray]:
     if node.op == "const" and isinstance(node.attrs["value"], ElidedArray):
         raise IRError(f"constant %{node.result.name} was read from a dump that shows only its digest "
                       f"#{node.attrs['value'].digest}; dump with full constants or pass `constants=` to parse")
-    if node.op == "const" or not _is_integer_node(node):
+    if node.op == "const" or not any(_is_quantized(v.type) for v in list(node.operands) + list(node.results)):
         return compute(node, args)
+    if not _is_integer_node(node):  # hybrid: float activations, integer weights
+        return _simulate_in_float(node, args)
     kernel = INT_KERNELS.get(node.op)
     if kernel is not None:
         try:
@@ -101,7 +103,11 @@ def _run_node(node: Node, args: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _is_integer_node(node: Node) -> bool:
-    return any(_is_quantized(v.type) for v in node.operands) or any(_is_quantized(v.type) for v in node.results)
+    """A node on integer activations (its results are quantized integers; or it dequantizes them). Hybrid nodes
+    (float activations, integer weights) run in float with dequantized weights."""
+    if node.op == "dequantize":
+        return _is_quantized(node.operands[0].type)
+    return any(_is_quantized(v.type) for v in node.results)
 
 
 def _simulate_in_float(node: Node, args: list[np.ndarray]) -> list[np.ndarray]:
