@@ -423,34 +423,36 @@ def multiply_by_quantized_multiplier(x: np.ndarray, multiplier: Union[int, np.nd
     """MultiplyByQuantizedMultiplier for int32 accumulators, vectorised (multiplier/shift broadcast, e.g. per
     channel along the last axis). Returns int64 values (the kernel's int32 result).
 
-    single_rounding=True (TFLITE_SINGLE_ROUNDING, confirmed for ai-edge-litert 2.3 BUILTIN_REF):
-      (x * m + 2^(30 - shift)) >> (31 - shift)  — one rounding, ties toward +inf.
-    single_rounding=False (gemmlowp): RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(x << left, m), right).
+    single_rounding=True (TFLITE_SINGLE_ROUNDING): (x * m + 2^(30 - shift)) >> (31 - shift), one rounding, ties
+      toward +inf. ai-edge-litert's FULLY_CONNECTED reference kernel rounds like this.
+    single_rounding=False (gemmlowp): RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(x << left, m), right);
+      what ai-edge-litert's other reference kernels do (qcompiler/ir/int_kernels.py says which op uses which).
     """
     x = np.asarray(x, np.int64)
     m = np.asarray(multiplier, np.int64)
     s = np.asarray(shift, np.int64)
-    if np.any((x < -(2**31)) | (x > 2**31 - 1)):
+    if x.size and (x.min() < -(2**31) or x.max() > 2**31 - 1):
         raise ValueError("multiply_by_quantized_multiplier takes int32 accumulators; use "
                          "multiply_by_quantized_multiplier_int64 for 16x8 (int64) accumulators")
     if single_rounding:
         total_shift = 31 - s
         rounding = np.left_shift(np.int64(1), total_shift - 1)
         return (x * m + rounding) >> total_shift
-    left = np.maximum(s, 0)
-    right = np.maximum(-s, 0)
-    shifted = (x << left).astype(np.int64)
-    shifted = ((shifted + 2**31) % 2**32) - 2**31  # int32 wrap-around of x * (1 << left_shift)
-    return _rounding_divide_by_pot(_saturating_rounding_doubling_high_mul(shifted, m), right)
+    if np.any(s > 0):
+        shifted = x << np.maximum(s, 0)
+        shifted = ((shifted + 2**31) & (2**32 - 1)) - 2**31  # int32 wrap-around of x * (1 << left_shift)
+    else:
+        shifted = x
+    return _rounding_divide_by_pot(_saturating_rounding_doubling_high_mul(shifted, m), np.maximum(-s, 0))
 
 
 def _saturating_rounding_doubling_high_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    overflow = (a == b) & (a == -(2**31))
     ab = a * b
-    nudge = np.where(ab >= 0, np.int64(1 << 30), np.int64(1 - (1 << 30)))
-    total = ab + nudge
-    high = np.where(total >= 0, total >> 31, -((-total) >> 31))  # C++ division truncates toward zero
-    return np.where(overflow, np.int64(2**31 - 1), high)
+    total = ab + ((1 << 30) - (ab < 0) * np.int64(2**31 - 1))  # nudge: 2^30, or 1 - 2^30 below zero
+    high = (total + ((total >> 63) & np.int64(2**31 - 1))) >> 31  # C++ division truncates toward zero
+    if np.any(np.asarray(b) == -(2**31)):
+        high = np.where((a == b) & (a == -(2**31)), np.int64(2**31 - 1), high)
+    return high
 
 
 def _rounding_divide_by_pot(x: np.ndarray, exponent: np.ndarray) -> np.ndarray:
