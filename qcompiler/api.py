@@ -7,6 +7,7 @@ from typing import Any, Mapping, Optional, Sequence, TextIO, Union
 from qcompiler.errors import QCompilerError
 from qcompiler.ir.graph import Graph
 from qcompiler.ir.parser import parse
+from qcompiler.quant.policy import DEFAULT_POLICY, get_policy
 
 ModelLike = Union[str, Path, Any]  # a keras.Model or a path to .keras / .h5
 MODES = ("float32", "int8", "uint8", "int16x8", "dynamic", "float16")
@@ -35,95 +36,159 @@ def run_passes(graph: Graph, pipeline: Union[str, list], **options: Any) -> Grap
     return _run(graph, pipeline, **options)
 
 
-def float_graph(model_or_graph: Union[ModelLike, Graph]) -> Graph:
+def float_graph(model_or_graph: Union[ModelLike, Graph], policy: str = DEFAULT_POLICY) -> Graph:
     """Import (or copy) and run the default float pipeline: what every mode starts from."""
-    from qcompiler.passes.registry import DEFAULT_FLOAT_PIPELINE
-
     graph = model_or_graph.clone() if isinstance(model_or_graph, Graph) else import_keras(model_or_graph)
-    return run_passes(graph, DEFAULT_FLOAT_PIPELINE)
+    return run_passes(graph, _float_passes(policy))
 
 
-def quantize(model_or_graph: Union[ModelLike, Graph], mode: str = "int8", calibration_data: Any = None, *,
-             io: Optional[str] = None, observer: str = "minmax", observer_options: Optional[Mapping] = None,
-             per_channel: bool = True, default_ranges: Optional[Sequence[float]] = None,
-             input_stats: Optional[Sequence[float]] = None, batch_size: int = 32,
-             calibration_stats: Optional[Mapping] = None, calibrate_with: str = "tflite",
-             progress: Optional[TextIO] = None) -> Graph:
-    """The integer IR graph of a model: float pipeline, insert-fake-quant, calibrate, lower-to-int.
+def pipeline_for(mode: str = "float32", calibration: Union[str, Path, None] = None, **options: Any) -> str:
+    """The pass pipeline `compile(model, mode, calibration, **options)` runs, as text: give it to
+    `qcompiler dump MODEL --pipeline` (or `run_passes`) to get the same IR, and write that to get the same bytes.
 
-    `calibration_stats` (from an earlier `calibration_statistics` call) replaces `calibration_data`, so another
-    observer can be tried without running the data again.
+    Calibration data in a pipeline is a file (.npy/.npz): `calibration` is its path.
     """
-    from qcompiler.passes.calibrate import apply_ranges
-    from qcompiler.passes.dce import DeadCodeElimination
+    if (calibration is not None and not isinstance(calibration, (str, Path))) or options.get("calibration_stats"):
+        raise QCompilerError("a pipeline string names its calibration data by file: give pipeline_for the path of "
+                             "a .npy/.npz file, not arrays or statistics")
+    from qcompiler.passes.calibrate import Calibrate
     from qcompiler.passes.insert_fake_quant import InsertFakeQuant
     from qcompiler.passes.lower_to_int import LowerToInt
 
+    # the quantization steps spell out every option, so the text shows the executor, observer and policy
+    return ",".join(p.text(explicit=isinstance(p, (InsertFakeQuant, Calibrate, LowerToInt)))
+                    for p in _passes(mode, calibration, **options))
+
+
+def _float_passes(policy: str) -> list:
+    from dataclasses import replace
+
+    from qcompiler.passes.fold_batchnorm import FoldBatchNorm
+    from qcompiler.passes.registry import DEFAULT_FLOAT_PIPELINE, parse_pipeline
+
+    get_policy(policy)
+    return [replace(p, policy=policy) if isinstance(p, FoldBatchNorm) else p
+            for p in parse_pipeline(DEFAULT_FLOAT_PIPELINE)]
+
+
+def _passes(mode: str, calibration: Any = None, *, io: Optional[str] = None, observer: str = "minmax",
+            observer_options: Optional[Mapping] = None, per_channel: bool = True,
+            default_ranges: Optional[Sequence[float]] = None, input_stats: Optional[Sequence[float]] = None,
+            batch_size: int = 32, calibration_stats: Optional[Mapping] = None, executor: Optional[str] = None,
+            calibrate_with: Optional[str] = None, policy: str = DEFAULT_POLICY,
+            progress: Optional[TextIO] = None) -> list:
+    """The passes of `mode` (see `compile`). Calibration data: a path (a pipeline option) or arrays (not)."""
+    from qcompiler.passes.dce import DeadCodeElimination
+    from qcompiler.passes.insert_fake_quant import InsertFakeQuant
+    from qcompiler.passes.lower_to_int import LowerToInt
+    from qcompiler.passes.registry import parse_pipeline
+
+    if mode not in MODES:
+        raise QCompilerError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
+    passes = _float_passes(policy)
     if mode not in CALIBRATED_MODES:
-        raise QCompilerError(f"quantize() takes a calibrated mode {CALIBRATED_MODES}, not '{mode}'")
+        _refuse_quantization_options(mode, {
+            "calibration data": calibration, "io": io, "observer": None if observer == "minmax" else observer,
+            "observer_options": observer_options, "per_channel": None if per_channel else False,
+            "default_ranges": default_ranges, "input_stats": input_stats,
+            "batch_size": None if batch_size == 32 else batch_size, "calibration_stats": calibration_stats,
+            "executor": executor, "calibrate_with": calibrate_with})
+        return passes + ([] if mode == "float32" else parse_pipeline(_WEIGHT_ONLY_PIPELINES[mode]))
     io = io or _IO_CHOICES[mode][0]
     if io not in _IO_CHOICES[mode]:
         raise QCompilerError(f"--io {io} is not available in mode {mode}; choose {' or '.join(_IO_CHOICES[mode])}")
-    graph = float_graph(model_or_graph)
-    activations = "i16" if mode == "int16x8" else "i8"
-    run_passes(graph, [InsertFakeQuant(activations=activations, per_channel=per_channel)])
-    if calibration_stats is None and calibration_data is not None:
-        calibration_stats = calibration_statistics(graph, calibration_data, batch_size=batch_size,
-                                                   calibrate_with=calibrate_with, progress=progress,
-                                                   exact_histograms=observer == "kl")
-    if calibration_stats is not None:
-        apply_ranges(graph, calibration_stats, observer, **dict(observer_options or {}))
+    passes.append(InsertFakeQuant(activations="i16" if mode == "int16x8" else "i8", per_channel=per_channel,
+                                  policy=policy))
+    if calibration is not None or calibration_stats is not None:
+        passes.append(_calibrate_pass(calibration, calibration_stats, _executor_name(executor, calibrate_with),
+                                      observer, observer_options, batch_size, policy, progress))
     elif default_ranges is None:
         raise QCompilerError(f"mode {mode} needs calibration data (--calibration DATA.npy or calibration_data=...) "
                              "or --default-ranges MIN,MAX")
-    lower = LowerToInt(io=io, default_ranges=_pair(default_ranges, "default ranges"),
-                       input_stats=_pair(input_stats, "input stats"))
-    return run_passes(graph, [lower, DeadCodeElimination()])
+    passes.append(LowerToInt(io=io, default_ranges=_pair(default_ranges, "default ranges"),
+                             input_stats=_pair(input_stats, "input stats"), policy=policy))
+    return passes + [DeadCodeElimination()]
+
+
+def _refuse_quantization_options(mode: str, given: Mapping[str, Any]) -> None:
+    extra = sorted(k for k, v in given.items() if v is not None)
+    if extra:
+        what = "takes no quantization options" if mode == "float32" else \
+            "quantizes weights only and takes no calibration data or quantization options"
+        raise QCompilerError(f"mode {mode} {what} (got {', '.join(extra)})")
+
+
+def _executor_name(executor: Optional[str], calibrate_with: Optional[str]) -> str:
+    """The calibration executor's canonical name; `calibrate_with` is its older spelling."""
+    from qcompiler.passes.calibrate import DEFAULT_EXECUTOR, EXECUTOR_ALIASES
+
+    if executor is not None and calibrate_with is not None and \
+            EXECUTOR_ALIASES.get(executor, executor) != EXECUTOR_ALIASES.get(calibrate_with, calibrate_with):
+        raise QCompilerError(f"executor='{executor}' and calibrate_with='{calibrate_with}' disagree; give one")
+    chosen = executor or calibrate_with or DEFAULT_EXECUTOR
+    return EXECUTOR_ALIASES.get(chosen, chosen)
+
+
+def _calibrate_pass(calibration: Any, stats: Optional[Mapping], executor: str, observer: str,
+                    observer_options: Optional[Mapping], batch_size: int, policy: str, progress: Optional[TextIO]):
+    """calibrate{...}: a file is a pipeline option; arrays and earlier statistics are handed over directly."""
+    from qcompiler.passes.calibrate import Calibrate
+
+    is_file = isinstance(calibration, (str, Path))
+    return Calibrate(data=str(calibration) if is_file else "", arrays=None if is_file else calibration,
+                     stats=stats, executor=executor, observer=observer, batch_size=batch_size, policy=policy,
+                     progress=progress,
+                     observer_options=tuple(f"{k}={v}" for k, v in (observer_options or {}).items()))
+
+
+def quantize(model_or_graph: Union[ModelLike, Graph], mode: str = "int8", calibration_data: Any = None,
+             **options: Any) -> Graph:
+    """The integer IR graph of a model: float pipeline, insert-fake-quant, calibrate, lower-to-int, dce
+    (`pipeline_for(mode, ...)` prints it).
+
+    `calibration_data`: arrays, or a .npy/.npz path. Options: io, observer, observer_options, per_channel,
+    default_ranges, input_stats, batch_size, executor ("exact", the default: the converter calibrator's float
+    kernels; "fast": XNNPACK; "numpy"), calibrate_with (the older name of executor: "tensorflow", "tflite",
+    "numpy"), policy ("tflite-2.21", the default, or "plain"; see qcompiler/quant/policy.py), progress.
+    `calibration_stats` (from an earlier `calibration_statistics` call) replaces `calibration_data`, so another
+    observer can be tried without running the data again.
+    """
+    if mode not in CALIBRATED_MODES:
+        raise QCompilerError(f"quantize() takes a calibrated mode {CALIBRATED_MODES}, not '{mode}'")
+    graph = model_or_graph.clone() if isinstance(model_or_graph, Graph) else import_keras(model_or_graph)
+    return run_passes(graph, _passes(mode, calibration_data, **options))
 
 
 def calibration_statistics(graph: Graph, calibration_data: Any, batch_size: int = 32,
-                           calibrate_with: str = "tflite", progress: Optional[TextIO] = None,
-                           exact_histograms: bool = False):
+                           calibrate_with: str = "exact", progress: Optional[TextIO] = None,
+                           exact_histograms: bool = False, policy: str = DEFAULT_POLICY):
     """Run the data once through a graph that has fake_quant nodes; returns per-tensor statistics.
 
-    `calibrate_with`: "tflite" (qcompiler's float .tflite in ai-edge-litert with XNNPACK: fast, float values
-    within a few ulps of the converter's), "tensorflow" (the same .tflite in TensorFlow's TFLite runtime set up
-    like the converter's calibrator: its float values bit for bit, ~3x slower) or "numpy" (the IR interpreter,
-    for graphs the backend cannot write). See qcompiler/backend/tflite_executor.py.
+    `calibrate_with`: the executor. "exact" (or "tensorflow"; the default): qcompiler's float .tflite in
+    TensorFlow's TFLite runtime set up like the converter's calibrator: its float values bit for bit. "fast" (or
+    "tflite"): ai-edge-litert with XNNPACK, float values within a few ulps of the converter's, ~2-3x faster
+    calibration. "numpy": the IR interpreter, for graphs the backend cannot write.
+    See qcompiler/backend/tflite_executor.py.
     Min/max are always exact; the histograms behind percentile/mse/kl hold a strided sample of each tensor
     unless `exact_histograms` (about 3x slower on MobileNetV2; advisable for kl, which reacts to sampling noise).
+    With the policy's in-place range unions the stats also record in-place writes (see passes/calibrate.py).
     """
-    from qcompiler.passes.calibrate import HISTOGRAM_SAMPLE, collect_statistics, numpy_executor
+    from qcompiler.passes.calibrate import HISTOGRAM_SAMPLE, collect_statistics, get_executor
 
-    if calibrate_with == "tflite":
-        from qcompiler.backend.tflite_executor import tflite_executor as executor
-    elif calibrate_with == "tensorflow":
-        from qcompiler.backend.tflite_executor import tensorflow_executor as executor
-    elif calibrate_with == "numpy":
-        executor = numpy_executor
-    else:
-        raise QCompilerError(f"calibrate_with must be 'tflite', 'tensorflow' or 'numpy', not '{calibrate_with}'")
-    return collect_statistics(graph, calibration_data, batch_size=batch_size, executor=executor, progress=progress,
-                              histogram_sample=None if exact_histograms else HISTOGRAM_SAMPLE)
+    return collect_statistics(graph, calibration_data, batch_size=batch_size, executor=get_executor(calibrate_with),
+                              progress=progress, histogram_sample=None if exact_histograms else HISTOGRAM_SAMPLE,
+                              policy=policy)
 
 
 def compile(model_or_path: Union[ModelLike, Graph], mode: str = "float32", calibration_data: Any = None,
             **options: Any) -> bytes:
-    """Compile a Keras model (or an IR graph) to TFLite flatbuffer bytes. See `quantize` for the options."""
+    """Compile a Keras model (or an IR graph) to TFLite flatbuffer bytes: runs the pipeline `pipeline_for(mode,
+    ...)` prints, then the TFLite writer. See `quantize` for the options; `policy` applies to every mode."""
     from qcompiler.backend.tflite_writer import write_tflite
 
-    if mode not in MODES:
-        raise QCompilerError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
-    if mode == "float32":
-        if calibration_data is not None or options:
-            raise QCompilerError(f"mode float32 takes no quantization options (got {sorted(options) or 'data'})")
-        return write_tflite(float_graph(model_or_path))
-    if mode in _WEIGHT_ONLY_PIPELINES:
-        if calibration_data is not None or options:
-            raise QCompilerError(f"mode {mode} quantizes weights only and takes no calibration data or quantization "
-                                 f"options (got {sorted(options) or 'data'})")
-        return write_tflite(run_passes(float_graph(model_or_path), _WEIGHT_ONLY_PIPELINES[mode]))
-    return write_tflite(quantize(model_or_path, mode, calibration_data, **options))
+    passes = _passes(mode, calibration_data, **options)
+    graph = model_or_path.clone() if isinstance(model_or_path, Graph) else import_keras(model_or_path)
+    return write_tflite(run_passes(graph, passes))
 
 
 def _pair(values: Optional[Sequence[float]], what: str) -> Optional[tuple[float, float]]:
@@ -137,7 +202,7 @@ def _pair(values: Optional[Sequence[float]], what: str) -> Optional[tuple[float,
 
 def layer_report(model_or_graph: Union[ModelLike, Graph], calibration_data: Any, eval_data: Any = None, *,
                  mode: str = "int8", observer: str = "minmax", observer_options: Optional[Mapping] = None,
-                 per_channel: bool = True, calibrate_with: str = "tflite"):
+                 per_channel: bool = True, calibrate_with: str = "exact", policy: str = DEFAULT_POLICY):
     """Per-tensor quantization error (SNR, cosine, MSE, clipping) of the quantized model against the float
     one, on `eval_data` (the calibration data when not given). See qcompiler/validate/layer_report.py."""
     from qcompiler.passes.calibrate import apply_ranges
@@ -146,9 +211,10 @@ def layer_report(model_or_graph: Union[ModelLike, Graph], calibration_data: Any,
 
     if mode not in CALIBRATED_MODES:
         raise QCompilerError(f"a layer report needs a calibrated mode {CALIBRATED_MODES}, not '{mode}'")
-    graph = float_graph(model_or_graph)
-    run_passes(graph, [InsertFakeQuant(activations="i16" if mode == "int16x8" else "i8", per_channel=per_channel)])
+    graph = float_graph(model_or_graph, policy)
+    run_passes(graph, [InsertFakeQuant(activations="i16" if mode == "int16x8" else "i8", per_channel=per_channel,
+                                       policy=policy)])
     stats = calibration_statistics(graph, calibration_data, calibrate_with=calibrate_with,
-                                   exact_histograms=observer == "kl")
-    apply_ranges(graph, stats, observer, **dict(observer_options or {}))
+                                   exact_histograms=observer == "kl", policy=policy)
+    apply_ranges(graph, stats, observer, policy=policy, **dict(observer_options or {}))
     return _report(graph, calibration_data if eval_data is None else eval_data, observer=observer)

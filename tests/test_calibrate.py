@@ -314,7 +314,7 @@ def test_minmax_ranges_equal_the_calibrators(kind: str, name: str, calibrate_wit
     stats = calibration_statistics(quantized, arrays, batch_size=4, calibrate_with=calibrate_with)
     assert stats and set(stats) <= set(reference(kind, name))
     for tensor, tensor_stats in stats.items():
-        ours, theirs = recorded(*MinMaxObserver().range(tensor_stats)), reference(kind, name)[tensor]
+        ours, theirs = recorded(*MinMaxObserver(inplace=True).range(tensor_stats)), reference(kind, name)[tensor]
         if calibrate_with == "tensorflow":
             assert ours == theirs, tensor
         else:
@@ -326,9 +326,27 @@ def test_minmax_without_inplace_gives_the_tensors_own_range():
     graph, arrays = zoo_case("residual_block")
     stats = calibration_statistics(_calibrated(graph), arrays, calibrate_with="tensorflow")
     own = own_ranges(graph, arrays)
-    assert MinMaxObserver(inplace=False).range(stats["conv_b"]) == own["conv_b"]
-    assert MinMaxObserver().range(stats["conv_b"]) == (own["conv_b"][0], own["residual"][1])
+    assert MinMaxObserver().range(stats["conv_b"]) == own["conv_b"]
+    assert MinMaxObserver(inplace=True).range(stats["conv_b"]) == (own["conv_b"][0], own["residual"][1])
     assert make_observer("minmax", inplace=False) == MinMaxObserver(inplace=False)
+    # the plain policy records no in-place writes: its minmax is the tensor's own range whatever the observer says
+    plain = calibration_statistics(_calibrated(graph), arrays, calibrate_with="exact", policy="plain")
+    assert plain.inplace_unions == 0 and stats.inplace_unions == 1
+    assert MinMaxObserver(inplace=True).range(plain["conv_b"]) == own["conv_b"]
+
+
+# TfLiteRegistration::inplace_operator of TF 2.21's builtin kernels: ADD, SUB and RESHAPE as their registrations
+# declare them (tensorflow/lite/kernels/{add,sub,reshape}.cc), MUL and SOFTMAX as TF's calibrator shows them
+# behaving on the probes above. Every other builtin qcompiler writes is kTfLiteInplaceOpNone.
+KERNEL_REGISTRATIONS = {"ADD": 4 | 8, "SUB": 4 | 8, "MUL": 4 | 8, "SOFTMAX": 4, "RESHAPE": 4 | 1}
+
+
+def test_the_op_tables_inplace_facts_are_the_kernel_registrations():
+    from qcompiler.backend.tflite_arena import kernel_flags
+    from qcompiler.ir.ops import OPS
+
+    for name, definition in OPS.items():
+        assert kernel_flags(name) == KERNEL_REGISTRATIONS.get(definition.tflite, 0), (name, definition.tflite)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -405,7 +423,7 @@ def test_switching_observers_needs_no_data():
 
 def test_calibrate_with_must_be_known():
     graph, arrays = zoo_case("seed_mlp")
-    with pytest.raises(Exception, match="calibrate_with must be 'tflite', 'tensorflow' or 'numpy'"):
+    with pytest.raises(Exception, match="unknown calibration executor 'xnnpack'; choose one of exact, fast, numpy"):
         calibration_statistics(_calibrated(graph), arrays, calibrate_with="xnnpack")
 
 

@@ -61,7 +61,7 @@ def _model(name: str):
 def _int8_models(name: str) -> tuple[bytes, bytes]:
     model = _model(name)
     calibration = _data(name, model, CALIBRATION_SAMPLES, seed=1)
-    ours = qcompiler.compile(model, mode="int8", calibration_data=calibration, calibrate_with="tensorflow")
+    ours = qcompiler.compile(model, mode="int8", calibration_data=calibration)
     return ours, converter_int8(model, calibration)
 
 

@@ -1,8 +1,9 @@
 """Acceptance: qcompiler's full-integer (int8) models against TFLiteConverter's (TF 2.21).
 
 Reference: `optimizations=[DEFAULT]`, `representative_dataset` yielding the same calibration samples one at a
-time, `TFLITE_BUILTINS_INT8`, int8 inputs and outputs. qcompiler calibrates with `calibrate_with="tensorflow"`,
-whose float values are the converter calibrator's bit for bit (qcompiler/backend/tflite_executor.py); the rules
+time, `TFLITE_BUILTINS_INT8`, int8 inputs and outputs. qcompiler compiles with its defaults: the `exact` calibration
+executor, whose float values are the converter calibrator's bit for bit (qcompiler/backend/tflite_executor.py),
+and the `tflite-2.21` policy (qcompiler/quant/policy.py); the rules
 that turn ranges into parameters are docs/quantization-notes.md §3-5. For every zoo model:
   - the input and output quantization parameters equal the converter's;
   - on 200 random inputs, run with the reference kernels, at least 99% of the int8 output values are identical
@@ -13,12 +14,13 @@ that turn ranges into parameters are docs/quantization-notes.md §3-5. For every
     (fold-batchnorm, which the per-channel weight scales derive from).
 Plus small probe models for the parameter propagation rules (concat, maximum/minimum, MEAN, shape ops, fixed-range
 ops feeding a concat, ...), and the seed CNN trained briefly on scikit-learn's digits: int8 accuracy within 0.5
-points of the converter's. (compile's default calibration runs XNNPACK's float kernels, whose ranges are within
-a few ulps of the converter's: a scale can differ in its last bit; measured 99.0% to 100% identical outputs.)
+points of the converter's. (The `fast` executor runs XNNPACK's float kernels, whose ranges are within a few ulps
+of the converter's: a scale can differ in its last bit; measured 99.0% to 100% identical outputs.)
 """
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -49,11 +51,13 @@ def _samples_by_name(model, batch) -> dict[str, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=None)
-def models(name: str, calibrate_with: str = "tensorflow") -> tuple[bytes, bytes]:
-    """(ours, the converter's) for a zoo model, calibrated on the same samples."""
+def models(name: str, executor: Optional[str] = None) -> tuple[bytes, bytes]:
+    """(ours, the converter's) for a zoo model, calibrated on the same samples (default settings unless an
+    executor is named)."""
     model = ZOO[name]()
     calibration = _samples_by_name(model, random_batch(model, CALIBRATION_SAMPLES, seed=5))
-    ours = qcompiler.compile(model, mode="int8", calibration_data=calibration, calibrate_with=calibrate_with)
+    options = {} if executor is None else {"executor": executor}
+    ours = qcompiler.compile(model, mode="int8", calibration_data=calibration, **options)
     return ours, _converter_model(name)
 
 
@@ -87,10 +91,10 @@ def _params(detail: dict) -> tuple:
     return detail["dtype"], tuple(np.float32(q["scales"])), tuple(q["zero_points"])
 
 
-def _run_both(name: str, calibrate_with: str = "tensorflow") -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _run_both(name: str, executor: Optional[str] = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Int8 outputs of both models on the same int8 test inputs (quantized as TFLite's QUANTIZE would)."""
     model = ZOO[name]()
-    ours, reference = models(name, calibrate_with)
+    ours, reference = models(name, executor)
     batch = random_batch(model, TEST_SAMPLES, seed=9)
     arrays = batch if isinstance(batch, list) else [batch]
     ref_inputs, _ = _io_details(reference, model)
@@ -135,15 +139,15 @@ def _assert_outputs_match(ours: list[np.ndarray], reference: list[np.ndarray], m
 
 
 @pytest.mark.parametrize("name", ZOO_PARAMS)
-def test_int8_outputs_equal_the_converter_with_exact_calibration(name: str) -> None:
-    """calibrate_with="tensorflow" sees the converter calibrator's float values: every output is identical."""
-    _assert_outputs_match(*_run_both(name, "tensorflow"), min_identical=1.0)
+def test_int8_outputs_equal_the_converter_by_default(name: str) -> None:
+    """The default (exact) executor sees the converter calibrator's float values: every output is identical."""
+    _assert_outputs_match(*_run_both(name), min_identical=1.0)
 
 
 @pytest.mark.parametrize("name", ZOO_PARAMS)
-def test_int8_outputs_match_the_converter_with_default_calibration(name: str) -> None:
-    """The default (XNNPACK) calibration sees float values a few ulps off: a range may move by one ulp."""
-    _assert_outputs_match(*_run_both(name, "tflite"), min_identical=MIN_IDENTICAL)
+def test_int8_outputs_match_the_converter_with_the_fast_executor(name: str) -> None:
+    """The fast (XNNPACK) executor sees float values a few ulps off: a range may move by one ulp."""
+    _assert_outputs_match(*_run_both(name, "fast"), min_identical=MIN_IDENTICAL)
 
 
 @pytest.mark.parametrize("name", ZOO_PARAMS)
@@ -241,7 +245,7 @@ def probe_models(name: str):
     build, inputs = PROBES[name]
     model = randomize_batchnorm(_probe(name, build, inputs), seed=7)
     calibration = _samples_by_name(model, random_batch(model, 32, seed=1))
-    ours = qcompiler.compile(model, mode="int8", calibration_data=calibration, calibrate_with="tensorflow")
+    ours = qcompiler.compile(model, mode="int8", calibration_data=calibration)
     return model, ours, converter_int8(model, calibration)
 
 
@@ -319,7 +323,7 @@ def test_trained_seed_cnn_accuracy_matches_the_converter() -> None:  # ~12 s
     model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy")
     model.fit(x_train, y_train, epochs=3, batch_size=64, verbose=0)
     calibration = x_train[:DEMO_SAMPLES]
-    ours = qcompiler.compile(model, mode="int8", calibration_data=calibration, calibrate_with="tensorflow")
+    ours = qcompiler.compile(model, mode="int8", calibration_data=calibration)
     reference = converter_int8(model, {model.inputs[0].name: calibration})
 
     def accuracy(model_bytes: bytes) -> float:

@@ -210,9 +210,20 @@ def test_sampled_histogram_counts_zeros_of_the_sample():
     assert MseObserver().range(stats) == (0.0, 1.0)
 
 
-def test_sample_limit_must_be_positive():
-    with pytest.raises(ValueError, match="sample_limit must be a positive number"):
-        TensorStats(sample_limit=0)
+def test_sample_limit_must_not_be_negative():
+    with pytest.raises(ValueError, match="sample_limit must be a number of values per sample"):
+        TensorStats(sample_limit=-1)
+
+
+def test_sample_limit_zero_keeps_min_max_only():
+    x = _gaussian_with_outliers(seed=11)
+    stats, full = TensorStats(sample_limit=0, name="conv"), _stats(x)
+    for batch in np.array_split(x, 10):
+        stats.update(batch)
+    assert MinMaxObserver().range(stats) == MinMaxObserver().range(full) and stats.count == full.count
+    assert make_observer("moving_average").range(stats) == make_observer("moving_average").range(full)
+    with pytest.raises(ValueError, match="tensor 'conv': statistics were gathered without a histogram"):
+        make_observer("percentile").range(stats)
 
 
 def test_a_batch_in_pieces_is_one_batch():
@@ -227,8 +238,8 @@ def test_inplace_writes_widen_minmax_only():
     x = _gaussian_with_outliers(seed=10)
     stats, plain = _stats(x), _stats(x)
     stats.note_inplace_write(-1.0, 100.0)
-    assert MinMaxObserver().range(stats) == (float(x.min()), 100.0) == stats.logged_range
-    assert MinMaxObserver(inplace=False).range(stats) == MinMaxObserver().range(plain)
+    assert MinMaxObserver(inplace=True).range(stats) == (float(x.min()), 100.0) == stats.logged_range
+    assert MinMaxObserver().range(stats) == MinMaxObserver(inplace=True).range(plain) == MinMaxObserver().range(plain)
     for name in ("moving_average", "percentile", "mse", "kl"):  # the tensor's own distribution
         assert make_observer(name).range(stats) == make_observer(name).range(plain), name
     other = _stats(x[:10])

@@ -98,15 +98,19 @@ def test_passes_keep_no_private_op_lists(path):
 
 def test_derived_tables_match_the_converter_facts():
     """What the passes derive from the table (pinned, so an edit to the table is a visible decision)."""
-    from qcompiler.passes import calibrate, fold_affine, fold_batchnorm, fold_constants, fold_pad, quantize_weights
+    from qcompiler.passes import fold_affine, fold_batchnorm, fold_constants, fold_pad, quantize_weights
 
     assert set(fold_batchnorm.FOLDABLE_PRODUCERS) >= {"conv2d", "depthwise_conv2d", "fully_connected"}
     assert set(fold_affine.LAYERS) == set(fold_batchnorm.FOLDABLE_PRODUCERS)
     assert set(fold_pad.FOLDING_OPS) >= {"conv2d", "depthwise_conv2d"}
     assert quantize_weights.HYBRID_WEIGHTS.items() >= {"conv2d": (1, 0), "depthwise_conv2d": (1, 3),
                                                        "fully_connected": (1, 0)}.items()
-    assert calibrate.INPLACE_OPERANDS == {"add": (0, 1), "sub": (0, 1), "mul": (0, 1), "softmax": (0,)}
-    assert set(calibrate.SHARED_BUFFER_OPS) == {"flatten", "reshape"}
+    from qcompiler.backend.tflite_arena import DATA_UNMODIFIED, kernel_flags, shareable_operands
+    from qcompiler.ir.ops import OPS
+
+    changing = {op: shareable_operands(op) for op in OPS if kernel_flags(op) and not kernel_flags(op) & DATA_UNMODIFIED}
+    assert changing == {"add": (0, 1), "sub": (0, 1), "mul": (0, 1), "softmax": (0,)}
+    assert {op for op in OPS if kernel_flags(op) & DATA_UNMODIFIED} == {"flatten", "reshape"}
     assert fold_constants.KEPT_OPS == {"const", "fake_quant", "quantize", "dequantize"}
 
 

@@ -65,7 +65,7 @@ def test_depthwise_weights_per_channel_on_axis_3_and_softmax_fixed() -> None:
 def test_insert_fake_quant_counts_and_runs_once() -> None:
     graph = qcompiler.api.float_graph(ZOO["two_input_concat"]())
     result = InsertFakeQuant().run(graph)
-    assert result.counters == {"activations": 4, "weights": 3, "shared": 2}
+    assert result.counters == {"activations": 4, "weights": 3, "shared": 2, "shared-backwards": 2}
     assert not InsertFakeQuant().run(graph).modified
 
 

@@ -2,18 +2,22 @@
 
 The graph is written with qcompiler's own writer, with every wanted tensor added as a graph output, so the
 interpreter may use any kernels, delegates included, and the values are read as views of the output buffers
-(no copies). Two runtimes:
+(no copies). Two runtimes, the `exact` and `fast` executors of the calibrate pass:
 
-* `tflite_executor` (the default for `qcompiler.compile`): ai-edge-litert with its default XNNPACK delegate on
-  every available core, a few samples per run. Fast (MobileNetV2 at 224x224: ~5 ms per image on two cores), but
-  XNNPACK's float kernels round differently from the builtin kernels the converter's calibrator runs: on the test
-  zoo and probes 42% of the calibrated ranges are bit-exact and 62% give the same int8 (scale, zero point); the
-  others are a few ulps off, which leaves the int8 outputs identical to the converter model's on 99-100% of
-  values. (ai-edge-litert's builtin kernels, reference kernels, and numpy are not bit-exact either: 55-62%.)
-* `tensorflow_executor`: the TFLite runtime bundled with TensorFlow, builtin kernels without delegates, one
-  sample per run and 4 threads, i.e. the converter's calibrator's configuration: its float values are the
-  calibrator's bit for bit on the test zoo (batches of several samples, or fewer threads, change the accumulation
-  order of some convolutions and fully connected layers). About 3x slower than XNNPACK; needs tensorflow.
+* `tensorflow_executor` (`exact`, the default): the TFLite runtime bundled with TensorFlow, builtin kernels
+  without delegates, one sample per run and 4 threads, i.e. the converter's calibrator's configuration: its float
+  values are the calibrator's bit for bit on the test zoo. Batching cannot make it faster without giving that
+  up: the float CONV_2D kernel (Eigen's multithreaded contraction) picks its blocking and thread split from the
+  whole problem size, and rows that land in a different micro-kernel path are summed in a different order, so
+  MobileNetV2 at 224x224 with 2 or 4 samples per run (or 1 or 2 threads) changes 41 of its 64 tensors in the
+  last bits from block_6 on. Two interpreters on two Python threads give the same values but no speed-up on
+  two cores (each run already uses both). Needs tensorflow.
+* `tflite_executor` (`fast`): ai-edge-litert with its default XNNPACK delegate on every available core, a few
+  samples per run. About 2-3x faster per sample, but XNNPACK's float kernels round differently from the builtin
+  kernels the converter's calibrator runs: on the test zoo and probes 42% of the calibrated ranges are
+  bit-exact and 62% give the same int8 (scale, zero point); the others are a few ulps off, which leaves the int8
+  outputs identical to the converter model's on 99-100% of values. (ai-edge-litert's builtin kernels, reference
+  kernels, and numpy are not bit-exact either: 55-62%.)
 """
 from __future__ import annotations
 
@@ -51,8 +55,8 @@ def tensorflow_executor(graph: Graph, names: Sequence[str]):
     try:
         import tensorflow as tf
     except ImportError:
-        raise BackendError("calibrate_with='tensorflow' needs the tensorflow package; install it or calibrate "
-                           "with 'tflite'") from None
+        raise BackendError("the exact calibration executor needs the tensorflow package; install it or "
+                           "calibrate with executor=fast") from None
     model = _model_with_outputs(graph, names)
     with warnings.catch_warnings():  # tf.lite.Interpreter says it is deprecated in favour of ai-edge-litert
         warnings.simplefilter("ignore")
@@ -75,7 +79,7 @@ class _Runner:
         missing = [n for n in names if n not in outputs and n not in self.from_batch]
         if missing:
             raise BackendError(f"tensors {missing} are not outputs of the written calibration model; cannot "
-                               "calibrate them with TFLite (use calibrate_with='numpy')")
+                               "calibrate them with TFLite (use executor=numpy)")
         self.outputs = {n: interp.tensor(outputs[n]) for n in names if n not in self.from_batch}
         self.shapes: list[tuple[int, ...]] = []
 

@@ -103,8 +103,9 @@ class OpDef:
     doc: str = ""
     weights: Optional[Weights] = None
     tflite: Optional[str] = None  # the TFLite BuiltinOperator name the backend writes it as; None: never written
-    # TFLite runtime facts the converter's calibrator sees (passes/calibrate.py): operands whose buffer the kernel
-    # may overwrite with its output, in the order TFLite tries them; or the output shares the input's buffer.
+    # TFLite runtime facts the converter's calibrator sees (backend/tflite_arena.py): the inplace_operator flags of
+    # the `tflite` kernel's registration. Operands whose buffer the kernel may overwrite with its output, in the
+    # order TFLite tries them (kTfLiteInplaceOpInputNShared); or input 0 shared unmodified (+DataUnmodified).
     inplace_operands: tuple[int, ...] = ()
     shares_input_buffer: bool = False
     constant_foldable: bool = True  # fold-constants may evaluate it when all operands are constants

@@ -56,8 +56,9 @@ class QParams:
     axis: Optional[int] = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "scale", tuple(float(np.float32(s)) for s in self.scale))
-        object.__setattr__(self, "zero_point", tuple(int(z) for z in self.zero_point))
+        # float32 values held as Python floats; one numpy conversion (per-channel params have thousands)
+        object.__setattr__(self, "scale", tuple(np.asarray(self.scale, np.float32).reshape(-1).tolist()))
+        object.__setattr__(self, "zero_point", tuple(np.asarray(self.zero_point).astype(np.int64).reshape(-1).tolist()))
         if len(self.scale) != len(self.zero_point):
             raise ValueError(f"QParams: {len(self.scale)} scales but {len(self.zero_point)} zero points")
         if not self.scale:

@@ -52,7 +52,7 @@ class Pass(ABC):
     def __post_init__(self) -> None:
         """The rules all options share: int options are counts or sizes (never negative), numbers are finite. A pass with
         further rules overrides this and calls super().__post_init__()."""
-        for f in dataclasses.fields(self):
+        for f in option_fields(self):
             _check_option(self.name, f.name, getattr(self, f.name))
 
     @abstractmethod
@@ -61,9 +61,24 @@ class Pass(ABC):
 
     def __str__(self) -> str:
         """The pipeline text that builds this pass (options that differ from their defaults only)."""
-        changed = [f"{f.name}={format_option(getattr(self, f.name))}" for f in dataclasses.fields(self)
-                   if not _is_default(f, getattr(self, f.name))]
-        return f"{self.name}{{{','.join(changed)}}}" if changed else self.name
+        return self.text()
+
+    def text(self, explicit: bool = False) -> str:
+        """Pipeline text; `explicit` also spells out options at their defaults (empty and none values aside)."""
+        shown = [f"{f.name}={format_option(getattr(self, f.name))}" for f in option_fields(self)
+                 if not _is_default(f, getattr(self, f.name))
+                 or (explicit and getattr(self, f.name) not in (None, (), [], ""))]
+        return f"{self.name}{{{','.join(shown)}}}" if shown else self.name
+
+
+# Metadata of a dataclass field that is not a pipeline option: something only Python can hand over (in-memory
+# calibration data, a progress stream). It never appears in pipeline text and the registry does not parse it.
+NOT_AN_OPTION = {"option": False}
+
+
+def option_fields(pass_or_class: Any) -> list[dataclasses.Field]:
+    """The fields of a pass that are pipeline options."""
+    return [f for f in dataclasses.fields(pass_or_class) if f.metadata.get("option", True)]
 
 
 def _check_option(pass_name: str, key: str, value: Any) -> None:

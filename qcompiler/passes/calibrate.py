@@ -7,21 +7,23 @@ min/max and a histogram), so another observer can be applied later without runni
     apply_ranges(graph, stats, "percentile", percentile=99.99)
     apply_ranges(graph, stats, "minmax")             # changed your mind: no data needed
 
-The float values come from an executor: the numpy interpreter by default; `qcompiler.compile` passes one that
-runs qcompiler's own float .tflite in the TFLite interpreter (qcompiler/backend/tflite_executor.py).
+The float values come from an executor (`executor=`): `exact`, the default, runs qcompiler's own float .tflite
+in TensorFlow's bundled TFLite runtime configured as TFLiteConverter's calibrator (its float values bit for bit);
+`fast` runs it with XNNPACK; `numpy` in the IR interpreter (qcompiler/backend/tflite_executor.py).
 
-Converter compatibility: TFLiteConverter's calibrator logs every op's inputs before *and after* the kernel runs,
-and TFLite runs some kernels in place, writing the output into an input's buffer. Such an input is recorded
-with the union of its own range and the op's output range (e.g. a residual block's last conv: [min(conv),
-max(relu(conv + shortcut))]). `inplace_writes` reproduces TFLite's decisions on the IR graph (the rule and the
-evidence are in its docstring) and `collect_statistics` records the consumer's range on the input
-(`TensorStats.note_inplace_write`); the minmax observer then returns what the converter records.
+Converter compatibility (the `tflite-2.21` policy, qcompiler/quant/policy.py): TFLiteConverter's calibrator logs
+every op's inputs before *and after* the kernel runs, and TFLite runs some kernels in place, writing the output
+into an input's buffer. Such an input is recorded with the union of its own range and the op's output range
+(e.g. a residual block's last conv: [min(conv), max(relu(conv + shortcut))]). Which buffers are shared is the
+TFLite runtime's rule, modelled in qcompiler/backend/tflite_arena.py; `collect_statistics` records the
+consumer's range on the input (`TensorStats.note_inplace_write`) and `apply_ranges` gives the minmax observer the
+union. The `plain` policy does neither.
 """
 from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Mapping, Optional, Protocol, Sequence, TextIO, Union
 
@@ -30,10 +32,9 @@ import numpy as np
 from qcompiler.errors import QCompilerError
 from qcompiler.ir import interpreter
 from qcompiler.ir.graph import Graph, Node, Value
-from qcompiler.ir.ops import OPS
-from qcompiler.passes.base import Pass, PassResult
-from qcompiler.passes.fuse_activations import CLAMP_ACTIVATIONS
+from qcompiler.passes.base import NOT_AN_OPTION, Pass, PassResult
 from qcompiler.quant.observers import TensorStats, make_observer
+from qcompiler.quant.policy import DEFAULT_POLICY, PolicyName, QuantPolicy, get_policy
 
 CalibrationData = Union[np.ndarray, Sequence[np.ndarray], Mapping[str, np.ndarray]]
 
@@ -88,9 +89,11 @@ def numpy_executor(graph: Graph, names: Sequence[str]) -> BatchRunner:
 
 
 class CalibrationStats(dict):
-    """Tensor name -> TensorStats for every calibrated tensor, plus how many samples were seen."""
+    """Tensor name -> TensorStats for every calibrated tensor, plus how many samples were seen and how many
+    tensors got an in-place range union."""
 
     samples: int = 0
+    inplace_unions: int = 0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -182,89 +185,36 @@ def float_graph_of(graph: Graph) -> Graph:
 
 
 # ----------------------------------------------------------------------------------------------------
-# TFLite's in-place kernels, as the converter's calibrator sees them
+# executors
 # ----------------------------------------------------------------------------------------------------
-# IR ops whose TFLite kernel may write its output into an operand's buffer, and the operands it may take, in the
-# order TFLite tries them (TfLiteRegistration.inplace_operator in the TFLite bundled with TF 2.21).
-# OpDef.inplace_operands: add, sub, mul (0, 1) and softmax (0,).
-INPLACE_OPERANDS: dict[str, tuple[int, ...]] = {name: d.inplace_operands for name, d in OPS.items()
-                                                if d.inplace_operands}
-# IR ops written as RESHAPE, whose output shares its input's buffer without changing it (OpDef.shares_input_buffer).
-SHARED_BUFFER_OPS = tuple(name for name, d in OPS.items() if d.shares_input_buffer)
+# What runs the float graph over the calibration data (qcompiler/backend/tflite_executor.py):
+#   exact  TensorFlow's bundled TFLite runtime set up as the converter's calibrator: its float values bit for bit,
+#   fast   ai-edge-litert with XNNPACK (a few float32 ulps off the converter's values),
+#   numpy  the IR interpreter (any graph, also ones the backend cannot write; slow).
+EXECUTORS = ("exact", "fast", "numpy")
+DEFAULT_EXECUTOR = "exact"
+# The names calibrate_with= used before executors had names of their own.
+EXECUTOR_ALIASES = {"tensorflow": "exact", "tflite": "fast"}
+
+
+def get_executor(name: str) -> Executor:
+    """The executor called `name` (exact, fast, numpy; tensorflow and tflite are the older names)."""
+    name = EXECUTOR_ALIASES.get(name, name)
+    if name == "numpy":
+        return numpy_executor
+    if name not in EXECUTORS:
+        raise CalibrationError(f"unknown calibration executor '{name}'; choose one of {', '.join(EXECUTORS)}")
+    from qcompiler.backend import tflite_executor  # the backend runs the graph it writes
+
+    return tflite_executor.tensorflow_executor if name == "exact" else tflite_executor.tflite_executor
 
 
 def inplace_writes(graph: Graph) -> list[tuple[Value, Value]]:
-    """(input, output) pairs of the float graph where TFLite's calibration run writes `output` into the buffer of
-    `input`, so the converter records `input` with the union of both ranges.
+    """(input, output) pairs whose ranges the converter's calibrator unites (see qcompiler/backend/tflite_arena.py,
+    which models the TFLite runtime's arena planner)."""
+    from qcompiler.backend.tflite_arena import inplace_writes as arena_writes
 
-    The rule (TFLite's ArenaPlanner::IdentifyInPlaceTensors, applied to the .tflite qcompiler writes for this
-    graph, run one sample at a time as the converter's calibrator does). Ops in order; for ADD, SUB, MUL (operands
-    0 then 1) and SOFTMAX (operand 0) whose result is not a graph output, the first operand that
-      - is not a constant and not a graph input,
-      - has exactly one use (a graph output counts as a use; `mul(a, a)` is two),
-      - has as many elements as the result with a batch of 1 (no broadcasting into it) and more than one,
-    is taken, unless it is a RESHAPE (flatten/reshape) output sharing the buffer of a tensor with more than one
-    use, in which case nothing is in place (the other operand is not tried). RESHAPE shares its input's buffer
-    when the input is not a constant or graph input and the output is not a graph output; an in-place result
-    shares the buffer of the operand it overwrote, so chains (add -> add) stay in place.
-    MAXIMUM, MINIMUM, CONCATENATION, PAD, pooling, MEAN and the activation ops are never in place (or only in
-    ways that cannot change a range). Unfused activations (tanh on add) would make the kernel write a tensor the
-    IR has no value for; they are not default and are skipped.
-
-    Evidence: TF's own calibrator (tensorflow.lite.python.optimize.calibrator.Calibrator) on qcompiler's float
-    .tflite against the exact per-tensor ranges of TF's bundled TFLite runtime plus this rule: equal bit for bit
-    on every float tensor of the test zoo (seed_cnn, seed_mlp, residual_block, mobilenet_v2_small,
-    two_input_concat) and of 24 small graphs probing each condition (tests/test_calibrate.py).
-    """
-    inputs = {id(v) for v in graph.inputs}
-    buffer_of: dict[int, Value] = {}  # id(value) -> the value whose buffer it shares
-    writes = []
-    for node in graph.nodes:
-        if len(node.results) != 1:
-            continue
-        result = node.result
-        if node.op in SHARED_BUFFER_OPS:
-            source = node.operands[0]
-            if _in_arena(source, inputs) and not graph.is_output(result):
-                buffer_of[id(result)] = buffer_of.get(id(source), source)
-            continue
-        if node.op not in INPLACE_OPERANDS or graph.is_output(result):
-            continue
-        if node.attrs.get("activation", "none") not in ("none",) + CLAMP_ACTIVATIONS:
-            continue
-        target = _inplace_operand(graph, node, inputs)
-        if target is None:
-            continue
-        owner = buffer_of.get(id(target), target)
-        if owner is not target and _references(graph, owner) > 1:
-            continue
-        buffer_of[id(result)] = owner
-        writes.append((target, result))
-    return writes
-
-
-def _inplace_operand(graph: Graph, node: Node, inputs: set[int]) -> Optional[Value]:
-    size = _elements_at_batch_1(node.result)
-    for index in INPLACE_OPERANDS[node.op]:
-        if index >= len(node.operands):
-            break
-        operand = node.operands[index]
-        if (_in_arena(operand, inputs) and _references(graph, operand) == 1
-                and _elements_at_batch_1(operand) == size > 1):
-            return operand
-    return None
-
-
-def _in_arena(value: Value, inputs: set[int]) -> bool:
-    return not value.is_constant and id(value) not in inputs
-
-
-def _references(graph: Graph, value: Value) -> int:
-    return len(value.uses) + sum(1 for output in graph.outputs if output is value)
-
-
-def _elements_at_batch_1(value: Value) -> int:
-    return int(np.prod([1 if d is None else d for d in value.type.shape], dtype=np.int64))
+    return arena_writes(graph)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -272,12 +222,14 @@ def _elements_at_batch_1(value: Value) -> int:
 # ----------------------------------------------------------------------------------------------------
 def collect_statistics(graph: Graph, data: CalibrationData, batch_size: int = 32,
                        executor: Optional[Executor] = None, progress: Optional[TextIO] = None,
-                       bins: int = 2048, histogram_sample: Optional[int] = HISTOGRAM_SAMPLE) -> CalibrationStats:
+                       bins: int = 2048, histogram_sample: Optional[int] = HISTOGRAM_SAMPLE,
+                       policy: Union[str, QuantPolicy] = DEFAULT_POLICY) -> CalibrationStats:
     """Statistics of every calibration point over all of `data`, in batches of `batch_size` samples (what the
     moving-average observer averages over; the executor's runner may take each batch in smaller pieces).
 
     `histogram_sample`: values per sample and tensor that go into the histograms (None: all of them; see
-    `TensorStats`). Inputs of in-place kernels also get the kernel's output range (`inplace_writes`)."""
+    `TensorStats`). With the policy's `inplace_range_unions` (tflite-2.21), inputs of in-place kernels also get
+    the kernel's output range (`inplace_writes`; the minmax observer then reports the union)."""
     if batch_size < 1:
         raise CalibrationError(f"calibration batch size must be at least 1, got {batch_size}")
     arrays = check_calibration_data(graph, data)
@@ -287,7 +239,8 @@ def collect_statistics(graph: Graph, data: CalibrationData, batch_size: int = 32
     if not names:
         return stats
     plain = float_graph_of(graph)
-    writes = [(a.name, y.name) for a, y in inplace_writes(plain) if a.name in stats]
+    unions = get_policy(policy).inplace_range_unions
+    writes = [(a.name, y.name) for a, y in (inplace_writes(plain) if unions else []) if a.name in stats]
     ranges = {y: [np.inf, -np.inf] for _, y in writes if y not in stats}  # min/max only, e.g. softmax outputs
     runner = (executor or numpy_executor)(plain, names + sorted(ranges))
     step = min(batch_size, runner.max_batch or batch_size)
@@ -310,6 +263,7 @@ def collect_statistics(graph: Graph, data: CalibrationData, batch_size: int = 32
         lo, hi = ranges[output] if output in ranges else (stats[output].min, stats[output].max)
         stats[name].note_inplace_write(lo, hi)
     stats.samples = total
+    stats.inplace_unions = len(writes)
     return stats
 
 
@@ -320,8 +274,12 @@ def _value_range(array: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def apply_ranges(graph: Graph, stats: Mapping[str, TensorStats], observer: str = "minmax", **options) -> int:
-    """Set min/max of each fake_quant whose input has statistics; returns how many were set."""
+def apply_ranges(graph: Graph, stats: Mapping[str, TensorStats], observer: str = "minmax",
+                 policy: Union[str, QuantPolicy] = DEFAULT_POLICY, **options) -> int:
+    """Set min/max of each fake_quant whose input has statistics; returns how many were set. The minmax observer
+    includes in-place writes (`TensorStats.logged_range`) when the policy has in-place range unions."""
+    if observer == "minmax":
+        options.setdefault("inplace", get_policy(policy).inplace_range_unions)
     chosen = make_observer(observer, **options)
     applied = 0
     for node in graph.find("fake_quant"):
@@ -359,18 +317,69 @@ class _Progress:
             self.stream.flush()
 
 
+def _histogram_sample(observer: str) -> Optional[int]:
+    """Values per sample that go into the histograms the observer needs: none for minmax and moving_average
+    (they read min/max only), all of them for kl (it reacts to sampling noise), a strided sample otherwise."""
+    return 0 if observer in ("minmax", "moving_average") else None if observer == "kl" else HISTOGRAM_SAMPLE
+
+
 @dataclass(frozen=True)
 class Calibrate(Pass):
+    """Pipeline form: `calibrate{data=calib.npy,executor=exact,observer=minmax,policy=tflite-2.21}`.
+
+    `observer_options` are `key=value` items (`observer_options=[percentile=99.9]`). From Python the data may
+    instead be given in memory (`arrays`), or statistics gathered earlier (`stats`); neither is a pipeline option,
+    so a pipeline string always names a file."""
+
     name: ClassVar[str] = "calibrate"
     summary: ClassVar[str] = "run calibration data (.npy/.npz) through the float graph and set fake_quant ranges"
 
     data: str = ""
+    executor: str = DEFAULT_EXECUTOR
     observer: str = "minmax"
+    observer_options: tuple[str, ...] = ()
     batch_size: int = 32
+    policy: PolicyName = DEFAULT_POLICY
+    arrays: Optional[CalibrationData] = field(default=None, compare=False, repr=False, metadata=NOT_AN_OPTION)
+    stats: Optional[Mapping[str, TensorStats]] = field(default=None, compare=False, repr=False,
+                                                       metadata=NOT_AN_OPTION)
+    progress: Optional[TextIO] = field(default=None, compare=False, repr=False, metadata=NOT_AN_OPTION)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        get_policy(self.policy)
+        if EXECUTOR_ALIASES.get(self.executor, self.executor) not in EXECUTORS:
+            raise CalibrationError(f"unknown calibration executor '{self.executor}'; choose one of "
+                                   f"{', '.join(EXECUTORS)}")
+        self.parsed_observer_options()
+
+    def parsed_observer_options(self) -> dict[str, float]:
+        options = {}
+        for item in self.observer_options:
+            key, eq, value = item.partition("=")
+            try:
+                options[key.strip()] = float(value) if "." in value or "e" in value.lower() else int(value)
+            except ValueError:
+                eq = ""
+            if not eq:
+                raise CalibrationError(f"observer option '{item}' must be key=number, e.g. percentile=99.99")
+        return options
 
     def run(self, graph: Graph) -> PassResult:
+        stats = self.stats
+        if stats is None:
+            stats = collect_statistics(graph, self._data(), batch_size=self.batch_size,
+                                       executor=get_executor(self.executor), progress=self.progress,
+                                       histogram_sample=_histogram_sample(self.observer),
+                                       policy=self.policy)
+        applied = apply_ranges(graph, stats, self.observer, policy=self.policy, **self.parsed_observer_options())
+        counters = {"ranges-set": applied, "samples": getattr(stats, "samples", 0),
+                    "inplace-unions": getattr(stats, "inplace_unions", 0)}
+        return PassResult(applied > 0, {k: v for k, v in counters.items() if v})
+
+    def _data(self) -> CalibrationData:
+        if self.arrays is not None:
+            return self.arrays
         if not self.data:
             raise CalibrationError("calibrate needs data: calibrate{data=samples.npy}")
-        stats = collect_statistics(graph, load_calibration_data(self.data), batch_size=self.batch_size)
-        applied = apply_ranges(graph, stats, self.observer)
-        return PassResult(applied > 0, {"ranges-set": applied, "samples": stats.samples})
+        return load_calibration_data(self.data)

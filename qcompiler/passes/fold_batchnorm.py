@@ -6,7 +6,8 @@
 The arithmetic is float32, step by step in this order, because that is what Keras (tf.nn.batch_normalization)
 and TFLiteConverter (constant folding, then fusing the mul into the weights and the add into the bias) compute;
 the folded weights are then equal to the converter's to the bit, and so are the per-channel weight scales
-derived from them. `rsqrt` picks the kernel for 1/sqrt (see `rsqrt`).
+derived from them. `rsqrt` picks the kernel for 1/sqrt (see `rsqrt`); by default the quantization policy's
+(`fold-batchnorm{policy=plain}` computes it portably in float32, the tflite-2.21 default calls TensorFlow).
 
 Every layer puts its output channels on the last axis of its result and on the axis of its weights that
 `_scale_weights` scales (conv2d [out,kh,kw,in]: axis 0; depthwise [1,kh,kw,in*mult]: axis 3, output channel
@@ -27,6 +28,7 @@ import numpy as np
 from qcompiler.errors import QCompilerError
 from qcompiler.ir.ops import OPS
 from qcompiler.passes.rewriter import Const, Match, Pat, Rewriter, RewritePass, Rule, Var, has_data, single_use_reason
+from qcompiler.quant.policy import DEFAULT_POLICY, PolicyName, get_policy
 
 # conv2d, depthwise_conv2d, fully_connected: OpDef.weights.affine_foldable
 FOLDABLE_PRODUCERS = tuple(name for name, d in OPS.items() if d.weights and d.weights.affine_foldable)
@@ -154,7 +156,8 @@ class FoldBatchNorm(RewritePass):
     name: ClassVar[str] = "fold-batchnorm"
     summary: ClassVar[str] = "fold batch_norm into conv/depthwise/fully_connected weights, else mul+add"
 
-    rsqrt: RsqrtKernel = "tensorflow"
+    rsqrt: Optional[RsqrtKernel] = None  # None: the policy's (tflite-2.21: tensorflow, plain: f32)
+    policy: PolicyName = DEFAULT_POLICY
 
     def rules(self) -> Sequence[Rule]:
-        return make_rules(self.rsqrt)
+        return make_rules(self.rsqrt or get_policy(self.policy).rsqrt)

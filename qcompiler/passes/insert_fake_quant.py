@@ -12,10 +12,11 @@ does (docs/quantization-notes.md §5.2):
   - graph inputs and outputs of OWN ops get a fake_quant; softmax/logistic/tanh get their fixed range;
   - outputs of SAME ops with one activation operand (pooling, reshape, pad, ...) get none: they keep the
     operand's parameters;
-  - outputs of SAME ops with several float operands (concat, maximum, minimum) get one, and in int8 mode their
-    operands do not: lowering gives those operands the op's parameters, recursively through chains of SAME ops,
-    so a graph input or a conv output feeding a concat gets no fake_quant of its own. (16x8 mode, the
-    converter's older quantizer, keeps the operands' own ranges and requantizes them.)
+  - outputs of SAME ops with several float operands (concat, maximum, minimum) get one, and with the policy's
+    backward sharing (tflite-2.21 in int8 mode) their operands do not: lowering gives those operands the op's
+    parameters, recursively through chains of SAME ops, so a graph input or a conv output feeding a concat gets
+    no fake_quant of its own (counter `shared-backwards`). Without it (the plain policy; tflite-2.21's 16x8 mode,
+    the converter's older quantizer) the operands keep their own ranges and are requantized.
 Activation ranges stay `none` until `calibrate` fills them. Biases and constant operands of SAME ops are not
 marked: lowering derives them.
 """
@@ -30,6 +31,7 @@ from qcompiler.errors import QCompilerError
 from qcompiler.ir.graph import Graph, Node, Value
 from qcompiler.ir.ops import NOT_ACTIVATION, OPS
 from qcompiler.passes.base import Pass, PassResult
+from qcompiler.quant.policy import DEFAULT_POLICY, PolicyName, get_policy
 from qcompiler.quant.spec import FIXED, OWN, SAME, quant_spec
 
 # Ops that quantization leaves alone: their inputs and outputs are not activations (OpDef.quant).
@@ -48,13 +50,15 @@ class InsertFakeQuant(Pass):
 
     activations: Literal["i8", "i16"] = "i8"
     per_channel: bool = True
+    policy: PolicyName = DEFAULT_POLICY
 
     def run(self, graph: Graph) -> PassResult:
         if graph.find("fake_quant"):
             return PassResult.unchanged()
         _check_quantizable(graph)
-        calibrated = calibrated_values(graph, share_backwards=self.activations == "i8")
-        counts = {"activations": 0, "weights": 0, "constants": 0, "shared": 0}
+        calibrated = calibrated_values(graph, share_backwards=get_policy(self.policy).shares_backwards(self.activations))
+        counts = {"activations": 0, "weights": 0, "constants": 0, "shared": 0,
+                  "shared-backwards": len(calibrated_values(graph, share_backwards=False)) - len(calibrated)}
         first = graph.nodes[0] if graph.nodes else None
         for value in list(graph.inputs):
             if not value.type.is_float:

@@ -2,10 +2,11 @@
 
   - every activation becomes an i8 (or i16) value with the converter's scale and zero point. A calibrated
     fake_quant fixes its tensor's parameters; softmax/logistic/tanh results get the kernel's fixed ones; the
-    other activations get theirs through the ops that share parameters (SAME in qcompiler/quant/spec.py), as
-    TFLiteConverter decides it: int8 replays the MLIR quantizer's QuantizationDriver (a concat's output
-    parameters flow back into its operands, graph inputs included), 16x8 its older quantizer (parameters flow
-    forward only; concat/maximum/minimum operands with other parameters are requantized);
+    other activations get theirs through the ops that share parameters (SAME in qcompiler/quant/spec.py), by
+    the quantization policy's propagation rule (`policy=`, qcompiler/quant/policy.py): `tflite-2.21` replays the
+    MLIR quantizer's QuantizationDriver in int8 (a concat's output parameters flow back into its operands, graph
+    inputs included) and the older quantizer in 16x8; `plain` (and that older quantizer) let parameters flow
+    forward only, requantizing concat/maximum/minimum operands with other parameters;
   - where one tensor would need two parameter sets, a requantizing `quantize` (integer -> integer) is inserted,
     for the users that need the other set (or after a fixed-range op, for all its users), and folded into the
     producer when the producer computes its own output scale and has no other user;
@@ -15,6 +16,9 @@
   - graph inputs/outputs are integer (`io=int8`/`int16`), uint8 (`io=uint8`, TOCO-style), or float with
     quantize/dequantize at the edges (`io=float`).
 
+The policy also decides the FLT_MIN floor of calibrated ranges and the bias-overflow adjustment of weight scales;
+the counters `propagated-backwards`, `flt-min-floor` and `bias-adjusted` say how often each converter rule
+applied (the plain policy never reports them).
 A tensor without a range is an error naming the tensor and its Keras layer, unless `default_ranges` fills it.
 docs/quantization-notes.md §5 describes the converter's rules and the experiments that confirmed them.
 """
@@ -32,6 +36,7 @@ from qcompiler.ir.graph import Graph, Node, Value
 from qcompiler.ir.types import QParams, TensorType
 from qcompiler.passes.base import Pass, PassResult
 from qcompiler.quant import math as qmath
+from qcompiler.quant.policy import DEFAULT_POLICY, PolicyName, QuantPolicy, get_policy
 from qcompiler.quant.spec import FIXED, OWN, SAME, OpQuantSpec, quant_spec
 
 
@@ -51,27 +56,31 @@ class LowerToInt(Pass):
     io: Literal["int8", "int16", "uint8", "float"] = "int8"
     default_ranges: Optional[tuple[float, float]] = None
     input_stats: Optional[tuple[float, float]] = None  # uint8 inputs: real = (q - mean) / std
+    policy: PolicyName = DEFAULT_POLICY
 
     def run(self, graph: Graph) -> PassResult:
         fake_quants = graph.find("fake_quant")
         if not fake_quants:
             return PassResult.unchanged()
+        policy = get_policy(self.policy)
         act_dtype = _activation_dtype(fake_quants)
         self._check_io(act_dtype)
         self._fill_missing_ranges(graph, fake_quants)
-        marks = _erase_fake_quants(graph, fake_quants)
+        marks = _erase_fake_quants(graph, fake_quants, policy)
         marks.ranges.update(self._input_stats_ranges(graph))
-        states = PROPAGATIONS[act_dtype](graph, marks.ranges, act_dtype).run()
+        propagation = PROPAGATIONS[policy.propagation(act_dtype)](graph, marks.ranges, act_dtype, policy)
+        states = propagation.run()
         _check_all_quantized(states)
         params, requantized = _insert_requantizations(graph, states)
-        weights = sum(_lower_constants(graph, node, params, marks.weight_axes, act_dtype)
-                      for node in list(graph.nodes))
+        lowering = _ConstantLowering(graph, params, marks.weight_axes, act_dtype, policy)
+        weights = sum(lowering.lower(node) for node in list(graph.nodes))
         _retype_activations(graph, params, act_dtype)
         folded = _fold_trivial_requantizations(graph)
         _remove_dead_constants(graph)
         self._lower_io(graph)
         counts = {"weights": weights, "requantize": requantized - folded, "requantize-folded": folded,
-                  "fake-quant-erased": len(fake_quants)}
+                  "fake-quant-erased": len(fake_quants), "propagated-backwards": propagation.backwards,
+                  "flt-min-floor": marks.floored, "bias-adjusted": lowering.bias_adjusted}
         return PassResult(True, {k: v for k, v in counts.items() if v})
 
     # ----- ranges ---------------------------------------------------------------------------------
@@ -139,9 +148,10 @@ class LowerToInt(Pass):
 class _Marks:
     ranges: dict[int, QParams] = field(default_factory=dict)  # activation id -> calibrated parameters
     weight_axes: dict[tuple[int, int], Optional[int]] = field(default_factory=dict)  # (node id, operand) -> axis
+    floored: int = 0  # ranges whose max the FLT_MIN floor raised
 
 
-def _erase_fake_quants(graph: Graph, fake_quants: list[Node]) -> _Marks:
+def _erase_fake_quants(graph: Graph, fake_quants: list[Node], policy: QuantPolicy) -> _Marks:
     """Record what each fake_quant says, then remove it: the activation ranges (fixed-range outputs excepted,
     the kernel fixes them) and the per-channel axis of each weight use."""
     marks = _Marks()
@@ -151,8 +161,9 @@ def _erase_fake_quants(graph: Graph, fake_quants: list[Node]) -> _Marks:
             for use in node.result.uses:
                 marks.weight_axes[(id(use.node), use.index)] = node.attrs["axis"]
         elif not source.is_constant and not _is_fixed_output(source):
-            marks.ranges[id(source)] = qmath.activation_qparams(node.attrs["min"], node.attrs["max"],
-                                                                node.attrs["dtype"])
+            lo, hi = node.attrs["min"], node.attrs["max"]
+            marks.ranges[id(source)] = qmath.activation_qparams(lo, hi, node.attrs["dtype"], policy.flt_min_floor)
+            marks.floored += int(policy.flt_min_floor and float(np.float32(hi)) < qmath.FLT_MIN)
         graph.replace_node(node, [source])
     return marks
 
@@ -202,9 +213,11 @@ class _Propagation(ABC):
     """Gives every activation of the graph (graph inputs and results of quantizable ops) a QuantState: the
     calibrated ones start immutable, `run` fills the others and records the requantizations needed."""
 
-    def __init__(self, graph: Graph, ranges: dict[int, QParams], act_dtype: str) -> None:
+    def __init__(self, graph: Graph, ranges: dict[int, QParams], act_dtype: str, policy: QuantPolicy) -> None:
         self.graph = graph
         self.act_dtype = act_dtype
+        self.policy = policy
+        self.backwards = 0  # activations that took their parameters from a user (pushed back)
         self.values: dict[int, Value] = {}
         self.states: dict[int, QuantState] = {}
         for value in graph.values():
@@ -215,7 +228,7 @@ class _Propagation(ABC):
 
     def fixed_params(self, spec: OpQuantSpec) -> QParams:
         lo, hi = spec.fixed_range(self.act_dtype)
-        return qmath.activation_qparams(lo, hi, self.act_dtype)
+        return qmath.activation_qparams(lo, hi, self.act_dtype, self.policy.flt_min_floor)
 
     def result(self) -> dict[int, tuple[Value, QuantState]]:
         return {key: (self.values[key], state) for key, state in self.states.items()}
@@ -287,6 +300,7 @@ class ConverterPropagation(_Propagation):
             state.requantize_for(params, node, index)
             return
         state.params = params
+        self.backwards += 1
         if value.producer is not None:
             self.work.append(value.producer)
 
@@ -303,8 +317,9 @@ class ConverterPropagation(_Propagation):
         self.work.extend(sorted(users, key=lambda u: -self.position[id(u)]))
 
 
-class LegacyPropagation(_Propagation):
-    """The older quantizer used for 16x8 (tools/optimize/quantize_model.cc): parameters only flow forward.
+class ForwardPropagation(_Propagation):
+    """Parameters only flow forward: textbook quantization (the plain policy), and what the converter's older
+    quantizer does for 16x8 (tools/optimize/quantize_model.cc).
 
     A SAME op with one activation operand takes its parameters; concat/maximum/minimum keep their calibrated
     output and every operand with other parameters is requantized for them (ApplyConstraints).
@@ -333,7 +348,9 @@ class LegacyPropagation(_Propagation):
                 state.requantize_for(params, node, index)
 
 
-PROPAGATIONS: dict[str, type[_Propagation]] = {"i8": ConverterPropagation, "i16": LegacyPropagation}
+LegacyPropagation = ForwardPropagation  # its name before policies named the rule
+# QuantPolicy.propagation(activations) -> the rule.
+PROPAGATIONS: dict[str, type[_Propagation]] = {"mlir-driver": ConverterPropagation, "forward": ForwardPropagation}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -406,61 +423,81 @@ def _quantized_const(graph: Graph, array: np.ndarray, qp: QParams, like: Value, 
     return new
 
 
-def _lower_constants(graph: Graph, node: Node, params: dict[int, QParams], weight_axes: dict, act_dtype: str) -> int:
-    spec = _spec_of(node)
-    if spec is None:
-        return 0
-    lowered = 0
-    if spec.weight_operand is not None and spec.weight_operand < len(node.operands):
-        _lower_weights_and_bias(graph, node, spec, params, weight_axes, act_dtype)
-        lowered += 1
-    for index, operand in enumerate(node.operands):
-        if index in (spec.weight_operand, spec.bias_operand) or not operand.is_constant or not operand.type.is_float:
-            continue
-        data = np.asarray(operand.data, np.float32)
-        if spec.output == SAME:  # duplicated per use, with the op's parameters
-            qp, dtype = params[id(node.result)], act_dtype
+class _ConstantLowering:
+    """Quantizes the constant operands of each node: weights and bias of conv/depthwise/FC, other constants.
+    `bias_adjusted` counts the weight channels whose scale the policy's bias adjustment widened."""
+
+    def __init__(self, graph: Graph, params: dict[int, QParams], weight_axes: dict, act_dtype: str,
+                 policy: QuantPolicy) -> None:
+        self.graph, self.params, self.weight_axes, self.act_dtype = graph, params, weight_axes, act_dtype
+        self.adjust = policy.bias_adjustment
+        self.bias_adjusted = 0
+
+    def lower(self, node: Node) -> int:
+        spec = _spec_of(node)
+        if spec is None:
+            return 0
+        lowered = 0
+        if spec.weight_operand is not None and spec.weight_operand < len(node.operands):
+            self._weights_and_bias(node, spec)
+            lowered += 1
+        for index, operand in enumerate(node.operands):
+            if (index in (spec.weight_operand, spec.bias_operand) or not operand.is_constant
+                    or not operand.type.is_float):
+                continue
+            data = np.asarray(operand.data, np.float32)
+            if spec.output == SAME:  # duplicated per use, with the op's parameters
+                qp, dtype = self.params[id(node.result)], self.act_dtype
+            else:
+                qp, dtype = qmath.weight_qparams(data, None, narrow_range=False), "i8"
+            node.set_operand(index, _quantized_const(self.graph, qmath.quantize_constant(data, qp, dtype), qp,
+                                                     operand, node))
+            lowered += 1
+        return lowered
+
+    def _weights_and_bias(self, node: Node, spec: OpQuantSpec) -> None:
+        graph, params = self.graph, self.params
+        weights = node.operands[spec.weight_operand]
+        key = (id(node), spec.weight_operand)
+        if key not in self.weight_axes:
+            raise QCompilerError(f"{node.describe()}: weights %{weights.name} were not marked by insert-fake-quant")
+        if not weights.is_constant:
+            raise QCompilerError(f"{node.describe()}: weights %{weights.name} are not a constant")
+        x = node.operands[0]
+        if id(x) not in params:
+            raise MissingRangeError(f"{node.describe()}: its input {_describe_tensor(x)} has no quantization")
+        in_scale = params[id(x)].scale[0]
+        w = np.asarray(weights.data, np.float32)
+        axis = self.weight_axes[key]
+        bias = None
+        if spec.bias_operand is not None and spec.bias_operand < len(node.operands):
+            bias = node.operands[spec.bias_operand]
+            if not bias.is_constant:
+                raise QCompilerError(f"{node.describe()}: bias %{bias.name} is not a constant")
+        bias_data = None if bias is None else np.asarray(bias.data, np.float32)
+        if self.act_dtype == "i16":
+            channel_axis = axis if axis is not None else 0
+            wq, w_int = qmath.weight_qparams_16x8(w, channel_axis, bias_data, in_scale, adjust=self.adjust)
+            if self.adjust and bias_data is not None:
+                plain, _ = qmath.weight_qparams_16x8(w, channel_axis, None, None)
+                self.bias_adjusted += _changed(wq.scale, plain.scale)
+            bias_dtype = "i64"
         else:
-            qp, dtype = qmath.weight_qparams(data, None, narrow_range=False), "i8"
-        node.set_operand(index, _quantized_const(graph, qmath.quantize_constant(data, qp, dtype), qp, operand, node))
-        lowered += 1
-    return lowered
+            wq = qmath.weight_qparams(w, axis)
+            bias_dtype = "i32"
+        if bias_data is not None:
+            adjusted = qmath.bias_qparams(bias_data, in_scale, wq, dtype=bias_dtype, adjust=self.adjust)
+            self.bias_adjusted += _changed(adjusted.weight.scale, wq.scale)
+            wq = adjusted.weight
+            b_int = qmath.quantize_bias(bias_data, adjusted.bias, dtype=bias_dtype)
+            node.set_operand(spec.bias_operand, _quantized_const(graph, b_int, adjusted.bias, bias, node))
+        if self.act_dtype != "i16":
+            w_int = qmath.quantize_weights(w, wq)
+        node.set_operand(spec.weight_operand, _quantized_const(graph, w_int, wq, weights, node))
 
 
-def _lower_weights_and_bias(graph: Graph, node: Node, spec: OpQuantSpec, params: dict[int, QParams],
-                            weight_axes: dict, act_dtype: str) -> None:
-    weights = node.operands[spec.weight_operand]
-    key = (id(node), spec.weight_operand)
-    if key not in weight_axes:
-        raise QCompilerError(f"{node.describe()}: weights %{weights.name} were not marked by insert-fake-quant")
-    if not weights.is_constant:
-        raise QCompilerError(f"{node.describe()}: weights %{weights.name} are not a constant")
-    x = node.operands[0]
-    if id(x) not in params:
-        raise MissingRangeError(f"{node.describe()}: its input {_describe_tensor(x)} has no quantization")
-    in_scale = params[id(x)].scale[0]
-    w = np.asarray(weights.data, np.float32)
-    axis = weight_axes[key]
-    bias = None
-    if spec.bias_operand is not None and spec.bias_operand < len(node.operands):
-        bias = node.operands[spec.bias_operand]
-        if not bias.is_constant:
-            raise QCompilerError(f"{node.describe()}: bias %{bias.name} is not a constant")
-    bias_data = None if bias is None else np.asarray(bias.data, np.float32)
-    if act_dtype == "i16":
-        wq, w_int = qmath.weight_qparams_16x8(w, axis if axis is not None else 0, bias_data, in_scale)
-        bias_dtype = "i64"
-    else:
-        wq = qmath.weight_qparams(w, axis)
-        bias_dtype = "i32"
-    if bias_data is not None:
-        adjusted = qmath.bias_qparams(bias_data, in_scale, wq, dtype=bias_dtype)
-        wq = adjusted.weight
-        b_int = qmath.quantize_bias(bias_data, adjusted.bias, dtype=bias_dtype)
-        node.set_operand(spec.bias_operand, _quantized_const(graph, b_int, adjusted.bias, bias, node))
-    if act_dtype != "i16":
-        w_int = qmath.quantize_weights(w, wq)
-    node.set_operand(spec.weight_operand, _quantized_const(graph, w_int, wq, weights, node))
+def _changed(scales: tuple[float, ...], before: tuple[float, ...]) -> int:
+    return int(np.count_nonzero(np.asarray(scales) != np.asarray(before)))
 
 
 def _retype_activations(graph: Graph, params: dict[int, QParams], act_dtype: str) -> None:

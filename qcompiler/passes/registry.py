@@ -16,7 +16,7 @@ import typing
 from typing import Any, Literal, Mapping, Sequence, Union
 
 from qcompiler.errors import QCompilerError
-from qcompiler.passes.base import Pass, PassOptionError, format_option
+from qcompiler.passes.base import Pass, PassOptionError, format_option, option_fields
 from qcompiler.passes.calibrate import Calibrate
 from qcompiler.passes.canonicalize import Canonicalize
 from qcompiler.passes.dce import DeadCodeElimination
@@ -212,7 +212,7 @@ def _split_top(text: str, whole: str) -> list[str]:
 
 def _fields(cls: type[Pass]) -> list[tuple[dataclasses.Field, Any]]:
     hints = typing.get_type_hints(cls)
-    return [(f, hints[f.name]) for f in dataclasses.fields(cls)]
+    return [(f, hints[f.name]) for f in option_fields(cls)]
 
 
 def _type_name(tp: Any) -> str:

@@ -136,7 +136,7 @@ def _check_range(rmin: float, rmax: float, what: str) -> None:
         raise ValueError(f"{what}: min {rmin} > max {rmax}")
 
 
-def activation_qparams(rmin: float, rmax: float, dtype: str = "i8") -> QParams:
+def activation_qparams(rmin: float, rmax: float, dtype: str = "i8", flt_min_floor: bool = True) -> QParams:
     """Per-tensor quantization of an activation from its calibrated float range, as the converter does.
 
     i8/u8 (MLIR quantizer, prepare_quantize_helper.h ConvertStatsToQDQs):
@@ -145,14 +145,19 @@ def activation_qparams(rmin: float, rmax: float, dtype: str = "i8") -> QParams:
     i16 (16x8 mode uses the old quantizer, GetSymmetricQuantizationParams): include 0, symmetric,
       scale = max(|min|, |max|) / 32767 in float32, zp = 0.
     The converter's calibration logger starts `max` at FLT_MIN, so an all-non-positive tensor has max = FLT_MIN;
-    that is applied here (it matters for int16: an all-zero tensor gets scale FLT_MIN / 32767, not 0).
+    `flt_min_floor` (the tflite-2.21 policy) applies that (it matters for int16: an all-zero tensor gets scale
+    FLT_MIN / 32767). Without it an all-zero int16 range is widened by 1e-6 like an int8 one.
     """
     rmin, rmax = float(np.float32(rmin)), float(np.float32(rmax))
     _check_range(rmin, rmax, "activation_qparams")
-    rmax = max(rmax, FLT_MIN)
+    if flt_min_floor:
+        rmax = max(rmax, FLT_MIN)
     if dtype == "i16":
         lo, hi = np.float32(min(rmin, 0.0)), np.float32(max(rmax, 0.0))
-        scale = np.float32(max(abs(lo), abs(hi)) / np.float32(32767))
+        half_range = max(abs(lo), abs(hi))
+        if half_range == 0:
+            half_range = np.float32(NEAR_ZERO_TOLERANCE)
+        scale = np.float32(half_range / np.float32(32767))
         return QParams.per_tensor(float(scale), 0)
     if dtype not in ("i8", "u8"):
         raise ValueError(f"activation_qparams supports i8, u8 and i16 activations, not '{dtype}'")
@@ -206,7 +211,11 @@ def weight_qparams(w: np.ndarray, axis: Optional[int], dtype: str = "i8", narrow
         maxs = np.maximum(np.abs(mins), np.abs(maxs))
         mins = -maxs
     mins, maxs = _expand_very_small_range(mins, maxs)
-    scales, zero_points = zip(*(_range_qparams(qmin, qmax, float(lo), float(hi)) for lo, hi in zip(mins, maxs)))
+    if narrow_range:  # symmetric: zero point 0 whatever the nudging, one vectorised float32 scale per channel
+        scales = (maxs.astype(np.float32) - mins.astype(np.float32)).astype(np.float32) / np.float32(qmax - qmin)
+        zero_points = (0,) * len(scales)
+    else:
+        scales, zero_points = zip(*(_range_qparams(qmin, qmax, float(lo), float(hi)) for lo, hi in zip(mins, maxs)))
     if axis is None:
         return QParams.per_tensor(float(scales[0]), zero_points[0])
     return QParams(tuple(float(s) for s in scales), tuple(zero_points), axis % np.ndim(w))
@@ -275,7 +284,7 @@ def _as_weight_qparams(weight_qparams: Union[QParams, Sequence[float], np.ndarra
 
 
 def bias_qparams(bias: np.ndarray, input_scale: float, weight_qparams: Union[QParams, Sequence[float]],
-                 dtype: str = "i32") -> BiasQParams:
+                 dtype: str = "i32", adjust: bool = True) -> BiasQParams:
     """Bias of conv2d / depthwise / FC: scale = f32(input_scale * weight_scale[c]), zero point 0, quantized
     dimension 0 (GetUniformQuantizedTypeForBias with legacy float scale).
 
@@ -283,7 +292,8 @@ def bias_qparams(bias: np.ndarray, input_scale: float, weight_qparams: Union[QPa
     the bias scale becomes f32(|b[c]| / kBiasMax) and the weight scale f32(that / input_scale) — a channel with
     all-zero or tiny weights and a real bias gets a larger weight scale. Quantize the weights with the returned
     `weight` params. i64 (16x8 mode) has no adjustment here (the old quantizer adjusts the weights beforehand,
-    see weight_qparams_16x8).
+    see weight_qparams_16x8). `adjust=False` (the plain policy) keeps scale = input * weight; quantize_bias then
+    saturates a bias that does not fit.
     """
     wq = _as_weight_qparams(weight_qparams)
     bias = np.asarray(bias, np.float32).reshape(-1)
@@ -291,9 +301,9 @@ def bias_qparams(bias: np.ndarray, input_scale: float, weight_qparams: Union[QPa
     w_scales = np.asarray(wq.scale, np.float32)
     b_scales = (in_scale * w_scales).astype(np.float32)
     per_channel = wq.axis is not None and w_scales.size > 1
-    if dtype == "i32":
+    if dtype == "i32" and adjust:
         b_scales, w_scales = _adjust_for_bias_overflow(bias, in_scale, b_scales, w_scales, per_channel)
-    elif dtype != "i64":
+    elif dtype not in ("i32", "i64"):
         raise ValueError(f"bias dtype must be i32 (int8 activations) or i64 (16x8), not '{dtype}'")
     if per_channel:
         bias_q = QParams(tuple(float(s) for s in b_scales), (0,) * b_scales.size, 0)
@@ -347,19 +357,20 @@ def _saturate(q: np.ndarray, dtype: str) -> np.ndarray:
 # 16x8 mode weights (old quantizer: tensorflow/lite/tools/optimize/quantization_utils.cc)
 # ----------------------------------------------------------------------------------------------------
 def weight_qparams_16x8(w: np.ndarray, axis: int, bias: Optional[np.ndarray] = None,
-                        input_scale: Optional[float] = None) -> tuple[QParams, np.ndarray]:
+                        input_scale: Optional[float] = None, adjust: bool = True) -> tuple[QParams, np.ndarray]:
     """Per-channel int8 weights as the 16x8 (old) quantizer writes them: (params, int8 values).
 
     half_range = max(|min|, |max|) per channel in float32; with a bias, AdjustWeightsForBiasScale first widens a
     channel when |b| >= 0.5 * input_scale * (half_range / 127) * (2^31 - 1), to
     half_range = 2 |b| / (2^31 - 1) * (127 / input_scale). scale = half_range / 127, inv = 127 / half_range
     (both float32; an all-zero channel gets scale 0 and zeros), q = round_half_away(f32(w * inv)).
+    `adjust=False` (the plain policy) skips AdjustWeightsForBiasScale.
     """
     w = np.asarray(w, np.float32)
     axis = axis % w.ndim
     reduce_axes = tuple(i for i in range(w.ndim) if i != axis)
     half_range = np.maximum(np.abs(w.min(axis=reduce_axes)), np.abs(w.max(axis=reduce_axes))).astype(np.float32)
-    if bias is not None and input_scale is not None and half_range.size > 1:
+    if adjust and bias is not None and input_scale is not None and half_range.size > 1:
         k_scale = float(2**31 - 1)
         in_scale = float(np.float32(input_scale))
         scales = (half_range / np.float32(127)).astype(np.float32)

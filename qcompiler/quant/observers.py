@@ -4,14 +4,15 @@
 changed) after the data has run:
   * exact running min/max over all values (what the converter's calibrator keeps) and the value count,
   * the range of values a TFLite kernel later wrote in place into the tensor's buffer (`note_inplace_write`):
-    the converter's calibration logger records those too, so the minmax observer includes them by default,
+    the converter's calibration logger records those too, so the minmax observer can include them (`inplace`),
   * per-batch min/max (for the moving-average observer),
   * a histogram of `bins` bins (2048 by default) whose bin width is a power of two and whose edges are multiples
     of the width. When the range grows, the width doubles as often as needed and bins merge exactly in pairs, so
     streaming any split of the data in any order gives exactly the histogram of one big batch: it depends only on
     the data's final min/max (width = the smallest power of two with floor(max/w) - floor(min/w) < bins; window
     starts at floor(min/w)). While every value seen is identical the histogram is kept as a (value, count) pair.
-  * With `sample_limit`, a batch holding more than `sample_limit` values per sample (leading axis) contributes
+  * `sample_limit=0` keeps no histogram (min/max statistics only: all the minmax and moving-average observers
+    need). With `sample_limit`, a batch holding more than `sample_limit` values per sample (leading axis) contributes
     only a deterministic strided sample of them to the histogram (min/max, counts and per-batch ranges stay
     exact). Histogramming is then cheap (calibrating MobileNetV2 at 224x224 reads ~7M values per image), at the
     price of a sampled histogram: percentile/mse/kl see an estimate of the distribution whose far tails (rarer
@@ -39,8 +40,8 @@ class TensorStats:
     def __init__(self, bins: int = 2048, name: str = "", sample_limit: Optional[int] = None) -> None:
         if bins < 256:
             raise ValueError(f"TensorStats needs at least 256 histogram bins (one per int8 level), got {bins}")
-        if sample_limit is not None and sample_limit < 1:
-            raise ValueError(f"sample_limit must be a positive number of values per sample, got {sample_limit}")
+        if sample_limit is not None and sample_limit < 0:
+            raise ValueError(f"sample_limit must be a number of values per sample (0: no histogram), got {sample_limit}")
         self.bins = bins
         self.name = name
         self.sample_limit = sample_limit
@@ -88,6 +89,8 @@ class TensorStats:
         else:
             self._batch_mins[-1] = min(self._batch_mins[-1], batch_min)
             self._batch_maxs[-1] = max(self._batch_maxs[-1], batch_max)
+        if self.sample_limit == 0:  # min/max statistics only
+            return
         sample = self._histogram_sample(x, per_sample, samples)
         if not (math.isfinite(batch_min) and math.isfinite(batch_max)):
             sample = sample[np.isfinite(sample)]
@@ -156,6 +159,9 @@ class TensorStats:
 
     def histogram(self) -> tuple[np.ndarray, np.ndarray]:
         """(counts[bins] int64, edges[bins + 1] float64). Needs at least one finite value."""
+        if self.sample_limit == 0:
+            raise ValueError(f"tensor '{self.name}': statistics were gathered without a histogram (sample_limit=0); "
+                             "gather them again with histograms for this observer")
         if self._single is not None:
             value, count = self._single
             # A degenerate histogram: everything in one bin of (arbitrary) width around the value.
@@ -235,11 +241,11 @@ def _require_data(stats: TensorStats, observer: str) -> None:
 
 @dataclass(frozen=True)
 class MinMaxObserver:
-    """Exact global min/max over every value of every batch — what TFLiteConverter's calibrator records, including
-    (with `inplace`, the default) the values a kernel running in place wrote into the tensor's buffer.
-    `inplace=False` gives the tensor's own range."""
+    """Exact global min/max over every value of every batch: the tensor's own range, or with `inplace` what
+    TFLiteConverter's calibrator records, which includes the values a kernel running in place wrote into the
+    tensor's buffer (`calibrate` sets `inplace` from the quantization policy's in-place range unions)."""
 
-    inplace: bool = True
+    inplace: bool = False
 
     def range(self, stats: TensorStats) -> tuple[float, float]:
         _require_data(stats, "minmax")

@@ -1,0 +1,121 @@
+"""TFLite's arena planner, as far as calibration sees it: which kernels write their output into an input's buffer.
+
+TFLiteConverter's calibrator (tools/optimize/calibration: calibration_logger.cc, logging_op_resolver.cc) logs
+each op's inputs before *and after* the kernel runs. When the runtime lets a kernel share an input's buffer with
+its output, the input is logged a second time holding the output's values, so the converter records the input's
+range as the union of both. Reproducing that (the `tflite-2.21` policy's in-place range unions) needs the same
+sharing decisions, which this module makes on the IR graph with the runtime's own rule:
+
+  * each kernel registration declares `TfLiteRegistration::inplace_operator` flags: `kTfLiteInplaceOpInputNShared`
+    (input N may share the first output's buffer) and `kTfLiteInplaceOpDataUnmodified` (the output is the input's
+    data, e.g. RESHAPE). The op table holds them for the builtin each IR op is written as (`OpDef.tflite`):
+    `OpDef.inplace_operands` are the shared inputs of a kernel that changes the data (TF 2.21: ADD, SUB, MUL
+    inputs 0 and 1, SOFTMAX input 0), `OpDef.shares_input_buffer` marks input 0 shared with data unmodified
+    (RESHAPE); `kernel_flags` turns them back into the runtime's flags.
+  * `ArenaPlanner::IdentifyInPlaceTensors` walks the ops in execution order; for each op with flags it takes the
+    first flagged input that `InputTensorCanBeShared`: not a graph input, the op's output not a graph output,
+    input in the read-write arena (constants are not), and, unless the data is unmodified, as many bytes as the
+    output and more than 4 (`kScalarTensorBytes`), and a reference count of 1 (uses by ops, plus one if a graph
+    output). The output then shares the buffer of that input's own buffer owner (`FindSharedTensor`), unless
+    the data changes and the owner's reference count is above 1.
+  * bytes are counted at batch 1: the calibrator resizes the inputs to each representative sample and qcompiler
+    feeds one sample per run.
+
+An output written into an input's buffer with changed data is an in-place write: `inplace_writes` returns
+those (input, output) pairs. A kernel with an unfused activation the backend writes as a separate op (e.g. tanh)
+writes a tensor the IR has no value for; such ops are left out.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from qcompiler.ir.graph import Graph, Node, Value
+from qcompiler.ir.ops import OPS
+
+# TfLiteInPlaceOp flags (tensorflow/lite/core/c/common.h).
+DATA_UNMODIFIED = 1
+INPUT0_SHARED = 4
+INPUT1_SHARED = 8
+INPUT2_SHARED = 16
+MAX_SHARABLE_INPUTS = 3  # kTfLiteMaxSharableOpInputs
+SCALAR_TENSOR_BYTES = 4  # kScalarTensorBytes in arena_planner.cc
+
+# Fused activations TFLite applies inside the kernel (others become a separate op after it).
+_IN_KERNEL_ACTIVATIONS = ("none", "relu", "relu6", "relu_n1_to_1")
+
+
+def kernel_flags(op: str) -> int:
+    """The inplace_operator flags of the TFLite kernel the IR op `op` is written as (0: never in place), from the
+    op table's in-place facts."""
+    definition = OPS.get(op)
+    if definition is None or definition.tflite is None:
+        return 0
+    flags = 0
+    for index in definition.inplace_operands:
+        flags |= INPUT0_SHARED << index
+    if definition.shares_input_buffer:
+        flags |= INPUT0_SHARED | DATA_UNMODIFIED
+    return flags
+
+
+def shareable_operands(op: str) -> tuple[int, ...]:
+    """Operand indices whose buffer the op's kernel may take for its output, in the order TFLite tries them."""
+    flags = kernel_flags(op)
+    return tuple(i for i in range(MAX_SHARABLE_INPUTS) if flags & (INPUT0_SHARED << i))
+
+
+def inplace_writes(graph: Graph) -> list[tuple[Value, Value]]:
+    """(input, output) pairs of a float graph where TFLite writes `output`'s values into `input`'s buffer when the
+    converter's calibrator runs it: the converter records `input` with the union of both ranges."""
+    planner = _Planner(graph)
+    writes = []
+    for node in graph.nodes:
+        shared = planner.identify(node)
+        if shared is not None and not kernel_flags(node.op) & DATA_UNMODIFIED:
+            writes.append((shared, node.result))
+    return writes
+
+
+class _Planner:
+    """IdentifyInPlaceTensors over the IR: `owner` maps a value to the value whose buffer it uses."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.inputs = {id(v) for v in graph.inputs}
+        self.owner: dict[int, Value] = {}
+
+    def identify(self, node: Node) -> Optional[Value]:
+        """The operand whose buffer `node`'s result takes, or None."""
+        flags = kernel_flags(node.op)
+        if not flags or len(node.results) != 1 or node.attrs.get("activation", "none") not in _IN_KERNEL_ACTIVATIONS:
+            return None
+        changed = not flags & DATA_UNMODIFIED
+        chosen = None
+        for index in shareable_operands(node.op):
+            if index < len(node.operands) and self._can_share(node.operands[index], node.result, changed):
+                chosen = node.operands[index]
+                break
+        if chosen is None:
+            return None
+        root = self.owner.get(id(chosen), chosen)
+        if changed and self._refcount(root) > 1:
+            return None
+        self.owner[id(node.result)] = root
+        return chosen
+
+    def _can_share(self, operand: Value, result: Value, changed: bool) -> bool:
+        if changed:
+            size = _bytes_at_batch_1(operand)
+            if size != _bytes_at_batch_1(result) or size <= SCALAR_TENSOR_BYTES or self._refcount(operand) > 1:
+                return False
+        return id(operand) not in self.inputs and not self.graph.is_output(result) and not operand.is_constant
+
+    def _refcount(self, value: Value) -> int:
+        return len(value.uses) + sum(1 for output in self.graph.outputs if output is value)
+
+
+def _bytes_at_batch_1(value: Value) -> int:
+    elements = int(np.prod([1 if d is None else d for d in value.type.shape], dtype=np.int64))
+    return elements * value.type.np_dtype.itemsize
