@@ -56,6 +56,8 @@ MulOptions = _schema("MulOptions")
 Operator = _schema("Operator")
 OperatorCode = _schema("OperatorCode")
 PadOptions = _schema("PadOptions")
+BatchToSpaceNDOptions = _schema("BatchToSpaceNDOptions")
+SpaceToBatchNDOptions = _schema("SpaceToBatchNDOptions")
 Pool2DOptions = _schema("Pool2DOptions")
 QuantizationParameters = _schema("QuantizationParameters")
 QuantizeOptions = _schema("QuantizeOptions")
@@ -528,6 +530,20 @@ def _emit_pad(w: _ModelWriter, node: Node) -> None:
     w.emit(builtin_code(node.op), inputs, [out], BO.PadOptions, _empty_options(PadOptions))
 
 
+def _emit_space_batch(w: _ModelWriter, node: Node) -> None:
+    """SPACE_TO_BATCH_ND (block, paddings) and BATCH_TO_SPACE_ND (block, crops): two int32 constant inputs."""
+    to_batch = node.op == "space_to_batch"
+    second = "paddings" if to_batch else "crops"
+    inputs = [w.tensor_of(node.operands[0]),
+              w.int32_const(np.asarray(node.attrs["block"], np.int32), f"{node.result.name}/block"),
+              w.int32_const(np.asarray(node.attrs[second], np.int32).reshape(2, 2), f"{node.result.name}/{second}")]
+    out = w.result_tensor(node.result)
+    if to_batch:
+        w.emit(B.SPACE_TO_BATCH_ND, inputs, [out], BO.SpaceToBatchNDOptions, _empty_options(SpaceToBatchNDOptions))
+    else:
+        w.emit(B.BATCH_TO_SPACE_ND, inputs, [out], BO.BatchToSpaceNDOptions, _empty_options(BatchToSpaceNDOptions))
+
+
 def _emit_slice(w: _ModelWriter, node: Node) -> None:
     inputs = [w.tensor_of(node.operands[0]),
               w.int32_const(node.attrs["begin"], f"{node.result.name}/begin"),
@@ -617,6 +633,8 @@ def _emitters() -> dict[str, Emitter]:
         "concat": _emit_concat,
         "pad": _emit_pad,
         "slice": _emit_slice,
+        "space_to_batch": _emit_space_batch,
+        "batch_to_space": _emit_space_batch,
         "resize_nearest": _emit_resize_nearest,
         "quantize": _emit_quantize,
         "dequantize": _emit_dequantize,
