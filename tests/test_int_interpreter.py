@@ -24,7 +24,7 @@ FIXED = {"sigmoid": {"i8": (1 / 256, -128), "i16": (1 / 32768, 0)},
          "softmax": {"i8": (1 / 256, -128), "i16": (1 / 32768, 0)},
          "tanh": {"i8": (1 / 128, 0), "i16": (1 / 32768, 0)}}
 SAME_PARAMS = {"max_pool2d", "avg_pool2d", "maximum", "minimum", "reduce_max", "reduce_min", "concat", "pad", "slice",
-               "reshape", "flatten", "resize_nearest"}
+               "reshape", "flatten", "resize_nearest", "space_to_batch", "batch_to_space"}
 # Combinations TFLite itself has no kernel for (nothing to compare with).
 NO_TFLITE_KERNEL = {("relu_n1_to_1", "i16"), ("hard_swish", "i16")}
 NOT_IN_BUILTIN_REF = {"elu"}  # ai-edge-litert's reference resolver has no ELU
@@ -118,8 +118,13 @@ def op_cases(draw, op: str, dtype: str):
         attrs = {"shape": [-1, w, h * c]}
     elif op == "resize_nearest":
         attrs = {"size": [draw(st.integers(1, 8)), draw(st.integers(1, 8))]}
+    elif op == "space_to_batch":
+        top = draw(st.integers(0, 1))
+        attrs = {"block": [2, 2], "paddings": [[top, (h + top) % 2], [1, (w + 1) % 2]]}
+    elif op == "batch_to_space":
+        attrs = {"block": [2, 2], "crops": [[0, draw(st.integers(0, 1))], [0, 0]]}
     graph = one_op_graph(op, inputs, out_q, attrs, consts)
-    batch = draw(st.integers(1, 3))
+    batch = draw(st.integers(1, 3)) * (4 if op == "batch_to_space" else 1)
     return graph, [random_codes(t, batch, rng) for t in inputs]
 
 
@@ -210,3 +215,57 @@ def test_zoo_model_is_identical_to_builtin_ref(name: str, mode: str) -> None:
 @pytest.mark.parametrize("name", SLOW_ZOO)
 def test_large_zoo_model_is_identical_to_builtin_ref(name: str, mode: str) -> None:
     _check_zoo(name, mode)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# random models (tests/random_models.py)
+# ---------------------------------------------------------------------------------------------------------
+def _random_model_case(seed: int, mode: str) -> Optional[str]:
+    """None when the integer interpreter equals BUILTIN_REF on the seed's model; the reason it was not
+    compiled otherwise. Fails on any difference."""
+    from qcompiler import api
+    from qcompiler.backend.tflite_writer import write_tflite
+    from qcompiler.errors import QCompilerError
+    from qcompiler.ir.interpreter import run
+    from tests.random_models import available_blocks, random_batch, random_model
+    from tests.tflite_run import run_tflite
+
+    # ELU has no BUILTIN_REF kernel; ReLU(threshold) and ELU(alpha) import as greater/select (not quantizable)
+    blocks = [b for b in available_blocks() if b.name not in ("elu-layer", "relu-threshold", "elu-alpha")]
+    spec = random_model(seed, blocks=blocks)
+    try:
+        graph = api.quantize(spec.model, mode, random_batch(spec.model, 16, seed))
+        flat = write_tflite(graph)
+    except QCompilerError as err:
+        return str(err).splitlines()[0]
+    by_name = dict(zip([t.name for t in spec.model.inputs], random_batch(spec.model, 8, seed + 1)))
+    arrays = [by_name.get(v.name, a) for v, a in zip(graph.inputs, random_batch(spec.model, 8, seed + 1))]
+    feed = [qm.quantize(a, v.type.quant, v.type.dtype) for a, v in zip(arrays, graph.inputs)]
+    inexact = sorted({n.op for n in inexact_nodes(graph)})
+    if inexact:  # int16 LOGISTIC/TANH (simulated in float), int16 HARD_SWISH (TFLite has no kernel)
+        return f"no bit-exact integer kernel for {inexact}"
+    try:
+        reference = run_tflite(flat, feed)
+    except ValueError as err:  # e.g. ELU: ai-edge-litert's reference resolver has no kernel for it
+        if "Didn't find op" not in str(err):
+            raise
+        return str(err).splitlines()[0]
+    for i, (a, b) in enumerate(zip(run(graph, feed), reference)):
+        np.testing.assert_array_equal(a, b, err_msg=f"seed {seed} {mode} output {i}")
+    return None
+
+
+def _check_random_models(seeds: range, mode: str, at_least: int) -> None:
+    """Every model whose ops all have bit-exact kernels is identical; at least `at_least` of them are checked."""
+    skipped = {seed: reason for seed in seeds if (reason := _random_model_case(seed, mode)) is not None}
+    assert len(seeds) - len(skipped) >= at_least, f"too few random models checked; skipped: {skipped}"
+
+
+def test_random_models_are_identical_to_builtin_ref() -> None:
+    _check_random_models(range(3), "int8", at_least=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode,at_least", [("int8", 30), ("int16x8", 5)])
+def test_fifty_random_models_are_identical_to_builtin_ref(mode: str, at_least: int) -> None:
+    _check_random_models(range(100, 150), mode, at_least)

@@ -10,6 +10,7 @@ tests/test_int_interpreter.py checks every op lower-to-int can emit against BUIL
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import numpy as np
@@ -190,11 +191,11 @@ def _leaky_relu(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 def _lut(fn: Callable[[np.ndarray], np.ndarray], int16: bool = True) -> IntKernel:
     """Ops the kernels run through a table built with LUTPopulate: 256 entries for 8-bit types, 513 interpolated
-    ones for int16 (`int16=False`: the int16 kernel does something else, simulated in float)."""
+    ones for int16 (`int16=False`: LOGISTIC and TANH, whose int16 kernels interpolate a fixed sigmoid table)."""
     def kernel(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
         dtype = node.result.type.dtype
         if dtype == "i16" and not int16:
-            raise NotImplementedError(f"{node.op} on int16")
+            return {"sigmoid": _logistic16, "tanh": _tanh16}[node.op](node, args)
         if dtype == "i16":
             return [_lut16(node, fn, args[0])]
         table = qm.populate_lut(fn, _q(node.operands[0]), _q(node.result), dtype)
@@ -268,6 +269,50 @@ def _lut16(node: Node, fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) ->
                                   f(_scale(out)) * f(-32768 - _zp(out)), f(_scale(out)) * f(32767 - _zp(out)),
                                   precision=np.float32)
     return qm.lut_lookup_int16(x, table)
+
+
+# sigmoid(i / 24) in 0.16 fixed point, i = 0..255: the table TFLite's int16 LOGISTIC and TANH interpolate.
+_SIGMOID_TABLE = np.minimum(np.round(65536.0 / (1.0 + np.exp(-np.arange(256) / 24.0))), 65535).astype(np.int64)
+
+
+def _int16_table_input(node: Node, x: np.ndarray) -> np.ndarray:
+    """The input rescaled for the table (Prepare of LOGISTIC/TANH for int16): power-of-two input scales use
+    3 << left_shift; others a multiplier of scale * 4096 * 3 doubled into [16384, 32767)."""
+    scale = _scale(node.operands[0])
+    log2 = math.log(scale) / math.log(2.0)
+    left_shift = 12 + int(qm.round_half_away(np.float64(log2)))
+    if abs(log2 - round(log2)) < 1e-3 and left_shift in (0, 1):
+        multiplier, left_shift = 3 << left_shift, 0
+    else:
+        real, left_shift = scale * 4096.0 * 3.0, 0
+        while real <= 32767.0 / 2.0 and left_shift <= 30:
+            left_shift += 1
+            real *= 2.0
+        multiplier = int(real)
+    rounding = (1 << (left_shift - 1)) if left_shift > 0 else 0
+    return (x.astype(np.int64) * multiplier + rounding) >> left_shift
+
+
+def _logistic16(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """reference_integer_ops::Logistic (int16): interpolation in the sigmoid table, 9 fractional bits."""
+    x = _int16_table_input(node, args[0])
+    magnitude = np.abs(x)
+    index = np.minimum(magnitude >> 9, 254)
+    low, high = _SIGMOID_TABLE[index], _SIGMOID_TABLE[index + 1]
+    result = np.where((magnitude >> 9) >= 255, 0x7FFF << 10, (low << 9) + (magnitude & 0x1FF) * (high - low))
+    result = np.where(x >= 0, result + (1 << 9), (1 << 25) - result + (1 << 9) - 1)
+    return [(result >> 10).astype(np.int16)]
+
+
+def _tanh16(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """reference_integer_ops::Tanh (int16): tanh(x) = 2 sigmoid(2x) - 1 from the same table, 8 fractional bits."""
+    x = _int16_table_input(node, args[0])
+    magnitude = np.abs(x)
+    index = np.minimum(magnitude >> 8, 254)
+    low, high = _SIGMOID_TABLE[index], _SIGMOID_TABLE[index + 1]
+    result = np.where((magnitude >> 8) >= 255, 0xFFFF << 8, (low << 8) + (magnitude & 0xFF) * (high - low))
+    result = np.where(x >= 0, result - (1 << 23) + (1 << 7), -result + (1 << 23) + (1 << 7) - 1)
+    return [(result >> 8).astype(np.int16)]
 
 
 def _max_pool(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -380,6 +425,18 @@ def _float_op(name: str) -> IntKernel:
     return kernel
 
 
+def _zero_point_op(name: str) -> IntKernel:
+    """Data movement that pads with real zero (space_to_batch): the op on codes minus the zero point, plus it."""
+    from qcompiler.ir.ops import op_def
+
+    def kernel(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+        zp = _zp(node.operands[0])
+        shifted = [args[0].astype(np.int64) - zp]
+        return [(r + zp).astype(node.result.type.np_dtype) for r in op_def(name).compute(shifted, node.attrs)]
+
+    return kernel
+
+
 def _concat(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
     for v in node.operands:
         if v.type.quant != node.result.type.quant:
@@ -423,7 +480,7 @@ INT_KERNELS: dict[str, IntKernel] = {
     "relu_n1_to_1": _relu_x(-1.0, 1.0),
     "leaky_relu": _leaky_relu,
     "elu": _lut(_elu),
-    "sigmoid": _lut(_sigmoid, int16=False),  # int16 LOGISTIC/TANH use their own fixed-point tables
+    "sigmoid": _lut(_sigmoid, int16=False),
     "tanh": _lut(np.tanh, int16=False),
     "hard_swish": _hard_swish_kernel,
     "gelu": _gelu_kernel,
@@ -434,8 +491,11 @@ INT_KERNELS: dict[str, IntKernel] = {
     "pad": _pad,
     "concat": _concat,
     **{name: _float_op(name) for name in ("maximum", "minimum", "reduce_max", "reduce_min", "flatten", "reshape",
-                                          "slice", "resize_nearest")},
+                                          "slice", "resize_nearest", "batch_to_space")},
+    "space_to_batch": _zero_point_op("space_to_batch"),
 }
 
 # Ops whose kernel above covers only some dtypes (the others raise NotImplementedError and are simulated).
+# int16 LOGISTIC/TANH: the kernel interpolates a 256-entry sigmoid table that _SIGMOID_TABLE regenerates from
+# sigmoid(i / 24) — 44 of its entries are one unit off TFLite's, so outputs can differ by one LSB.
 EXACT_DTYPES: dict[str, tuple[str, ...]] = {"hard_swish": ("i8", "u8"), "sigmoid": ("i8", "u8"), "tanh": ("i8", "u8")}
