@@ -149,6 +149,13 @@ def _single(op: str, in_shape: tuple = (8, 9, 3), **attrs) -> Callable[[], Graph
     return build
 
 
+def _space_to_batch_and_back() -> Graph:  # BATCH_TO_SPACE_ND needs a batch that is a multiple of the block
+    g, (x,) = _graph((8, 9, 3))
+    y = g.op("space_to_batch", x, block=[2, 2], paddings=[[0, 0], [1, 0]])
+    g.outputs = [g.op("batch_to_space", y, block=[2, 2], crops=[[0, 0], [1, 0]])]
+    return g
+
+
 def _select() -> Graph:
     g, (x, y) = _graph((4, 6), (4, 6))
     cond = g.op("greater", x, g.const(np.float32(0.25).reshape(()), "threshold"))
@@ -245,6 +252,7 @@ FLOAT_CASES: dict[str, Callable[[], Graph]] = {
     "slice": _single("slice", begin=[0, 1, 2, 1], size=[-1, 5, -1, 2]),
     "resize_nearest_up": _single("resize_nearest", size=[16, 20]),
     "resize_nearest_down": _single("resize_nearest", size=[5, 4]),
+    "space_to_batch_and_back": _space_to_batch_and_back,
     "concat_relu": _concat("relu"),
     "concat_tanh": _concat("tanh"),
     "cast": _cast,
