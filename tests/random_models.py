@@ -637,14 +637,15 @@ def _head(g: Gen, x: Any) -> tuple[Any, Any]:
     return logits, softmax
 
 
-def random_model(seed: int, blocks: Optional[Sequence[Block]] = None, depth: Optional[int] = None) -> RandomModel:
+def random_model(seed: int, blocks: Optional[Sequence[Block]] = None, depth: Optional[int] = None,
+                 max_depth: Optional[int] = None) -> RandomModel:
     """A random valid functional model, the same for the same seed (and block set). `depth` (number of blocks
-    applied) overrides the seed's own; the walk is otherwise unchanged, so depth=k gives the seed's first k
-    steps (handy to shrink a failing model)."""
+    applied) overrides the seed's own, `max_depth` caps it; the walk is otherwise unchanged, so depth=k gives the
+    seed's first k steps (handy to shrink a failing model)."""
     blocks = tuple(available_blocks() if blocks is None else blocks)
     g = Gen(np.random.default_rng(seed), prefix=f"m{seed}_", activations=supported_activations())
     inputs = [keras.Input(s, name=f"in{i}") for i, s in enumerate(_input_shapes(g))]
-    steps = _depth(g)
+    steps = _depth(g) if max_depth is None else min(_depth(g), max_depth)
     reaches: dict[int, frozenset] = {id(x): frozenset([i]) for i, x in enumerate(inputs)}
     live: list[Any] = list(inputs)
     leaves: list[Any] = list(inputs)

@@ -149,10 +149,11 @@ def _single(op: str, in_shape: tuple = (8, 9, 3), **attrs) -> Callable[[], Graph
     return build
 
 
-def _space_to_batch_and_back() -> Graph:  # BATCH_TO_SPACE_ND needs a batch that is a multiple of the block
-    g, (x,) = _graph((8, 9, 3))
-    y = g.op("space_to_batch", x, block=[2, 2], paddings=[[0, 0], [1, 0]])
-    g.outputs = [g.op("batch_to_space", y, block=[2, 2], crops=[[0, 0], [1, 0]])]
+def _space_then_batch() -> Graph:
+    """batch_to_space needs a batch that is a multiple of the block: feed it a space_to_batch result."""
+    g, (x,) = _graph((7, 9, 3))
+    spaced = g.op("space_to_batch", x, block=[2, 2], paddings=[[1, 2], [0, 1]])
+    g.outputs = [g.op("batch_to_space", g.op("relu", spaced), block=[2, 2], crops=[[0, 1], [1, 0]])]
     return g
 
 
@@ -250,9 +251,10 @@ FLOAT_CASES: dict[str, Callable[[], Graph]] = {
     "reshape": _single("reshape", shape=[-1, 24, 9]),
     "pad": _single("pad", paddings=[[0, 0], [2, 1], [0, 0], [1, 3]]),
     "slice": _single("slice", begin=[0, 1, 2, 1], size=[-1, 5, -1, 2]),
+    "space_to_batch": _single("space_to_batch", block=[2, 3], paddings=[[1, 1], [2, 1]]),
+    "space_then_batch": lambda: _space_then_batch(),
     "resize_nearest_up": _single("resize_nearest", size=[16, 20]),
     "resize_nearest_down": _single("resize_nearest", size=[5, 4]),
-    "space_to_batch_and_back": _space_to_batch_and_back,
     "concat_relu": _concat("relu"),
     "concat_tanh": _concat("tanh"),
     "cast": _cast,

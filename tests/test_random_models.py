@@ -20,14 +20,16 @@ from tests.differential import check
 from tests.random_models import BLOCKS, random_batch, random_model, shape_of
 
 SEEDS = range(20)
+MAX_DEPTH = 24  # blocks per CI model (the campaign goes to 160): keeps the 20 seeds within a few minutes
 
 # seed -> the cause, found by shrinking the model (random_model(seed, depth=k)) and comparing both .tflite files.
 GREATER_SELECT = ("ReLU(threshold>0) / ELU(alpha!=1) import as greater + select, which qcompiler cannot quantize "
                   "yet (NotQuantizableError); the converter runs GREATER and SELECT_V2 in int8")
-DILATED_CONV = ("dilated conv: the converter lowers it as SPACE_TO_BATCH_ND -> conv -> BATCH_TO_SPACE_ND + a "
-                "separate bias ADD (the conv output keeps its own range over the padded grid); qcompiler keeps one "
-                "dilated conv")
-KNOWN_CAUSES: dict[int, str] = {}
+UNEXPLAINED = ("NOT ROOT-CAUSED (open finding, README 'Random-model differential testing'): <99% identical with "
+               "matching I/O quantization; the model holds standalone ReLU layers with max_value (4 or 6), which are "
+               "over-represented among the campaign's failures, but ReLU(max_value=4) alone is bit-exact")
+KNOWN_CAUSES: dict[int, str] = {0: GREATER_SELECT, 13: GREATER_SELECT, 7: UNEXPLAINED, 14: UNEXPLAINED,
+                                 15: UNEXPLAINED}
 
 
 def _params():
@@ -39,7 +41,7 @@ def _params():
 
 @pytest.mark.parametrize("seed", _params())
 def test_random_model_matches_the_converter(seed: int) -> None:
-    spec = random_model(seed)
+    spec = random_model(seed, max_depth=MAX_DEPTH)
     model = spec.model
     verdict = check(model, random_batch(model, 32, seed=1), random_batch(model, 64, seed=2))
     if verdict.cause == "converter error":  # nothing to compare with (the fuzz campaign counts these)
@@ -64,7 +66,8 @@ def test_generator_is_deterministic_per_seed() -> None:
 def test_depth_gives_a_prefix_of_the_walk() -> None:
     """random_model(seed, depth=k) applies the seed's first k blocks: what shrinking a failing seed relies on."""
     full, short = random_model(3), random_model(3, depth=4)
-    assert 0 < len(short.blocks) <= 4 and full.blocks[:len(short.blocks)] == short.blocks
+    walked = [b for b in short.blocks if b != "softmax-head"]  # the head is added after the walk
+    assert 0 < len(walked) <= 4 and full.blocks[:len(walked)] == walked
 
 
 def test_generator_covers_its_table() -> None:
@@ -81,3 +84,23 @@ def test_generator_covers_its_table() -> None:
     assert expected <= used, f"never generated: {sorted(expected - used)}"
     assert max(inputs) >= 2 and max(outputs) >= 3
     assert deepest >= 100, f"deepest model has {deepest} layers"
+
+
+@pytest.mark.parametrize("seed", [0, 2, 5])
+def test_cse_keeps_random_models_outputs(seed: int) -> None:
+    """cse on an imported random model leaves the IR interpreter's outputs bit-identical, and a second run
+    finds nothing left to merge."""
+    import qcompiler
+    from qcompiler.ir.interpreter import run as interpret
+
+    model = random_model(seed).model
+    graph = qcompiler.import_keras(model)
+    reference = graph.clone()
+    first = qcompiler.run_passes(graph, "cse")
+    counts = graph.op_counts()
+    qcompiler.run_passes(graph, "cse")
+    assert graph.op_counts() == counts
+    inputs = random_batch(model, 4, seed=3)
+    for got, want in zip(interpret(graph, inputs), interpret(reference, inputs)):
+        np.testing.assert_array_equal(got, want)
+    assert first is graph
