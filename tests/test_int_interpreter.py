@@ -109,7 +109,7 @@ def op_cases(draw, op: str, dtype: str):
         attrs = {"axes": axes, "keepdims": draw(st.booleans())}
     elif op == "concat":
         inputs.append(qtype((None, h, w, draw(st.integers(1, 4))), dtype, in_q))
-        attrs = {"axis": 3}
+        attrs = {"axis": 3, "activation": activation}
     elif op == "pad":
         attrs = {"paddings": [[0, 0], [draw(st.integers(0, 2)), 1], [1, draw(st.integers(0, 2))], [0, 0]]}
     elif op == "slice":

@@ -442,7 +442,11 @@ def _concat(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
         if v.type.quant != node.result.type.quant:
             raise IRError(f"{node.describe()}: CONCATENATION needs every int8/int16 operand to share the output's "
                           f"parameters; %{v.name} has {v.type.quant}")
-    return [np.concatenate(args, axis=node.attrs["axis"]).astype(node.result.type.np_dtype)]
+    if node.attrs.get("activation", "none") not in ("none", "relu", "relu6", "relu_n1_to_1"):
+        raise NotImplementedError(f"concat with a fused {node.attrs['activation']}")
+    # the writer emits a fused relu as its own RELU op on the same parameters: a clamp
+    joined = np.concatenate(args, axis=node.attrs["axis"]).astype(np.int64)
+    return _out(node, joined, *_act_range(node))
 
 
 def _elu(x: np.ndarray) -> np.ndarray:
