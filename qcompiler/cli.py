@@ -139,11 +139,35 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--json", metavar="OUT", help="also write the report as JSON (schemas/layer-report.schema.json)")
     report.set_defaults(handler=_cmd_report)
 
+    _add_compare_parser(sub)
+
     demo = sub.add_parser("demo", help="train a small CNN on scikit-learn's digits and compile it")
     demo.add_argument("--out", default="out", help="folder for the .tflite files (default: ./out)")
     demo.add_argument("--epochs", type=int, default=4)
     demo.set_defaults(handler=_cmd_demo)
     return parser
+
+
+def _add_compare_parser(sub) -> None:
+    cmd = sub.add_parser("compare", help="run two models (.keras, .tflite, .qir) on the same inputs; per-tensor "
+                                         "differences and the first tensor where they diverge")
+    cmd.add_argument("a", help="model A (the reference for SQNR)")
+    cmd.add_argument("b", help="model B")
+    cmd.add_argument("--inputs", help=".npy (one input) or .npz (by input name) of float inputs; default: "
+                                      "standard-normal inputs from A's signature, seeded")
+    cmd.add_argument("--tolerance", type=float, default=0.0,
+                     help="largest allowed |A - B| of an output in real values (default 0: identical); exit 1 above")
+    cmd.add_argument("--batch", type=int, default=4, help="batch size of generated inputs (default 4)")
+    cmd.add_argument("--seed", type=int, default=0, help="seed of generated inputs (default 0)")
+    cmd.set_defaults(handler=_cmd_compare)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from qcompiler.validate.compare import compare_files
+
+    result = compare_files(args.a, args.b, args.inputs, args.tolerance, args.batch, args.seed)
+    sys.stdout.write(result.table())
+    return 0 if result.within_tolerance else 1
 
 
 def _add_pipeline_options(cmd: argparse.ArgumentParser) -> None:

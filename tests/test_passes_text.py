@@ -4,7 +4,8 @@ Each file holds cases separated by `// -----` lines. A case is IR text, a `// RU
 without one uses the file's first RUN line; `$DEFAULT_FLOAT_PIPELINE` expands to that constant) and
 `// CHECK...` lines matched against the printed result (see tests/filecheck.py). Every case is also checked
 for numbers: the input and output graphs run in the numpy interpreter on the same random inputs and must agree.
-`// NUMERICS: off` skips that for a case.
+`// NUMERICS: off` skips that for a case. A case whose result is an integer graph (lower-to-int) is checked
+against TFLite instead: the integer interpreter's outputs must equal the written .tflite's under BUILTIN_REF.
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from qcompiler.ir.interpreter import run
 from qcompiler.ir.parser import parse
 from qcompiler.ir.printer import print_graph
 from qcompiler.passes import DEFAULT_FLOAT_PIPELINE, PassManager
+from qcompiler.backend.tflite_writer import write_tflite
 from tests.filecheck import filecheck, parse_checks
+from tests.tflite_run import run_tflite
 
 TEST_DIR = Path(__file__).parent / "passes"
 _RUN = re.compile(r"^\s*//\s*RUN:\s*(.*)$", re.MULTILINE)
@@ -74,9 +77,37 @@ def test_pass_text(file_name: str, index: int, chunk: str, first_line: int) -> N
 
     full = print_graph(graph, full_constants=True)
     assert print_graph(parse(full), full_constants=True) == full, "output does not round-trip through the parser"
-    if not re.search(r"^\s*//\s*NUMERICS:\s*off", chunk, re.MULTILINE):
-        for seed in range(2):
+    if re.search(r"^\s*//\s*NUMERICS:\s*off", chunk, re.MULTILINE):
+        return
+    for seed in range(2):
+        if _is_integer_graph(graph):
+            assert_same_as_tflite(graph, seed)
+        else:
             assert_same_outputs(reference, graph, seed)
+
+
+def _is_integer_graph(graph) -> bool:
+    """Integer activations (not only integer weights, as after quantize-weights)."""
+    return any(v.type.quant is not None and not v.type.is_float and not v.is_constant for v in graph.values())
+
+
+def assert_same_as_tflite(graph, seed: int = 0) -> None:
+    """The integer interpreter and BUILTIN_REF give identical outputs on random codes (or floats at float inputs).
+    Batch 3, or 1 when a constant is concatenated with activations (it fixes the batch)."""
+    rng = np.random.default_rng(seed)
+    fixed = any(v.is_constant for n in graph.find("concat") for v in n.operands)
+    batch = 1 if fixed else 3
+    inputs = []
+    for value in graph.inputs:
+        shape = [batch if d is None else d for d in value.type.shape]
+        if value.type.is_float:
+            inputs.append((rng.normal(size=shape) * 2).astype(value.type.np_dtype))
+        else:
+            info = np.iinfo(value.type.np_dtype)
+            inputs.append(rng.integers(info.min, info.max + 1, size=shape).astype(value.type.np_dtype))
+    ours, theirs = run(graph, inputs), run_tflite(write_tflite(graph), inputs)
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        np.testing.assert_array_equal(a, b, err_msg=f"output {i}: integer interpreter != BUILTIN_REF")
 
 
 def test_filecheck_itself() -> None:

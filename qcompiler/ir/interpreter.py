@@ -1,8 +1,9 @@
 """Executes any IR graph with numpy, batched. The semantic reference for every pass.
 
-Float values are computed with the op table's float semantics. Integer values that carry quantization
-params are simulated: inputs are dequantized, the op runs in float, the result is requantized (round half to
-even, clamp to the dtype's range). That is close to, not bit-exact with, TFLite's integer kernels.
+Float values are computed with the op table's float semantics. Nodes on quantized integer values (a lowered
+int8 or int16x8 graph) run the integer kernels of qcompiler/ir/int_kernels.py: bit for bit what TFLite's
+reference kernels (BUILTIN_REF) compute. An op without an exact integer kernel for its dtypes (see
+`inexact_nodes`) is simulated: inputs dequantized, the op run in float, the result quantized.
 """
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from qcompiler.quant import math as qmath
+
 from qcompiler.ir.graph import Graph, IRError, Node, Value
+from qcompiler.ir.int_kernels import INT_KERNELS
 from qcompiler.ir.ops import compute, dequantize_array
 from qcompiler.ir.printer import ElidedArray
 from qcompiler.ir.types import TensorType
@@ -86,22 +90,46 @@ def _run_node(node: Node, args: list[np.ndarray]) -> list[np.ndarray]:
         from qcompiler.ir.checks import unknown_values_error
 
         raise unknown_values_error([node.result], "the interpreter")
-    if node.op in ("quantize", "dequantize", "const", "cast"):
-        if node.op == "quantize" and _is_quantized(node.operands[0].type):
-            return [quantize_array(dequantize_array(args[0], node.operands[0].type), node.result.type)]
+    if node.op == "const" or not any(_is_quantized(v.type) for v in list(node.operands) + list(node.results)):
         return compute(node, args)
+    if not _is_integer_node(node):  # hybrid: float activations, integer weights
+        return _simulate_in_float(node, args)
+    kernel = INT_KERNELS.get(node.op)
+    if kernel is not None:
+        try:
+            return kernel(node, args)
+        except NotImplementedError:
+            pass
+    return _simulate_in_float(node, args)
+
+
+def _is_integer_node(node: Node) -> bool:
+    """A node on integer activations (its results are quantized integers; or it dequantizes them). Hybrid nodes
+    (float activations, integer weights) run in float with dequantized weights."""
+    if node.op == "dequantize":
+        return _is_quantized(node.operands[0].type)
+    return any(_is_quantized(v.type) for v in node.results)
+
+
+def _simulate_in_float(node: Node, args: list[np.ndarray]) -> list[np.ndarray]:
+    """Dequantize, run the float op, quantize: close to, not bit-exact with, an integer kernel."""
     quantized_in = [_is_quantized(v.type) for v in node.operands]
-    quantized_out = [_is_quantized(v.type) for v in node.results]
-    if not any(quantized_in) and not any(quantized_out):
-        return compute(node, args)
     float_args = [dequantize_array(a, v.type) if q else a for a, v, q in zip(args, node.operands, quantized_in)]
     results = compute(node, float_args)
-    return [quantize_array(r, v.type) if _is_quantized(v.type) else r.astype(v.type.np_dtype)
+    return [qmath.quantize(r, v.type.quant, v.type.dtype) if _is_quantized(v.type) else r.astype(v.type.np_dtype)
             for r, v in zip(results, node.results)]
 
 
-def quantize_array(x: np.ndarray, t: TensorType) -> np.ndarray:
-    q = t.quant
-    info = np.iinfo(t.np_dtype)
-    scaled = np.asarray(x, np.float64) / q.scale_array(x.ndim) + q.zero_point_array(x.ndim)
-    return np.clip(np.rint(scaled), info.min, info.max).astype(t.np_dtype)
+def inexact_nodes(graph: Graph) -> list[Node]:
+    """Integer nodes the interpreter simulates in float (no bit-exact kernel for that op and dtype)."""
+    from qcompiler.ir.int_kernels import EXACT_DTYPES
+
+    found = []
+    for node in graph.nodes:
+        if node.op == "const" or not _is_integer_node(node):
+            continue
+        dtypes = EXACT_DTYPES.get(node.op)
+        dtype = next((v.type.dtype for v in list(node.operands) + list(node.results) if _is_quantized(v.type)), None)
+        if node.op not in INT_KERNELS or (dtypes is not None and dtype not in dtypes):
+            found.append(node)
+    return found

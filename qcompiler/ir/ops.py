@@ -647,24 +647,20 @@ def fake_quant_array(x: np.ndarray, attrs: dict) -> np.ndarray:
 
 
 def _compute_quantize(xs: Sequence[np.ndarray], attrs: dict, result: TensorType) -> np.ndarray:
-    q = result.quant
-    x = xs[0]
-    if np.issubdtype(x.dtype, np.integer):
+    from qcompiler.quant import math as qmath  # the one quantize implementation (the reference QUANTIZE kernel)
+
+    if np.issubdtype(xs[0].dtype, np.integer):
         raise IRError("quantize of an integer input (requantize) is evaluated by the integer interpreter")
-    info = np.iinfo(result.np_dtype)
-    # As TFLite's QUANTIZE (reference AffineQuantize): x / scale in float32, rounded half away from zero
-    # (TfLiteRound), then the zero point added. np.round would round ties to even.
-    scaled = (x.astype(np.float32) / q.scale_array(x.ndim)).astype(np.float64)
-    whole = np.trunc(scaled)
-    rounded = whole + np.where(np.abs(scaled - whole) >= 0.5, np.sign(scaled), 0.0)
-    return np.clip(rounded + q.zero_point_array(x.ndim), info.min, info.max).astype(result.np_dtype)
+    return qmath.quantize(xs[0], result.quant, result.dtype)
 
 
 def dequantize_array(x: np.ndarray, t: TensorType, dtype: np.dtype = np.dtype(np.float32)) -> np.ndarray:
-    q = t.quant
-    if q is None:
+    """The reference DEQUANTIZE kernel (qcompiler/quant/math.py): f32(scale * (q - zero_point))."""
+    from qcompiler.quant import math as qmath
+
+    if t.quant is None:
         return x.astype(dtype)
-    return ((x.astype(np.int64) - q.zero_point_array(x.ndim)) * q.scale_array(x.ndim)).astype(dtype)
+    return qmath.dequantize(x, t.quant).astype(dtype)
 
 
 def _elu(x: np.ndarray, attrs: dict) -> np.ndarray:

@@ -522,34 +522,36 @@ def multiply_by_quantized_multiplier(x: np.ndarray, multiplier: Union[int, np.nd
     """MultiplyByQuantizedMultiplier for int32 accumulators, vectorised (multiplier/shift broadcast, e.g. per
     channel along the last axis). Returns int64 values (the kernel's int32 result).
 
-    single_rounding=True (TFLITE_SINGLE_ROUNDING, confirmed for ai-edge-litert 2.3 BUILTIN_REF):
-      (x * m + 2^(30 - shift)) >> (31 - shift)  — one rounding, ties toward +inf.
-    single_rounding=False (gemmlowp): RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(x << left, m), right).
+    single_rounding=True (TFLITE_SINGLE_ROUNDING): (x * m + 2^(30 - shift)) >> (31 - shift), one rounding, ties
+      toward +inf. ai-edge-litert's FULLY_CONNECTED reference kernel rounds like this.
+    single_rounding=False (gemmlowp): RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(x << left, m), right);
+      what ai-edge-litert's other reference kernels do (qcompiler/ir/int_kernels.py says which op uses which).
     """
     x = np.asarray(x, np.int64)
     m = np.asarray(multiplier, np.int64)
     s = np.asarray(shift, np.int64)
-    if np.any((x < -(2**31)) | (x > 2**31 - 1)):
+    if x.size and (x.min() < -(2**31) or x.max() > 2**31 - 1):
         raise ValueError("multiply_by_quantized_multiplier takes int32 accumulators; use "
                          "multiply_by_quantized_multiplier_int64 for 16x8 (int64) accumulators")
     if single_rounding:
         total_shift = 31 - s
         rounding = np.left_shift(np.int64(1), total_shift - 1)
         return (x * m + rounding) >> total_shift
-    left = np.maximum(s, 0)
-    right = np.maximum(-s, 0)
-    shifted = (x << left).astype(np.int64)
-    shifted = ((shifted + 2**31) % 2**32) - 2**31  # int32 wrap-around of x * (1 << left_shift)
-    return _rounding_divide_by_pot(_saturating_rounding_doubling_high_mul(shifted, m), right)
+    if np.any(s > 0):
+        shifted = x << np.maximum(s, 0)
+        shifted = ((shifted + 2**31) & (2**32 - 1)) - 2**31  # int32 wrap-around of x * (1 << left_shift)
+    else:
+        shifted = x
+    return _rounding_divide_by_pot(_saturating_rounding_doubling_high_mul(shifted, m), np.maximum(-s, 0))
 
 
 def _saturating_rounding_doubling_high_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    overflow = (a == b) & (a == -(2**31))
     ab = a * b
-    nudge = np.where(ab >= 0, np.int64(1 << 30), np.int64(1 - (1 << 30)))
-    total = ab + nudge
-    high = np.where(total >= 0, total >> 31, -((-total) >> 31))  # C++ division truncates toward zero
-    return np.where(overflow, np.int64(2**31 - 1), high)
+    total = ab + ((1 << 30) - (ab < 0) * np.int64(2**31 - 1))  # nudge: 2^30, or 1 - 2^30 below zero
+    high = (total + ((total >> 63) & np.int64(2**31 - 1))) >> 31  # C++ division truncates toward zero
+    if np.any(np.asarray(b) == -(2**31)):
+        high = np.where((a == b) & (a == -(2**31)), np.int64(2**31 - 1), high)
+    return high
 
 
 def _rounding_divide_by_pot(x: np.ndarray, exponent: np.ndarray) -> np.ndarray:
@@ -578,3 +580,183 @@ def effective_scale(input_scale: float, weight_scale: ArrayLike, output_scale: f
     (PopulateConvolutionQuantizationParams): double(in) * double(w[c]) / double(out) from the float32 scales."""
     w = np.asarray(weight_scale, np.float32).astype(np.float64)
     return float(np.float32(input_scale)) * w / float(np.float32(output_scale))
+
+
+# ----------------------------------------------------------------------------------------------------
+# more reference-kernel arithmetic: requantize, gemmlowp fixed point, activation ranges, LUTs
+# (used by the integer interpreter, qcompiler/ir/int_kernels.py)
+# ----------------------------------------------------------------------------------------------------
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def np_int_dtype(dtype: str) -> np.dtype:
+    return np.dtype(_NP_INT[dtype])
+
+
+def saturating_rounding_doubling_high_mul(a: np.ndarray, b: Union[int, np.ndarray]) -> np.ndarray:
+    """gemmlowp SaturatingRoundingDoublingHighMul on int32 values held in int64 arrays."""
+    return _saturating_rounding_doubling_high_mul(np.asarray(a, np.int64), np.asarray(b, np.int64))
+
+
+def rounding_divide_by_pot(x: np.ndarray, exponent: Union[int, np.ndarray]) -> np.ndarray:
+    """gemmlowp RoundingDivideByPOT: x / 2^exponent rounded to nearest, ties away from zero."""
+    return _rounding_divide_by_pot(np.asarray(x, np.int64), np.asarray(exponent, np.int64))
+
+
+def saturating_rounding_multiply_by_pot(x: np.ndarray, exponent: int) -> np.ndarray:
+    """gemmlowp SaturatingRoundingMultiplyByPOT<exponent> for int32 raw values."""
+    x = np.asarray(x, np.int64)
+    if exponent <= 0:
+        return _rounding_divide_by_pot(x, np.int64(-exponent))
+    return np.clip(x << exponent, INT32_MIN, INT32_MAX)
+
+
+def multiply_by_quantized_multiplier_any(x: np.ndarray, multiplier, shift, wide: bool,
+                                         single_rounding: bool = True) -> np.ndarray:
+    """The int32 (`wide=False`) or int64-accumulator (`wide=True`, 16x8 kernels) MultiplyByQuantizedMultiplier."""
+    if wide:
+        return multiply_by_quantized_multiplier_int64(x, multiplier, shift)
+    return multiply_by_quantized_multiplier(x, multiplier, shift, single_rounding)
+
+
+def quantize_multipliers(reals: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """QuantizeMultiplier over an array of real multipliers: (multipliers, shifts) as int64 arrays."""
+    pairs = [quantize_multiplier(float(r)) for r in np.atleast_1d(np.asarray(reals, np.float64)).ravel()]
+    return np.asarray([p[0] for p in pairs], np.int64), np.asarray([p[1] for p in pairs], np.int64)
+
+
+def requantize(q: np.ndarray, src: QParams, dst: QParams, dtype: str, single_rounding: bool = True) -> np.ndarray:
+    """Reference QUANTIZE of an integer input (reference_ops::Requantize): real = double(in) / double(out),
+    out = clamp(MultiplyByQuantizedMultiplier(q - zp_in, m, s) + zp_out)."""
+    real = float(np.float32(src.scale[0])) / float(np.float32(dst.scale[0]))
+    m, s = quantize_multiplier(real)
+    acc = multiply_by_quantized_multiplier(np.asarray(q, np.int64) - src.zero_point[0], m, s, single_rounding)
+    acc = acc + dst.zero_point[0]
+    qmin, qmax = qrange(dtype)
+    return np.clip(acc, qmin, qmax).astype(_NP_INT[dtype])
+
+
+def activation_range(activation: str, qparams: QParams, dtype: str) -> tuple[int, int]:
+    """CalculateActivationRangeQuantized: the fused activation's bounds in the output's integer domain,
+    zp + int(TfLiteRound(f32(f / scale)))."""
+    qmin, qmax = qrange(dtype)
+    scale, zp = np.float32(qparams.scale[0]), qparams.zero_point[0]
+
+    def q(f: float) -> int:
+        return zp + int(round_half_away(np.float32(np.float32(f) / scale)))
+
+    bounds = {"none": (qmin, qmax), "relu": (max(qmin, q(0.0)), qmax),
+              "relu6": (max(qmin, q(0.0)), min(qmax, q(6.0))),
+              "relu_n1_to_1": (max(qmin, q(-1.0)), min(qmax, q(1.0)))}
+    if activation not in bounds:
+        raise ValueError(f"no integer kernel for the fused activation '{activation}'")
+    return bounds[activation]
+
+
+def populate_lut(fn, src: QParams, dst: QParams, dtype: str) -> np.ndarray:
+    """LUTPopulate for 8-bit types: every input code dequantized in float32, transformed, requantized with
+    TfLiteRound(f32(y * f32(1 / out_scale))) + zp, saturated. Indexed by code - qmin."""
+    qmin, qmax = qrange(dtype)
+    codes = np.arange(qmin, qmax + 1, dtype=np.int64)
+    x = (np.float32(src.scale[0]) * (codes - src.zero_point[0]).astype(np.float32)).astype(np.float32)
+    with np.errstate(all="ignore"):
+        y = np.asarray(fn(x), np.float32)
+        inverse = np.float32(np.float32(1) / np.float32(dst.scale[0]))
+        rescaled = round_half_away((y * inverse).astype(np.float32)).astype(np.float64)
+    return np.clip(rescaled + dst.zero_point[0], qmin, qmax).astype(_NP_INT[dtype])
+
+
+# gemmlowp fixed-point exp / reciprocal (fixedpoint.h), on int32 raw values in int64 arrays
+def _fp_mul(a: np.ndarray, b) -> np.ndarray:
+    return _saturating_rounding_doubling_high_mul(np.asarray(a, np.int64), np.asarray(b, np.int64))
+
+
+def _exp_on_interval_between_negative_one_quarter_and_0_excl(a: np.ndarray) -> np.ndarray:
+    constant_term, one_third = 1895147668, 715827883
+    x = a + (1 << 28)
+    x2 = _fp_mul(x, x)
+    x3 = _fp_mul(x2, x)
+    x4 = _fp_mul(x2, x2)
+    x4_over_4 = saturating_rounding_multiply_by_pot(x4, -2)
+    poly = saturating_rounding_multiply_by_pot(_fp_mul(x4_over_4 + x3, one_third) + x2, -1)
+    return constant_term + _fp_mul(np.int64(constant_term), x + poly)
+
+
+_EXP_BARREL = ((-2, 1672461947), (-1, 1302514674), (0, 790015084), (1, 290630308), (2, 39332535), (3, 720401),
+               (4, 242))
+
+
+def exp_on_negative_values(a: np.ndarray, integer_bits: int) -> np.ndarray:
+    """gemmlowp exp_on_negative_values for FixedPoint<int32, integer_bits> raws; returns FixedPoint<int32, 0> raws."""
+    a = np.asarray(a, np.int64)
+    fractional_bits = 31 - integer_bits
+    one_quarter = 1 << (fractional_bits - 2)
+    a_mod = (a & (one_quarter - 1)) - one_quarter
+    result = _exp_on_interval_between_negative_one_quarter_and_0_excl(
+        saturating_rounding_multiply_by_pot(a_mod, integer_bits))
+    remainder = a_mod - a
+    for exponent, multiplier in _EXP_BARREL:
+        if integer_bits > exponent:
+            shift = fractional_bits + exponent
+            if shift >= 0:
+                bit = (remainder & (np.int64(1) << shift)) != 0
+                result = np.where(bit, _fp_mul(result, multiplier), result)
+    if integer_bits > 5:
+        clamp_bound = -(1 << (fractional_bits + 5)) if fractional_bits + 5 < 31 else INT32_MIN
+        result = np.where(a < clamp_bound, 0, result)
+    return np.where(a == 0, INT32_MAX, result)
+
+
+def one_over_one_plus_x_for_x_in_0_1(a: np.ndarray) -> np.ndarray:
+    """gemmlowp one_over_one_plus_x_for_x_in_0_1 (Newton-Raphson, 3 iterations): F0 raw in, F0 raw out."""
+    a = np.asarray(a, np.int64)
+    total = a + INT32_MAX
+    half_denominator = np.where(total >= 0, (total + 1) // 2, -((-(total - 1)) // 2))  # (sum + sign) / 2, C division
+    x = 1515870810 + _fp_mul(half_denominator, -1010580540)
+    for _ in range(3):
+        one_minus = (1 << 29) - _fp_mul(half_denominator, x)
+        x = x + saturating_rounding_multiply_by_pot(_fp_mul(x, one_minus), 2)
+    return saturating_rounding_multiply_by_pot(x, 1)
+
+
+def get_reciprocal(x: np.ndarray, x_integer_digits: int) -> tuple[np.ndarray, np.ndarray]:
+    """tflite GetReciprocal: (F0 raw of 1 / x scaled, num_bits_over_unit) for positive int32 raws."""
+    x = np.asarray(x, np.int64)
+    headroom_plus_one = 32 - np.frexp(np.maximum(x, 1).astype(np.float64))[1].astype(np.int64)  # CountLeadingZeros
+    num_bits_over_unit = x_integer_digits - headroom_plus_one
+    shifted_minus_one = ((x << headroom_plus_one) & 0xFFFFFFFF) - (1 << 31)
+    return one_over_one_plus_x_for_x_in_0_1(shifted_minus_one), num_bits_over_unit
+
+
+def populate_lut_int16(fn, input_min: float, input_max: float, output_min: float, output_max: float,
+                       precision: type = np.float64) -> np.ndarray:
+    """gen_lut / LUTPopulate<int16_t>: 513 samples of fn over [input_min, input_max], each corrected by half the
+    error of linear interpolation at the midpoint of its segment, for outputs in [output_min, output_max].
+    `precision` is the float type the kernel computes in. Read with `lut_lookup_int16`."""
+    f = precision
+    input_min, input_max, output_min, output_max = f(input_min), f(input_max), f(output_min), f(output_max)
+    step = f((input_max - input_min) / f(512))
+    half_step = f(step / f(2))
+    inv = f(f(65536) / f(output_max - output_min))
+    i = np.arange(512, dtype=f)
+    with np.errstate(all="ignore"):
+        val = np.asarray(fn((input_min + i * step).astype(f)), f)
+        mid = np.asarray(fn((input_min + i * step + half_step).astype(f)), f)
+        nxt = np.asarray(fn((input_min + (i + 1) * step).astype(f)), f)
+        sample = round_half_away((val * inv).astype(f))
+        interp = round_half_away(((nxt * inv + sample) / f(2)).astype(f))
+        bias = round_half_away(((interp - round_half_away((mid * inv).astype(f))) / f(2)).astype(f))
+        last = round_half_away(np.asarray(np.asarray(fn(np.asarray([input_max], f)), f) * inv, f))
+    table = np.concatenate([np.clip(sample - bias, -32768, 32767), np.clip(last, -32768, 32767)])
+    return table.astype(np.int16)
+
+
+def lut_lookup_int16(x: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """LUTLookup(int16): base lut[256 + (x >> 7)] plus the interpolated slope over the low 7 bits."""
+    x = np.asarray(x, np.int64)
+    index = 256 + (x >> 7)
+    offset = x & 0x7F
+    lut = lut.astype(np.int64)
+    base = lut[index]
+    slope = lut[index + 1] - base
+    return (base + ((slope * offset + 64) >> 7)).astype(np.int16)

@@ -1,0 +1,505 @@
+"""Integer kernels: what TFLite's reference kernels (ai-edge-litert, BUILTIN_REF) compute for int8 and int16x8 ops.
+
+`INT_KERNELS[op](node, args)` takes the raw integer operands of a lowered node (their scales and zero points are
+in the operand and result types) and returns the raw integer results, bit for bit as the reference kernel
+(accumulators, fixed-point multipliers and shifts, rounding, saturation, lookup tables). The numeric primitives
+live in qcompiler/quant/math.py; this file only wires them per op. Accumulating ops use float64 matrix products
+of integer values, which are exact (|sum| < 2^53) and let BLAS do the work.
+
+tests/test_int_interpreter.py checks every op lower-to-int can emit against BUILTIN_REF on random parameters.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+
+from qcompiler.ir.graph import IRError, Node, Value
+from qcompiler.ir.ops import _normalize_axes, _spatial_pads, _windows
+from qcompiler.ir.types import QParams
+from qcompiler.quant import math as qm
+
+IntKernel = Callable[[Node, Sequence[np.ndarray]], list[np.ndarray]]
+# ai-edge-litert's reference kernels round MultiplyByQuantizedMultiplier twice (gemmlowp's
+# SaturatingRoundingDoublingHighMul then RoundingDivideByPOT), except these, which round once (as with
+# TFLITE_SINGLE_ROUNDING). Measured against BUILTIN_REF (tests/test_int_interpreter.py).
+SINGLE_ROUNDING = frozenset({"fully_connected"})
+
+
+def _mbqm(node: Node, x: np.ndarray, multiplier, shift) -> np.ndarray:
+    return qm.multiply_by_quantized_multiplier(x, multiplier, shift, single_rounding=node.op in SINGLE_ROUNDING)
+
+
+def _q(value: Value) -> QParams:
+    if value.type.quant is None:
+        raise IRError(f"%{value.name} ({value.type}) has no quantization parameters; the integer kernel needs them")
+    return value.type.quant
+
+
+def _scale(value: Value) -> float:
+    return float(np.float32(_q(value).scale[0]))
+
+
+def _zp(value: Value) -> int:
+    return int(_q(value).zero_point[0])
+
+
+def _out(node: Node, acc: np.ndarray, lo: int, hi: int) -> list[np.ndarray]:
+    return [np.clip(acc, lo, hi).astype(node.result.type.np_dtype)]
+
+
+def _act_range(node: Node) -> tuple[int, int]:
+    return qm.activation_range(node.attrs.get("activation", "none"), _q(node.result), node.result.type.dtype)
+
+
+def _wide(node: Node) -> bool:
+    return node.operands[0].type.dtype == "i16"
+
+
+def _requantize_acc(node: Node, acc: np.ndarray, real: np.ndarray) -> list[np.ndarray]:
+    """acc (int64, channels last) * per-channel real multiplier, + output zero point, clamped to the activation.
+    16x8 CONV_2D / DEPTHWISE_CONV_2D use the int64-accumulator variant; 16x8 FULLY_CONNECTED stays in int32."""
+    m, s = qm.quantize_multipliers(real)
+    wide = _wide(node) and node.op != "fully_connected"  # 16x8 FULLY_CONNECTED rescales in int32
+    scaled = qm.multiply_by_quantized_multiplier_any(acc, m, s, wide=wide, single_rounding=node.op in SINGLE_ROUNDING)
+    return _out(node, scaled + _zp(node.result), *_act_range(node))
+
+
+def _bias(node: Node, args: Sequence[np.ndarray], acc: np.ndarray) -> np.ndarray:
+    return acc + args[2].astype(np.int64) if len(args) > 2 else acc
+
+
+def _weight_real(node: Node) -> np.ndarray:
+    return qm.effective_scale(_scale(node.operands[0]), _q(node.operands[1]).scale, _scale(node.result))
+
+
+def _padded_input(node: Node, x: np.ndarray, kh: int, kw: int) -> np.ndarray:
+    """x - zero point, zero padded for SAME (the kernels skip padded taps, which is the same)."""
+    x = x.astype(np.int64) - _zp(node.operands[0])
+    ph, pw = _spatial_pads(x.shape, kh, kw, node.attrs)
+    return np.pad(x, ((0, 0), ph, pw, (0, 0))) if ph != (0, 0) or pw != (0, 0) else x
+
+
+def _taps(node: Node, xp: np.ndarray, kh: int, kw: int, out_hw: tuple[int, int]):
+    (sh, sw), (dh, dw) = node.attrs["strides"], node.attrs.get("dilation", [1, 1])
+    oh, ow = out_hw
+    for i in range(kh):
+        for j in range(kw):
+            yield i, j, xp[:, i * dh: i * dh + (oh - 1) * sh + 1: sh, j * dw: j * dw + (ow - 1) * sw + 1: sw, :]
+
+
+def _conv2d(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    x, w = args[0], args[1]
+    out_c, kh, kw, in_c = w.shape
+    xp = _padded_input(node, x, kh, kw).astype(np.float64)
+    oh, ow = _out_hw(node, x)
+    cols = np.stack([t for _, _, t in _taps(node, xp, kh, kw, (oh, ow))], axis=3)  # N,OH,OW,KH*KW,C
+    acc = cols.reshape(-1, kh * kw * in_c) @ w.reshape(out_c, -1).astype(np.float64).T
+    acc = acc.reshape(x.shape[0], oh, ow, out_c).astype(np.int64)
+    return _requantize_acc(node, _bias(node, args, acc), _weight_real(node))
+
+
+def _depthwise(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    x, w = args[0], args[1]
+    _, kh, kw, channels = w.shape
+    mult = node.attrs["depth_multiplier"]
+    xp = _padded_input(node, x, kh, kw)
+    if mult > 1:
+        xp = np.repeat(xp, mult, axis=3)  # output channel c*mult+m reads input channel c
+    oh, ow = _out_hw(node, x)
+    acc = np.zeros((x.shape[0], oh, ow, channels), np.int64)
+    wk = w[0].astype(np.int64)
+    for i, j, tap in _taps(node, xp, kh, kw, (oh, ow)):
+        acc += tap * wk[i, j]
+    return _requantize_acc(node, _bias(node, args, acc), _weight_real(node))
+
+
+def _out_hw(node: Node, x: np.ndarray) -> tuple[int, int]:
+    return tuple(node.result.type.shape[1:3]) if all(d is not None for d in node.result.type.shape[1:3]) else \
+        _infer_hw(node, x)
+
+
+def _infer_hw(node: Node, x: np.ndarray) -> tuple[int, int]:
+    from qcompiler.ir.ops import conv_output_size
+
+    w = node.operands[1].type.shape
+    (sh, sw), (dh, dw) = node.attrs["strides"], node.attrs.get("dilation", [1, 1])
+    return (conv_output_size(x.shape[1], w[1], sh, dh, node.attrs["padding"]),
+            conv_output_size(x.shape[2], w[2], sw, dw, node.attrs["padding"]))
+
+
+def _fully_connected(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    x = args[0].astype(np.float64) - _zp(node.operands[0])
+    w = args[1].astype(np.float64) - _zp(node.operands[1])
+    acc = (x @ w.T).astype(np.int64)
+    return _requantize_acc(node, _bias(node, args, acc), _weight_real(node))
+
+
+def _add_sub(sign: int) -> IntKernel:
+    def kernel(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+        a, b, out = node.operands[0], node.operands[1], node.result
+        left_shift = 15 if out.type.dtype == "i16" else 20
+        twice_max = 2 * max(_scale(a), _scale(b))
+        m1, s1 = qm.quantize_multiplier(_scale(a) / twice_max)
+        m2, s2 = qm.quantize_multiplier(_scale(b) / twice_max)
+        mo, so = qm.quantize_multiplier(twice_max / float(np.float32((1 << left_shift) * np.float32(_scale(out)))))
+        x1 = _mbqm(node, (args[0].astype(np.int64) - _zp(a)) << left_shift, m1, s1)
+        x2 = _mbqm(node, (args[1].astype(np.int64) - _zp(b)) << left_shift, m2, s2)
+        raw = _mbqm(node, x1 + sign * x2, mo, so)
+        return _out(node, raw + _zp(out), *_act_range(node))
+
+    return kernel
+
+
+def _mul(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    a, b, out = node.operands[0], node.operands[1], node.result
+    m, s = qm.quantize_multiplier(_scale(a) * _scale(b) / _scale(out))
+    prod = (args[0].astype(np.int64) - _zp(a)) * (args[1].astype(np.int64) - _zp(b))
+    return _out(node, _mbqm(node, prod, m, s) + _zp(out), *_act_range(node))
+
+
+def _relu_x(lo: float, hi: float) -> IntKernel:
+    """QuantizedReluX: rescale by f32(in_scale / out_scale), clamp to zp + roundf(bound / out_scale)."""
+    def kernel(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+        src, out = node.operands[0], node.result
+        qmin, qmax = qm.qrange(out.type.dtype)
+        out_scale = np.float32(_scale(out))
+
+        def bound(f: float) -> int:
+            return _zp(out) + int(qm.round_half_away(np.float32(np.float32(f) / out_scale)))
+
+        act_min = max(qmin, bound(lo))
+        act_max = qmax if hi == np.inf else min(qmax, bound(hi))
+        m, s = qm.quantize_multiplier(float(np.float32(np.float32(_scale(src)) / out_scale)))
+        acc = _mbqm(node, args[0].astype(np.int64) - _zp(src), m, s) + _zp(out)
+        return _out(node, acc, act_min, act_max)
+
+    return kernel
+
+
+def _leaky_relu(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    src, out = node.operands[0], node.result
+    in_s, out_s = np.float32(_scale(src)), np.float32(_scale(out))
+    alpha_m, alpha_s = qm.quantize_multiplier(float(np.float32(in_s * np.float32(node.attrs["alpha"]) / out_s)))
+    id_m, id_s = qm.quantize_multiplier(float(np.float32(in_s / out_s)))
+    x = args[0].astype(np.int64) - _zp(src)
+    acc = np.where(x >= 0, _mbqm(node, x, id_m, id_s),
+                   _mbqm(node, x, alpha_m, alpha_s))
+    return _out(node, acc + _zp(out), *qm.qrange(out.type.dtype))
+
+
+def _lut(fn: Callable[[np.ndarray], np.ndarray], int16: bool = True) -> IntKernel:
+    """Ops the kernels run through a table built with LUTPopulate: 256 entries for 8-bit types, 513 interpolated
+    ones for int16 (`int16=False`: LOGISTIC and TANH, whose int16 kernels interpolate a fixed sigmoid table)."""
+    def kernel(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+        dtype = node.result.type.dtype
+        if dtype == "i16" and not int16:
+            return {"sigmoid": _logistic16, "tanh": _tanh16}[node.op](node, args)
+        if dtype == "i16":
+            return [_lut16(node, fn, args[0])]
+        table = qm.populate_lut(fn, _q(node.operands[0]), _q(node.result), dtype)
+        return [table[args[0].astype(np.int64) - qm.qrange(dtype)[0]]]
+
+    return kernel
+
+
+def _srdhm16(a: np.ndarray, b) -> np.ndarray:
+    """int16 SaturatingRoundingDoublingHighMul."""
+    ab = np.asarray(a, np.int64) * np.int64(b)
+    nudge = np.where(ab >= 0, 1 << 14, 1 - (1 << 14))
+    total = ab + nudge
+    high = np.sign(total) * (np.abs(total) >> 15)  # C division truncates toward zero
+    return np.where((np.asarray(a) == b) & (b == -32768), 32767, high)
+
+
+def _sat16(x: np.ndarray) -> np.ndarray:
+    return np.clip(x, -32768, 32767)
+
+
+def _rounding_divide_by_pot16(x: np.ndarray, exponent: int) -> np.ndarray:
+    """int16 RoundingDivideByPOT, including its mask wrapping to -1 for exponents >= 16."""
+    mask = ((1 << exponent) - 1 + 32768) % 65536 - 32768
+    threshold = (mask >> 1) + (x < 0)
+    return (x >> exponent) + ((x & mask) > threshold)
+
+
+def _down_scale_to_int16(multiplier: int) -> int:
+    """DownScaleInt32ToInt16Multiplier."""
+    return 32767 if multiplier >= 2**31 - 1 - (1 << 15) else (multiplier + (1 << 15)) >> 16
+
+
+def _hard_swish_kernel(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """reference_ops::HardSwish (8-bit): 16-bit fixed point, a relu-ish multiplier in [0, 1] times the input
+    rescaled to the output."""
+    src, out = node.operands[0], node.result
+    if out.type.dtype not in ("i8", "u8"):
+        raise NotImplementedError(f"hard_swish on {out.type.dtype}")
+    f = np.float32
+    hires = f(f(1.0 / 128.0) * f(_scale(src)))
+    out_m, out_e = qm.quantize_multiplier(float(f(hires / f(_scale(out)))))
+    if out_e > 0:
+        raise IRError(f"{node.describe()}: HARD_SWISH needs input scale / 128 <= output scale "
+                      f"({_scale(src)} / 128 > {_scale(out)}); TFLite refuses such a model")
+    relu_m, relu_e = qm.quantize_multiplier(float(f(hires / f(3.0 / 32768.0))))
+    out_m16, relu_m16 = _down_scale_to_int16(out_m), _down_scale_to_int16(relu_m)
+    hires_value = (args[0].astype(np.int64) - _zp(src)) * 128
+    preshift_out = _srdhm16(hires_value, out_m16)
+    reluish = hires_value
+    if relu_e > 0:
+        reluish = _sat16(reluish << (relu_e - 1))
+    reluish = _srdhm16(reluish, relu_m16)
+    if relu_e > 0:
+        reluish = _sat16(reluish << 1)
+    if relu_e < 0:
+        reluish = _rounding_divide_by_pot16(reluish, -relu_e)
+    reluish = (reluish + (1 << 15)) >> 1
+    product = reluish * preshift_out
+    preshift = np.where((reluish == -32768) & (preshift_out == -32768), 32767,
+                        np.sign(product) * (np.abs(product) >> 15))
+    value = _rounding_divide_by_pot16(preshift, -out_e) + _zp(out)
+    return _out(node, value, *qm.qrange(out.type.dtype))
+
+
+def _lut16(node: Node, fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    """LUTPopulate<int16_t> over the input's and output's float ranges, read with LUTLookup."""
+    src, out = node.operands[0], node.result
+    f = np.float32
+    table = qm.populate_lut_int16(fn, f(_scale(src)) * f(-32768 - _zp(src)), f(_scale(src)) * f(32767 - _zp(src)),
+                                  f(_scale(out)) * f(-32768 - _zp(out)), f(_scale(out)) * f(32767 - _zp(out)),
+                                  precision=np.float32)
+    return qm.lut_lookup_int16(x, table)
+
+
+# sigmoid(i / 24) in 0.16 fixed point, i = 0..255: the table TFLite's int16 LOGISTIC and TANH interpolate.
+_SIGMOID_TABLE = np.minimum(np.round(65536.0 / (1.0 + np.exp(-np.arange(256) / 24.0))), 65535).astype(np.int64)
+
+
+def _int16_table_input(node: Node, x: np.ndarray) -> np.ndarray:
+    """The input rescaled for the table (Prepare of LOGISTIC/TANH for int16): power-of-two input scales use
+    3 << left_shift; others a multiplier of scale * 4096 * 3 doubled into [16384, 32767)."""
+    scale = _scale(node.operands[0])
+    log2 = math.log(scale) / math.log(2.0)
+    left_shift = 12 + int(qm.round_half_away(np.float64(log2)))
+    if abs(log2 - round(log2)) < 1e-3 and left_shift in (0, 1):
+        multiplier, left_shift = 3 << left_shift, 0
+    else:
+        real, left_shift = scale * 4096.0 * 3.0, 0
+        while real <= 32767.0 / 2.0 and left_shift <= 30:
+            left_shift += 1
+            real *= 2.0
+        multiplier = int(real)
+    rounding = (1 << (left_shift - 1)) if left_shift > 0 else 0
+    return (x.astype(np.int64) * multiplier + rounding) >> left_shift
+
+
+def _logistic16(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """reference_integer_ops::Logistic (int16): interpolation in the sigmoid table, 9 fractional bits."""
+    x = _int16_table_input(node, args[0])
+    magnitude = np.abs(x)
+    index = np.minimum(magnitude >> 9, 254)
+    low, high = _SIGMOID_TABLE[index], _SIGMOID_TABLE[index + 1]
+    result = np.where((magnitude >> 9) >= 255, 0x7FFF << 10, (low << 9) + (magnitude & 0x1FF) * (high - low))
+    result = np.where(x >= 0, result + (1 << 9), (1 << 25) - result + (1 << 9) - 1)
+    return [(result >> 10).astype(np.int16)]
+
+
+def _tanh16(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """reference_integer_ops::Tanh (int16): tanh(x) = 2 sigmoid(2x) - 1 from the same table, 8 fractional bits."""
+    x = _int16_table_input(node, args[0])
+    magnitude = np.abs(x)
+    index = np.minimum(magnitude >> 8, 254)
+    low, high = _SIGMOID_TABLE[index], _SIGMOID_TABLE[index + 1]
+    result = np.where((magnitude >> 8) >= 255, 0xFFFF << 8, (low << 8) + (magnitude & 0xFF) * (high - low))
+    result = np.where(x >= 0, result - (1 << 23) + (1 << 7), -result + (1 << 23) + (1 << 7) - 1)
+    return [(result >> 8).astype(np.int16)]
+
+
+def _max_pool(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    kh, kw = node.attrs["pool_size"]
+    lowest = np.iinfo(args[0].dtype).min
+    win = _windows(args[0], kh, kw, node.attrs, pad_value=lowest)
+    return _out(node, win.max(axis=(4, 5)).astype(np.int64), *_act_range(node))
+
+
+def _avg_pool(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    x = args[0]
+    kh, kw = node.attrs["pool_size"]
+    sums = _windows(x.astype(np.int64), kh, kw, node.attrs).sum(axis=(4, 5))
+    ones = np.ones((1,) + x.shape[1:3] + (1,), np.int64)
+    counts = _windows(ones, kh, kw, node.attrs).sum(axis=(4, 5))
+    return _out(node, _round_div(sums, counts), *_act_range(node))
+
+
+def _round_div(acc: np.ndarray, n) -> np.ndarray:
+    """acc > 0 ? (acc + n/2) / n : (acc - n/2) / n, C integer division (truncates toward zero)."""
+    half = np.asarray(n) // 2
+    num = np.where(acc > 0, acc + half, acc - half)
+    return np.sign(num) * (np.abs(num) // n)
+
+
+def _mean(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """reference_ops::QuantizedMeanOrSum (mean): the centred int32 sum times QuantizeMultiplier(in / out) with
+    the division by the count folded in: multiplier = (multiplier << r) / count (integer division),
+    shift -= r, r = min(floor(log2(count)), 32, 31 + shift); + output zero point."""
+    src, out = node.operands[0], node.result
+    x = args[0].astype(np.int64)
+    axes = tuple(_normalize_axes(node.attrs["axes"], x.ndim))
+    n = int(np.prod([x.shape[a] for a in axes])) if axes else 1
+    m, s = qm.quantize_multiplier(_scale(src) / _scale(out))
+    r = min(n.bit_length() - 1, 32, 31 + s)
+    m, s = (m << r) // n, s - r
+    total = (x - _zp(src)).sum(axis=axes, keepdims=node.attrs["keepdims"])
+    return _out(node, _mbqm(node, total, m, s) + _zp(out), *qm.qrange(out.type.dtype))
+
+
+def _softmax(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """reference_ops::Softmax (8-bit): gemmlowp fixed-point exp of the rescaled differences to the row max,
+    a fixed-point reciprocal of their sum, rescaled to the output."""
+    src, out = node.operands[0], node.result
+    if src.type.dtype == "i16":
+        return _softmax_int16(node, args)
+    real = min(float(np.float32(node.attrs["beta"])) * float(np.float32(_q(src).scale[0])) * (1 << 26),
+               float(2**31 - 1))
+    mult, left_shift = qm.quantize_multiplier(real)
+    radius = int(np.floor(31.0 * (1 << 26) / (1 << left_shift)))
+    x = args[0].astype(np.int64)
+    diff = x - x.max(axis=-1, keepdims=True)
+    used = diff >= -radius
+    exps = qm.exp_on_negative_values(_mbqm(node, np.where(used, diff, 0), mult, left_shift), 5)
+    exps = np.where(used, exps, 0)
+    total = qm.rounding_divide_by_pot(exps, 12).sum(axis=-1, keepdims=True)
+    scale, bits_over_unit = qm.get_reciprocal(total, 12)
+    out_bits = 8 * out.type.np_dtype.itemsize
+    exponent = bits_over_unit + 31 - out_bits
+    unsat = qm.rounding_divide_by_pot(qm.saturating_rounding_doubling_high_mul(scale, exps), exponent)
+    qmin, qmax = qm.qrange(out.type.dtype)
+    return _out(node, np.where(used, unsat + qmin, qmin), qmin, qmax)
+
+
+def _softmax_int16(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """reference_ops::SoftmaxInt16: exp and 1/(1+x) from 513-entry LUTs, Q0.15 arithmetic."""
+    exp_lut = qm.populate_lut_int16(np.exp, -10.0, 0.0, -1.0, 1.0)
+    recip_lut = qm.populate_lut_int16(lambda v: 1.0 / (1.0 + v), 0.0, 1.0, -1.0, 1.0)
+    f = np.float32
+    real = float(f(f(_scale(node.operands[0])) * f(node.attrs["beta"]))) / (10.0 / 65535.0)
+    mult, shift = qm.quantize_multiplier(real)
+    x = args[0].astype(np.int64)
+    diff = x - x.max(axis=-1, keepdims=True)
+    scaled = _mbqm(node, diff, mult, shift) + 32767
+    exps = qm.lut_lookup_int16(np.clip(scaled, -32768, 32767), exp_lut).astype(np.int64)
+    total = exps.sum(axis=-1, keepdims=True)
+    headroom_plus_one = 32 - np.frexp(np.maximum(total, 1).astype(np.float64))[1].astype(np.int64)
+    shifted = ((total << (headroom_plus_one - 1)) + (1 << 13)) >> 14
+    recip = qm.lut_lookup_int16(np.clip(shifted - ((1 << 15) + (1 << 16)), -32768, 32767), recip_lut).astype(np.int64)
+    right_shift = 31 - headroom_plus_one
+    result = (exps * recip + (np.int64(1) << (right_shift - 1))) >> right_shift
+    return _out(node, result, 0, 32767)
+
+
+def _requantize_or_quantize(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    src, out = node.operands[0], node.result
+    if src.type.is_float:
+        return [qm.quantize(args[0], _q(out), out.type.dtype)]
+    return [qm.requantize(args[0], _q(src), _q(out), out.type.dtype, single_rounding=False)]
+
+
+def _dequantize(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    return [qm.dequantize(args[0], _q(node.operands[0])).astype(node.result.type.np_dtype)]
+
+
+def _pad(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    x = args[0]
+    if x.ndim == 0:
+        return [x.copy()]
+    return [np.pad(x, np.asarray(node.attrs["paddings"], np.int64).reshape(-1, 2), constant_values=_zp(node.result))]
+
+
+def _float_op(name: str) -> IntKernel:
+    """Same-parameter ops: their float semantics on raw codes is exact (moves, max/min, reshapes)."""
+    from qcompiler.ir.ops import op_def
+
+    def kernel(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [r.astype(node.result.type.np_dtype) for r in op_def(name).compute(args, node.attrs)]
+
+    return kernel
+
+
+def _zero_point_op(name: str) -> IntKernel:
+    """Data movement that pads with real zero (space_to_batch): the op on codes minus the zero point, plus it."""
+    from qcompiler.ir.ops import op_def
+
+    def kernel(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+        zp = _zp(node.operands[0])
+        shifted = [args[0].astype(np.int64) - zp]
+        return [(r + zp).astype(node.result.type.np_dtype) for r in op_def(name).compute(shifted, node.attrs)]
+
+    return kernel
+
+
+def _concat(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    for v in node.operands:
+        if v.type.quant != node.result.type.quant:
+            raise IRError(f"{node.describe()}: CONCATENATION needs every int8/int16 operand to share the output's "
+                          f"parameters; %{v.name} has {v.type.quant}")
+    if node.attrs.get("activation", "none") not in ("none", "relu", "relu6", "relu_n1_to_1"):
+        raise NotImplementedError(f"concat with a fused {node.attrs['activation']}")
+    # the writer emits a fused relu as its own RELU op on the same parameters: a clamp
+    joined = np.concatenate(args, axis=node.attrs["axis"]).astype(np.int64)
+    return _out(node, joined, *_act_range(node))
+
+
+def _elu(x: np.ndarray) -> np.ndarray:
+    return np.where(x < 0, np.expm1(x), x)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (np.float32(1) / (np.float32(1) + np.exp(-x.astype(np.float64)).astype(np.float32))).astype(np.float32)
+
+
+def _gelu(approximate: bool) -> Callable[[np.ndarray], np.ndarray]:
+    def fn(x: np.ndarray) -> np.ndarray:
+        from qcompiler.ir.ops import _compute_gelu
+
+        return _compute_gelu(x, {"approximate": approximate}).astype(np.float32)
+
+    return fn
+
+
+def _gelu_kernel(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    return _lut(_gelu(node.attrs["approximate"]))(node, args)
+
+
+INT_KERNELS: dict[str, IntKernel] = {
+    "quantize": _requantize_or_quantize,
+    "dequantize": _dequantize,
+    "conv2d": _conv2d,
+    "depthwise_conv2d": _depthwise,
+    "fully_connected": _fully_connected,
+    "add": _add_sub(1),
+    "sub": _add_sub(-1),
+    "mul": _mul,
+    "relu": _relu_x(0.0, np.inf),
+    "relu6": _relu_x(0.0, 6.0),
+    "relu_n1_to_1": _relu_x(-1.0, 1.0),
+    "leaky_relu": _leaky_relu,
+    "elu": _lut(_elu),
+    "sigmoid": _lut(_sigmoid, int16=False),
+    "tanh": _lut(np.tanh, int16=False),
+    "hard_swish": _hard_swish_kernel,
+    "gelu": _gelu_kernel,
+    "softmax": _softmax,
+    "max_pool2d": _max_pool,
+    "avg_pool2d": _avg_pool,
+    "mean": _mean,
+    "pad": _pad,
+    "concat": _concat,
+    **{name: _float_op(name) for name in ("maximum", "minimum", "reduce_max", "reduce_min", "flatten", "reshape",
+                                          "slice", "resize_nearest", "batch_to_space")},
+    "space_to_batch": _zero_point_op("space_to_batch"),
+}
+
+# Ops whose kernel above covers only some dtypes (the others raise NotImplementedError and are simulated).
+# int16 LOGISTIC/TANH: the kernel interpolates a 256-entry sigmoid table that _SIGMOID_TABLE regenerates from
+# sigmoid(i / 24) — 44 of its entries are one unit off TFLite's, so outputs can differ by one LSB.
+EXACT_DTYPES: dict[str, tuple[str, ...]] = {"hard_swish": ("i8", "u8"), "sigmoid": ("i8", "u8"), "tanh": ("i8", "u8")}

@@ -1,0 +1,275 @@
+"""The integer interpreter is bit-exact with ai-edge-litert's reference kernels (BUILTIN_REF).
+
+Per op: Hypothesis draws one-op integer graphs (random scales, zero points, shapes, attributes), the writer
+writes them, and both runtimes run the same random codes. Per model: every test-zoo model in int8 and int16x8.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from qcompiler.ir.int_kernels import EXACT_DTYPES, INT_KERNELS
+from qcompiler.ir.interpreter import inexact_nodes
+from qcompiler.ir.ops import OPS
+from qcompiler.ir.printer import print_graph
+from qcompiler.ir.types import QParams, TensorType
+from qcompiler.quant import math as qm
+from tests.int_graphs import one_op_graph, qtype, random_codes, run_both
+
+FIXED = {"sigmoid": {"i8": (1 / 256, -128), "i16": (1 / 32768, 0)},
+         "softmax": {"i8": (1 / 256, -128), "i16": (1 / 32768, 0)},
+         "tanh": {"i8": (1 / 128, 0), "i16": (1 / 32768, 0)}}
+SAME_PARAMS = {"max_pool2d", "avg_pool2d", "maximum", "minimum", "reduce_max", "reduce_min", "concat", "pad", "slice",
+               "reshape", "flatten", "resize_nearest", "space_to_batch", "batch_to_space"}
+# Combinations TFLite itself has no kernel for (nothing to compare with).
+NO_TFLITE_KERNEL = {("relu_n1_to_1", "i16"), ("hard_swish", "i16")}
+NOT_IN_BUILTIN_REF = {"elu"}  # ai-edge-litert's reference resolver has no ELU
+
+
+def emitted_ops() -> list[str]:
+    """Every op lower-to-int can leave in an integer graph: quantizable ops, plus the conversions it inserts."""
+    return sorted([name for name, d in OPS.items() if d.quant.quantizable] + ["quantize", "dequantize"])
+
+
+def test_every_op_lower_to_int_emits_has_an_integer_kernel() -> None:
+    missing = [op for op in emitted_ops() if op not in INT_KERNELS]
+    assert not missing, f"ops without an integer kernel in qcompiler/ir/int_kernels.py: {missing}"
+
+
+@st.composite
+def qparams(draw, dtype: str) -> QParams:
+    scale = float(np.float32(np.exp(draw(st.floats(np.log(1e-4), np.log(0.5))))))
+    zero_point = draw(st.integers(-128, 127)) if dtype == "i8" else 0
+    return QParams.per_tensor(scale, zero_point)
+
+
+def _weights(draw, shape: tuple[int, ...], axis: int, rng: np.random.Generator) -> tuple[np.ndarray, QParams]:
+    channels = shape[axis]
+    scales = tuple(float(np.float32(s)) for s in np.exp(rng.uniform(np.log(1e-3), np.log(0.1), channels)))
+    return rng.integers(-127, 128, size=shape).astype(np.int8), QParams(scales, (0,) * channels, axis)
+
+
+def _bias(rng: np.random.Generator, in_q: QParams, w_q: QParams, dtype: str) -> tuple[np.ndarray, str, QParams]:
+    scales = tuple(float(np.float32(np.float32(in_q.scale[0]) * np.float32(s))) for s in w_q.scale)
+    bias_dtype = "i64" if dtype == "i16" else "i32"
+    values = rng.integers(-(2**14), 2**14, size=len(scales))
+    return values, bias_dtype, QParams(scales, (0,) * len(scales), 0)
+
+
+@st.composite
+def op_cases(draw, op: str, dtype: str):
+    """(graph, raw inputs) for one op."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    in_q = draw(qparams(dtype))
+    out_q = draw(qparams(dtype))
+    if op in FIXED:
+        out_q = QParams.per_tensor(*FIXED[op][dtype])
+    if op in SAME_PARAMS:
+        out_q = in_q
+    if op == "hard_swish":  # TFLite refuses output multipliers above 1
+        assume(np.float32(in_q.scale[0]) / np.float32(128) <= np.float32(out_q.scale[0]))
+    h, w, c = draw(st.integers(1, 6)), draw(st.integers(1, 6)), draw(st.integers(1, 5))
+    x = qtype((None, h, w, c), dtype, in_q)
+    inputs, attrs, consts = [x], {}, []
+    activation = draw(st.sampled_from(["none", "relu", "relu6"] + (["relu_n1_to_1"] if dtype == "i8" else [])))
+    if op in ("conv2d", "depthwise_conv2d"):
+        kh, kw = draw(st.integers(1, min(3, h))), draw(st.integers(1, min(3, w)))
+        attrs = {"strides": [draw(st.integers(1, 2))] * 2, "padding": draw(st.sampled_from(["same", "valid"])),
+                 "activation": activation}
+        if op == "conv2d":
+            weights, w_q = _weights(draw, (draw(st.integers(1, 6)), kh, kw, c), 0, rng)
+        else:
+            attrs["depth_multiplier"] = draw(st.integers(1, 2))
+            weights, w_q = _weights(draw, (1, kh, kw, c * attrs["depth_multiplier"]), 3, rng)
+        consts = [(weights, "i8", w_q), _bias(rng, in_q, w_q, dtype)]
+    elif op == "fully_connected":
+        inputs = [qtype((None, c * h), dtype, in_q)]
+        weights, w_q = _weights(draw, (draw(st.integers(1, 8)), c * h), 0, rng)
+        consts = [(weights, "i8", w_q), _bias(rng, in_q, w_q, dtype)]
+        attrs = {"activation": activation}
+    elif op in ("add", "sub", "mul", "maximum", "minimum"):
+        other_shape = draw(st.sampled_from([(None, h, w, c), (None, 1, w, c), (None, 1, 1, c)]))
+        inputs.append(qtype(other_shape, dtype, in_q if op in SAME_PARAMS else draw(qparams(dtype))))
+        if op in ("add", "sub", "mul"):
+            attrs = {"activation": activation}
+    elif op == "leaky_relu":
+        attrs = {"alpha": float(np.float32(draw(st.floats(0.01, 0.9))))}
+    elif op == "gelu":
+        attrs = {"approximate": draw(st.booleans())}
+    elif op in ("max_pool2d", "avg_pool2d"):
+        ph, pw = draw(st.integers(1, h)), draw(st.integers(1, w))
+        attrs = {"pool_size": [ph, pw], "strides": [draw(st.integers(1, 2)), draw(st.integers(1, 2))],
+                 "padding": draw(st.sampled_from(["same", "valid"])), "activation": "none"}
+    elif op in ("mean", "reduce_max", "reduce_min"):
+        axes = draw(st.sampled_from([[1, 2], [1], [2], [3], [1, 2, 3]]))
+        attrs = {"axes": axes, "keepdims": draw(st.booleans())}
+    elif op == "concat":
+        inputs.append(qtype((None, h, w, draw(st.integers(1, 4))), dtype, in_q))
+        attrs = {"axis": 3, "activation": activation}
+    elif op == "pad":
+        attrs = {"paddings": [[0, 0], [draw(st.integers(0, 2)), 1], [1, draw(st.integers(0, 2))], [0, 0]]}
+    elif op == "slice":
+        attrs = {"begin": [0, h // 2, 0, 0], "size": [-1, h - h // 2, w, -1]}
+    elif op == "reshape":
+        attrs = {"shape": [-1, w, h * c]}
+    elif op == "resize_nearest":
+        attrs = {"size": [draw(st.integers(1, 8)), draw(st.integers(1, 8))]}
+    elif op == "space_to_batch":
+        top = draw(st.integers(0, 1))
+        attrs = {"block": [2, 2], "paddings": [[top, (h + top) % 2], [1, (w + 1) % 2]]}
+    elif op == "batch_to_space":
+        attrs = {"block": [2, 2], "crops": [[0, draw(st.integers(0, 1))], [0, 0]]}
+    graph = one_op_graph(op, inputs, out_q, attrs, consts)
+    batch = draw(st.integers(1, 3)) * (4 if op == "batch_to_space" else 1)
+    return graph, [random_codes(t, batch, rng) for t in inputs]
+
+
+UNARY = ["relu", "relu6", "relu_n1_to_1", "leaky_relu", "sigmoid", "tanh", "hard_swish", "gelu", "softmax", "flatten"]
+CASES = [(op, dtype) for op in emitted_ops() if op not in ("quantize", "dequantize")
+         for dtype in ("i8", "i16") if (op, dtype) not in NO_TFLITE_KERNEL and op not in NOT_IN_BUILTIN_REF]
+
+
+def _exact(op: str, dtype: str) -> bool:
+    return dtype in EXACT_DTYPES.get(op, (dtype,))
+
+
+@pytest.mark.parametrize("op,dtype", CASES, ids=[f"{o}-{d}" for o, d in CASES])
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_one_op_is_identical_to_builtin_ref(op: str, dtype: str, data) -> None:
+    graph, inputs = data.draw(op_cases(op, dtype))
+    ours, reference = run_both(graph, inputs)
+    if not _exact(op, dtype):
+        assert [n.op for n in inexact_nodes(graph)] == [op]  # simulated in float, and said so
+        np.testing.assert_allclose(ours[0].astype(np.int64), reference[0].astype(np.int64),
+                                   atol=2 if dtype == "i8" else 16)
+        return
+    assert not inexact_nodes(graph)
+    np.testing.assert_array_equal(ours[0], reference[0], err_msg=print_graph(graph))
+
+
+@pytest.mark.parametrize("src_dtype,dst_dtype", [("f32", "i8"), ("f32", "i16"), ("i8", "i8"), ("i16", "i16"),
+                                                 ("i8", "f32"), ("i16", "f32")])
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_quantize_requantize_dequantize_are_identical(src_dtype: str, dst_dtype: str, data) -> None:
+    from qcompiler.ir.graph import Graph
+
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
+    src_q = None if src_dtype == "f32" else data.draw(qparams(src_dtype))
+    dst_q = None if dst_dtype == "f32" else data.draw(qparams(dst_dtype))
+    g = Graph("conv")
+    x = g.add_input("x", TensorType((None, 7), src_dtype, src_q))
+    op = "dequantize" if dst_dtype == "f32" else "quantize"
+    node = g.add_node(op, [x], {}, result_types=[TensorType((None, 7), dst_dtype, dst_q)], names=["y"])
+    g.outputs = [node.result]
+    if src_dtype == "f32":
+        values = (rng.normal(size=(4, 7)) * 200 * dst_q.scale[0]).astype(np.float32)
+    else:
+        values = random_codes(x.type, 4, rng)
+    ours, reference = run_both(g, [values])
+    np.testing.assert_array_equal(ours[0], reference[0])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# whole models
+# ---------------------------------------------------------------------------------------------------------
+FAST_ZOO = ["seed_mlp", "residual_block", "two_input_concat"]
+SLOW_ZOO = ["seed_cnn", "mobilenet_v2_small"]
+
+
+def _zoo_case(name: str, mode: str) -> tuple[list[np.ndarray], list[np.ndarray], Optional[list]]:
+    from qcompiler import api
+    from qcompiler.backend.tflite_writer import write_tflite
+    from qcompiler.ir.interpreter import run
+    from tests import zoo
+    from tests.tflite_run import run_tflite
+
+    model = zoo.ZOO[name]()
+    graph = api.quantize(model, mode, zoo.random_batch(model, 16, 0))
+    batch = zoo.random_batch(model, 16, 1)
+    arrays = batch if isinstance(batch, list) else [batch]
+    feed = [qm.quantize(a, v.type.quant, v.type.dtype) for a, v in zip(arrays, graph.inputs)]
+    return run(graph, feed), run_tflite(write_tflite(graph), feed), inexact_nodes(graph)
+
+
+def _check_zoo(name: str, mode: str) -> None:
+    ours, reference, inexact = _zoo_case(name, mode)
+    assert not inexact
+    for a, b in zip(ours, reference):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("mode", ["int8", "int16x8"])
+@pytest.mark.parametrize("name", FAST_ZOO)
+def test_zoo_model_is_identical_to_builtin_ref(name: str, mode: str) -> None:
+    _check_zoo(name, mode)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["int8", "int16x8"])
+@pytest.mark.parametrize("name", SLOW_ZOO)
+def test_large_zoo_model_is_identical_to_builtin_ref(name: str, mode: str) -> None:
+    _check_zoo(name, mode)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# random models (tests/random_models.py)
+# ---------------------------------------------------------------------------------------------------------
+def _random_model_case(seed: int, mode: str) -> Optional[str]:
+    """None when every tensor of the seed's integer model that depends only on bit-exact kernels equals
+    BUILTIN_REF's (all of them, unless the model holds an op `inexact_nodes` lists); else why it was not checked."""
+    from qcompiler import api
+    from qcompiler.backend.tflite_writer import write_tflite
+    from qcompiler.errors import QCompilerError
+    from qcompiler.validate.compare import GraphModel, TFLiteModel
+    from tests.random_models import available_blocks, random_batch, random_model
+
+    # ELU has no BUILTIN_REF kernel; ReLU(threshold) and ELU(alpha) import as greater/select (not quantizable)
+    blocks = [b for b in available_blocks() if b.name not in ("elu-layer", "relu-threshold", "elu-alpha")]
+    spec = random_model(seed, blocks=blocks)
+    try:
+        graph = api.quantize(spec.model, mode, random_batch(spec.model, 16, seed))
+        flat = write_tflite(graph)
+    except QCompilerError as err:
+        return str(err).splitlines()[0]
+    by_name = dict(zip([t.name for t in spec.model.inputs], random_batch(spec.model, 8, seed + 1)))
+    arrays = [by_name.get(v.name, a) for v, a in zip(graph.inputs, random_batch(spec.model, 8, seed + 1))]
+    feed = [qm.quantize(a, v.type.quant, v.type.dtype) for a, v in zip(arrays, graph.inputs)]
+    try:
+        reference = TFLiteModel(flat, f"seed {seed}").run(feed)
+    except QCompilerError as err:  # ELU (no BUILTIN_REF kernel), or a model TFLite refuses (a lowering bug)
+        return str(err).splitlines()[0]
+    ours = GraphModel(graph).run(feed)
+    tainted = {id(v) for n in inexact_nodes(graph) for v in n.results}
+    checked = 0
+    for node in graph.nodes:
+        if any(id(v) in tainted for v in node.operands):
+            tainted.update(id(v) for v in node.results)
+        for v in node.results:
+            if id(v) in tainted or v.name not in reference.tensors:
+                continue
+            np.testing.assert_array_equal(ours.tensors[v.name].values, reference.tensors[v.name].values,
+                                          err_msg=f"seed {seed} {mode}: %{v.name} ({node.op})")
+            checked += 1
+    return None if checked else "no tensor depends only on bit-exact kernels"
+
+
+def _check_random_models(seeds: range, mode: str, at_least: int) -> None:
+    """Every model whose ops all have bit-exact kernels is identical; at least `at_least` of them are checked."""
+    skipped = {seed: reason for seed in seeds if (reason := _random_model_case(seed, mode)) is not None}
+    assert len(seeds) - len(skipped) >= at_least, f"too few random models checked; skipped: {skipped}"
+
+
+def test_random_models_are_identical_to_builtin_ref() -> None:
+    _check_random_models(range(3), "int8", at_least=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode,at_least", [("int8", 20), ("int16x8", 1)])
+def test_fifty_random_models_are_identical_to_builtin_ref(mode: str, at_least: int) -> None:
+    _check_random_models(range(100, 150), mode, at_least)
