@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from qcompiler.ir.int_kernels import EXACT_DTYPES, INT_KERNELS
+from qcompiler.ir.int_kernels import EXACT_DTYPES, INT_KERNELS, SIMULATED_OPS
 from qcompiler.ir.interpreter import inexact_nodes
 from qcompiler.ir.ops import OPS
 from qcompiler.ir.printer import print_graph
@@ -36,8 +36,9 @@ def emitted_ops() -> list[str]:
 
 
 def test_every_op_lower_to_int_emits_has_an_integer_kernel() -> None:
-    missing = [op for op in emitted_ops() if op not in INT_KERNELS]
+    missing = [op for op in emitted_ops() if op not in INT_KERNELS and op not in SIMULATED_OPS]
     assert not missing, f"ops without an integer kernel in qcompiler/ir/int_kernels.py: {missing}"
+    assert not SIMULATED_OPS & set(INT_KERNELS), "an op is both simulated and given a kernel"
 
 
 @st.composite
@@ -121,6 +122,8 @@ def op_cases(draw, op: str, dtype: str):
     elif op == "space_to_batch":
         top = draw(st.integers(0, 1))
         attrs = {"block": [2, 2], "paddings": [[top, (h + top) % 2], [1, (w + 1) % 2]]}
+    elif op == "transpose":
+        attrs = {"perm": draw(st.sampled_from([[0, 2, 1, 3], [0, 3, 1, 2], [0, 1, 3, 2]]))}
     elif op == "batch_to_space":
         attrs = {"block": [2, 2], "crops": [[0, draw(st.integers(0, 1))], [0, 0]]}
     graph = one_op_graph(op, inputs, out_q, attrs, consts)
@@ -129,12 +132,13 @@ def op_cases(draw, op: str, dtype: str):
 
 
 UNARY = ["relu", "relu6", "relu_n1_to_1", "leaky_relu", "sigmoid", "tanh", "hard_swish", "gelu", "softmax", "flatten"]
-CASES = [(op, dtype) for op in emitted_ops() if op not in ("quantize", "dequantize")
+# SIMULATED_OPS have no integer kernel to compare (and no case generator here yet): left out.
+CASES = [(op, dtype) for op in emitted_ops() if op not in ("quantize", "dequantize") and op not in SIMULATED_OPS
          for dtype in ("i8", "i16") if (op, dtype) not in NO_TFLITE_KERNEL and op not in NOT_IN_BUILTIN_REF]
 
 
 def _exact(op: str, dtype: str) -> bool:
-    return dtype in EXACT_DTYPES.get(op, (dtype,))
+    return op not in SIMULATED_OPS and dtype in EXACT_DTYPES.get(op, (dtype,))
 
 
 @pytest.mark.parametrize("op,dtype", CASES, ids=[f"{o}-{d}" for o, d in CASES])

@@ -495,9 +495,15 @@ INT_KERNELS: dict[str, IntKernel] = {
     "pad": _pad,
     "concat": _concat,
     **{name: _float_op(name) for name in ("maximum", "minimum", "reduce_max", "reduce_min", "flatten", "reshape",
-                                          "slice", "resize_nearest", "batch_to_space")},
+                                          "slice", "resize_nearest", "batch_to_space", "transpose")},
     "space_to_batch": _zero_point_op("space_to_batch"),
 }
+
+# Ops lower-to-int emits that have no integer kernel here yet: the interpreter simulates them (dequantize, float op,
+# quantize), close to but not bit-exact with TFLite's integer kernels (elementwise.cc's requantizing ABS/RSQRT/SQRT,
+# EXP's table, SQUARED_DIFFERENCE's left-shifted difference, SUM's QuantizedMeanOrSum). A new op goes in one of
+# INT_KERNELS or this set (tests/test_int_interpreter.py holds them to that).
+SIMULATED_OPS: frozenset[str] = frozenset({"abs", "exp", "rsqrt", "sqrt", "squared_difference", "sum"})
 
 # Ops whose kernel above covers only some dtypes (the others raise NotImplementedError and are simulated).
 # int16 LOGISTIC/TANH: the kernel interpolates a 256-entry sigmoid table that _SIGMOID_TABLE regenerates from
