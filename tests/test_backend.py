@@ -189,6 +189,16 @@ def _float16_weights() -> Graph:
     return g
 
 
+def _elementwise_math() -> Graph:
+    """abs, sqrt, rsqrt, exp, squared_difference and a tensor division (positive operands where needed)."""
+    g, (x, y) = _graph((5, 7), (5, 7))
+    positive = g.op("add", g.op("abs", x), g.const(np.float32(0.5).reshape(()), "half"))
+    root = g.op("sqrt", positive)
+    g.outputs = [g.op("rsqrt", positive), g.op("exp", y), g.op("squared_difference", x, root),
+                 g.op("div", y, root, activation="relu")]
+    return g
+
+
 def _chain() -> Graph:
     """A small CNN through most layout ops, with the batch unknown throughout."""
     g, (x,) = _graph((8, 8, 3))
@@ -251,6 +261,9 @@ FLOAT_CASES: dict[str, Callable[[], Graph]] = {
     "quantize_dequantize": _quantize_round_trip,
     "float16_weights": _float16_weights,
     "chain": _chain,
+    "elementwise_math": _elementwise_math,
+    "transpose": _single("transpose", perm=[0, 2, 3, 1]),
+    "sum_keepdims": _single("sum", axes=[1, -1], keepdims=True),
 }
 
 

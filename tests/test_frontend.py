@@ -445,20 +445,23 @@ def test_subclassed_model_refused():
         import_keras(Custom())
 
 
-def test_keras_ops_on_symbolic_tensors_refused():
+def test_unsupported_keras_op_names_op_class_and_supported_set():
     x = keras.Input((4,))
-    model = keras.Model(x, keras.ops.exp(x))
-    with pytest.raises(UnsupportedLayerError, match="keras.ops"):
-        import_keras(model)
-
-
-def test_unsupported_layer_names_layer_and_class():
-    model = single_layer_model(layers.LayerNormalization(name="my_norm"), (5,))
+    model = keras.Model(x, keras.ops.sin(x))
     with pytest.raises(UnsupportedLayerError) as info:
         import_keras(model)
     message = str(info.value)
-    assert "my_norm" in message and "LayerNormalization" in message and "Conv2D" in message
-    assert info.value.layer_name == "my_norm" and info.value.class_name == "LayerNormalization"
+    assert "keras.ops operation 'sin'" in message and "keras.src.ops.numpy.Sin" in message
+    assert "numpy.Add" in message and "nn.Sigmoid" in message
+
+
+def test_unsupported_layer_names_layer_and_class():
+    model = single_layer_model(layers.GroupNormalization(groups=1, name="my_norm"), (5,))
+    with pytest.raises(UnsupportedLayerError) as info:
+        import_keras(model)
+    message = str(info.value)
+    assert "my_norm" in message and "GroupNormalization" in message and "Conv2D" in message
+    assert info.value.layer_name == "my_norm" and info.value.class_name == "GroupNormalization"
     assert isinstance(info.value, QCompilerError)
 
 

@@ -258,12 +258,20 @@ _RULES: dict[int, Callable[[OpSig], int]] = {
     B.QUANTIZE: _quantize,
     B.DEQUANTIZE: _dequantize,
     B.CAST: _cast,
+    # as TFLiteConverter 2.21 writes them for int8 and 16x8 models
+    B.TRANSPOSE: _by_input_type(int8=2, int16=2),
+    B.SQUARED_DIFFERENCE: _by_input_type(int8=2, int16=2),
+    B.RSQRT: _by_input_type(int8=2, int16=2),
+    B.SQRT: _by_input_type(int8=2, int16=2),
+    B.ABS: _by_input_type(int8=2, int16=2),
+    B.EXP: _by_input_type(int8=2, int16=2),
+    B.SUM: _by_input_type(int8=2, int16=2),
 }
 
 
 # Builtins qcompiler writes that stay version 1 for every tensor type it writes them with. Every builtin an OpDef
 # names (`tflite`) is in _RULES or here, so a new op cannot silently fall back to version 1 (tests/test_op_facts.py).
-VERSION_1_BUILTINS = frozenset({B.RESHAPE, B.ELU, B.HARD_SWISH, B.RELU_N1_TO_1, B.SELECT_V2})
+VERSION_1_BUILTINS = frozenset({B.RESHAPE, B.ELU, B.HARD_SWISH, B.RELU_N1_TO_1, B.SELECT_V2, B.DIV})  # DIV: written in float only
 
 
 def has_version_rule(builtin: int) -> bool:

@@ -45,6 +45,10 @@ ConcatenationOptions = _schema("ConcatenationOptions")
 Conv2DOptions = _schema("Conv2DOptions")
 DepthwiseConv2DOptions = _schema("DepthwiseConv2DOptions")
 DequantizeOptions = _schema("DequantizeOptions")
+DivOptions = _schema("DivOptions")
+ExpOptions = _schema("ExpOptions")
+SquaredDifferenceOptions = _schema("SquaredDifferenceOptions")
+TransposeOptions = _schema("TransposeOptions")
 FullyConnectedOptions = _schema("FullyConnectedOptions")
 GeluOptions = _schema("GeluOptions")
 GreaterOptions = _schema("GreaterOptions")
@@ -496,6 +500,19 @@ def _emit_reduce(w: _ModelWriter, node: Node) -> None:
            _single_options(ReducerOptions, "AddKeepDims", bool(node.attrs["keepdims"])))
 
 
+def _emit_transpose(w: _ModelWriter, node: Node) -> None:
+    inputs = [w.tensor_of(node.operands[0]), w.int32_const(node.attrs["perm"], f"{node.result.name}/perm")]
+    w.emit(builtin_code(node.op), inputs, [w.result_tensor(node.result)], BO.TransposeOptions,
+           _empty_options(TransposeOptions))
+
+
+def _emit_div(w: _ModelWriter, node: Node) -> None:
+    inputs = [w.tensor_of(v) for v in node.operands]
+    w.emit_with_activation(node, lambda fused, out: w.emit(
+        builtin_code(node.op), inputs, [out], BO.DivOptions,
+        _single_options(DivOptions, "AddFusedActivationFunction", fused)))
+
+
 def _reshape_target(node: Node) -> list[int]:
     if node.op == "reshape":
         return [int(d) for d in node.attrs["shape"]]
@@ -621,6 +638,14 @@ def _emitters() -> dict[str, Emitter]:
         "quantize": _emit_quantize,
         "dequantize": _emit_dequantize,
         "cast": _emit_cast,
+        "transpose": _emit_transpose,
+        "div": _emit_div,
+        "squared_difference": _simple(BO.SquaredDifferenceOptions, lambda n: _empty_options(SquaredDifferenceOptions)),
+        "rsqrt": _simple(),
+        "sqrt": _simple(),
+        "abs": _simple(),
+        "exp": _simple(BO.ExpOptions, lambda n: _empty_options(ExpOptions)),
+        "sum": _emit_reduce,
     }
 
 

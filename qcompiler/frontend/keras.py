@@ -23,6 +23,8 @@ from keras.src.models.functional import Functional
 
 from qcompiler.frontend.errors import ModelLoadError, UnsupportedLayerError
 from qcompiler.frontend.keras_layers import CONVERTERS, LAMBDA_REASON, LayerContext, supported_layers
+from qcompiler.frontend.keras_ops import OPERATIONS, UnsupportedOperationError, class_path, emit_operation
+from qcompiler.frontend.keras_ops import substitute_tensors
 from qcompiler.ir.graph import Graph, IRError, Value
 from qcompiler.ir.types import TensorType
 
@@ -136,7 +138,11 @@ class _Importer:
             return results
         _check_translatable(op, node)
         ctx = LayerContext(self.graph, op, prefix + _sanitize(op.name), self.weights)
-        value = CONVERTERS[type(op)](ctx, args)
+        if isinstance(op, keras.layers.Layer):
+            value = CONVERTERS[type(op)](ctx, args)
+        else:  # a keras.ops operation: its constant arguments matter too
+            values = {id(t): v for t, v in zip(_call_tensors(node), args)}
+            value = emit_operation(ctx, node, substitute_tensors(_split_arguments(node)[0], values))
         _rename(self.graph, value, ctx.base)
         return [value]
 
@@ -208,9 +214,12 @@ def _calls_in_order(function: Functional) -> list[Any]:
 def _check_translatable(op: Any, node: Any) -> None:
     class_name = type(op).__name__
     if not isinstance(op, keras.layers.Layer):
-        raise UnsupportedLayerError(op.name, class_name, supported_layers(),
-                                    "is a keras.ops operation applied to a symbolic tensor; only Keras layers "
-                                    "are translated, so use the matching layer (e.g. keras.layers.Add)")
+        if type(op) not in OPERATIONS:
+            raise UnsupportedOperationError(op.name, class_path(op))
+        if len(node.outputs) != 1:
+            raise UnsupportedOperationError(op.name, class_path(op), f"has {len(node.outputs)} outputs; only "
+                                            "single-output operations are supported")
+        return
     if type(op) not in CONVERTERS:
         base = next((cls.__name__ for cls in CONVERTERS if isinstance(op, cls)), None)
         reason = None if base is None else (f"subclasses {base}, and a subclass may change call(); use "

@@ -160,9 +160,13 @@ def emit_activation(ctx: LayerContext, x: Value, fn: Any) -> Value:
 def _conv2d(ctx: LayerContext, xs: Sequence[Value]) -> Value:
     layer = ctx.layer
     _check_channels_last(ctx)
+    in_channels = int(layer.kernel.shape[2]) * layer.groups
+    if layer.groups != 1 and layer.groups == in_channels:  # one group per channel: a depthwise convolution
+        return _grouped_as_depthwise(ctx, xs)
     if layer.groups != 1:
         raise ctx.unsupported(f"groups={layer.groups} (grouped convolution) has no TFLite builtin; "
-                              "use groups=1 or split the channels into separate Conv2D layers")
+                              "use groups=1, groups=input channels (depthwise), or split the channels into "
+                              "separate Conv2D layers")
     operands = [xs[0], ctx.weight(_weights(layer.kernel).transpose(3, 0, 1, 2), "kernel")]  # HWIO -> OHWI
     if layer.use_bias:
         operands.append(ctx.weight(_weights(layer.bias), "bias"))
@@ -170,6 +174,20 @@ def _conv2d(ctx: LayerContext, xs: Sequence[Value]) -> Value:
                dilation=list(layer.dilation_rate))
     return emit_activation(ctx, y, layer.activation)
 
+
+
+def _grouped_as_depthwise(ctx: LayerContext, xs: Sequence[Value]) -> Value:
+    """Conv2D with groups == input channels (ConvNeXt): kernel [kh, kw, 1, c*m], output channel c*m + j reads
+    input channel c, exactly TFLite's depthwise layout."""
+    layer = ctx.layer
+    kernel = _weights(layer.kernel)
+    kh, kw, _, filters = kernel.shape
+    operands = [xs[0], ctx.weight(kernel.reshape(1, kh, kw, filters), "kernel")]
+    if layer.use_bias:
+        operands.append(ctx.weight(_weights(layer.bias), "bias"))
+    y = ctx.op("depthwise_conv2d", *operands, strides=list(layer.strides), padding=layer.padding,
+               dilation=list(layer.dilation_rate), depth_multiplier=filters // layer.groups)
+    return emit_activation(ctx, y, layer.activation)
 
 def _depthwise_kernel(kernel: np.ndarray) -> np.ndarray:
     """Keras [kh, kw, c, m] -> TFLite [1, kh, kw, c*m] (output channel c*m + j, as tf.nn.depthwise_conv2d)."""
@@ -329,6 +347,109 @@ def _rescaling(ctx: LayerContext, xs: Sequence[Value]) -> Value:
     return y
 
 
+def _channel_vector(ctx: LayerContext, array: np.ndarray, rank: int, axes: Sequence[int]) -> np.ndarray:
+    """Parameters over `axes` of a rank-`rank` input: [C] when only the last axis is kept (what the folding
+    passes and TFLite kernels like best), else their broadcast shape (1 on every other axis)."""
+    array = np.asarray(array, np.float32)
+    if list(axes) == [rank - 1]:
+        return array.reshape(-1)
+    dims = iter(d for d in array.shape if d != 1) if array.ndim != len(axes) else iter(array.shape)
+    return array.reshape([next(dims) if a in axes else 1 for a in range(rank)])
+
+
+def _normalization(ctx: LayerContext, xs: Sequence[Value]) -> Value:
+    """(x - mean) / max(sqrt(var), eps) as sub + mul by the constant reciprocal (the converter's SUB, MUL);
+    `invert=True` is x * max(sqrt(var), eps) + mean. Identity halves (mean 0, scale 1) are left out."""
+    layer, x = ctx.layer, xs[0]
+    mean = np.asarray(keras.ops.convert_to_numpy(layer.mean), np.float32)
+    variance = np.asarray(keras.ops.convert_to_numpy(layer.variance), np.float32)
+    denominator = np.maximum(np.sqrt(variance), np.float32(keras.backend.epsilon()))
+    keep = sorted(a % x.type.rank for a in layer._keep_axis)
+    if keep and keep[0] == 0:
+        raise ctx.unsupported("normalizes along the batch axis")
+
+    def per_axis(array: np.ndarray) -> np.ndarray:
+        return _channel_vector(ctx, array.reshape(layer._broadcast_shape), x.type.rank, keep)
+
+    if layer.invert:
+        y = x if np.all(denominator == 1) else ctx.op("mul", x, ctx.weight(per_axis(denominator), "scale"))
+        if np.any(mean):
+            return ctx.op("add", y, ctx.weight(per_axis(mean), "mean"))
+        return y if y is not x else ctx.op("identity", x)
+    y = x if not np.any(mean) else ctx.op("sub", x, ctx.weight(per_axis(mean), "mean"))
+    scale = np.float32(1.0) / denominator
+    if np.all(scale == 1):
+        return y if y is not x else ctx.op("identity", x)
+    return ctx.op("mul", y, ctx.weight(per_axis(scale), "inv_stddev"))
+
+
+def _layer_norm(ctx: LayerContext, xs: Sequence[Value]) -> Value:
+    """keras.ops.layer_normalization: mean and variance over `axis` (MEAN, SQUARED_DIFFERENCE, MEAN, as
+    tf.nn.moments), then (x - mean) * rsqrt(var + eps) * gamma + beta. rms_scaling: x * rsqrt(var + eps) * gamma.
+    gamma / beta that are exactly 1 / 0 are left out."""
+    layer, x = ctx.layer, xs[0]
+    rank = x.type.rank
+    axes = sorted(int(a) % rank for a in (layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]))
+    if 0 in axes:
+        raise ctx.unsupported(f"normalizes over the batch axis (axis={layer.axis})")
+    mean = ctx.op("mean", x, axes=axes, keepdims=True)
+    variance = ctx.op("mean", ctx.op("squared_difference", x, mean), axes=axes, keepdims=True, suffix="variance")
+    shifted = ctx.op("add", variance, ctx.const(np.float32(layer.epsilon), "epsilon"))
+    inv = ctx.op("rsqrt", shifted)
+    gamma = _weights(layer.gamma) if layer.scale else None
+    if gamma is not None and not np.all(gamma == 1):
+        inv = ctx.op("mul", inv, ctx.weight(_channel_vector(ctx, gamma, rank, axes), "gamma"), suffix="scale")
+    if layer.rms_scaling:
+        return ctx.op("mul", x, inv, suffix="normalized")
+    y = ctx.op("mul", ctx.op("sub", x, mean, suffix="centered"), inv, suffix="normalized")
+    beta = _weights(layer.beta) if layer.center else None
+    if beta is not None and np.any(beta):
+        y = ctx.op("add", y, ctx.weight(_channel_vector(ctx, beta, rank, axes), "beta"))
+    return y
+
+
+def _rms_norm(ctx: LayerContext, xs: Sequence[Value]) -> Value:
+    """keras.ops.rms_normalization: x * rsqrt(mean(x * x) + eps) * scale."""
+    layer, x = ctx.layer, xs[0]
+    rank = x.type.rank
+    axes = sorted(int(a) % rank for a in (layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]))
+    if 0 in axes:
+        raise ctx.unsupported(f"normalizes over the batch axis (axis={layer.axis})")
+    mean_square = ctx.op("mean", ctx.op("mul", x, x, suffix="square"), axes=axes, keepdims=True)
+    epsilon = keras.backend.epsilon() if layer.epsilon is None else layer.epsilon
+    inv = ctx.op("rsqrt", ctx.op("add", mean_square, ctx.const(np.float32(epsilon), "epsilon")))
+    y = ctx.op("mul", x, inv, suffix="normalized")
+    scale = _weights(layer.scale)
+    if np.all(scale == 1):
+        return y
+    return ctx.op("mul", y, ctx.weight(_channel_vector(ctx, scale, rank, axes), "scale"), suffix="scaled")
+
+
+def _custom_scale(ctx: LayerContext, xs: Sequence[Value]) -> Value:
+    """InceptionResNetV2's CustomScaleLayer: inputs[0] + inputs[1] * scale."""
+    if len(xs) != 2:
+        raise ctx.unsupported(f"takes 2 tensors, got {len(xs)}")
+    scaled = ctx.op("mul", xs[1], ctx.const(np.float32(ctx.layer.scale), "scale"))
+    return ctx.op("add", xs[0], scaled)
+
+
+def _layer_scale(ctx: LayerContext, xs: Sequence[Value]) -> Value:
+    """ConvNeXt's LayerScale: x * gamma, gamma per channel."""
+    return ctx.op("mul", xs[0], ctx.weight(_weights(ctx.layer.gamma), "gamma"))
+
+
+def _known_application_layers() -> dict[type, Converter]:
+    """Layers that keras.applications models define for themselves, translated by what their call() does
+    (keras/src/applications/*.py); matched by exact class, so a subclass with another call() is refused."""
+    from keras.src.applications import convnext, inception_resnet_v2
+
+    return {
+        inception_resnet_v2.CustomScaleLayer: _custom_scale,
+        convnext.LayerScale: _layer_scale,
+        convnext.StochasticDepth: _identity,  # drops paths only when training
+    }
+
+
 def _identity(ctx: LayerContext, xs: Sequence[Value]) -> Value:
     return ctx.op("identity", xs[0])
 
@@ -378,8 +499,12 @@ CONVERTERS: dict[type, Converter] = {
     L.GaussianDropout: _identity,
     L.AlphaDropout: _identity,
     L.Lambda: _lambda,
+    L.Normalization: _normalization,
+    L.LayerNormalization: _layer_norm,
+    L.RMSNormalization: _rms_norm,
 }
 del L
+CONVERTERS.update(_known_application_layers())
 
 
 def supported_layers() -> list[str]:

@@ -1,11 +1,15 @@
 """The mutable graph: values with use-def links, nodes, and the graph that orders them.
 
 A `Value` knows the node that produces it (None for a graph input) and every (node, operand index) that
-uses it. Nodes are kept in a list in topological order; `Graph.verify()` checks every invariant.
+uses it. Nodes are kept in topological order in a doubly linked list (as in torch.fx), so inserting before or
+after a node and removing one take constant time whatever the graph's size; `Graph.nodes` is that order as a
+list, built again only after the order changed. `Graph.verify()` checks every invariant.
+
+Every algorithm here is iterative and linear in the graph's size: nothing recurses along use chains (a
+3,000-layer model works at Python's default recursion limit).
 """
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Optional, Sequence
@@ -81,6 +85,8 @@ class Node:
         self.results: list[Value] = []
         self.layer = layer
         self.graph: Optional[Graph] = None
+        self._prev: Optional[_Link] = None  # neighbours in the graph's node order; None when not in a graph
+        self._next: Optional[_Link] = None
         for value in operands:
             self._append_operand(value)
 
@@ -120,6 +126,80 @@ class Node:
         return f"<Node {self.describe()}>"
 
 
+class _Root:
+    """The sentinel of a graph's circular node list: its `_next` is the first node, its `_prev` the last."""
+
+    def __init__(self) -> None:
+        self._prev: _Link = self
+        self._next: _Link = self
+
+
+_Link = Any  # a Node or the graph's _Root
+
+
+class NodeList(list):
+    """`Graph.nodes`: the node order as a plain list. Editing it (`nodes.reverse()`, `insert`, `pop`, ...)
+    reorders the graph, as editing the list did when the graph kept one; prefer the Graph methods, which take
+    constant time. A list read before the graph changed is a snapshot: editing it no longer touches the graph."""
+
+    def __init__(self, graph: Optional["Graph"], nodes: Iterable[Node] = ()) -> None:
+        super().__init__(nodes)
+        self._graph = graph
+
+    def _edited(self) -> None:
+        if self._graph is not None:
+            self._graph._adopt_order(self)
+
+    def append(self, node: Node) -> None:
+        super().append(node)
+        self._edited()
+
+    def extend(self, nodes: Iterable[Node]) -> None:
+        super().extend(nodes)
+        self._edited()
+
+    def insert(self, index: int, node: Node) -> None:
+        super().insert(index, node)
+        self._edited()
+
+    def pop(self, index: int = -1) -> Node:
+        node = super().pop(index)
+        self._edited()
+        return node
+
+    def remove(self, node: Node) -> None:
+        super().remove(node)
+        self._edited()
+
+    def clear(self) -> None:
+        super().clear()
+        self._edited()
+
+    def reverse(self) -> None:
+        super().reverse()
+        self._edited()
+
+    def sort(self, *args: Any, **kwargs: Any) -> None:
+        super().sort(*args, **kwargs)
+        self._edited()
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        super().__setitem__(index, value)
+        self._edited()
+
+    def __delitem__(self, index: Any) -> None:
+        super().__delitem__(index)
+        self._edited()
+
+    def __iadd__(self, nodes: Iterable[Node]) -> "NodeList":
+        super().extend(nodes)
+        self._edited()
+        return self
+
+    def __reduce__(self) -> Any:  # copies and pickles as a plain list
+        return (list, (list(self),))
+
+
 class Graph:
     """A function-like graph: named inputs, nodes in topological order, outputs."""
 
@@ -127,9 +207,75 @@ class Graph:
         self.name = name
         self.inputs: list[Value] = []
         self.outputs: list[Value] = []
-        self.nodes: list[Node] = []
+        self._root = _Root()
+        self._order: Optional[NodeList] = NodeList(self)  # the node order as a list; None when out of date
+        self._by_name: Optional[dict[str, Value]] = None  # name -> value, built on the first `value()` call
         self._names: set[str] = set()
         self._counter = 0
+
+    # ----- the node order -----------------------------------------------------------------------
+    @property
+    def nodes(self) -> NodeList:
+        """The nodes in order, as a list (rebuilt only after the order changed)."""
+        if self._order is None:
+            order: list[Node] = []
+            root, node = self._root, self._root._next
+            while node is not root:
+                order.append(node)
+                node = node._next
+            self._order = NodeList(self, order)
+        return self._order
+
+    @nodes.setter
+    def nodes(self, nodes: Iterable[Node]) -> None:
+        self._adopt_order(list(nodes))
+
+    def _adopt_order(self, nodes: list[Node]) -> None:
+        """Relink the graph in the order of `nodes` (after an edit of the `nodes` list)."""
+        seen: set[int] = set()
+        for node in nodes:
+            if id(node) in seen:
+                raise IRError(f"{node.describe()} appears twice in the node list of graph @{self.name}")
+            seen.add(id(node))
+        node = self._root._next
+        while node is not self._root:
+            following = node._next
+            if id(node) not in seen:
+                node._prev = node._next = None
+            node = following
+        previous: _Link = self._root
+        for node in nodes:
+            previous._next, node._prev = node, previous
+            previous = node
+        previous._next, self._root._prev = self._root, previous
+        edited = isinstance(nodes, NodeList) and nodes._graph is self
+        self._order_changed()
+        if edited:  # the list that was edited is the order now
+            nodes._graph, self._order = self, nodes
+
+    def _order_changed(self) -> None:
+        if self._order is not None:
+            self._order._graph = None  # a list handed out earlier is now a snapshot
+            self._order = None
+
+    def _link(self, node: Node, previous: _Link) -> None:
+        following = previous._next
+        node._prev, node._next = previous, following
+        previous._next = following._prev = node
+        self._order_changed()
+
+    def _unlink(self, node: Node) -> None:
+        node._prev._next, node._next._prev = node._next, node._prev
+        node._prev = node._next = None
+        self._order_changed()
+
+    def contains(self, node: Node) -> bool:
+        """Whether `node` is in this graph's node order (constant time)."""
+        return node.graph is self and node._prev is not None
+
+    def _require(self, node: Node) -> None:
+        if not self.contains(node):
+            raise IRError(f"{node.describe()} is not in graph @{self.name}")
 
     # ----- naming -------------------------------------------------------------------------------
     def unique_name(self, hint: Optional[str] = None) -> str:
@@ -155,11 +301,17 @@ class Graph:
         self._names.discard(value.name)
         self._names.add(name)
         value.name = name
+        self._named(value)
+
+    def _named(self, value: Value) -> None:
+        if self._by_name is not None:
+            self._by_name[value.name] = value
 
     # ----- building -----------------------------------------------------------------------------
     def add_input(self, name: str, type: TensorType) -> Value:
         value = Value(self.unique_name(name), type)
         self.inputs.append(value)
+        self._named(value)
         return value
 
     def add_node(
@@ -179,6 +331,9 @@ class Graph:
         """
         from qcompiler.ir.ops import infer_types  # ops imports this module
 
+        anchor = before if before is not None else after
+        if anchor is not None:
+            self._require(anchor)
         node = Node(op, operands, attrs, layer)
         if result_types is None:
             try:
@@ -191,6 +346,8 @@ class Graph:
             hint = names[i] if i < len(names) else None
             node.results.append(Value(self.unique_name(hint), rtype, node))
         self._insert(node, before, after)
+        for value in node.results:
+            self._named(value)
         return node
 
     def op(self, op: str, *operands: Value, name: Optional[str] = None, layer: Optional[str] = None,
@@ -210,19 +367,17 @@ class Graph:
         return self.add_node("const", [], {"value": array}, names=[name], layer=layer, before=before).result
 
     def _insert(self, node: Node, before: Optional[Node], after: Optional[Node]) -> None:
-        node.graph = self
+        """Link `node` in just before `before`, just after `after`, or at the end (constant time)."""
         if before is not None:
-            self.nodes.insert(self._index(before), node)
+            self._require(before)
+            previous = before._prev
         elif after is not None:
-            self.nodes.insert(self._index(after) + 1, node)
+            self._require(after)
+            previous = after
         else:
-            self.nodes.append(node)
-
-    def _index(self, node: Node) -> int:
-        for i, candidate in enumerate(self.nodes):
-            if candidate is node:
-                return i
-        raise IRError(f"{node.describe()} is not in graph @{self.name}")
+            previous = self._root._prev
+        node.graph = self
+        self._link(node, previous)
 
     # ----- editing ------------------------------------------------------------------------------
     def replace_all_uses(self, old: Value, new: Value) -> None:
@@ -239,9 +394,9 @@ class Graph:
             if value.uses or any(v is value for v in self.outputs):
                 users = ", ".join(u.describe() for u in value.users) or "the graph outputs"
                 raise IRError(f"cannot remove {node.describe()}: %{value.name} is still used by {users}")
-        index = self._index(node)
+        self._require(node)
         node.drop_operands()
-        del self.nodes[index]
+        self._unlink(node)
         for value in node.results:
             self._names.discard(value.name)
         node.graph = None
@@ -253,8 +408,12 @@ class Graph:
         self.remove(node)
 
     def move_before(self, node: Node, anchor: Node) -> None:
-        del self.nodes[self._index(node)]
-        self.nodes.insert(self._index(anchor), node)
+        self._require(node)
+        self._require(anchor)
+        if node is anchor:
+            return
+        self._unlink(node)
+        self._link(node, anchor._prev)
 
     # ----- queries ------------------------------------------------------------------------------
     def values(self) -> Iterator[Value]:
@@ -263,10 +422,23 @@ class Graph:
             yield from node.results
 
     def value(self, name: str) -> Value:
-        for value in self.values():
-            if value.name == name:
+        """The value called `name` (a dictionary look-up; the dictionary is rebuilt when it went stale)."""
+        if self._by_name is not None:
+            value = self._by_name.get(name)
+            if value is not None and self._holds(value, name):
                 return value
-        raise KeyError(f"no value %{name} in graph @{self.name}")
+        self._by_name = {v.name: v for v in self.values()}
+        value = self._by_name.get(name)
+        if value is None:
+            raise KeyError(f"no value %{name} in graph @{self.name}")
+        return value
+
+    def _holds(self, value: Value, name: str) -> bool:
+        if value.name != name:
+            return False
+        if value.producer is None:
+            return any(v is value for v in self.inputs)
+        return self.contains(value.producer)
 
     def find(self, op: str) -> list[Node]:
         return [n for n in self.nodes if n.op == op]
@@ -281,24 +453,37 @@ class Graph:
         return any(v is value for v in self.outputs)
 
     def topo_sort(self) -> None:
-        """Reorder nodes topologically, keeping the current order where it is already valid."""
-        placed: set[int] = {id(v) for v in self.inputs}
-        remaining = list(self.nodes)
+        """Reorder nodes topologically, keeping the current order where it is already valid: each node goes
+        where it is, unless an operand's producer comes later, which is then moved up just before it.
+        Linear time, with an explicit stack (no recursion)."""
+        nodes = list(self.nodes)
+        members = {id(n) for n in nodes}
+        state: dict[int, int] = {}  # id(node) -> 1 while its producers are being placed, 2 once placed
         ordered: list[Node] = []
-        while remaining:
-            progress = False
-            rest = []
-            for node in remaining:
-                if all(id(v) in placed for v in node.operands):
-                    ordered.append(node)
-                    placed.update(id(r) for r in node.results)
-                    progress = True
+        for start in nodes:
+            if state.get(id(start)) == 2:
+                continue
+            stack = [(start, iter(start.operands))]
+            state[id(start)] = 1
+            while stack:
+                node, operands = stack[-1]
+                for value in operands:
+                    producer = value.producer
+                    if producer is None or state.get(id(producer)) == 2:
+                        continue
+                    if id(producer) not in members:
+                        raise IRError(f"{node.describe()} uses %{value.name}, whose producer is not in graph "
+                                      f"@{self.name}")
+                    if state.get(id(producer)) == 1:
+                        raise IRError(f"graph @{self.name} has a cycle through {producer.describe()}")
+                    state[id(producer)] = 1
+                    stack.append((producer, iter(producer.operands)))
+                    break
                 else:
-                    rest.append(node)
-            if not progress:
-                raise IRError(f"graph @{self.name} has a cycle through {rest[0].describe()}")
-            remaining = rest
-        self.nodes = ordered
+                    stack.pop()
+                    state[id(node)] = 2
+                    ordered.append(node)
+        self._adopt_order(ordered)
 
     def verify(self) -> None:
         from qcompiler.ir.verifier import verify
@@ -306,17 +491,76 @@ class Graph:
         verify(self)
 
     def clone(self) -> "Graph":
-        """A deep copy; constant arrays are shared (they are read-only)."""
-        memo: dict[int, Any] = {}
-        for node in self.nodes:
-            if node.op == "const":
-                memo[id(node.attrs["value"])] = node.attrs["value"]
-        return copy.deepcopy(self, memo)
+        """An independent copy made in one walk over the nodes with a value map (torch.fx's graph_copy).
+
+        Names, the name counter, layers, types (immutable) and the order of every use list are kept; attribute
+        lists and dicts are copied, so editing the copy never changes the original. Constant arrays are shared
+        (they are read-only); any other writable array attribute is copied.
+        """
+        copy = Graph(self.name)
+        copy._names, copy._counter = set(self._names), self._counter
+        value_map: dict[int, Value] = {}
+        for value in self.inputs:
+            value_map[id(value)] = Value(value.name, value.type)
+        copy.inputs = [value_map[id(v)] for v in self.inputs]
+        nodes = self.nodes
+        node_map: dict[int, Node] = {}
+        for node in nodes:  # results first: operands may refer forward in a graph that is out of order
+            attrs = {k: v if node.op == "const" and k == "value" else _copy_attr(v) for k, v in node.attrs.items()}
+            twin = Node(node.op, (), attrs, node.layer)
+            twin.results = [Value(v.name, v.type, twin) for v in node.results]
+            for old, new in zip(node.results, twin.results):
+                value_map[id(old)] = new
+            node_map[id(node)] = twin
+        outside: dict[int, Value] = {}  # used but defined nowhere in the graph (a graph verify() rejects)
+
+        def mapped(value: Value) -> Value:
+            found = value_map.get(id(value))
+            if found is None:
+                found = outside.get(id(value))
+                if found is None:
+                    found = outside[id(value)] = Value(value.name, value.type)
+            return found
+
+        previous: _Link = copy._root
+        for node in nodes:
+            twin = node_map[id(node)]
+            twin.operands = [mapped(v) for v in node.operands]
+            twin.graph, twin._prev, previous._next = copy, previous, twin
+            previous = twin
+        previous._next, copy._root._prev = copy._root, previous
+        copy._order = None
+        for value in [*self.inputs, *(r for n in nodes for r in n.results)]:
+            value_map[id(value)].uses = [Use(node_map[id(u.node)], u.index) for u in value.uses
+                                         if id(u.node) in node_map]
+        strays = {id(v) for v in outside.values()}
+        for twin in node_map.values() if strays else ():
+            for index, value in enumerate(twin.operands):
+                if id(value) in strays:
+                    value.uses.append(Use(twin, index))
+        copy.outputs = [mapped(v) for v in self.outputs]
+        return copy
+
+    def __deepcopy__(self, memo: dict) -> "Graph":
+        return self.clone()  # copy.deepcopy would recurse along the use chains
 
     def __str__(self) -> str:
         from qcompiler.ir.printer import print_graph
 
         return print_graph(self)
+
+
+def _copy_attr(value: Any) -> Any:
+    """An attribute value that shares nothing mutable with `value` (read-only arrays are shared)."""
+    if isinstance(value, list):
+        return [_copy_attr(v) for v in value]  # depth of the attribute's nesting, not of the graph
+    if isinstance(value, tuple):
+        return tuple(_copy_attr(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _copy_attr(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray) and value.flags.writeable:
+        return value.copy()
+    return value
 
 
 def producers_first(values: Iterable[Value]) -> list[Node]:

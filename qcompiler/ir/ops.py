@@ -42,7 +42,7 @@ ComputeFn = Callable[[Sequence[np.ndarray], dict], list[np.ndarray]]
 OWN = "own"  # its own calibrated range (a fake_quant after it)
 SAME = "same"  # shares its operands' parameters: the TFLite kernel moves values without rescaling
 FIXED = "fixed"  # a range the kernel fixes (softmax, logistic, tanh)
-FLOAT_ONLY = "float"  # TFLite has no integer kernel: int8/int16 compilation refuses the op
+FLOAT_ONLY = "float"  # TFLite has no integer kernel: integer models keep it float (dequantize/quantize around it)
 NOT_ACTIVATION = "none"  # constants and explicit conversions: quantization leaves the op alone
 
 # Fixed output ranges as (min, max) that activation_qparams turns into the kernel's required parameters:
@@ -64,10 +64,14 @@ class QuantRule:
     fixed_i8: Optional[tuple[float, float]] = None
     fixed_i16: Optional[tuple[float, float]] = None
     param_operands: int = 0
+    int16: bool = True  # TFLite has an int16 kernel too (16x8 models); else the op stays float there
 
     @property
     def quantizable(self) -> bool:
         return self.output in (OWN, SAME, FIXED)
+
+    def quantizable_in(self, act_dtype: str) -> bool:
+        return self.quantizable and (act_dtype != "i16" or self.int16)
 
 
 @dataclass(frozen=True)
@@ -618,6 +622,34 @@ def _sigmoid(x: np.ndarray, attrs: dict) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------------
+# float semantics: transpose, elementwise math, sum (keras.ops graphs, normalization layers)
+# ----------------------------------------------------------------------------------------------------
+def _infer_transpose(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
+    x, perm = types[0], list(attrs["perm"])
+    if sorted(perm) != list(range(x.rank)):
+        raise IRError(f"transpose perm {perm} is not a permutation of the {x.rank} axes of {x}")
+    return [TensorType(tuple(x.shape[p] for p in perm), x.dtype)]
+
+
+def _infer_binary_plain(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
+    return [TensorType(broadcast_shapes(types[0].shape, types[1].shape), types[0].dtype)]
+
+
+def _float64_unary(fn: Callable[[np.ndarray], np.ndarray]) -> ComputeFn:
+    """Computed in float64; NaN for negative inputs of sqrt/rsqrt and inf for overflow, as TFLite's kernels."""
+    def compute(x: np.ndarray, attrs: dict) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            return fn(x.astype(np.float64))
+
+    return _unary(compute)
+
+
+def _compute_sum(xs: Sequence[np.ndarray], attrs: dict) -> list[np.ndarray]:
+    axes = tuple(_normalize_axes(attrs["axes"], xs[0].ndim))
+    return [xs[0].sum(axis=axes, keepdims=attrs["keepdims"], dtype=np.float64).astype(xs[0].dtype)]
+
+
+# ----------------------------------------------------------------------------------------------------
 # the table
 # ----------------------------------------------------------------------------------------------------
 _PADDING = enum("same", "valid", default="valid")
@@ -632,6 +664,7 @@ _SAME = QuantRule(SAME)
 _SAME_1 = QuantRule(SAME, param_operands=1)  # one int32 parameter operand (shape, axes, paddings, size)
 _UNIT = QuantRule(FIXED, fixed_i8=FIXED_I8_UNIT, fixed_i16=FIXED_I16_UNIT)
 _TANH = QuantRule(FIXED, fixed_i8=FIXED_I8_TANH, fixed_i16=FIXED_I16_TANH)
+_OWN_NO_I16 = QuantRule(OWN, int16=False)  # TFLite's kernel takes int8 but not int16
 _FLOAT = QuantRule(FLOAT_ONLY)
 _NOT_ACTIVATION = QuantRule(NOT_ACTIVATION)
 
@@ -676,7 +709,7 @@ OPS: dict[str, OpDef] = {
         _def("softmax", 1, 1, {"beta": real(1.0)}, _same, _unary(_compute_softmax), _UNIT, "SOFTMAX",
              "on the last axis", inplace_operands=(0,)),
         _def("elu", 1, 1, {}, _same, _unary(_elu), _OWN, "ELU"),
-        _def("hard_swish", 1, 1, {}, _same, _unary(_hard_swish), _OWN, "HARD_SWISH"),
+        _def("hard_swish", 1, 1, {}, _same, _unary(_hard_swish), _OWN_NO_I16, "HARD_SWISH"),
         _def("gelu", 1, 1, {"approximate": flag(False)}, _same, _unary(_compute_gelu), _OWN, "GELU"),
         _def("max_pool2d", 1, 1, dict(_POOL_ATTRS), _infer_pool, _compute_max_pool, _SAME, "MAX_POOL_2D"),
         _def("avg_pool2d", 1, 1, dict(_POOL_ATTRS), _infer_pool, _compute_avg_pool, _SAME, "AVERAGE_POOL_2D"),
@@ -713,6 +746,18 @@ OPS: dict[str, OpDef] = {
              constant_foldable=False, converts_dtype=True),
         _def("cast", 1, 1, {"dtype": enum(*sorted(DTYPES))}, _infer_cast, lambda xs, a: [xs[0]], _FLOAT, "CAST",
              converts_dtype=True),
+        _def("transpose", 1, 1, {"perm": ints(minimum=0)}, _infer_transpose,
+             lambda xs, a: [np.transpose(xs[0], a["perm"])], _SAME_1, "TRANSPOSE",
+             "perm[i] is the input axis that becomes axis i"),
+        _def("div", 2, 2, {"activation": _ACTIVATION}, _infer_binary, _binary(np.divide), _FLOAT, "DIV",
+             "TFLite divides int8 tensors only as uint8: a float island in integer models"),
+        _def("squared_difference", 2, 2, {}, _infer_binary_plain,
+             _binary(lambda a, b: np.square(a.astype(np.float64) - b)), _OWN_NO_I16, "SQUARED_DIFFERENCE"),
+        _def("rsqrt", 1, 1, {}, _same, _float64_unary(lambda x: 1.0 / np.sqrt(x)), _OWN_NO_I16, "RSQRT"),
+        _def("sqrt", 1, 1, {}, _same, _float64_unary(np.sqrt), _OWN_NO_I16, "SQRT"),
+        _def("abs", 1, 1, {}, _same, _unary(lambda x, a: np.abs(x)), _OWN, "ABS"),
+        _def("exp", 1, 1, {}, _same, _float64_unary(np.exp), _OWN, "EXP"),
+        _def("sum", 1, 1, dict(_AXES), _infer_reduce, _compute_sum, _OWN_NO_I16, "SUM"),
     ]
 }
 

@@ -7,6 +7,8 @@
 - maximum(x, 0)                   -> relu(x)
 - minimum(relu(x), 6)             -> relu6(x)
 - clamp(x, -1, 1) (min of max)    -> relu_n1_to_1(x)
+- mean/sum/reduce_max/reduce_min over axes of size 1 -> x (keepdims) or reshape(x) (GlobalAveragePooling2D
+  of a 1x1 map, as TFLiteConverter drops it)
 """
 from __future__ import annotations
 
@@ -73,6 +75,29 @@ def _collapse_reshapes(m: Match, rw: Rewriter) -> None:
     rw.set_operand(m.root, 0, m["x"])
 
 
+# ----- reductions over axes of size 1 -----
+_REDUCTIONS = ("mean", "sum", "reduce_max", "reduce_min")
+
+
+def _reduces_nothing(node: Node) -> bool:
+    shape = node.operands[0].type.shape
+    return all(shape[a % len(shape)] == 1 for a in node.attrs["axes"])
+
+
+def _trivial_reduce_check(m: Match) -> Optional[str]:
+    if any(d is None for d in m.root.result.type.shape[1:]):
+        return f"the result {m.root.result.type} has unknown non-batch dimensions"
+    return _output_alias_reason(m.root, m["x"]) if m.root.attrs["keepdims"] else None
+
+
+def _trivial_reduce(m: Match, rw: Rewriter) -> None:
+    if m.root.attrs["keepdims"]:
+        rw.replace_value(m.root, m["x"])
+        return
+    shape = [-1 if d is None else int(d) for d in m.root.result.type.shape]
+    rw.replace_value(m.root, rw.op("reshape", m["x"], shape=shape, layer=m.root.layer))
+
+
 # ----- clamps spelled with maximum / minimum -----
 def _scalar_is(target: float):
     return lambda v: constant_scalar(v) == target
@@ -103,6 +128,8 @@ RULES: list[Rule] = [
          _drop_identity_check),
     Rule("collapse-reshapes", Pat("reshape", Pat("reshape", "x", capture="inner")), _collapse_reshapes,
          _collapse_check),
+    *[Rule(f"trivial-{op}", Pat(op, "x", where=_reduces_nothing), _trivial_reduce, _trivial_reduce_check)
+      for op in _REDUCTIONS],
     # clamps first: maximum(minimum(x, 6), 0) must not become relu(minimum(x, 6))
     Rule("clamp-to-relu6", _clamp("maximum", "minimum", 0.0, 6.0), _to_activation("relu6")),
     Rule("clamp-to-relu-n1-to-1", _clamp("minimum", "maximum", 1.0, -1.0), _to_activation("relu_n1_to_1")),
@@ -118,7 +145,8 @@ RULES: list[Rule] = [
 @dataclass(frozen=True)
 class Canonicalize(RewritePass):
     name: ClassVar[str] = "canonicalize"
-    summary: ClassVar[str] = "flatten->reshape, drop identities and no-op reshapes, min/max clamps->relu ops"
+    summary: ClassVar[str] = ("flatten->reshape, drop identities, no-op reshapes and reductions over size-1 axes, "
+                              "min/max clamps->relu ops")
 
     def rules(self) -> Sequence[Rule]:
         return RULES

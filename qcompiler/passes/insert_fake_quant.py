@@ -32,7 +32,7 @@ from qcompiler.ir.graph import Graph, Node, Value
 from qcompiler.ir.ops import NOT_ACTIVATION, OPS
 from qcompiler.passes.base import Pass, PassResult
 from qcompiler.quant.policy import DEFAULT_POLICY, PolicyName, get_policy
-from qcompiler.quant.spec import FIXED, OWN, SAME, quant_spec
+from qcompiler.quant.spec import FIXED, FLOAT_ISLAND, OWN, SAME, op_spec, quant_spec
 
 # Ops that quantization leaves alone: their inputs and outputs are not activations (OpDef.quant).
 _PASS_THROUGH = frozenset(name for name, d in OPS.items() if d.quant.output == NOT_ACTIVATION)
@@ -55,10 +55,12 @@ class InsertFakeQuant(Pass):
     def run(self, graph: Graph) -> PassResult:
         if graph.find("fake_quant"):
             return PassResult.unchanged()
-        _check_quantizable(graph)
-        calibrated = calibrated_values(graph, share_backwards=get_policy(self.policy).shares_backwards(self.activations))
+        _check_quantizable(graph, self.activations)
+        share = get_policy(self.policy).shares_backwards(self.activations)
+        calibrated = calibrated_values(graph, share_backwards=share, act_dtype=self.activations)
+        unshared = calibrated_values(graph, share_backwards=False, act_dtype=self.activations)
         counts = {"activations": 0, "weights": 0, "constants": 0, "shared": 0,
-                  "shared-backwards": len(calibrated_values(graph, share_backwards=False)) - len(calibrated)}
+                  "shared-backwards": len(unshared) - len(calibrated)}
         first = graph.nodes[0] if graph.nodes else None
         for value in list(graph.inputs):
             if not value.type.is_float:
@@ -71,9 +73,10 @@ class InsertFakeQuant(Pass):
         for node in list(graph.nodes):
             if node.op in _PASS_THROUGH:
                 continue
-            counts["weights"] += self._mark_weights(graph, node)
-            counts["constants"] += self._mark_constants(graph, node)
-            spec = quant_spec(node.op)
+            spec = op_spec(node.op, self.activations)
+            if spec is not FLOAT_ISLAND:  # a float island keeps its constants in float
+                counts["weights"] += self._mark_weights(graph, node)
+                counts["constants"] += self._mark_constants(graph, node)
             if not node.result.type.is_float:
                 continue
             if spec.output == FIXED:
@@ -101,7 +104,7 @@ class InsertFakeQuant(Pass):
             graph.outputs[i] = marked
 
     def _mark_weights(self, graph: Graph, node: Node) -> int:
-        spec = quant_spec(node.op)
+        spec = quant_spec(node.op, self.activations)
         index = spec.weight_operand
         if index is None or index >= len(node.operands):
             return 0
@@ -114,7 +117,7 @@ class InsertFakeQuant(Pass):
 
     def _mark_constants(self, graph: Graph, node: Node) -> int:
         """Constant operands that are not weights or bias (e.g. the scale of a Rescaling mul)."""
-        spec = quant_spec(node.op)
+        spec = quant_spec(node.op, self.activations)
         if spec.output == SAME:  # they take the op's parameters
             return 0
         marked_count = 0
@@ -137,7 +140,7 @@ def keeps_own_range(node: Node) -> bool:
     return sum(1 for v in node.operands if v.type.is_float) > 1
 
 
-def calibrated_values(graph: Graph, share_backwards: bool = True) -> set[int]:
+def calibrated_values(graph: Graph, share_backwards: bool = True, act_dtype: str = "i8") -> set[int]:
     """Ids of the activations whose own calibrated range the integer model uses.
 
     Graph inputs, outputs of OWN ops and outputs of multi-operand SAME ops; with `share_backwards` (int8, the
@@ -146,7 +149,7 @@ def calibrated_values(graph: Graph, share_backwards: bool = True) -> set[int]:
     """
     candidates: list[Value] = [v for v in graph.inputs if v.type.is_float]
     for node in graph.nodes:
-        spec = quant_spec(node.op) if node.op not in _PASS_THROUGH else None
+        spec = op_spec(node.op, act_dtype) if node.op not in _PASS_THROUGH else None
         if spec is None or not node.result.type.is_float:
             continue
         if spec.output == OWN or (spec.output == SAME and keeps_own_range(node)):
@@ -154,12 +157,17 @@ def calibrated_values(graph: Graph, share_backwards: bool = True) -> set[int]:
     shared: set[int] = set()
     if share_backwards:
         for value in candidates:
-            if value.producer is not None and quant_spec(value.producer.op).output == SAME:
-                _share_operands(value.producer, shared)
+            if value.producer is not None and _is_same(value.producer, act_dtype):
+                _share_operands(value.producer, shared, act_dtype)
     return {id(v) for v in candidates if id(v) not in shared}
 
 
-def _share_operands(node: Node, shared: set[int]) -> None:
+def _is_same(node: Node, act_dtype: str) -> bool:
+    spec = op_spec(node.op, act_dtype) if node.op not in _PASS_THROUGH else None
+    return spec is not None and spec.output == SAME
+
+
+def _share_operands(node: Node, shared: set[int], act_dtype: str) -> None:
     stack = [node]
     while stack:
         for operand in stack.pop().operands:
@@ -167,15 +175,15 @@ def _share_operands(node: Node, shared: set[int]) -> None:
                 continue
             shared.add(id(operand))
             producer = operand.producer
-            if producer is not None and producer.op not in _PASS_THROUGH and quant_spec(producer.op).output == SAME:
+            if producer is not None and _is_same(producer, act_dtype):
                 stack.append(producer)
 
 
-def _check_quantizable(graph: Graph) -> None:
+def _check_quantizable(graph: Graph, act_dtype: str) -> None:
     for node in graph.nodes:
         if node.op in _PASS_THROUGH:
             continue
-        spec = quant_spec(node.op)
+        spec = op_spec(node.op, act_dtype)
         if spec is None:
             layer = f" (Keras layer '{node.layer}')" if node.layer else ""
             hint = ("run the default float pipeline first (canonicalize, fold-batchnorm)"

@@ -37,7 +37,7 @@ from qcompiler.ir.types import QParams, TensorType
 from qcompiler.passes.base import Pass, PassResult
 from qcompiler.quant import math as qmath
 from qcompiler.quant.policy import DEFAULT_POLICY, PolicyName, QuantPolicy, get_policy
-from qcompiler.quant.spec import FIXED, OWN, SAME, OpQuantSpec, quant_spec
+from qcompiler.quant.spec import FIXED, FLOAT_ISLAND, OWN, SAME, OpQuantSpec, op_spec
 
 
 class MissingRangeError(QCompilerError):
@@ -66,7 +66,7 @@ class LowerToInt(Pass):
         act_dtype = _activation_dtype(fake_quants)
         self._check_io(act_dtype)
         self._fill_missing_ranges(graph, fake_quants)
-        marks = _erase_fake_quants(graph, fake_quants, policy)
+        marks = _erase_fake_quants(graph, fake_quants, policy, act_dtype)
         marks.ranges.update(self._input_stats_ranges(graph))
         propagation = PROPAGATIONS[policy.propagation(act_dtype)](graph, marks.ranges, act_dtype, policy)
         states = propagation.run()
@@ -75,12 +75,13 @@ class LowerToInt(Pass):
         lowering = _ConstantLowering(graph, params, marks.weight_axes, act_dtype, policy)
         weights = sum(lowering.lower(node) for node in list(graph.nodes))
         _retype_activations(graph, params, act_dtype)
+        islands = _isolate_float_islands(graph, act_dtype)
         folded = _fold_trivial_requantizations(graph)
         _remove_dead_constants(graph)
         self._lower_io(graph)
         counts = {"weights": weights, "requantize": requantized - folded, "requantize-folded": folded,
                   "fake-quant-erased": len(fake_quants), "propagated-backwards": propagation.backwards,
-                  "flt-min-floor": marks.floored, "bias-adjusted": lowering.bias_adjusted}
+                  "flt-min-floor": marks.floored, "bias-adjusted": lowering.bias_adjusted, "float-ops": len(islands)}
         return PassResult(True, {k: v for k, v in counts.items() if v})
 
     # ----- ranges ---------------------------------------------------------------------------------
@@ -151,7 +152,7 @@ class _Marks:
     floored: int = 0  # ranges whose max the FLT_MIN floor raised
 
 
-def _erase_fake_quants(graph: Graph, fake_quants: list[Node], policy: QuantPolicy) -> _Marks:
+def _erase_fake_quants(graph: Graph, fake_quants: list[Node], policy: QuantPolicy, act_dtype: str) -> _Marks:
     """Record what each fake_quant says, then remove it: the activation ranges (fixed-range outputs excepted,
     the kernel fixes them) and the per-channel axis of each weight use."""
     marks = _Marks()
@@ -160,7 +161,7 @@ def _erase_fake_quants(graph: Graph, fake_quants: list[Node], policy: QuantPolic
         if node.attrs["weights"]:
             for use in node.result.uses:
                 marks.weight_axes[(id(use.node), use.index)] = node.attrs["axis"]
-        elif not source.is_constant and not _is_fixed_output(source):
+        elif not source.is_constant and not _is_fixed_output(source, act_dtype):
             lo, hi = node.attrs["min"], node.attrs["max"]
             marks.ranges[id(source)] = qmath.activation_qparams(lo, hi, node.attrs["dtype"], policy.flt_min_floor)
             marks.floored += int(policy.flt_min_floor and float(np.float32(hi)) < qmath.FLT_MIN)
@@ -168,23 +169,24 @@ def _erase_fake_quants(graph: Graph, fake_quants: list[Node], policy: QuantPolic
     return marks
 
 
-def _is_fixed_output(value: Value) -> bool:
-    spec = _spec_of(value.producer)
+def _is_fixed_output(value: Value, act_dtype: str) -> bool:
+    spec = _spec_of(value.producer, act_dtype)
     return spec is not None and spec.output == FIXED
 
 
-def _spec_of(node: Optional[Node]) -> Optional[OpQuantSpec]:
+def _spec_of(node: Optional[Node], act_dtype: str = "i8") -> Optional[OpQuantSpec]:
     """The quantization recipe of the node's op; None for graph inputs, constants, conversions (fake_quant,
-    quantize, dequantize, cast) and ops without an integer kernel."""
+    quantize, dequantize, cast) and ops without an integer kernel that do not compute activations. A float
+    island (kept in float, converted at its edges) is FLOAT_ISLAND: an op with its own calibrated output."""
     if node is None:
         return None
-    return quant_spec(node.op)
+    return op_spec(node.op, act_dtype)
 
 
-def _is_activation(value: Value) -> bool:
+def _is_activation(value: Value, act_dtype: str = "i8") -> bool:
     if not value.type.is_float:
         return False
-    return value.producer is None or _spec_of(value.producer) is not None
+    return value.producer is None or _spec_of(value.producer, act_dtype) is not None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -221,7 +223,7 @@ class _Propagation(ABC):
         self.values: dict[int, Value] = {}
         self.states: dict[int, QuantState] = {}
         for value in graph.values():
-            if _is_activation(value):
+            if _is_activation(value, act_dtype):
                 calibrated = ranges.get(id(value))
                 self.values[id(value)] = value
                 self.states[id(value)] = QuantState(calibrated, immutable=calibrated is not None)
@@ -250,7 +252,7 @@ class ConverterPropagation(_Propagation):
     """
 
     def run(self) -> dict[int, tuple[Value, QuantState]]:
-        order = [n for n in self.graph.nodes if _spec_of(n) is not None]
+        order = [n for n in self.graph.nodes if _spec_of(n, self.act_dtype) is not None]
         self.position = {id(n): i for i, n in enumerate(order)}
         self.work = list(order)
         done: set[int] = set()
@@ -259,7 +261,7 @@ class ConverterPropagation(_Propagation):
             if id(node) in done:
                 continue
             done.add(id(node))
-            spec = _spec_of(node)
+            spec = _spec_of(node, self.act_dtype)
             if spec.output == SAME:
                 params = self._same_scale_params(node, spec)
                 if params is None:  # nothing known around it yet: it is queued again when something is
@@ -327,7 +329,7 @@ class ForwardPropagation(_Propagation):
 
     def run(self) -> dict[int, tuple[Value, QuantState]]:
         for node in self.graph.nodes:
-            spec = _spec_of(node)
+            spec = _spec_of(node, self.act_dtype)
             if spec is None:
                 continue
             result = self.states[id(node.result)]
@@ -434,8 +436,8 @@ class _ConstantLowering:
         self.bias_adjusted = 0
 
     def lower(self, node: Node) -> int:
-        spec = _spec_of(node)
-        if spec is None:
+        spec = _spec_of(node, self.act_dtype)
+        if spec is None or spec is FLOAT_ISLAND:  # a float island keeps float constants
             return 0
         lowered = 0
         if spec.weight_operand is not None and spec.weight_operand < len(node.operands):
@@ -448,6 +450,8 @@ class _ConstantLowering:
             data = np.asarray(operand.data, np.float32)
             if spec.output == SAME:  # duplicated per use, with the op's parameters
                 qp, dtype = self.params[id(node.result)], self.act_dtype
+            elif self.act_dtype == "i16":  # 16x8: int16 kernels take int16 operands, symmetric as activations
+                qp, dtype = qmath.activation_qparams(float(data.min()), float(data.max()), "i16"), "i16"
             else:
                 qp, dtype = qmath.weight_qparams(data, None, narrow_range=False), "i8"
             node.set_operand(index, _quantized_const(self.graph, qmath.quantize_constant(data, qp, dtype), qp,
@@ -505,6 +509,45 @@ def _retype_activations(graph: Graph, params: dict[int, QParams], act_dtype: str
         qp = params.get(id(value))
         if qp is not None and value.type.is_float:
             value.type = TensorType(value.type.shape, act_dtype, qp)
+
+
+class FloatOpsWarning(UserWarning):
+    """Some ops stay float in an integer model (no integer kernel in TFLite for them)."""
+
+
+def _isolate_float_islands(graph: Graph, act_dtype: str) -> list[Node]:
+    """Keep the float islands in float: each one's integer operands are dequantized before it and its result,
+    which propagation gave integer parameters like any op with its own range, is computed in float and
+    quantized after it for its integer users (TFLiteConverter's DEQUANTIZE/QUANTIZE around ops without an
+    integer kernel). Warns with the list of ops that stayed float."""
+    islands = [n for n in graph.nodes if _spec_of(n, act_dtype) is FLOAT_ISLAND]
+    for node in islands:
+        result = node.result
+        if result.type.is_float or result.type.quant is None:  # no integer parameters (e.g. a bool result)
+            continue
+        int_type, result.type = result.type, TensorType(result.type.shape, "f32")
+        users = [(u.node, u.index) for u in result.uses if _spec_of(u.node, act_dtype) is not FLOAT_ISLAND]
+        requant = graph.add_node("quantize", [result], {}, result_types=[int_type], names=[f"{result.name}.quant"],
+                                 layer=result.layer, after=node).result
+        for user, index in users:
+            user.set_operand(index, requant)
+        graph.outputs = [requant if v is result else v for v in graph.outputs]
+    dequantized: dict[int, Value] = {}
+    for node in islands:
+        for index, operand in enumerate(node.operands):
+            if operand.type.is_float or operand.type.quant is None:
+                continue
+            if id(operand) not in dequantized:
+                dequantized[id(operand)] = graph.op("dequantize", operand, name=f"{operand.name}.float",
+                                                    layer=operand.layer, before=node)
+            node.set_operand(index, dequantized[id(operand)])
+    if islands:
+        listing = ", ".join(f"{n.op} at %{n.result.name}" + (f" (Keras layer '{n.layer}')" if n.layer else "")
+                            for n in islands)
+        warnings.warn(f"{len(islands)} op(s) stay float in the {act_dtype} model, with DEQUANTIZE/QUANTIZE "
+                      f"around them, because TFLite has no {act_dtype} kernel for them: {listing}",
+                      FloatOpsWarning, stacklevel=3)
+    return islands
 
 
 def _fold_trivial_requantizations(graph: Graph) -> int:

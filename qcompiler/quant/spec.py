@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional
 
-from qcompiler.ir.ops import FIXED, OPS, OWN, SAME
+from qcompiler.ir.ops import FIXED, NOT_ACTIVATION, OPS, OWN, SAME
 
-__all__ = ["FIXED", "OWN", "SAME", "OpQuantSpec", "quant_spec"]
+__all__ = ["FIXED", "FLOAT_ISLAND", "OWN", "SAME", "OpQuantSpec", "op_spec", "quant_spec", "stays_float"]
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,11 @@ class OpQuantSpec:
 
 
 @lru_cache(maxsize=None)
-def quant_spec(op: str) -> Optional[OpQuantSpec]:
-    """The op's quantization recipe, or None when TFLite has no integer kernel for it (or it is not an op that
-    computes activations: constants, fake_quant, quantize, dequantize)."""
+def quant_spec(op: str, act_dtype: str = "i8") -> Optional[OpQuantSpec]:
+    """The op's quantization recipe for `act_dtype` activations, or None when TFLite has no integer kernel for
+    it (or it is not an op that computes activations: constants, fake_quant, quantize, dequantize)."""
     definition = OPS.get(op)
-    if definition is None or not definition.quant.quantizable:
+    if definition is None or not definition.quant.quantizable_in(act_dtype):
         return None
     rule, weights = definition.quant, definition.weights
     return OpQuantSpec(rule.output,
@@ -53,3 +53,25 @@ def quant_spec(op: str) -> Optional[OpQuantSpec]:
                        weight_axis=weights.out_axis if weights else 0,
                        bias_operand=weights.bias if weights else None,
                        fixed_i8=rule.fixed_i8, fixed_i16=rule.fixed_i16, param_operands=rule.param_operands)
+
+
+FLOAT_ISLAND = OpQuantSpec(OWN)  # how quantization sees a float island from outside: its own calibrated range
+
+
+@lru_cache(maxsize=None)
+def stays_float(op: str, act_dtype: str = "i8") -> bool:
+    """An op that integer models keep in float (a float island: dequantize before it, quantize after it, as
+    TFLiteConverter does for ops without an integer kernel): it computes activations, TFLite writes it in
+    float, it has no weights to quantize, and TFLite has no `act_dtype` kernel for it."""
+    definition = OPS.get(op)
+    if definition is None or definition.tflite is None or definition.weights is not None:
+        return False
+    if definition.quant.output == NOT_ACTIVATION or definition.converts_dtype:
+        return False
+    return not definition.quant.quantizable_in(act_dtype)
+
+
+def op_spec(op: str, act_dtype: str = "i8") -> Optional[OpQuantSpec]:
+    """The op's quantization spec as the quantization passes see it: a float island looks, from outside, like an
+    op with its own calibrated output range (FLOAT_ISLAND)."""
+    return FLOAT_ISLAND if stays_float(op, act_dtype) else quant_spec(op, act_dtype)
