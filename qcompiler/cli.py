@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter is not ours to print
 
 from qcompiler.errors import QCompilerError  # noqa: E402
+from qcompiler import cli_plan  # noqa: E402  (issue 11: plan, keep-float, explain, dot, html report)
 
 EXIT_USER_ERROR = 2
 
@@ -22,7 +23,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
-        if args.command in ("compile", "dump", "demo", "report"):
+        if args.command in ("compile", "dump", "demo", "report", "calibrate"):
             _import_tensorflow_quietly()
         return args.handler(args)
     except (QCompilerError, ValueError, OSError) as err:
@@ -94,6 +95,7 @@ def _build_parser() -> argparse.ArgumentParser:
     dump.add_argument("model", help=".keras, .h5 or .qir file")
     _add_pipeline_options(dump)
     dump.set_defaults(handler=_cmd_dump)
+    cli_plan.add_arguments(sub, compile_cmd, dump)
 
     opt = sub.add_parser("opt", help="run passes on IR text: .qir in, IR text out")
     opt.add_argument("input", help=".qir file, or - for standard input")
@@ -182,7 +184,11 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     from qcompiler.api import compile as compile_model
     from qcompiler.files import atomic_write
 
-    options = _quant_options(args)
+    if args.plan and args.print_pipeline:
+        raise QCompilerError("--print-pipeline cannot go with --plan")
+    options = {} if args.plan else _quant_options(args)
+    if args.keep_float and not args.plan:
+        options["keep_float"] = tuple(args.keep_float)
     if args.print_pipeline:
         from qcompiler.api import pipeline_for
 
@@ -192,12 +198,15 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         raise QCompilerError("compile needs an output file: -o MODEL.tflite")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        data = compile_model(args.model, mode=args.mode, **options)
+        data = (cli_plan.compile_with_plan(args) if args.plan
+                else compile_model(args.model, mode=args.mode, **options))
     for warning in caught:
         if issubclass(warning.category, UserWarning) and "qcompiler" in type(warning.message).__module__:
             print(f"qcompiler: warning: {warning.message}", file=sys.stderr)
     atomic_write(args.output, data)
-    print(f"wrote {args.output} ({len(data):,} bytes, {args.mode})")
+    print(f"wrote {args.output} ({len(data):,} bytes, {'plan ' + args.plan if args.plan else args.mode})")
+    if args.explain:
+        cli_plan.print_explanation(args)
     return 0
 
 
@@ -228,6 +237,9 @@ def _cmd_dump(args: argparse.Namespace) -> int:
     from qcompiler.ir.printer import print_graph
 
     graph = _run_pipeline(_load_graph(args.model), args)
+    if args.format == "dot":
+        sys.stdout.write(cli_plan.dump_dot(graph))
+        return 0
     sys.stdout.write(print_graph(graph, full_constants=args.full_constants))
     return 0
 
