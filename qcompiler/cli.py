@@ -115,6 +115,7 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--policy", default="tflite-2.21", choices=_policy_names(),
                         help="quantization policy: tflite-2.21 (default) or plain")
     report.add_argument("--json", metavar="OUT", help="also write the report as JSON (schemas/layer-report.schema.json)")
+    cli_plan.add_report_arguments(report)
     report.set_defaults(handler=_cmd_report)
 
     demo = sub.add_parser("demo", help="train a small CNN on scikit-learn's digits and compile it")
@@ -271,6 +272,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     calibration = load_calibration_data(args.calibration)
     evaluation = load_calibration_data(args.data) if args.data else None
+    if args.output:
+        return cli_plan.cmd_html_report(args, calibration, evaluation)
     report = layer_report(args.model, calibration, evaluation, mode=args.mode, observer=args.observer,
                           policy=args.policy)
     sys.stdout.write(report.table())

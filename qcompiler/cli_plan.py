@@ -84,3 +84,28 @@ def dump_dot(graph) -> str:
     from qcompiler.ir.dot import graph_to_dot
 
     return graph_to_dot(graph)
+
+
+def add_report_arguments(report: argparse.ArgumentParser) -> None:
+    report.add_argument("-o", "--output", metavar="DIR",
+                        help="write DIR/report.html (self-contained) and DIR/report.json instead of the table")
+    report.add_argument("--plan", metavar="PLAN.json", help="report on this quantization plan's ranges")
+    report.add_argument("--keep-float", metavar="LAYER,...", type=_layer_list, default=(),
+                        help="Keras layers kept float")
+
+
+def cmd_html_report(args: argparse.Namespace, calibration, evaluation) -> int:
+    from pathlib import Path
+
+    from qcompiler.validate.html_report import build_report, write_report
+
+    if args.observer != "minmax":
+        raise QCompilerError("the HTML report uses minmax ranges (or a --plan's); --observer goes with the table")
+    report = build_report(args.model, calibration, evaluation, mode=args.mode, policy=args.policy, plan=args.plan,
+                          keep_float=args.keep_float)
+    write_report(report, Path(args.output))
+    suggestion = report["keep_float_suggestion"]
+    print(f"wrote {args.output}/report.html and report.json: output SQNR {report['output_snr_db']:.2f} dB; "
+          f"suggested --keep-float {','.join(suggestion['layers']) or '(none)'} -> "
+          f"{suggestion['output_snr_db']:.2f} dB")
+    return 0
