@@ -240,3 +240,18 @@ def test_dump_dot_structure_and_graphviz(files, tmp_path, capsys):
     done = subprocess.run(["dot", "-Tsvg"], input=dot, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "<svg" in done.stdout
+
+
+def test_explain_lists_ops_without_an_integer_kernel(tmp_path):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((4,))
+    x = keras.layers.Dense(4, name="num")(inp)
+    y = keras.layers.Dense(4, activation="sigmoid", name="den")(inp)
+    out = keras.layers.Dense(2, name="out")(keras.ops.divide(x, y + 1.0))
+    model = keras.Model(inp, out)
+    explained = explain(qcompiler.float_graph(model), "i8")
+    reasons = [(f["op"], f["reason"]) for f in explained["float_ops"]]
+    assert ("div", "no-integer-kernel") in reasons
+    with pytest.warns(UserWarning, match="stay float"):
+        tflite = qcompiler.compile(model, "int8", np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32))
+    assert "DIV" in _op_names(tflite) and "DEQUANTIZE" in _op_names(tflite)
