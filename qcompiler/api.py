@@ -76,8 +76,11 @@ def _passes(mode: str, calibration: Any = None, *, io: Optional[str] = None, obs
             default_ranges: Optional[Sequence[float]] = None, input_stats: Optional[Sequence[float]] = None,
             batch_size: int = 32, calibration_stats: Optional[Mapping] = None, executor: Optional[str] = None,
             calibrate_with: Optional[str] = None, policy: str = DEFAULT_POLICY,
-            progress: Optional[TextIO] = None, keep_float: Sequence[str] = ()) -> list:
-    """The passes of `mode` (see `compile`). Calibration data: a path (a pipeline option) or arrays (not)."""
+            progress: Optional[TextIO] = None, trained: bool = False, int4_weights: bool = True,
+            keep_float: Sequence[str] = ()) -> list:
+    """The passes of `mode` (see `compile`). Calibration data: a path (a pipeline option) or arrays (not).
+    `trained`: the model comes from quantization-aware training (qcompiler.qat) and brings its own ranges.
+    `keep_float`: Keras layers left in float (float islands)."""
     from qcompiler.passes.dce import DeadCodeElimination
     from qcompiler.passes.insert_fake_quant import InsertFakeQuant
     from qcompiler.passes.lower_to_int import LowerToInt
@@ -97,6 +100,9 @@ def _passes(mode: str, calibration: Any = None, *, io: Optional[str] = None, obs
     io = io or _IO_CHOICES[mode][0]
     if io not in _IO_CHOICES[mode]:
         raise QCompilerError(f"--io {io} is not available in mode {mode}; choose {' or '.join(_IO_CHOICES[mode])}")
+    if trained:
+        return passes + _trained_passes(mode, io, default_ranges, input_stats, calibration is not None
+                                        or calibration_stats is not None, policy, int4_weights)
     passes.append(InsertFakeQuant(activations="i16" if mode == "int16x8" else "i8", per_channel=per_channel,
                                   policy=policy, keep_float=tuple(keep_float)))
     if calibration is not None or calibration_stats is not None:
@@ -109,6 +115,41 @@ def _passes(mode: str, calibration: Any = None, *, io: Optional[str] = None, obs
                              input_stats=_pair(input_stats, "input stats"), policy=policy,
                              keep_float=tuple(keep_float)))
     return passes + [DeadCodeElimination()]
+
+
+def _trained_passes(mode: str, io: str, default_ranges: Optional[Sequence[float]],
+                    input_stats: Optional[Sequence[float]], calibrated: bool, policy: str, int4: bool) -> list:
+    """A QAT model: its trained fake_quants stay; insert-missing-fake-quant marks what training left out (a range
+    still missing is an error naming it, or default_ranges); no calibration."""
+    import warnings
+
+    from qcompiler.passes.dce import DeadCodeElimination
+    from qcompiler.passes.insert_missing_fake_quant import InsertMissingFakeQuant
+    from qcompiler.passes.lower_to_int import LowerToInt
+
+    if mode == "int16x8":
+        raise QCompilerError("this model was quantization-aware trained for 8-bit activations; compile it with "
+                             "--mode int8 or uint8")
+    if calibrated:
+        warnings.warn("the model carries ranges from quantization-aware training; the calibration data is not used",
+                      UserWarning, stacklevel=4)
+    return [InsertMissingFakeQuant(),
+            LowerToInt(io=io, default_ranges=_pair(default_ranges, "default ranges"),
+                       input_stats=_pair(input_stats, "input stats"), policy=policy, int4=int4),
+            DeadCodeElimination()]
+
+
+def _has_trained_ranges(graph: Graph) -> bool:
+    from qcompiler.passes.insert_missing_fake_quant import has_trained_ranges as _trained
+
+    return _trained(graph)
+
+
+def has_trained_ranges(model_or_graph: Union[ModelLike, Graph]) -> bool:
+    """True for a quantization-aware-trained model (qcompiler.qat): its int8 pipeline needs no calibration
+    (`pipeline_for(mode, trained=True)`)."""
+    graph = model_or_graph if isinstance(model_or_graph, Graph) else import_keras(model_or_graph)
+    return _has_trained_ranges(graph)
 
 
 def _refuse_quantization_options(mode: str, given: Mapping[str, Any]) -> None:
@@ -157,7 +198,7 @@ def quantize(model_or_graph: Union[ModelLike, Graph], mode: str = "int8", calibr
     if mode not in CALIBRATED_MODES:
         raise QCompilerError(f"quantize() takes a calibrated mode {CALIBRATED_MODES}, not '{mode}'")
     graph = model_or_graph.clone() if isinstance(model_or_graph, Graph) else import_keras(model_or_graph)
-    return run_passes(graph, _passes(mode, calibration_data, **options))
+    return run_passes(graph, _passes(mode, calibration_data, trained=_has_trained_ranges(graph), **options))
 
 
 def calibration_statistics(graph: Graph, calibration_data: Any, batch_size: int = 32,
@@ -187,9 +228,9 @@ def compile(model_or_path: Union[ModelLike, Graph], mode: str = "float32", calib
     ...)` prints, then the TFLite writer. See `quantize` for the options; `policy` applies to every mode."""
     from qcompiler.backend.tflite_writer import write_tflite
 
-    passes = _passes(mode, calibration_data, **options)
     graph = model_or_path.clone() if isinstance(model_or_path, Graph) else import_keras(model_or_path)
-    return write_tflite(run_passes(graph, passes))
+    trained = mode in CALIBRATED_MODES and _has_trained_ranges(graph)  # a QAT model: its own ranges
+    return write_tflite(run_passes(graph, _passes(mode, calibration_data, trained=trained, **options)))
 
 
 def _pair(values: Optional[Sequence[float]], what: str) -> Optional[tuple[float, float]]:

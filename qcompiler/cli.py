@@ -191,9 +191,10 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     if args.keep_float and not args.plan:
         options["keep_float"] = tuple(args.keep_float)
     if args.print_pipeline:
-        from qcompiler.api import pipeline_for
+        from qcompiler.api import CALIBRATED_MODES, has_trained_ranges, pipeline_for
 
-        print(pipeline_for(args.mode, options.pop("calibration_data", None), **options))
+        trained = args.mode in CALIBRATED_MODES and has_trained_ranges(args.model)  # a QAT model: no calibration
+        print(pipeline_for(args.mode, options.pop("calibration_data", None), trained=trained, **options))
         return 0
     if not args.output:
         raise QCompilerError("compile needs an output file: -o MODEL.tflite")

@@ -76,6 +76,8 @@ def _conv_2d(s: OpSig) -> int:
     types = (s.i(0), s.i(1), s.o())
     if s.i(0) == "i16" and s.o() == "i16":
         return 4
+    if types == ("i8", "i4", "i8"):  # INT4 weights
+        return 7
     if types == ("i8", "i8", "i8"):
         return 3
     if types == ("f32", "i8", "f32"):  # hybrid
@@ -105,6 +107,8 @@ def _fully_connected(s: OpSig) -> int:
         return 12
     if types == ("i16", "i16", "i16"):
         return 7
+    if types == ("i8", "i4", "i8"):  # INT4 weights
+        return 10
     if len(s.inputs) == 2:  # no bias slot at all
         return 6
     if s.options.get("keep_num_dims"):

@@ -85,6 +85,7 @@ _TFL_DTYPES: dict[str, int] = {
     "f16": TflType.FLOAT16,
     "f64": TflType.FLOAT64,
     "i8": TflType.INT8,
+    "i4": TflType.INT4,
     "u8": TflType.UINT8,
     "i16": TflType.INT16,
     "i32": TflType.INT32,
@@ -189,7 +190,9 @@ class _ModelWriter:
                   ) -> int:
         array = np.ascontiguousarray(array)
         t = t or TensorType(array.shape, array.dtype)
-        buffer = self._add_buffer(t.dtype, array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+        data = _pack_int4(array) if t.dtype == "i4" else array.astype(array.dtype.newbyteorder("<"),
+                                                                        copy=False).tobytes()
+        buffer = self._add_buffer(t.dtype, data)
         return self._add_tensor(name, t, buffer, of_value)
 
     def int32_const(self, values: Sequence[int] | np.ndarray, name: str) -> int:
@@ -257,6 +260,17 @@ class _ModelWriter:
         # Activations TFLite kernels cannot fuse (a fused TANH is silently ignored by conv/add kernels) become
         # their own op: the IR op of the same name.
         self.emit(builtin_code(activation), [pre], [out])
+
+
+def _pack_int4(array: np.ndarray) -> bytes:
+    """TFLite INT4 buffers: two values per byte, the first in the low nibble (an odd count ends half empty)."""
+    flat = np.asarray(array, np.int8).reshape(-1)
+    if np.any((flat < -8) | (flat > 7)):
+        raise BackendError("an INT4 constant holds values outside [-8, 7]")
+    nibbles = (flat.astype(np.uint8) & 0x0F)
+    if nibbles.size % 2:
+        nibbles = np.append(nibbles, np.uint8(0))
+    return (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8).tobytes()
 
 
 def _const_data(value: Value) -> np.ndarray:

@@ -25,9 +25,11 @@ from qcompiler.frontend.errors import ModelLoadError, UnsupportedLayerError
 from qcompiler.frontend.keras_layers import CONVERTERS, LAMBDA_REASON, LayerContext, supported_layers
 from qcompiler.frontend.keras_ops import OPERATIONS, UnsupportedOperationError, class_path, emit_operation
 from qcompiler.frontend.keras_ops import substitute_tensors
+from qcompiler.frontend.keras_qat import QAT_CONVERTERS
 from qcompiler.ir.graph import Graph, IRError, Value
 from qcompiler.ir.types import TensorType
 
+CONVERTERS = {**CONVERTERS, **QAT_CONVERTERS}  # qcompiler.qat's layers (their import registers them for loading)
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 _BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.\-/]")
 

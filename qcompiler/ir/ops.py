@@ -83,13 +83,16 @@ class Weights:
     hybrid: TFLite has a dynamic-range kernel for it (float activations, int8 weights): quantize-weights
       quantizes its weights and the writer accepts the mix.
     affine_foldable: output channel c is sum(x * w[c]) + bias[c] with the input channels on the weights' last
-      axis, so fold-batchnorm and fold-affine may fold a per-channel mul/add into weights and bias."""
+      axis, so fold-batchnorm and fold-affine may fold a per-channel mul/add into weights and bias.
+    int4: ai-edge-litert's int8 kernel loads TFLite INT4 weights (CONV_2D v7, FULLY_CONNECTED v10); lower-to-int
+      stores weights trained with <= 4 bits that way."""
 
     out_axis: int
     operand: int = 1
     bias: Optional[int] = 2
     hybrid: bool = True
     affine_foldable: bool = True
+    int4: bool = False
 
 
 @dataclass(frozen=True)
@@ -440,6 +443,8 @@ def _infer_fake_quant(types: Sequence[TensorType], attrs: dict) -> list[TensorTy
         raise IRError(f"fake_quant needs min <= max, got min={attrs['min']} max={attrs['max']}")
     if attrs["axis"] is not None and not attrs["weights"]:
         raise IRError("only weights (weights=true) are quantized per channel")
+    if attrs["bits"] is not None and not 2 <= attrs["bits"] <= 8:
+        raise IRError(f"fake_quant bits must be 2..8 (int8 storage), got {attrs['bits']}")
     if attrs["axis"] is not None and not -types[0].rank <= attrs["axis"] < types[0].rank:
         raise IRError(f"fake_quant axis {attrs['axis']} is outside a rank-{types[0].rank} tensor")
     return [TensorType(types[0].shape, types[0].dtype)]
@@ -579,6 +584,14 @@ def fake_quant_array(x: np.ndarray, attrs: dict) -> np.ndarray:
     (per channel along `axis`), activations from the calibrated [min, max]; uncalibrated is the identity."""
     from qcompiler.quant import math as qmath  # pure numpy; imports nothing above the IR
 
+    if attrs["bits"] is not None:  # trained (QAT) ranges: TF's fake-quant grid, as trained
+        if attrs["weights"]:
+            lo, hi = qmath.symmetric_weight_range(x, attrs["axis"])
+        elif attrs["min"] is None:
+            return x
+        else:
+            lo, hi = attrs["min"], attrs["max"]
+        return qmath.fake_quant(x, lo, hi, attrs["bits"], attrs["narrow_range"], attrs["axis"])
     if attrs["weights"]:
         params = qmath.weight_qparams(x, attrs["axis"])
         return qmath.dequantize(qmath.quantize_weights(x, params), params)
@@ -680,12 +693,12 @@ OPS: dict[str, OpDef] = {
         _def("const", 0, 0, {"value": array()}, _infer_const, lambda xs, a: [np.asarray(a["value"])],
              _NOT_ACTIVATION, None, "a constant tensor", constant_foldable=False),
         _def("conv2d", 2, 3, dict(_CONV_ATTRS), _infer_conv2d, _compute_conv2d, _OWN, "CONV_2D",
-             "(x, w[o,kh,kw,i], bias?)", weights=Weights(out_axis=0), absorbs_zero_pad=True),
+             "(x, w[o,kh,kw,i], bias?)", weights=Weights(out_axis=0, int4=True), absorbs_zero_pad=True),
         _def("depthwise_conv2d", 2, 3, {**_CONV_ATTRS, "depth_multiplier": integer(1, minimum=1)}, _infer_depthwise,
              _compute_depthwise, _OWN, "DEPTHWISE_CONV_2D", "(x, w[1,kh,kw,c*m], bias?)",
              weights=Weights(out_axis=3), absorbs_zero_pad=True),
         _def("fully_connected", 2, 3, {"activation": _ACTIVATION}, _infer_fc, _compute_fc, _OWN, "FULLY_CONNECTED",
-             "(x, w[o,i], bias?) on the last axis", weights=Weights(out_axis=0)),
+             "(x, w[o,i], bias?) on the last axis", weights=Weights(out_axis=0, int4=True)),
         _def("batch_norm", 5, 5, {"epsilon": real()}, _infer_batch_norm, _compute_batch_norm, _FLOAT, None,
              "(x, gamma, beta, mean, var) on the last axis; fold-batchnorm removes it"),
         _def("add", 2, 2, {"activation": _ACTIVATION}, _infer_binary, _binary(np.add), _OWN, "ADD",
@@ -734,10 +747,12 @@ OPS: dict[str, OpDef] = {
              "inference-time no-op (dropout, noise); canonicalize removes it"),
         _def("fake_quant", 1, 1, {"dtype": enum("i8", "u8", "i16", default="i8"), "min": real(None, optional=True),
                                   "max": real(None, optional=True), "weights": flag(False),
-                                  "axis": integer(None, optional=True)},
+                                  "axis": integer(None, optional=True), "bits": integer(None, minimum=2, optional=True),
+                                  "narrow_range": flag(False)},
              _infer_fake_quant, lambda xs, a: [fake_quant_array(xs[0], a)], _NOT_ACTIVATION, None,
              "quantize-dequantize; weights=true: symmetric from the values (per channel along axis); "
-             "otherwise from [min, max], none until calibrated", constant_foldable=False),
+             "otherwise from [min, max], none until calibrated; bits set: a trained (QAT) range on TF's "
+             "fake-quant grid of 2^bits levels", constant_foldable=False),
         _def("quantize", 1, 1, {}, _infer_quantize, lambda xs, a: [xs[0]], _NOT_ACTIVATION, "QUANTIZE",
              "float → integer (or integer → integer requantize); params in the result type",
              constant_foldable=False, converts_dtype=True),

@@ -14,13 +14,14 @@ DTYPES: dict[str, np.dtype] = {
     "f16": np.dtype(np.float16),
     "f64": np.dtype(np.float64),
     "i8": np.dtype(np.int8),
+    "i4": np.dtype(np.int8),  # TFLite INT4 (weights): values in [-8, 7], one per int8 in memory, packed in files
     "u8": np.dtype(np.uint8),
     "i16": np.dtype(np.int16),
     "i32": np.dtype(np.int32),
     "i64": np.dtype(np.int64),
     "bool": np.dtype(np.bool_),
 }
-_NUMPY_TO_IR = {v: k for k, v in DTYPES.items()}
+_NUMPY_TO_IR = {v: k for k, v in DTYPES.items() if k != "i4"}
 
 
 def dtype_name(dtype: np.dtype | type | str) -> str:

@@ -33,11 +33,18 @@ import numpy as np
 
 from qcompiler.errors import QCompilerError
 from qcompiler.ir.graph import Graph, Node, Value
+from qcompiler.ir.ops import OPS
 from qcompiler.ir.types import QParams, TensorType
 from qcompiler.passes.base import Pass, PassResult
 from qcompiler.quant import math as qmath
 from qcompiler.quant.policy import DEFAULT_POLICY, PolicyName, QuantPolicy, get_policy
 from qcompiler.quant.spec import FIXED, FLOAT_ISLAND, OWN, SAME, OpQuantSpec, float_reason, node_spec
+
+
+# Ops whose int8 kernels in ai-edge-litert 2.3 load INT4 weights (OpDef.weights.int4): CONV_2D v7 and
+# FULLY_CONNECTED v10, the versions TFLiteConverter writes. DEPTHWISE_CONV_2D needs v7, which that runtime does
+# not register: int8 storage instead.
+INT4_WEIGHT_OPS = frozenset(name for name, d in OPS.items() if d.weights is not None and d.weights.int4)
 
 
 class MissingRangeError(QCompilerError):
@@ -57,6 +64,7 @@ class LowerToInt(Pass):
     default_ranges: Optional[tuple[float, float]] = None
     input_stats: Optional[tuple[float, float]] = None  # uint8 inputs: real = (q - mean) / std
     policy: PolicyName = DEFAULT_POLICY
+    int4: bool = True  # trained weights of <= 4 bits as TFLite INT4 where the runtime accepts it (INT4_WEIGHT_OPS)
     keep_float: tuple[str, ...] = ()  # Keras layers left in float (as insert-fake-quant's keep_float)
 
     def run(self, graph: Graph) -> PassResult:
@@ -75,6 +83,7 @@ class LowerToInt(Pass):
         _check_all_quantized(states)
         params, requantized = _insert_requantizations(graph, states)
         lowering = _ConstantLowering(graph, params, marks.weight_axes, act_dtype, policy, keep)
+        lowering.trained, lowering.int4 = marks.weight_grids, self.int4
         weights = sum(lowering.lower(node) for node in list(graph.nodes))
         _retype_activations(graph, params, act_dtype)
         islands = _isolate_float_islands(graph, act_dtype, keep)
@@ -101,6 +110,12 @@ class LowerToInt(Pass):
         if not missing:
             return
         listing = ", ".join(_describe_tensor(n.operands[0]) for n in missing)
+        if self.default_ranges is None and any(n.attrs["bits"] is not None for n in fake_quants):
+            raise MissingRangeError(
+                f"{len(missing)} tensor(s) of this quantization-aware-trained model have no trained range: {listing}. "
+                "Training never saw them (a FakeQuant never called in training, or no FakeQuant where the int8 model "
+                "needs a range): train with qcompiler.qat.quantize_model's layers, or fill them with --default-ranges "
+                "MIN,MAX")
         if self.default_ranges is None:
             raise MissingRangeError(
                 f"{len(missing)} tensor(s) have no calibrated range: {listing}. Calibrate with data that reaches "
@@ -154,6 +169,7 @@ class _Marks:
     ranges: dict[int, QParams] = field(default_factory=dict)  # activation id -> calibrated parameters
     weight_axes: dict[tuple[int, int], Optional[int]] = field(default_factory=dict)  # (node id, operand) -> axis
     floored: int = 0  # ranges whose max the FLT_MIN floor raised
+    weight_grids: dict[tuple[int, int], tuple[int, bool]] = field(default_factory=dict)  # trained: (bits, narrow)
 
 
 def _erase_fake_quants(graph: Graph, fake_quants: list[Node], policy: QuantPolicy, act_dtype: str,
@@ -166,12 +182,28 @@ def _erase_fake_quants(graph: Graph, fake_quants: list[Node], policy: QuantPolic
         if node.attrs["weights"]:
             for use in node.result.uses:
                 marks.weight_axes[(id(use.node), use.index)] = node.attrs["axis"]
+                if node.attrs["bits"] is not None:
+                    marks.weight_grids[(id(use.node), use.index)] = (node.attrs["bits"], node.attrs["narrow_range"])
+        elif (node.attrs["bits"] is not None and not source.is_constant
+              and not _is_fixed_output(source, act_dtype, keep)):
+            marks.ranges[id(source)] = _trained_params(node)  # QAT: the range as trained, whatever the policy
         elif not source.is_constant and not _is_fixed_output(source, act_dtype, keep):
             lo, hi = node.attrs["min"], node.attrs["max"]
             marks.ranges[id(source)] = qmath.activation_qparams(lo, hi, node.attrs["dtype"], policy.flt_min_floor)
             marks.floored += int(policy.flt_min_floor and float(np.float32(hi)) < qmath.FLT_MIN)
         graph.replace_node(node, [source])
     return marks
+
+
+def _trained_params(fake_quant: Node) -> QParams:
+    """A trained (QAT) range: its fake-quant grid (plain; no converter rule on top)."""
+    attrs = fake_quant.attrs
+    if attrs["bits"] != 8 or attrs["dtype"] != "i8":
+        raise QCompilerError(
+            f"{_describe_tensor(fake_quant.operands[0])} was trained with {attrs['bits']}-bit activations; int8 "
+            "kernels clamp results to the 8-bit range only, so the integer model could not reproduce it. Train with "
+            "activation_bits=8 (weights may have fewer bits)")
+    return qmath.fake_quant_qparams(attrs["min"], attrs["max"], 8, attrs["narrow_range"], "i8")
 
 
 def _is_fixed_output(value: Value, act_dtype: str, keep: frozenset = frozenset()) -> bool:
@@ -442,6 +474,8 @@ class _ConstantLowering:
         self.keep = keep
         self.adjust = policy.bias_adjustment
         self.bias_adjusted = 0
+        self.trained: dict[tuple[int, int], tuple[int, bool]] = {}  # weights with a trained grid: (bits, narrow)
+        self.int4 = True
 
     def lower(self, node: Node) -> int:
         spec = _spec_of(node, self.act_dtype, self.keep)
@@ -487,6 +521,10 @@ class _ConstantLowering:
             if not bias.is_constant:
                 raise QCompilerError(f"{node.describe()}: bias %{bias.name} is not a constant")
         bias_data = None if bias is None else np.asarray(bias.data, np.float32)
+        grid = self.trained.get(key)
+        if grid is not None:
+            self._trained_weights(node, spec, w, axis, grid, bias, bias_data, in_scale)
+            return
         if self.act_dtype == "i16":
             channel_axis = axis if axis is not None else 0
             wq, w_int = qmath.weight_qparams_16x8(w, channel_axis, bias_data, in_scale, adjust=self.adjust)
@@ -506,6 +544,28 @@ class _ConstantLowering:
         if self.act_dtype != "i16":
             w_int = qmath.quantize_weights(w, wq)
         node.set_operand(spec.weight_operand, _quantized_const(graph, w_int, wq, weights, node))
+
+
+    def _trained_weights(self, node: Node, spec: OpQuantSpec, w: np.ndarray, axis: Optional[int],
+                         grid: tuple[int, bool], bias: Optional[Value], bias_data: Optional[np.ndarray],
+                         in_scale: float) -> None:
+        """QAT weights: the grid the training used (symmetric, from the weights' own range), INT4 storage for
+        <= 4 bits where the runtime accepts it; the bias at input scale x weight scale, never adjusted."""
+        if self.act_dtype != "i8":
+            raise QCompilerError(f"{node.describe()}: trained (QAT) weights lower with int8 activations only")
+        bits, narrow = grid
+        lo, hi = qmath.symmetric_weight_range(w, axis)
+        wq = qmath.fake_quant_qparams(lo, hi, bits, narrow, "i8", axis)
+        w_int = qmath.fake_quant_storage(w, lo, hi, bits, narrow, "i8", axis)
+        if bias_data is not None:
+            adjusted = qmath.bias_qparams(bias_data, in_scale, wq, dtype="i32", adjust=False)
+            b_int = qmath.quantize_bias(bias_data, adjusted.bias, dtype="i32")
+            node.set_operand(spec.bias_operand, _quantized_const(self.graph, b_int, adjusted.bias, bias, node))
+        weights = node.operands[spec.weight_operand]
+        w_const = _quantized_const(self.graph, w_int, wq, weights, node)
+        if bits <= 4 and self.int4 and node.op in INT4_WEIGHT_OPS:
+            w_const.type = TensorType(w_const.type.shape, "i4", wq)
+        node.set_operand(spec.weight_operand, w_const)
 
 
 def _changed(scales: tuple[float, ...], before: tuple[float, ...]) -> int:

@@ -27,6 +27,7 @@ from qcompiler.passes.fold_constants import FoldConstants
 from qcompiler.passes.fold_pad import FoldPad
 from qcompiler.passes.fuse_activations import FuseActivations
 from qcompiler.passes.insert_fake_quant import InsertFakeQuant
+from qcompiler.passes.insert_missing_fake_quant import InsertMissingFakeQuant
 from qcompiler.passes.lower_to_int import LowerToInt
 from qcompiler.passes.quantize_weights import QuantizeWeights
 from qcompiler.passes.weights_to_f16 import WeightsToF16
@@ -43,6 +44,7 @@ PASSES: dict[str, type[Pass]] = {
     "fold-pad": FoldPad,
     "fuse-activations": FuseActivations,
     "insert-fake-quant": InsertFakeQuant,
+    "insert-missing-fake-quant": InsertMissingFakeQuant,
     "lower-to-int": LowerToInt,
     "quantize-weights": QuantizeWeights,
     "weights-to-f16": WeightsToF16,

@@ -18,6 +18,7 @@ ArrayLike = Union[float, Sequence[float], np.ndarray]
 # Storage ranges of the quantized element types.
 QRANGES: dict[str, tuple[int, int]] = {
     "i8": (-128, 127),
+    "i4": (-8, 7),
     "u8": (0, 255),
     "i16": (-32768, 32767),
     "i32": (-(2**31), 2**31 - 1),
@@ -67,24 +68,111 @@ def nudge_range(qmin: int, qmax: int, rmin: np.ndarray, rmax: np.ndarray) -> tup
     return nudged_min, nudged_max, scale
 
 
+class FakeQuantGrid(NamedTuple):
+    """The grid of tf.quantization.fake_quant_with_min_max_vars for a range: real = scale * (level - zero_point),
+    levels in [qmin, qmax] (unsigned: [0, 2^bits - 1], [1, 2^bits - 1] with narrow range)."""
+
+    scale: np.ndarray  # float32, one per channel (or a scalar)
+    zero_point: np.ndarray  # float32 holding integers in [qmin, qmax]
+    nudged_min: np.ndarray
+    nudged_max: np.ndarray
+    qmin: int
+    qmax: int
+
+
+def fake_quant_grid(rmin: ArrayLike, rmax: ArrayLike, bits: int = 8, narrow_range: bool = False) -> FakeQuantGrid:
+    """TensorFlow's FakeQuant nudging for `bits` levels (2..16): the range is shifted so that 0 is a level."""
+    if not 2 <= bits <= 16:
+        raise ValueError(f"fake quantization takes 2 to 16 bits, not {bits}")
+    qmin, qmax = (1 if narrow_range else 0), (1 << bits) - 1
+    rmin, rmax = np.asarray(rmin, np.float32), np.asarray(rmax, np.float32)
+    nudged_min, nudged_max, scale = nudge_range(qmin, qmax, rmin, rmax)
+    zero_point = np.float32(qmin) - np.round(nudged_min / np.where(scale > 0, scale, np.float32(1)))
+    return FakeQuantGrid(scale, zero_point.astype(np.float32), nudged_min, nudged_max, qmin, qmax)
+
+
+def fake_quant_levels(x: np.ndarray, grid: FakeQuantGrid, axis: Optional[int] = None) -> np.ndarray:
+    """The signed level of each value, level - zero_point (int64), as TF's kernel finds it: clamp to the nudged
+    range, then floor((x - nudged_min) * (1 / scale) + 0.5) in float32. `axis`: the channel axis of per-channel
+    grids (TF's _per_channel op takes the last one)."""
+    x = np.asarray(x, np.float32)
+    shape = [1] * x.ndim
+    if axis is not None:
+        shape[axis] = -1
+    scale, zero_point, nmin, nmax = (np.reshape(a, shape if np.ndim(a) else ())
+                                     for a in (grid.scale, grid.zero_point, grid.nudged_min, grid.nudged_max))
+    safe_scale = np.where(scale > 0, scale, np.float32(1))
+    inv = (np.float32(1) / safe_scale).astype(np.float32)
+    clamped = np.clip(x, nmin, nmax)
+    steps = np.floor(((clamped - nmin).astype(np.float32) * inv).astype(np.float32) + np.float32(0.5))
+    return (steps + np.float32(grid.qmin) - zero_point).astype(np.int64)
+
+
 def fake_quant(x: np.ndarray, rmin: ArrayLike, rmax: ArrayLike, bits: int = 8, narrow_range: bool = False,
                axis: Optional[int] = None) -> np.ndarray:
-    """tf.quantization.fake_quant_with_min_max_vars(_per_channel) in float32."""
-    qmin = 1 if narrow_range else 0
-    qmax = (1 << bits) - 1
-    nudged_min, nudged_max, scale = nudge_range(qmin, qmax, np.atleast_1d(rmin), np.atleast_1d(rmax))
+    """tf.quantization.fake_quant_with_min_max_vars(_per_channel) in float32: scale * (level - zero_point).
+
+    TF's kernel gives the same float32 values on all but about 1 in a million elements (tests/test_qat_math.py):
+    its vectorised float32 steps occasionally round the other way at an exact .5."""
+    x = np.asarray(x, np.float32)
+    grid = fake_quant_grid(np.atleast_1d(rmin) if axis is not None else rmin,
+                           np.atleast_1d(rmax) if axis is not None else rmax, bits, narrow_range)
+    levels = fake_quant_levels(x, grid, axis).astype(np.float32)
+    shape = [1] * x.ndim
     if axis is not None:
-        shape = [1] * x.ndim
         shape[axis] = -1
-        nudged_min, nudged_max, scale = (a.reshape(shape) for a in (nudged_min, nudged_max, scale))
+    scale = np.reshape(grid.scale, shape if np.ndim(grid.scale) else ())
+    out = (levels * scale).astype(np.float32)
+    return np.where(scale > 0, out, np.clip(x, np.reshape(grid.nudged_min, np.shape(scale)),
+                                           np.reshape(grid.nudged_max, np.shape(scale)))).astype(np.float32)
+
+
+def fake_quant_qparams(rmin: ArrayLike, rmax: ArrayLike, bits: int = 8, narrow_range: bool = False,
+                       dtype: str = "i8", axis: Optional[int] = None) -> QParams:
+    """Plain lowering of a trained fake-quant range: the grid's scale, and its zero point moved into the signed
+    storage type (level u stored as u - 2^(bits-1)), so an 8-bit grid is int8 with zero point zp - 128 and a
+    b-bit grid uses 2^b of int8's levels. No converter rules (no FLT_MIN, no 1e-6 widening): the range as trained."""
+    grid = fake_quant_grid(rmin, rmax, bits, narrow_range)
+    storage_min, storage_max = qrange(dtype)
+    offset = 1 << (bits - 1)
+    if -offset < storage_min or offset - 1 > storage_max:
+        raise ValueError(f"a {bits}-bit grid does not fit {dtype} storage")
+    scales = np.atleast_1d(grid.scale)
+    if np.any(scales <= 0):
+        raise ValueError(f"fake-quant range [{rmin}, {rmax}] is empty; its scale would be 0")
+    zero_points = tuple(int(z) - offset for z in np.atleast_1d(grid.zero_point))
+    if axis is None and scales.size == 1:
+        return QParams.per_tensor(float(scales[0]), zero_points[0])
+    return QParams(tuple(float(s) for s in scales), zero_points, axis if axis is not None else 0)
+
+
+def fake_quant_storage(x: np.ndarray, rmin: ArrayLike, rmax: ArrayLike, bits: int, narrow_range: bool,
+                       dtype: str = "i8", axis: Optional[int] = None) -> np.ndarray:
+    """The stored integers of `x` on the grid of `fake_quant_qparams`: level - zero_point + storage zero point."""
+    grid = fake_quant_grid(np.atleast_1d(rmin) if axis is not None else rmin,
+                           np.atleast_1d(rmax) if axis is not None else rmax, bits, narrow_range)
+    levels = fake_quant_levels(x, grid, axis)
+    params = fake_quant_qparams(rmin, rmax, bits, narrow_range, dtype, axis)
+    shape = [1] * np.ndim(x)
+    if axis is not None:
+        shape[axis] = -1
+    zero_points = np.reshape(np.asarray(params.zero_point, np.int64), shape if axis is not None else ())
+    return (levels + zero_points).astype(_NP_INT[dtype])
+
+
+def symmetric_weight_range(w: np.ndarray, axis: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
+    """QAT weight ranges: [-m, m] with m = max|w| (per channel along `axis`), at least WEIGHT_RANGE_FLOOR so that
+    an all-zero channel still has a grid. qcompiler.qat computes the same with keras.ops."""
+    w = np.abs(np.asarray(w, np.float32))
+    if axis is None:
+        m = np.asarray(w.max() if w.size else 0, np.float32)
     else:
-        nudged_min, nudged_max, scale = (a.reshape(()) for a in (nudged_min, nudged_max, scale))
-    x = x.astype(np.float32)
-    clamped = np.clip(x, nudged_min, nudged_max)
-    safe_scale = np.where(scale > 0, scale, np.float32(1))
-    steps = np.floor((clamped - nudged_min) / safe_scale + np.float32(0.5))
-    out = steps * scale + nudged_min
-    return np.where(scale > 0, out, clamped).astype(np.float32)
+        m = w.max(axis=tuple(i for i in range(w.ndim) if i != axis % w.ndim))
+    m = np.maximum(m, np.float32(WEIGHT_RANGE_FLOOR)).astype(np.float32)
+    return -m, m
+
+
+WEIGHT_RANGE_FLOOR = 1e-8
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -261,7 +349,7 @@ def quantize_constant(x: np.ndarray, qparams: QParams, dtype: str = "i8", narrow
     return np.clip(round_half_away(scaled), qmin, qmax).astype(np.dtype(_NP_INT[dtype]))
 
 
-_NP_INT = {"i8": np.int8, "u8": np.uint8, "i16": np.int16, "i32": np.int32, "i64": np.int64}
+_NP_INT = {"i4": np.int8, "i8": np.int8, "u8": np.uint8, "i16": np.int16, "i32": np.int32, "i64": np.int64}
 
 
 # ----------------------------------------------------------------------------------------------------
