@@ -185,6 +185,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     from qcompiler.api import compile as compile_model
     from qcompiler.files import atomic_write
 
+    cli_plan.check_explain(args)
     if args.plan and args.print_pipeline:
         raise QCompilerError("--print-pipeline cannot go with --plan")
     options = {} if args.plan else _quant_options(args)

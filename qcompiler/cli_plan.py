@@ -56,7 +56,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def compile_with_plan(args: argparse.Namespace) -> bytes:
     """`compile --plan`: the plan fixes mode, options and ranges; calibration options are refused."""
-    from qcompiler.quant.plan import compile_plan
+    from qcompiler.quant.plan import compile_plan, load_plan
 
     clash = [flag for flag, given in (("--calibration", args.calibration), ("--observer", args.observer != "minmax"),
                                       ("--default-ranges", args.default_ranges), ("--io", args.io),
@@ -64,7 +64,16 @@ def compile_with_plan(args: argparse.Namespace) -> bytes:
              if given]
     if clash:
         raise QCompilerError(f"{', '.join(clash)} cannot go with --plan: the plan fixes them (edit the plan instead)")
-    return compile_plan(args.model, args.plan, keep_float=tuple(args.keep_float))
+    plan = load_plan(args.plan)
+    if args.mode != "float32" and args.mode != plan["mode"]:
+        raise QCompilerError(f"--mode {args.mode} does not match the plan's mode {plan['mode']}; leave --mode out")
+    return compile_plan(args.model, plan, keep_float=tuple(args.keep_float))
+
+
+def check_explain(args: argparse.Namespace) -> None:
+    """--explain is for integer models: refused before any work for a float mode without a plan."""
+    if args.explain and not args.plan and args.mode not in ("int8", "int16x8"):
+        raise QCompilerError(f"--explain is for integer modes (int8, int16x8), not --mode {args.mode}")
 
 
 def print_explanation(args: argparse.Namespace) -> None:

@@ -255,3 +255,17 @@ def test_explain_lists_ops_without_an_integer_kernel(tmp_path):
     with pytest.warns(UserWarning, match="stay float"):
         tflite = qcompiler.compile(model, "int8", np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32))
     assert "DIV" in _op_names(tflite) and "DEQUANTIZE" in _op_names(tflite)
+
+
+def test_cli_refusals_with_plan_and_explain(files, tmp_path, capsys):
+    folder, _, _ = files
+    plan_path, _ = _plan_file(folder, capsys)
+    out = tmp_path / "x.tflite"
+    code, _, err = _run(["compile", folder / "m.keras", "-o", out, "--plan", plan_path, "--mode", "int16x8"], capsys)
+    assert code == 2 and "does not match the plan's mode int8" in err
+    code, _, err = _run(["compile", folder / "m.keras", "-o", out, "--plan", plan_path, "--calibration",
+                         folder / "calib.npy"], capsys)
+    assert code == 2 and "--calibration cannot go with --plan" in err
+    code, _, err = _run(["compile", folder / "m.keras", "-o", out, "--explain"], capsys)
+    assert code == 2 and "--explain is for integer modes" in err
+    assert not out.exists()
