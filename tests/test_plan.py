@@ -269,3 +269,18 @@ def test_cli_refusals_with_plan_and_explain(files, tmp_path, capsys):
     code, _, err = _run(["compile", folder / "m.keras", "-o", out, "--explain"], capsys)
     assert code == 2 and "--explain is for integer modes" in err
     assert not out.exists()
+
+
+def test_plan_keeps_spare_ranges_for_keep_float_edits(files, capsys):
+    """Keeping the concat float un-shares its operands: their own ranges come from the plan's spare entries."""
+    folder, model, calib = files
+    _, plan = _plan_file(folder, capsys)
+    spare = {t["tensor"] for t in plan["tensors"] if t.get("spare")}
+    assert {"c1/conv2d", "c2"} <= spare
+    plan["layers"]["cat"]["keep_float"] = True
+    tflite = compile_plan(str(folder / "m.keras"), plan)
+    assert _quant_of(tflite, "cat")["dtype"] == np.float32
+    entry = next(t for t in plan["tensors"] if t["tensor"] == "c2")
+    scale, _ = _quant_of(tflite, "c2")["quantization"]
+    lo, hi = min(entry["range"][0], 0.0), max(entry["range"][1], 0.0)
+    assert scale == pytest.approx((hi - lo) / 255, rel=1e-5)

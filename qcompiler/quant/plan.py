@@ -42,8 +42,11 @@ def make_plan(model: Any, calibration: Union[str, Path], mode: str = "int8", *, 
               keep_float: tuple = ()) -> dict:
     """Calibrate `model` on the .npy/.npz file `calibration` and return the plan (a JSON-ready dict)."""
     from qcompiler.api import DEFAULT_POLICY, _IO_CHOICES, _passes, import_keras, run_passes
-    from qcompiler.passes.calibrate import DEFAULT_EXECUTOR, Calibrate, load_calibration_data
-    from qcompiler.passes.lower_to_int import LowerToInt
+    from dataclasses import replace
+
+    from qcompiler.passes.calibrate import (DEFAULT_EXECUTOR, Calibrate, CalibrationStats, _histogram_sample,
+                                            apply_ranges, calibration_points, collect_statistics, get_executor,
+                                            load_calibration_data)
 
     if mode not in ("int8", "int16x8"):
         raise PlanError(f"a quantization plan is for mode int8 or int16x8, not '{mode}'")
@@ -53,12 +56,20 @@ def make_plan(model: Any, calibration: Union[str, Path], mode: str = "int8", *, 
     passes = _passes(mode, str(calibration), io=io, observer=observer, observer_options=observer_options,
                      per_channel=per_channel, executor=executor, batch_size=batch_size, policy=policy,
                      keep_float=tuple(keep_float))
-    cut = next(i for i, p in enumerate(passes) if isinstance(p, LowerToInt))
+    cut = next(i for i, p in enumerate(passes) if isinstance(p, Calibrate))
+    calibrate = passes[cut]
     graph = import_keras(model) if not isinstance(model, Graph) else model.clone()
-    run_passes(graph, passes[:cut])
-    calibrate = next(p for p in passes if isinstance(p, Calibrate))
+    run_passes(graph, passes[:cut])  # the float pipeline and insert-fake-quant
     data = load_calibration_data(calibration)
     count = (next(iter(data.values())) if isinstance(data, Mapping) else data).shape[0]
+    spare = _every_activation_marked(graph)  # one run of the data gives the statistics of every activation
+    stats = collect_statistics(spare, data, batch_size=batch_size, executor=get_executor(executor),
+                               histogram_sample=_histogram_sample(observer), policy=policy)
+    wanted = {n.operands[0].name for n in calibration_points(graph)}
+    own = CalibrationStats({k: v for k, v in stats.items() if k in wanted})
+    own.samples, own.inplace_unions = stats.samples, stats.inplace_unions
+    run_passes(graph, [replace(calibrate, stats=own)])
+    apply_ranges(spare, stats, observer, policy=policy, **calibrate.parsed_observer_options())
     samples = file_samples(calibration, count)
     keep = set(keep_float)
     layers = {n.layer: {"keep_float": n.layer in keep} for n in graph.nodes
@@ -68,7 +79,49 @@ def make_plan(model: Any, calibration: Union[str, Path], mode: str = "int8", *, 
             "options": {"io": io, "per_channel": per_channel, "observer": observer,
                         "observer_options": dict(calibrate.parsed_observer_options()), "executor": executor,
                         "batch_size": batch_size},
-            "samples": samples, "layers": layers, "tensors": _tensor_entries(graph, observer, samples)}
+            "samples": samples, "layers": layers,
+            "tensors": _tensor_entries(graph, observer, samples) + _spare_entries(graph, spare, observer, samples)}
+
+
+def _every_activation_marked(graph: Graph) -> Graph:
+    """A float copy of `graph` with a fake_quant on every activation: its statistics also give the ranges a
+    keep_float edit may need (the borders of a layer that shared its parameters before)."""
+    from qcompiler.ir.ops import NOT_ACTIVATION, OPS
+    from qcompiler.passes.calibrate import float_graph_of
+
+    spare = float_graph_of(graph)
+    dtype = next(n.attrs["dtype"] for n in graph.find("fake_quant"))
+    values = [v for v in spare.inputs if v.type.is_float]
+    for node in spare.nodes:
+        definition = OPS.get(node.op)
+        if (len(node.results) == 1 and node.result.type.is_float and definition is not None
+                and definition.quant.output != NOT_ACTIVATION and not definition.converts_dtype):
+            values.append(node.result)
+    first = spare.nodes[0] if spare.nodes else None
+    for value in values:
+        users = list(value.uses)
+        marked = spare.op("fake_quant", value, name=f"{value.name}.spare", layer=value.layer, dtype=dtype,
+                          **({"before": first} if value.producer is None else {"after": value.producer}))
+        for use in users:
+            use.node.set_operand(use.index, marked)
+        spare.outputs = [marked if v is value else v for v in spare.outputs]
+    return spare
+
+
+def _spare_entries(graph: Graph, spare: Graph, observer: str, samples: dict) -> list[dict]:
+    """Entries for activations this plan does not quantize on their own (shared or fixed), marked `spare`."""
+    used = {n.operands[0].name for n in graph.find("fake_quant") if not n.attrs["weights"]}
+    entries = []
+    for node in spare.find("fake_quant"):
+        source = node.operands[0]
+        if source.name in used or node.attrs["min"] is None:
+            continue
+        dtype = node.attrs["dtype"]
+        entries.append({"tensor": source.name, "layer": source.layer, "dtype": dtype, "bits": _BITS[dtype],
+                        "kind": "activation", "granularity": "per-tensor",
+                        "range": [node.attrs["min"], node.attrs["max"]], "observer": observer, "samples": samples,
+                        "spare": True})
+    return entries
 
 
 def _tensor_entries(graph: Graph, observer: str, samples: dict) -> list[dict]:
