@@ -100,16 +100,13 @@ class _Runner:
 
 
 def _model_with_outputs(graph: Graph, names: Sequence[str]) -> bytes:
-    """The float model with every wanted tensor (graph inputs aside) as an extra graph output."""
-    calibration = graph.clone()
-    inputs = {v.name for v in calibration.inputs}
-    by_name = {v.name: v for v in calibration.values()}
+    """The float model with every wanted tensor (graph inputs aside) as an extra model output; the graph itself
+    is not changed (no copy of it is made)."""
+    by_name = {v.name: v for v in graph.values()}
     unknown = [n for n in names if n not in by_name]
     if unknown:
         raise BackendError(f"cannot calibrate tensors {unknown}: graph @{graph.name} has no such values")
-    extra = [by_name[n] for n in names if n not in inputs and not calibration.is_output(by_name[n])]
-    calibration.outputs = list(calibration.outputs) + extra
-    return write_tflite(calibration)
+    return write_tflite(graph, extra_outputs=[by_name[n] for n in names])
 
 
 def _available_cores() -> int:

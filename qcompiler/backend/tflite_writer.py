@@ -7,11 +7,19 @@ graph (or a clone of it) always gives the same bytes.
 
 Tensor shapes: an unknown dimension (the batch) is written as 1 in `shape` and -1 in `shape_signature`, as
 TFLiteConverter does; `Interpreter.resize_tensor_input` then changes it.
+
+Speed on big models: constant data is copied exactly once, from the arrays' memory straight into the returned
+`bytes` (one `bytes.join`). The flatbuffers builder only writes the small rest ("skeleton"); the constants' data
+vectors are laid out by `_DataRegion` at the end of the file, where the builder would have put them, and the
+Buffer tables point there. Large constants are deduplicated by a sampled fingerprint and compared in full only
+when fingerprints collide, so their bytes are never hashed. Identical small int32 vectors (shapes, signatures)
+and quantization tables are written once and shared, which flatbuffers allows.
 """
 from __future__ import annotations
 
 import importlib
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -79,6 +87,8 @@ SCHEMA_VERSION = 3
 FILE_IDENTIFIER = b"TFL3"
 SIGNATURE_KEY = "serving_default"
 BUFFER_ALIGNMENT = 16  # TFLiteConverter aligns constant data to 16 bytes; kernels may read it in place
+_HASHED_BUFFER_LIMIT = 4096  # constants up to this many bytes are deduplicated by their bytes, larger by fingerprint
+_FINGERPRINT_SAMPLES = 256
 
 _TFL_DTYPES: dict[str, int] = {
     "f32": TflType.FLOAT32,
@@ -151,10 +161,11 @@ class _ModelWriter:
 
     def __init__(self, value_names: Iterable[str]) -> None:
         self.tensors: list[_Tensor] = []
-        self.buffers: list[bytes] = [b""]
+        self.buffers: list[np.ndarray] = [_NO_DATA]  # flat uint8 views of the constants' little-endian data
         self.operators: list[_Operator] = []
         self.opcodes: list[list[int]] = []  # [builtin code, version], in order of first use
-        self._buffer_index: dict[tuple[str, bytes], int] = {}
+        self._buffer_index: dict[tuple, int] = {}  # small constants: (dtype, bytes) -> buffer index
+        self._large_buffers: dict[tuple, list[int]] = {}  # (dtype, size, fingerprint) -> buffer indices
         self._opcode_index: dict[int, int] = {}
         self._value_tensor: dict[int, int] = {}  # id(Value) -> tensor index; lookup only, never iterated
         # IR value names are unique already and keep their spelling; tensors the backend adds get fresh names.
@@ -179,21 +190,31 @@ class _ModelWriter:
         self.tensors.append(_Tensor(name, shape, signature, t.dtype, buffer, quant))
         return len(self.tensors) - 1
 
-    def _add_buffer(self, dtype: str, data: bytes) -> int:
-        key = (dtype, data)
-        if key not in self._buffer_index:
-            self.buffers.append(data)
-            self._buffer_index[key] = len(self.buffers) - 1
-        return self._buffer_index[key]
+    def _add_buffer(self, dtype: str, data: np.ndarray) -> int:
+        """The index of a buffer holding `data` (flat uint8), added unless an identical one exists."""
+        if data.size <= _HASHED_BUFFER_LIMIT:
+            key = (dtype, data.tobytes())
+            if key not in self._buffer_index:
+                self.buffers.append(data)
+                self._buffer_index[key] = len(self.buffers) - 1
+            return self._buffer_index[key]
+        candidates = self._large_buffers.setdefault((dtype, data.size, _fingerprint(data)), [])
+        for index in candidates:
+            if np.array_equal(self.buffers[index], data):
+                return index
+        self.buffers.append(data)
+        candidates.append(len(self.buffers) - 1)
+        return len(self.buffers) - 1
 
     def add_const(self, array: np.ndarray, name: str, t: Optional[TensorType] = None, of_value: bool = False
                   ) -> int:
         array = np.ascontiguousarray(array)
         t = t or TensorType(array.shape, array.dtype)
-        data = _pack_int4(array) if t.dtype == "i4" else array.astype(array.dtype.newbyteorder("<"),
-                                                                        copy=False).tobytes()
-        buffer = self._add_buffer(t.dtype, data)
-        return self._add_tensor(name, t, buffer, of_value)
+        if t.dtype == "i4":
+            data = _pack_int4(array)
+        else:
+            data = array.astype(array.dtype.newbyteorder("<"), copy=False).reshape(-1).view(np.uint8)
+        return self._add_tensor(name, t, self._add_buffer(t.dtype, data), of_value)
 
     def int32_const(self, values: Sequence[int] | np.ndarray, name: str) -> int:
         return self.add_const(np.asarray(values, dtype=np.int32), name)
@@ -262,7 +283,16 @@ class _ModelWriter:
         self.emit(builtin_code(activation), [pre], [out])
 
 
-def _pack_int4(array: np.ndarray) -> bytes:
+_NO_DATA = np.zeros(0, np.uint8)
+
+
+def _fingerprint(data: np.ndarray) -> bytes:
+    """A few hundred evenly spaced bytes and both ends of `data`: equal arrays have equal fingerprints."""
+    step = max(data.size // _FINGERPRINT_SAMPLES, 1)
+    return data[::step].tobytes() + data[-64:].tobytes()
+
+
+def _pack_int4(array: np.ndarray) -> np.ndarray:
     """TFLite INT4 buffers: two values per byte, the first in the low nibble (an odd count ends half empty)."""
     flat = np.asarray(array, np.int8).reshape(-1)
     if np.any((flat < -8) | (flat > 7)):
@@ -270,7 +300,7 @@ def _pack_int4(array: np.ndarray) -> bytes:
     nibbles = (flat.astype(np.uint8) & 0x0F)
     if nibbles.size % 2:
         nibbles = np.append(nibbles, np.uint8(0))
-    return (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8).tobytes()
+    return (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8)
 
 
 def _const_data(value: Value) -> np.ndarray:
@@ -688,19 +718,77 @@ def _offset_vector(b: flatbuffers.Builder, offsets: Sequence[int]) -> int:
     return b.EndVector()
 
 
-def _int32_vector(b: flatbuffers.Builder, values: Sequence[int]) -> int:
-    return b.CreateNumpyVector(np.asarray(values, dtype="<i4"))
-
-
-def _aligned_bytes(b: flatbuffers.Builder, data: bytes) -> int:
-    b.StartVector(1, len(data), BUFFER_ALIGNMENT)
-    b.head -= len(data)
-    b.Bytes[b.head:b.head + len(data)] = data
+def _vector(b: flatbuffers.Builder, code: str, values: Sequence[Any]) -> int:
+    """A vector of little-endian scalars (struct format `code`: i, f, q), packed straight into the builder;
+    several times faster than CreateNumpyVector on the few-element vectors of shapes, operands and scales."""
+    size = struct.calcsize(code)
+    b.StartVector(size, len(values), size)
+    b.head -= size * len(values)
+    struct.pack_into(f"<{len(values)}{code}", b.Bytes, b.head, *values)
     return b.EndVector()
 
 
-def _write_buffer(b: flatbuffers.Builder, data: bytes) -> int:
-    data_offset = _aligned_bytes(b, data) if data else None
+def _int32_vector(b: flatbuffers.Builder, values: Sequence[int]) -> int:
+    return _vector(b, "i", values)
+
+
+class _Shared:
+    """Writes each distinct shape vector and quantization table once; later tensors point at the same bytes
+    (a requantization-free chain of int8 ops shares one set of parameters)."""
+
+    def __init__(self, b: flatbuffers.Builder) -> None:
+        self.b = b
+        self.vectors: dict[tuple[int, ...], int] = {}
+        self.quants: dict[QParams, int] = {}
+
+    def int32(self, values: Sequence[int]) -> int:
+        key = tuple(values)
+        offset = self.vectors.get(key)
+        if offset is None:
+            offset = self.vectors[key] = _int32_vector(self.b, key)
+        return offset
+
+    def quant(self, q: QParams) -> int:
+        offset = self.quants.get(q)
+        if offset is None:
+            offset = self.quants[q] = _write_quant(self.b, q)
+        return offset
+
+
+class _DataRegion:
+    """The constants' [ubyte] vectors, laid out as the flatbuffers builder would write them first (so they end up
+    at the end of the file), each one's data 16-byte aligned, but never copied into the builder.
+
+    `offsets[i]` is what `Buffer.AddData` takes for buffer i: the builder measures offsets from the end of its
+    own bytes, which is where this region starts, so a vector inside the region has a negative offset (the
+    forward distance the builder computes from it is still right). None for an empty buffer (no data vector)."""
+
+    def __init__(self, buffers: Sequence[np.ndarray]) -> None:
+        self.offsets: list[Optional[int]] = []
+        self._vectors: list[tuple[np.ndarray, int]] = []  # (data, padding after it), in writing order
+        written = 0  # bytes from the end of the file
+        for data in buffers:
+            if not data.size:
+                self.offsets.append(None)
+                continue
+            padding = -(written + data.size) % BUFFER_ALIGNMENT  # makes the data start 16-byte aligned
+            written += padding + data.size + 4  # + the uint32 length before the data
+            self._vectors.append((data, padding))
+            self.offsets.append(written)
+        # Leading padding keeps the region a multiple of the alignment, and no offset 0 (AddData would skip it).
+        self._front = -written % BUFFER_ALIGNMENT or BUFFER_ALIGNMENT
+        self.size = written + self._front
+        self.offsets = [None if o is None else o - self.size for o in self.offsets]
+
+    def pieces(self) -> list[Any]:
+        """The region's bytes, in file order, as buffers for `bytes.join` (the arrays' own memory)."""
+        out: list[Any] = [bytes(self._front)]
+        for data, padding in reversed(self._vectors):
+            out += [struct.pack("<I", data.size), memoryview(data), bytes(padding)]
+        return out
+
+
+def _write_buffer(b: flatbuffers.Builder, data_offset: Optional[int]) -> int:
     Buffer.Start(b)
     if data_offset is not None:
         Buffer.AddData(b, data_offset)
@@ -708,8 +796,8 @@ def _write_buffer(b: flatbuffers.Builder, data: bytes) -> int:
 
 
 def _write_quant(b: flatbuffers.Builder, q: QParams) -> int:
-    scale = b.CreateNumpyVector(np.asarray(q.scale, dtype="<f4"))
-    zero_point = b.CreateNumpyVector(np.asarray(q.zero_point, dtype="<i8"))
+    scale = _vector(b, "f", q.scale)  # QParams keeps float32-representable scales
+    zero_point = _vector(b, "q", q.zero_point)
     QuantizationParameters.Start(b)
     QuantizationParameters.AddScale(b, scale)
     QuantizationParameters.AddZeroPoint(b, zero_point)
@@ -717,11 +805,11 @@ def _write_quant(b: flatbuffers.Builder, q: QParams) -> int:
     return QuantizationParameters.End(b)
 
 
-def _write_tensor(b: flatbuffers.Builder, t: _Tensor) -> int:
+def _write_tensor(b: flatbuffers.Builder, t: _Tensor, shared: _Shared) -> int:
     name = b.CreateString(t.name)
-    shape = _int32_vector(b, t.shape)
-    signature = _int32_vector(b, t.signature) if t.signature is not None else None
-    quant = _write_quant(b, t.quant) if t.quant is not None else None
+    shape = shared.int32(t.shape)
+    signature = shared.int32(t.signature) if t.signature is not None else None
+    quant = shared.quant(t.quant) if t.quant is not None else None
     Tensor.Start(b)
     Tensor.AddShape(b, shape)
     Tensor.AddType(b, _TFL_DTYPES[t.dtype])
@@ -781,10 +869,15 @@ def _signature_names(values: Sequence[Value], taken: set[str]) -> list[str]:
     return names
 
 
-def _serialize(w: _ModelWriter, graph: Graph, inputs: list[int], outputs: list[int], description: str) -> bytes:
-    b = flatbuffers.Builder(1024 + sum(len(d) for d in w.buffers))
-    buffers = _offset_vector(b, [_write_buffer(b, data) for data in w.buffers])
-    tensors = _offset_vector(b, [_write_tensor(b, t) for t in w.tensors])
+def _serialize(w: _ModelWriter, graph: Graph, inputs: list[int], output_values: Sequence[Value], outputs: list[int],
+               description: str) -> bytes:
+    region = _DataRegion(w.buffers)
+    names = sum(len(t.name) for t in w.tensors)
+    b = flatbuffers.Builder(65536 + 256 * (len(w.tensors) + len(w.operators)) + 2 * names)
+    b.minalign = BUFFER_ALIGNMENT  # the skeleton's size stays a multiple of 16, so the data stays aligned in the file
+    shared = _Shared(b)
+    buffers = _offset_vector(b, [_write_buffer(b, offset) for offset in region.offsets])
+    tensors = _offset_vector(b, [_write_tensor(b, t, shared) for t in w.tensors])
     operators = _offset_vector(b, [_write_operator(b, op) for op in w.operators])
     subgraph_name = b.CreateString(graph.name)
     in_vec, out_vec = _int32_vector(b, inputs), _int32_vector(b, outputs)
@@ -798,7 +891,7 @@ def _serialize(w: _ModelWriter, graph: Graph, inputs: list[int], outputs: list[i
     opcodes = _offset_vector(b, [_write_opcode(b, code, version) for code, version in w.opcodes])
 
     sig_inputs = _write_tensor_maps(b, list(zip(_signature_names(graph.inputs, set()), inputs)))
-    sig_outputs = _write_tensor_maps(b, list(zip(_signature_names(graph.outputs, set()), outputs)))
+    sig_outputs = _write_tensor_maps(b, list(zip(_signature_names(output_values, set()), outputs)))
     key = b.CreateString(SIGNATURE_KEY)
     SignatureDef.Start(b)
     SignatureDef.AddInputs(b, sig_inputs)
@@ -816,23 +909,35 @@ def _serialize(w: _ModelWriter, graph: Graph, inputs: list[int], outputs: list[i
     Model.AddBuffers(b, buffers)
     Model.AddSignatureDefs(b, signatures)
     b.Finish(Model.End(b), file_identifier=FILE_IDENTIFIER)
-    return bytes(b.Output())
+    return b"".join([memoryview(b.Bytes)[b.Head():], *region.pieces()])
 
 
 # ----------------------------------------------------------------------------------------------------
 # public API
 # ----------------------------------------------------------------------------------------------------
-def write_tflite(graph: Graph, description: str = "qcompiler") -> bytes:
-    """Serialize `graph` to TFLite flatbuffer bytes. Raises BackendError for anything TFLite cannot express."""
+def write_tflite(graph: Graph, description: str = "qcompiler", extra_outputs: Sequence[Value] = ()) -> bytes:
+    """Serialize `graph` to TFLite flatbuffer bytes. Raises BackendError for anything TFLite cannot express.
+
+    `extra_outputs`: values of `graph` written as further model outputs after the graph's own (those already
+    outputs, and graph inputs, are skipped), e.g. the tensors calibration reads; the graph is not changed.
+    """
     if not graph.outputs:
         raise BackendError(f"graph @{graph.name} has no outputs; nothing to write")
+    output_values = list(graph.outputs)
+    listed = {id(v) for v in output_values} | {id(v) for v in graph.inputs}
+    for value in extra_outputs:
+        if id(value) not in listed:
+            if value.producer is None or not graph.contains(value.producer):
+                raise BackendError(f"extra output %{value.name} is not a value of graph @{graph.name}")
+            listed.add(id(value))
+            output_values.append(value)
     w = _ModelWriter(v.name for v in graph.values())
     inputs = [w.add_input(v) for v in graph.inputs]
     for node in graph.nodes:
         if node.op != "const":
             _emit_node(w, node)
-    outputs = [w.tensor_of(v) for v in graph.outputs]
-    return _serialize(w, graph, inputs, outputs, description)
+    outputs = [w.tensor_of(v) for v in output_values]
+    return _serialize(w, graph, inputs, output_values, outputs, description)
 
 
 def write_tflite_file(graph: Graph, path: str | os.PathLike, description: str = "qcompiler") -> Path:

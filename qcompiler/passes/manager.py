@@ -1,4 +1,5 @@
-"""Runs a pipeline of passes over a graph, verifying after each one.
+"""Runs a pipeline of passes over a graph, verifying the input and the graph after each pass that changed it
+(a pass reporting `modified=False` is trusted, as MLIR's pass manager trusts a pass that preserved everything).
 
     run_passes(graph, "canonicalize,fold-batchnorm", timing=True)
     PassManager(DEFAULT_FLOAT_PIPELINE, print_ir_after={"fold-batchnorm"}).run(graph)
@@ -56,9 +57,12 @@ class PassRecord:
 class PassManager:
     def __init__(self, pipeline: Pipeline, verify_each: bool = True, print_ir_after_all: bool = False,
                  print_ir_after: Iterable[str] = (), timing: bool = False, stream: Optional[TextIO] = None,
-                 registry: Mapping[str, type[Pass]] = PASSES) -> None:
+                 registry: Mapping[str, type[Pass]] = PASSES, verify_input: bool = True) -> None:
+        """`verify_input=False` skips verifying the graph before the first pass: for a graph that was verified
+        already (qcompiler.compile chains several pipelines on one graph)."""
         self.passes = _to_passes(pipeline, registry)
         self.verify_each = verify_each
+        self.verify_input = verify_input
         self.print_ir_after_all = print_ir_after_all
         self.print_ir_after = set(print_ir_after)
         self.timing = timing
@@ -77,7 +81,7 @@ class PassManager:
     def run(self, graph: Graph) -> Graph:
         """Run every pass in order on `graph` (in place); returns it."""
         self.records = []
-        if self.verify_each:
+        if self.verify_each and self.verify_input:
             self._verify(graph, None, [])
         done: list[str] = []
         for p in self.passes:
@@ -94,7 +98,7 @@ class PassManager:
                 text = _safe_print(graph) or "(the graph cannot be printed)\n"
                 self.stream.write(f"// ----- IR after {p} ({state}) -----\n{text}\n")
             verify_start = time.perf_counter()
-            if self.verify_each:
+            if self.verify_each and result.modified:  # as MLIR: a pass that changed nothing is not re-verified
                 self._verify(graph, str(p), done)
             self.records.append(PassRecord(p, result, elapsed, time.perf_counter() - verify_start))
             done.append(str(p))
