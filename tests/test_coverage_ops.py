@@ -262,7 +262,7 @@ def test_other_modes_close_to_keras(name: str, mode: str) -> None:
 # ----------------------------------------------------------------------------------------------------
 _SHAPE_KEEPING = [name for name in CASES if name not in (
     "mean_spatial", "max_axis", "reshape", "matmul_constant", "softmax_last", "transpose", "concatenate",
-    "dense_rank4", "grouped_conv_depthwise", "sum_axis", "exp", "square", "divide_by_tensor")]
+    "dense_rank4", "grouped_conv_depthwise", "sum_axis", "exp", "square", "divide_by_tensor", "get_item")]
 
 
 @functools.lru_cache(maxsize=None)
@@ -280,7 +280,7 @@ def random_model(seed: int) -> keras.Model:
     return keras.Model(inputs, layers.Dense(5)(x), name=f"random_{seed}")
 
 
-@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("seed", range(6))
 def test_random_models_float32_and_int8(seed: int) -> None:
     model = random_model(seed)
     x = _data(model, SAMPLES, seed=4)
