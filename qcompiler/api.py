@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import functools
 import gc
+import inspect
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, TextIO, Union
+
+import numpy as np
 
 from qcompiler.errors import QCompilerError
 from qcompiler.ir.graph import Graph
@@ -63,13 +66,90 @@ def parse_ir(text: str, constants: Optional[dict] = None) -> Graph:
 
 def run_passes(graph: Graph, pipeline: Union[str, list], **options: Any) -> Graph:
     """Run a pass pipeline ("fold-batchnorm,fuse-activations") on `graph` in place and return it."""
+    from qcompiler.passes.base import Pass
     from qcompiler.passes.manager import run_passes as _run
 
+    _check_graph(graph, "run_passes")
+    items = [pipeline] if isinstance(pipeline, str) else pipeline
+    if not isinstance(items, (list, tuple)) or not all(isinstance(p, (str, Pass)) for p in items):
+        bad = pipeline if not isinstance(items, (list, tuple)) else next(p for p in items
+                                                                         if not isinstance(p, (str, Pass)))
+        raise TypeError("run_passes takes a pipeline string (\"fold-batchnorm,fuse-activations\") or a list of pass "
+                        f"names and Pass objects, got {type(bad).__name__} {bad!r}")
     return _run(graph, pipeline, **options)
+
+
+# ----------------------------------------------------------------------------------------------------
+# argument checks: wrong types raise TypeError, wrong values QCompilerError, both saying what was expected
+# ----------------------------------------------------------------------------------------------------
+def _check_graph(graph: Any, where: str) -> None:
+    if not isinstance(graph, Graph):
+        raise TypeError(f"{where} takes a qcompiler Graph (from import_keras or parse_ir), got {type(graph).__name__}")
+
+
+def _check_model(model: Any, where: str) -> None:
+    import os
+
+    if isinstance(model, (str, os.PathLike, Graph)):
+        return
+    import keras
+
+    if isinstance(model, keras.Model):
+        return
+    raise TypeError(f"{where} takes a keras.Model, a .keras/.h5 path or a qcompiler Graph, got {type(model).__name__}")
+
+
+def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, one of {', '.join(choices)}; got {type(value).__name__} {value!r}")
+    if value not in choices:
+        import difflib
+
+        near = [c for c in choices if c.lower() == value.lower()] or difflib.get_close_matches(value, choices, n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        raise QCompilerError(f"{name} '{value}' is not one of {', '.join(choices)}{hint}")
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise QCompilerError(f"{name} must be at least 1, got {value}")
+
+
+def _check_options(where: str, mode: Any, options: Mapping[str, Any], allow: Sequence[str] = ()) -> None:
+    """The mode, the option names (with a "did you mean") and the types of the quantization options."""
+    import difflib
+
+    from qcompiler.quant.observers import OBSERVERS
+
+    _check_choice("mode", mode, MODES)
+    known = [name for name in inspect.signature(_passes).parameters
+             if name not in ("mode", "calibration", "trained") or name in allow]
+    for key in options:
+        if key not in known:
+            near = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise TypeError(f"{where} got an unexpected keyword argument '{key}'{hint} (known: {', '.join(known)})")
+    if "observer" in options:
+        _check_choice("observer", options["observer"], tuple(OBSERVERS))
+    if "batch_size" in options:
+        _check_positive_int("batch_size", options["batch_size"])
+    if options.get("observer_options") is not None and not isinstance(options["observer_options"], Mapping):
+        raise TypeError(f"observer_options must be a dict, got {type(options['observer_options']).__name__}")
+    for flag in ("per_channel", "int4_weights"):
+        if flag in options and not isinstance(options[flag], (bool, np.bool_)):
+            raise TypeError(f"{flag} must be True or False, got {type(options[flag]).__name__} {options[flag]!r}")
+    for name in ("io", "executor", "calibrate_with", "policy"):
+        if options.get(name) is not None and not isinstance(options[name], str):
+            raise TypeError(f"{name} must be a str, got {type(options[name]).__name__} {options[name]!r}")
+    for name in ("default_ranges", "input_stats"):
+        _pair(options.get(name), name)
 
 
 def float_graph(model_or_graph: Union[ModelLike, Graph], policy: str = DEFAULT_POLICY) -> Graph:
     """Import (or copy) and run the default float pipeline: what every mode starts from."""
+    _check_model(model_or_graph, "float_graph")
     graph, unverified = _graph_of(model_or_graph)
     return run_passes(graph, _float_passes(policy), verify_input=unverified)
 
@@ -87,6 +167,7 @@ def pipeline_for(mode: str = "float32", calibration: Union[str, Path, None] = No
     from qcompiler.passes.insert_fake_quant import InsertFakeQuant
     from qcompiler.passes.lower_to_int import LowerToInt
 
+    _check_options("pipeline_for", mode, options, allow=("trained",))
     # the quantization steps spell out every option, so the text shows the executor, observer and policy
     return ",".join(p.text(explicit=isinstance(p, (InsertFakeQuant, Calibrate, LowerToInt)))
                     for p in _passes(mode, calibration, **options))
@@ -228,6 +309,8 @@ def quantize(model_or_graph: Union[ModelLike, Graph], mode: str = "int8", calibr
     `calibration_stats` (from an earlier `calibration_statistics` call) replaces `calibration_data`, so another
     observer can be tried without running the data again.
     """
+    _check_model(model_or_graph, "quantize")
+    _check_options("quantize", mode, options)
     if mode not in CALIBRATED_MODES:
         raise QCompilerError(f"quantize() takes a calibrated mode {CALIBRATED_MODES}, not '{mode}'")
     graph, unverified = _graph_of(model_or_graph)
@@ -251,6 +334,10 @@ def calibration_statistics(graph: Graph, calibration_data: Any, batch_size: int 
     """
     from qcompiler.passes.calibrate import HISTOGRAM_SAMPLE, collect_statistics, get_executor
 
+    _check_graph(graph, "calibration_statistics")
+    _check_positive_int("batch_size", batch_size)
+    if not isinstance(calibrate_with, str):
+        raise TypeError(f"calibrate_with must be a str (exact, fast, numpy), got {calibrate_with!r}")
     return collect_statistics(graph, calibration_data, batch_size=batch_size, executor=get_executor(calibrate_with),
                               progress=progress, histogram_sample=None if exact_histograms else HISTOGRAM_SAMPLE,
                               policy=policy)
@@ -263,6 +350,8 @@ def compile(model_or_path: Union[ModelLike, Graph], mode: str = "float32", calib
     ...)` prints, then the TFLite writer. See `quantize` for the options; `policy` applies to every mode."""
     from qcompiler.backend.tflite_writer import write_tflite
 
+    _check_model(model_or_path, "compile")
+    _check_options("compile", mode, options)
     graph, unverified = _graph_of(model_or_path)
     trained = mode in CALIBRATED_MODES and _has_trained_ranges(graph)  # a QAT model: its own ranges
     return write_tflite(run_passes(graph, _passes(mode, calibration_data, trained=trained, **options),
@@ -270,12 +359,17 @@ def compile(model_or_path: Union[ModelLike, Graph], mode: str = "float32", calib
 
 
 def _pair(values: Optional[Sequence[float]], what: str) -> Optional[tuple[float, float]]:
+    """Two finite numbers (min, max) or (mean, std), given as a tuple/list/array, e.g. (-6, 6)."""
     if values is None:
         return None
-    values = tuple(float(v) for v in values)
-    if len(values) != 2:
-        raise QCompilerError(f"{what} need exactly two numbers, got {list(values)}")
-    return values  # type: ignore[return-value]
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
+        raise TypeError(f"{what} takes two numbers as a tuple, e.g. (-6, 6); got {type(values).__name__} {values!r}")
+    if not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in values):
+        raise TypeError(f"{what} takes two numbers, e.g. (-6, 6); got {list(values)!r}")
+    pair = tuple(float(v) for v in values)
+    if len(pair) != 2 or not all(np.isfinite(pair)):
+        raise QCompilerError(f"{what} takes exactly two finite numbers, got {list(pair)}")
+    return pair  # type: ignore[return-value]
 
 
 def layer_report(model_or_graph: Union[ModelLike, Graph], calibration_data: Any, eval_data: Any = None, *,
@@ -287,8 +381,11 @@ def layer_report(model_or_graph: Union[ModelLike, Graph], calibration_data: Any,
     from qcompiler.passes.insert_fake_quant import InsertFakeQuant
     from qcompiler.validate.layer_report import layer_report as _report
 
-    if mode not in CALIBRATED_MODES:
-        raise QCompilerError(f"a layer report needs a calibrated mode {CALIBRATED_MODES}, not '{mode}'")
+    from qcompiler.quant.observers import OBSERVERS
+
+    _check_model(model_or_graph, "layer_report")
+    _check_choice("mode", mode, CALIBRATED_MODES)
+    _check_choice("observer", observer, tuple(OBSERVERS))
     graph = float_graph(model_or_graph, policy)
     run_passes(graph, [InsertFakeQuant(activations="i16" if mode == "int16x8" else "i8", per_channel=per_channel,
                                        policy=policy)])

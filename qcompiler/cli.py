@@ -2,29 +2,38 @@
 from __future__ import annotations
 
 import argparse
-import os
+import difflib
+import math
 import sys
 import traceback
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter is not ours to print
-
-from qcompiler.errors import QCompilerError  # noqa: E402
-from qcompiler import cli_plan  # noqa: E402  (issue 11: plan, keep-float, explain, dot, html report)
+from qcompiler import cli_plan  # issue 11: plan, keep-float, explain, dot, html report
+from qcompiler.errors import QCompilerError
+from qcompiler.quiet import silence_tensorflow_imports
 
 EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
+
+
+class UsageError(QCompilerError):
+    """A command-line flag or argument is wrong; raised before any work starts."""
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    silence_tensorflow_imports()  # the one place: every path that imports TensorFlow is quiet
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as err:
+        _print_error(err)
+        return EXIT_USER_ERROR
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USER_ERROR
     try:
-        if args.command in ("compile", "dump", "demo", "report", "calibrate"):
-            _import_tensorflow_quietly()
+        _check_arguments(args)
         return args.handler(args)
     except (QCompilerError, ValueError, OSError) as err:
         if args.traceback:
@@ -34,15 +43,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("qcompiler: interrupted", file=sys.stderr)
         return 130
+    except (RecursionError, MemoryError) as err:
+        if args.traceback:
+            traceback.print_exc()
+        what = "nests too deeply" if isinstance(err, RecursionError) else "needs more memory than is available"
+        _print_error(QCompilerError(f"{_inputs_of(args)}: the input {what} ({type(err).__name__})"))
+        return EXIT_USER_ERROR
+    except Exception as err:  # a bug in qcompiler: still one line, and --traceback shows where
+        if args.traceback:
+            traceback.print_exc()
+        _print_error(QCompilerError(f"internal error on {_inputs_of(args)}: {type(err).__name__}: {err} "
+                                    "(a qcompiler bug: please report it with the --traceback output)"))
+        return EXIT_INTERNAL_ERROR
 
 
-def _import_tensorflow_quietly() -> None:
-    from qcompiler.quiet import native_output_silenced
+def _inputs_of(args: argparse.Namespace) -> str:
+    names = [getattr(args, k, None) for k in ("model", "input", "calibration", "data")]
+    return ", ".join(f"'{n}'" for n in names if n) or "the input"
 
-    with native_output_silenced():
-        import ai_edge_litert.interpreter  # noqa: F401
-        import keras  # noqa: F401
-        import tensorflow  # noqa: F401
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the reason and where to find the usage, not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
 def _print_error(err: Exception) -> None:
@@ -54,7 +78,7 @@ def _print_error(err: Exception) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qcompiler", description="Keras → qcompiler IR → TFLite")
+    parser = _Parser(prog="qcompiler", description="Keras → qcompiler IR → TFLite")
     parser.add_argument("--traceback", action="store_true", help="show the Python traceback on errors")
     sub = parser.add_subparsers(dest="command")
 
@@ -147,7 +171,67 @@ def _number_pair(text: str) -> tuple[float, float]:
         values = ()
     if len(values) != 2:
         raise argparse.ArgumentTypeError(f"expected two numbers separated by a comma, e.g. -6,6; got '{text}'")
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected two finite numbers, got '{text}'")
     return values  # type: ignore[return-value]
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Every flag value, and the output path, checked before any work starts."""
+    from qcompiler.files import check_output_path
+
+    if args.command == "compile":
+        _check_quant_flags(args)
+        if args.output is not None:
+            check_output_path(args.output, inputs=[args.model, args.calibration])
+        elif not args.print_pipeline:
+            raise UsageError("compile needs an output file: -o MODEL.tflite (or --print-pipeline)")
+    elif args.command == "report":
+        _check_choice("--mode", args.mode, ("int8", "int16x8"))
+        _check_observer(args.observer)
+        if args.json:
+            check_output_path(args.json, inputs=[args.model, args.calibration, args.data])
+    elif args.command == "opt" and args.output:
+        check_output_path(args.output, inputs=[args.input])
+    elif args.command == "demo" and args.epochs < 1:
+        raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
+
+
+def _check_choice(flag: str, value: str, choices: Sequence[str]) -> None:
+    if value in choices:
+        return
+    near = [c for c in choices if c.lower() == value.lower()] or difflib.get_close_matches(value, choices, n=1)
+    hint = f"; did you mean {near[0]}?" if near else ""
+    raise UsageError(f"{flag} {value} is not one of {', '.join(choices)}{hint}")
+
+
+def _check_observer(name: str) -> None:
+    from qcompiler.quant.observers import OBSERVERS
+
+    _check_choice("--observer", name, tuple(OBSERVERS))
+
+
+def _check_quant_flags(args: argparse.Namespace) -> None:
+    from qcompiler.api import _IO_CHOICES, MODES
+
+    _check_choice("--mode", args.mode, MODES)
+    _check_observer(args.observer)
+    if args.io is not None and args.mode in _IO_CHOICES:
+        _check_choice("--io", args.io, _IO_CHOICES[args.mode])
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.percentile is not None and not 50 < args.percentile <= 100:
+        raise UsageError(f"--percentile must be in (50, 100], got {args.percentile}")
+    if args.default_ranges is not None:
+        lo, hi = args.default_ranges
+        if not lo <= 0 <= hi or lo == hi:
+            raise UsageError(f"--default-ranges {lo},{hi} must contain 0 and not be empty, e.g. -6,6")
+    if args.input_stats is not None:
+        mean, std = args.input_stats
+        if not std > 0:
+            raise UsageError(f"--input-stats {mean},{std}: STD must be positive (real = (q - MEAN) / STD)")
+        if args.io != "uint8" and args.mode != "uint8":
+            raise UsageError("--input-stats describes uint8 inputs: use it with --mode uint8")
 
 
 def _quant_options(args: argparse.Namespace) -> dict:
@@ -206,7 +290,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     for warning in caught:
         if issubclass(warning.category, UserWarning) and "qcompiler" in type(warning.message).__module__:
             print(f"qcompiler: warning: {warning.message}", file=sys.stderr)
-    atomic_write(args.output, data)
+    atomic_write(args.output, data, inputs=[args.model, args.calibration, args.plan])
     print(f"wrote {args.output} ({len(data):,} bytes, {'plan ' + args.plan if args.plan else args.mode})")
     if args.explain:
         cli_plan.print_explanation(args)
@@ -216,15 +300,30 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 def _load_graph(path: str):
     from qcompiler.api import import_keras, parse_ir
 
-    if path == "-":
-        return parse_ir(sys.stdin.read())
-    if path.endswith(".qir"):
+    from qcompiler.ir.graph import IRError
+
+    if path == "-" or path.endswith(".qir"):
+        name = "<stdin>" if path == "-" else path
         try:
-            text = Path(path).read_text()
+            data = _read_stdin() if path == "-" else Path(path).read_bytes()
         except OSError as err:
             raise QCompilerError(f"cannot read IR file '{path}': {err.strerror}") from None
-        return parse_ir(text)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = data.count(b"\n", 0, err.start) + 1
+            raise QCompilerError(f"{name}: line {line}: not UTF-8 text (byte {data[err.start]:#04x} at offset "
+                                 f"{err.start}); a .qir file is UTF-8 IR text") from None
+        try:
+            return parse_ir(text)
+        except IRError as err:
+            raise QCompilerError(f"{name}: {err}") from None
     return import_keras(path)
+
+
+def _read_stdin() -> bytes:
+    stream = getattr(sys.stdin, "buffer", None)
+    return stream.read() if stream is not None else sys.stdin.read().encode()
 
 
 def _run_pipeline(graph, args: argparse.Namespace):
@@ -254,7 +353,7 @@ def _cmd_opt(args: argparse.Namespace) -> int:
     graph = _run_pipeline(_load_graph(args.input), args)
     text = print_graph(graph, full_constants=args.full_constants)
     if args.output:
-        atomic_write(args.output, text.encode())
+        atomic_write(args.output, text.encode(), inputs=[args.input])
     else:
         sys.stdout.write(text)
     return 0
@@ -280,7 +379,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
                           policy=args.policy)
     sys.stdout.write(report.table())
     if args.json:
-        atomic_write(args.json, report.to_json().encode())
+        atomic_write(args.json, report.to_json().encode(), inputs=[args.model, args.calibration, args.data])
     return 0
 
 

@@ -171,6 +171,17 @@ def converter_int8(model, calibration) -> bytes:
         return converter.convert()
 
 
+def converter_float32(model) -> bytes:
+    """The float reference: TFLiteConverter's default float32 conversion of `model`."""
+    import warnings
+
+    import tensorflow as tf
+
+    with warnings.catch_warnings(), native_output_silenced(fds=(1, 2)):
+        warnings.simplefilter("ignore")
+        return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+
+
 def _add_row(rows: dict, name: str, data: bytes, seconds: float, x: np.ndarray, y: np.ndarray) -> None:
     accuracy = float(np.mean(np.argmax(tflite_predict(data, x), -1) == y))
     rows[name] = {"accuracy": accuracy, "bytes": float(len(data)), "seconds": seconds}

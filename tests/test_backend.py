@@ -149,6 +149,14 @@ def _single(op: str, in_shape: tuple = (8, 9, 3), **attrs) -> Callable[[], Graph
     return build
 
 
+def _space_then_batch() -> Graph:
+    """batch_to_space needs a batch that is a multiple of the block: feed it a space_to_batch result."""
+    g, (x,) = _graph((7, 9, 3))
+    spaced = g.op("space_to_batch", x, block=[2, 2], paddings=[[1, 2], [0, 1]])
+    g.outputs = [g.op("batch_to_space", g.op("relu", spaced), block=[2, 2], crops=[[0, 1], [1, 0]])]
+    return g
+
+
 def _select() -> Graph:
     g, (x, y) = _graph((4, 6), (4, 6))
     cond = g.op("greater", x, g.const(np.float32(0.25).reshape(()), "threshold"))
@@ -253,6 +261,8 @@ FLOAT_CASES: dict[str, Callable[[], Graph]] = {
     "reshape": _single("reshape", shape=[-1, 24, 9]),
     "pad": _single("pad", paddings=[[0, 0], [2, 1], [0, 0], [1, 3]]),
     "slice": _single("slice", begin=[0, 1, 2, 1], size=[-1, 5, -1, 2]),
+    "space_to_batch": _single("space_to_batch", block=[2, 3], paddings=[[1, 1], [2, 1]]),
+    "space_then_batch": lambda: _space_then_batch(),
     "resize_nearest_up": _single("resize_nearest", size=[16, 20]),
     "resize_nearest_down": _single("resize_nearest", size=[5, 4]),
     "concat_relu": _concat("relu"),

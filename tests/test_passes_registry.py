@@ -62,7 +62,7 @@ def test_pipeline_text_round_trips() -> None:
 
 
 @pytest.mark.parametrize("text,expected", [
-    ("fold-batchnrom", "unknown pass 'fold-batchnrom'; known passes: apply-plan, calibrate, canonicalize, dce, fold-affine, fold-batchnorm"),
+    ("fold-batchnrom", "unknown pass 'fold-batchnrom'; known passes: apply-plan, calibrate, canonicalize, "),
     ("toy-quant{bitz=4}", "pass 'toy-quant' has no option 'bitz'; its options: bits: int, "),
     ("toy-quant{bits=four}", "option 'bits' of pass 'toy-quant': expected an integer, got 'four'"),
     ("toy-quant{per_channel=maybe}", "expected true or false, got 'maybe'"),
@@ -81,7 +81,7 @@ def test_errors_say_what_is_wrong(text: str, expected: str) -> None:
 
 
 def test_the_default_registry_does_not_know_test_passes() -> None:
-    with pytest.raises(PipelineError, match="known passes: apply-plan, calibrate, canonicalize, dce, fold-affine, fold-batchnorm, fold-constants"):
+    with pytest.raises(PipelineError, match="known passes: " + ", ".join(sorted(PASSES)) + "$"):
         parse_pipeline("toy-quant")
 
 

@@ -118,3 +118,56 @@ def random_batch(model: keras.Model, n: int, seed: int) -> Batch:
     rng = np.random.default_rng(seed)
     arrays = [rng.standard_normal((n, *tuple(t.shape)[1:])).astype(np.float32) for t in model.inputs]
     return arrays[0] if len(arrays) == 1 else arrays
+
+
+# keras.applications, as the benchmark (benchmarks/zoo.py) and the zoo-sized tests build them
+
+def keras_application_names() -> list[str]:
+    """Every model constructor that keras.applications exports (ResNet50 once, though two modules export it)."""
+    import keras.applications as apps
+
+    return sorted(name for name in dir(apps) if name[:1].isupper() and callable(getattr(apps, name)))
+
+
+def keras_application(name: str, size: int, seed: int = 0) -> keras.Model:
+    """keras.applications.`name` (weights=None, 1000 classes, softmax) at size x size (or the model's minimum size
+    if that is larger), with randomized batch-norm statistics."""
+    import re
+
+    constructor = getattr(keras.applications, name)
+    keras.utils.set_random_seed(seed)
+    try:
+        model = constructor(weights=None, input_shape=(size, size, 3))
+    except ValueError as err:  # "Input size must be at least 75x75; Received: ..."
+        minimum = re.search(r"at least (\d+)x(\d+)", str(err))
+        if minimum is None or int(minimum.group(1)) <= size:
+            raise
+        return keras_application(name, int(minimum.group(1)), seed)
+    return randomize_batchnorm(model, seed)
+
+
+def logits_model(model: keras.Model) -> keras.Model:
+    """The same model without its final softmax, as `classifier_activation=None` builds it, sharing every layer:
+    for a softmax Activation layer (MobileNet, MobileNetV3) its input; for a Dense layer with a softmax activation,
+    that Dense layer again with activation None and the same weights."""
+    head = model.layers[-1]
+    if isinstance(head, layers.Activation) and head.activation is keras.activations.softmax:
+        return keras.Model(model.input, head.input, name=f"{model.name}_logits")
+    if not isinstance(head, layers.Dense) or head.activation is not keras.activations.softmax:
+        raise ValueError(f"model '{model.name}' does not end in a softmax (its last layer is '{head.name}' of class "
+                         f"{type(head).__name__})")
+    config = dict(head.get_config(), activation=None, name=f"{head.name}_logits")
+    logits = layers.Dense.from_config(config)
+    outputs = logits(head.input)
+    logits.set_weights(head.get_weights())
+    return keras.Model(model.input, outputs, name=f"{model.name}_logits")
+
+
+def keras_application_inputs(name: str, size: int, n: int, seed: int) -> np.ndarray:
+    """Random pixels in [0, 255] through the model's own `preprocess_input`: the value range it expects."""
+    import importlib
+
+    constructor = getattr(keras.applications, name)
+    preprocess = importlib.import_module(constructor.__module__).preprocess_input
+    pixels = np.random.default_rng(seed).uniform(0.0, 255.0, (n, size, size, 3)).astype(np.float32)
+    return np.asarray(preprocess(pixels), np.float32)

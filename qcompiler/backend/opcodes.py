@@ -258,6 +258,8 @@ _RULES: dict[int, Callable[[OpSig], int]] = {
     B.CONCATENATION: _by_input_type(int8=2, int16=3),
     B.PAD: _pad,
     B.SLICE: _slice,
+    B.SPACE_TO_BATCH_ND: _by_input_type(int8=2, int16=4),
+    B.BATCH_TO_SPACE_ND: _by_input_type(int8=2, int16=4),
     B.RESIZE_NEAREST_NEIGHBOR: _resize_nearest,
     B.QUANTIZE: _quantize,
     B.DEQUANTIZE: _dequantize,

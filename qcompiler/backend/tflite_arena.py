@@ -18,6 +18,7 @@ sharing decisions, which this module makes on the IR graph with the runtime's ow
     output and more than 4 (`kScalarTensorBytes`), and a reference count of 1 (uses by ops, plus one if a graph
     output). The output then shares the buffer of that input's own buffer owner (`FindSharedTensor`), unless
     the data changes and the owner's reference count is above 1.
+  * a fully_connected on a rank > 2 input produces a dynamic tensor in the converter's model (never shared);
   * bytes are counted at batch 1: the calibrator resizes the inputs to each representative sample and qcompiler
     feeds one sample per run.
 
@@ -110,10 +111,20 @@ class _Planner:
             size = _bytes_at_batch_1(operand)
             if size != _bytes_at_batch_1(result) or size <= SCALAR_TENSOR_BYTES or self._refcount(operand) > 1:
                 return False
-        return id(operand) not in self.inputs and not self.graph.is_output(result) and not operand.is_constant
+        return (id(operand) not in self.inputs and not self.graph.is_output(result) and not operand.is_constant
+                and not _dynamic_in_converter_model(operand))
 
     def _refcount(self, value: Value) -> int:
         return len(value.uses) + sum(1 for output in self.graph.outputs if output is value)
+
+
+def _dynamic_in_converter_model(value: Value) -> bool:
+    """The result of a fully_connected on a rank > 2 input with a dynamic batch: the converter's model produces it
+    with a RESHAPE whose shape is computed at run time (SHAPE, GATHER, PACK: Keras' tensordot), so the tensor is
+    dynamic, allocated outside the arena, and never shared (found by random-model testing)."""
+    producer = value.producer
+    return (producer is not None and producer.op == "fully_connected" and producer.operands[0].type.rank > 2
+            and producer.operands[0].type.shape[0] is None)
 
 
 def _bytes_at_batch_1(value: Value) -> int:

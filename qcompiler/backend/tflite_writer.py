@@ -68,6 +68,8 @@ MulOptions = _schema("MulOptions")
 Operator = _schema("Operator")
 OperatorCode = _schema("OperatorCode")
 PadOptions = _schema("PadOptions")
+BatchToSpaceNDOptions = _schema("BatchToSpaceNDOptions")
+SpaceToBatchNDOptions = _schema("SpaceToBatchNDOptions")
 Pool2DOptions = _schema("Pool2DOptions")
 QuantizationParameters = _schema("QuantizationParameters")
 QuantizeOptions = _schema("QuantizeOptions")
@@ -589,6 +591,20 @@ def _emit_pad(w: _ModelWriter, node: Node) -> None:
     w.emit(builtin_code(node.op), inputs, [out], BO.PadOptions, _empty_options(PadOptions))
 
 
+def _emit_space_batch(w: _ModelWriter, node: Node) -> None:
+    """SPACE_TO_BATCH_ND (block, paddings) and BATCH_TO_SPACE_ND (block, crops): two int32 constant inputs."""
+    to_batch = node.op == "space_to_batch"
+    second = "paddings" if to_batch else "crops"
+    inputs = [w.tensor_of(node.operands[0]),
+              w.int32_const(np.asarray(node.attrs["block"], np.int32), f"{node.result.name}/block"),
+              w.int32_const(np.asarray(node.attrs[second], np.int32).reshape(2, 2), f"{node.result.name}/{second}")]
+    out = w.result_tensor(node.result)
+    if to_batch:
+        w.emit(B.SPACE_TO_BATCH_ND, inputs, [out], BO.SpaceToBatchNDOptions, _empty_options(SpaceToBatchNDOptions))
+    else:
+        w.emit(B.BATCH_TO_SPACE_ND, inputs, [out], BO.BatchToSpaceNDOptions, _empty_options(BatchToSpaceNDOptions))
+
+
 def _emit_slice(w: _ModelWriter, node: Node) -> None:
     inputs = [w.tensor_of(node.operands[0]),
               w.int32_const(node.attrs["begin"], f"{node.result.name}/begin"),
@@ -678,6 +694,8 @@ def _emitters() -> dict[str, Emitter]:
         "concat": _emit_concat,
         "pad": _emit_pad,
         "slice": _emit_slice,
+        "space_to_batch": _emit_space_batch,
+        "batch_to_space": _emit_space_batch,
         "resize_nearest": _emit_resize_nearest,
         "quantize": _emit_quantize,
         "dequantize": _emit_dequantize,
@@ -921,8 +939,7 @@ def write_tflite(graph: Graph, description: str = "qcompiler", extra_outputs: Se
     `extra_outputs`: values of `graph` written as further model outputs after the graph's own (those already
     outputs, and graph inputs, are skipped), e.g. the tensors calibration reads; the graph is not changed.
     """
-    if not graph.outputs:
-        raise BackendError(f"graph @{graph.name} has no outputs; nothing to write")
+    check_writable(graph, description)
     output_values = list(graph.outputs)
     listed = {id(v) for v in output_values} | {id(v) for v in graph.inputs}
     for value in extra_outputs:
@@ -935,9 +952,47 @@ def write_tflite(graph: Graph, description: str = "qcompiler", extra_outputs: Se
     inputs = [w.add_input(v) for v in graph.inputs]
     for node in graph.nodes:
         if node.op != "const":
-            _emit_node(w, node)
+            try:
+                _emit_node(w, node)
+            except QCompilerError:
+                raise
+            except (KeyError, IndexError, TypeError, ValueError, OverflowError, struct.error) as err:
+                raise BackendError(f"{node.describe()} cannot be written as TFLite: {type(err).__name__}: {err}") \
+                    from err
     outputs = [w.tensor_of(v) for v in output_values]
-    return _serialize(w, graph, inputs, output_values, outputs, description)
+    try:
+        return _serialize(w, graph, inputs, output_values, outputs, description)
+    except (OverflowError, struct.error, ValueError) as err:
+        raise BackendError(f"graph @{graph.name} cannot be written as TFLite: {type(err).__name__}: {err}") from err
+
+
+# Flatbuffers address with 32-bit offsets: a model and its buffers must stay under 2 GiB.
+MAX_MODEL_BYTES = (1 << 31) - (1 << 20)
+
+
+def check_writable(graph: Graph, description: str = "qcompiler") -> None:
+    """The writer's input checks, before anything is built (the pass manager has verified the graph): outputs,
+    every used constant's values known (not read from a digest-only dump) and finite, shapes and sizes TFLite
+    can store."""
+    from qcompiler.ir.checks import check_known_values, check_values
+
+    if not isinstance(graph, Graph):
+        raise TypeError(f"write_tflite takes a qcompiler Graph, got {type(graph).__name__}")
+    if not isinstance(description, str):
+        raise TypeError(f"description must be a str, got {type(description).__name__}")
+    if not graph.outputs:
+        raise BackendError(f"graph @{graph.name} has no outputs; nothing to write")
+    check_known_values(graph, "writing TFLite")
+    check_values(graph)
+    total = 0
+    for value in graph.values():
+        if any(d is not None and not 0 <= d < (1 << 31) for d in value.type.shape):
+            raise BackendError(f"%{value.name} has shape {list(value.type.shape)}; TFLite dimensions are int32")
+        if value.is_constant:
+            total += int(value.data.nbytes)
+    if total > MAX_MODEL_BYTES:
+        raise BackendError(f"graph @{graph.name} holds {total:,} bytes of constants; a .tflite file (flatbuffer) "
+                           f"is limited to 2 GiB")
 
 
 def write_tflite_file(graph: Graph, path: str | os.PathLike, description: str = "qcompiler") -> Path:

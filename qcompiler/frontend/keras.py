@@ -11,6 +11,7 @@ the Keras layer it came from in `node.layer`.
 """
 from __future__ import annotations
 
+import gc
 import inspect
 import json
 import os
@@ -21,11 +22,13 @@ from typing import Any, Sequence, Union
 import keras
 from keras.src.models.functional import Functional
 
+from qcompiler.errors import QCompilerError
 from qcompiler.frontend.errors import ModelLoadError, UnsupportedLayerError
 from qcompiler.frontend.keras_layers import CONVERTERS, LAMBDA_REASON, LayerContext, supported_layers
 from qcompiler.frontend.keras_ops import OPERATIONS, UnsupportedOperationError, class_path, emit_operation
 from qcompiler.frontend.keras_ops import substitute_tensors
 from qcompiler.frontend.keras_qat import QAT_CONVERTERS
+from qcompiler.ir.checks import check_values
 from qcompiler.ir.graph import Graph, IRError, Value
 from qcompiler.ir.types import TensorType
 
@@ -48,6 +51,7 @@ def import_keras(model_or_path: Union[keras.Model, str, os.PathLike]) -> Graph:
     inputs = [graph.add_input(_input_name(t), _input_type(t)) for t in function.inputs]
     graph.outputs = _Importer(graph).emit_model(model, inputs, prefix="")
     graph.verify()
+    check_values(graph)  # NaN/inf weights, negative batch-norm variance: an error naming the layer
     return graph
 
 
@@ -64,48 +68,127 @@ def load_model(path: Union[str, os.PathLike]) -> keras.Model:
     if suffix not in MODEL_SUFFIXES:
         raise ModelLoadError(f"'{path}' has the extension '{suffix}'; qcompiler reads Keras 3 models saved as "
                              f"{', '.join(MODEL_SUFFIXES)} (model.save('model.keras'))")
-    _refuse_lambdas(_read_config(path, suffix))
+    _refuse_untranslatable(_read_config(path, suffix))
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as err:  # Keras raises many kinds; all mean the same thing to the user
-        raise ModelLoadError(f"Keras could not load '{path}': {type(err).__name__}: {err}") from err
+        message = f"Keras could not load '{path}': {type(err).__name__}: {_short(str(err))}"
+        del err
+        # A failed load can leave h5py objects for the archive's weights in reference cycles; libhdf5 has been
+        # seen to crash when they are collected during a later load, so they are closed now.
+        gc.collect()
+        raise ModelLoadError(message) from None
+
+
+# Limits checked before Keras (or json) parses a config: a hostile file must not exhaust memory or the stack.
+MAX_CONFIG_BYTES = 64 << 20  # MobileNetV2's config.json is ~120 KB
+MAX_CONFIG_DEPTH = 100  # nesting of [ and {; real models stay under ~40 even with nested sub-models
+MAX_ARCHIVE_BYTES = 4 << 30  # uncompressed size of everything in a .keras archive (config, weights)
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _short(message: str, limit: int = 300) -> str:
+    """Keras error text without the configs it appends (`Full object config: {...}`), at most `limit` chars."""
+    for marker in (" Full object config:", "\n\nconfig=", " config={"):
+        if marker in message:
+            message = message[:message.index(marker)]
+    message = " ".join(message.split())
+    return message if len(message) <= limit else message[:limit] + "..."
+
+
+def _check_config_text(path: str, text: bytes) -> None:
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ModelLoadError(f"'{path}': the model config is {len(text):,} bytes, more than the "
+                             f"{MAX_CONFIG_BYTES >> 20} MiB qcompiler accepts")
+    import numpy as np
+
+    stripped = _JSON_STRING.sub("", text.decode("utf-8", errors="replace")).encode()
+    codes = np.frombuffer(stripped, np.uint8)
+    delta = ((codes == ord("[")) | (codes == ord("{"))).astype(np.int32) \
+        - ((codes == ord("]")) | (codes == ord("}"))).astype(np.int32)
+    depth = int(np.cumsum(delta).max(initial=0))
+    if depth > MAX_CONFIG_DEPTH:
+        raise ModelLoadError(f"'{path}': the model config nests {depth} levels deep, more than the "
+                             f"{MAX_CONFIG_DEPTH} qcompiler accepts; this is not a model Keras saved")
 
 
 def _read_config(path: str, suffix: str) -> Any:
-    """The model's JSON config, read without building any layer."""
+    """The model's JSON config, read without building any layer, after checking its size and nesting depth."""
     if suffix == ".keras":
         try:
             with zipfile.ZipFile(path) as archive:
-                return json.loads(archive.read("config.json"))
-        except (zipfile.BadZipFile, KeyError, ValueError, OSError) as err:
+                total = sum(info.file_size for info in archive.infolist())
+                if total > MAX_ARCHIVE_BYTES:
+                    raise ModelLoadError(f"'{path}' unpacks to {total:,} bytes, more than the "
+                                         f"{MAX_ARCHIVE_BYTES >> 30} GiB qcompiler accepts")
+                if archive.getinfo("config.json").file_size > MAX_CONFIG_BYTES:
+                    _check_config_text(path, b" " * (MAX_CONFIG_BYTES + 1))
+                with archive.open("config.json") as member:
+                    text = member.read(MAX_CONFIG_BYTES + 1)
+        except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError, NotImplementedError) as err:
             raise ModelLoadError(f"'{path}' is not a valid .keras archive ({type(err).__name__}: {err}); "
                                  "re-save the model with model.save('model.keras')") from err
+        return _parse_config(path, text)
     import h5py  # a Keras dependency; only the legacy format needs it
 
     try:
         with h5py.File(path, "r") as f:
             text = f.attrs.get("model_config")
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise ModelLoadError(f"'{path}' is not a valid HDF5 file ({err}); re-save the model") from err
     if text is None:
         raise ModelLoadError(f"'{path}' holds no model config (only weights?); save the whole model with "
                              "model.save('model.keras')")
+    return _parse_config(path, text if isinstance(text, bytes) else str(text).encode())
+
+
+def _parse_config(path: str, text: bytes) -> Any:
+    _check_config_text(path, text)
     try:
-        return json.loads(text.decode() if isinstance(text, bytes) else text)
-    except ValueError as err:
-        raise ModelLoadError(f"'{path}' has an unreadable model config: {err}") from err
+        config = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise ModelLoadError(f"'{path}' has an unreadable model config ({type(err).__name__}: {err}); "
+                             "re-save the model with model.save('model.keras')") from err
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"'{path}': the model config is a JSON {type(config).__name__}, not an object")
+    return config
 
 
-def _refuse_lambdas(config: Any) -> None:
-    if isinstance(config, dict):
-        if config.get("class_name") == "Lambda":
-            name = (config.get("config") or {}).get("name", "?")
-            raise UnsupportedLayerError(name, "Lambda", supported_layers(), LAMBDA_REASON)
-        for value in config.values():
-            _refuse_lambdas(value)
-    elif isinstance(config, list):
-        for value in config:
-            _refuse_lambdas(value)
+def _refuse_untranslatable(config: Any) -> None:
+    """Refuse Lambda layers and custom (non-Keras) classes from the config, before Keras deserializes anything:
+    loading them would run arbitrary Python code, and qcompiler could not translate them anyway."""
+    stack = [config]
+    while stack:  # iterative: the depth is limited already, but the walk need not rely on it
+        item = stack.pop()
+        if isinstance(item, dict):
+            _refuse_object(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+# Classes a config may name: Keras's own, and qcompiler's quantization-aware-training layers (code we ship).
+TRUSTED_MODULES = ("keras", "qcompiler.qat.")
+
+
+def _refuse_object(config: dict) -> None:
+    class_name = config.get("class_name")
+    if not isinstance(class_name, str) or not isinstance(config.get("config"), (dict, type(None))):
+        return
+    name = str((config.get("config") or {}).get("name", "?"))
+    if class_name == "Lambda":
+        raise UnsupportedLayerError(name, "Lambda", supported_layers(), LAMBDA_REASON)
+    module = config.get("module")
+    registered = config.get("registered_name")
+    if class_name.startswith("__"):  # Keras's own markers (__keras_tensor__, __tuple__, __numpy__ ...)
+        return
+    trusted = isinstance(module, str) and module.startswith(TRUSTED_MODULES)
+    if module is None and registered is not None or isinstance(module, str) and not trusted:
+        origin = f"module '{module}'" if module else f"registered as '{registered}'"
+        raise UnsupportedLayerError(name, class_name, supported_layers(),
+                                    f"is a custom class ({origin}), not a built-in Keras layer: qcompiler "
+                                    "translates only built-in layers and does not run custom Python code from a "
+                                    "model file; rebuild the model from built-in layers")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -141,7 +224,16 @@ class _Importer:
         _check_translatable(op, node)
         ctx = LayerContext(self.graph, op, prefix + _sanitize(op.name), self.weights)
         if isinstance(op, keras.layers.Layer):
-            value = CONVERTERS[type(op)](ctx, args)
+            try:
+                value = CONVERTERS[type(op)](ctx, args)
+            except QCompilerError:
+                raise
+            except (TypeError, ValueError, ArithmeticError, IndexError, KeyError) as err:
+                # Keras does not validate every setting of a loaded config (Rescaling(scale="same") loads): whatever
+                # a translator cannot use is an error naming the layer, not a traceback.
+                raise UnsupportedLayerError(op.name, type(op).__name__, supported_layers(),
+                                            f"its configuration cannot be translated ({type(err).__name__}: {err})") \
+                    from err
         else:  # a keras.ops operation: its constant arguments matter too
             values = {id(t): v for t, v in zip(_call_tensors(node), args)}
             value = emit_operation(ctx, node, substitute_tensors(_split_arguments(node)[0], values))

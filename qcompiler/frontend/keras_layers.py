@@ -224,11 +224,17 @@ def _separable_conv2d(ctx: LayerContext, xs: Sequence[Value]) -> Value:
 
 
 def _dense(ctx: LayerContext, xs: Sequence[Value]) -> Value:
+    """On a rank > 2 input Keras computes a tensordot and then adds the bias: the bias stays a separate add
+    (TFLiteConverter keeps it apart too, see passes/rewriter.batched_fc_reason)."""
     layer = ctx.layer
     operands = [xs[0], ctx.weight(_weights(layer.kernel, (1, 0)), "kernel")]  # [in, out] -> [out, in]
-    if layer.use_bias:
+    separate_bias = layer.use_bias and xs[0].type.rank > 2
+    if layer.use_bias and not separate_bias:
         operands.append(ctx.weight(_weights(layer.bias), "bias"))
-    return emit_activation(ctx, ctx.op("fully_connected", *operands), layer.activation)
+    y = ctx.op("fully_connected", *operands)
+    if separate_bias:
+        y = ctx.op("add", y, ctx.weight(_weights(layer.bias), "bias"), suffix="bias_add")
+    return emit_activation(ctx, y, layer.activation)
 
 
 def _batch_norm(ctx: LayerContext, xs: Sequence[Value]) -> Value:
@@ -343,8 +349,11 @@ def _upsampling(ctx: LayerContext, xs: Sequence[Value]) -> Value:
 
 
 def _rescaling(ctx: LayerContext, xs: Sequence[Value]) -> Value:
-    scale = np.asarray(ctx.layer.scale, np.float32)
-    offset = np.asarray(ctx.layer.offset, np.float32)
+    try:
+        scale = np.asarray(ctx.layer.scale, np.float32)
+        offset = np.asarray(ctx.layer.offset, np.float32)
+    except (TypeError, ValueError):
+        raise ctx.unsupported(f"scale {ctx.layer.scale!r} and offset {ctx.layer.offset!r} must be numbers") from None
     y = ctx.op("mul", xs[0], ctx.weight(scale, "scale"))
     if np.any(offset != 0):
         y = ctx.op("add", y, ctx.weight(offset, "offset"))

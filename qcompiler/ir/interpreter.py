@@ -83,8 +83,9 @@ def _is_quantized(t: TensorType) -> bool:
 
 def _run_node(node: Node, args: list[np.ndarray]) -> list[np.ndarray]:
     if node.op == "const" and isinstance(node.attrs["value"], ElidedArray):
-        raise IRError(f"constant %{node.result.name} was read from a dump that shows only its digest "
-                      f"#{node.attrs['value'].digest}; dump with full constants or pass `constants=` to parse")
+        from qcompiler.ir.checks import unknown_values_error
+
+        raise unknown_values_error([node.result], "the interpreter")
     if node.op in ("quantize", "dequantize", "const", "cast"):
         if node.op == "quantize" and _is_quantized(node.operands[0].type):
             return [quantize_array(dequantize_array(args[0], node.operands[0].type), node.result.type)]

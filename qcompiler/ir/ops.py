@@ -566,6 +566,51 @@ def _compute_gelu(x: np.ndarray, attrs: dict) -> np.ndarray:
     return 0.5 * x64 * (1 + erf(x64 / math.sqrt(2)))
 
 
+def _infer_space_to_batch(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
+    x = types[0]
+    (bh, bw), pads = attrs["block"], attrs["paddings"]
+    if x.rank != 4 or len(pads) != 2 or bh < 1 or bw < 1:
+        raise IRError(f"space_to_batch wants an NHWC input, block [bh, bw] and 2 padding pairs, got {x}, {attrs}")
+    n, h, w, c = x.shape
+    sizes = []
+    for d, (a, b), k in zip((h, w), pads, (bh, bw)):
+        if d is not None and (d + a + b) % k:
+            raise IRError(f"space_to_batch: padded size {d + a + b} is not a multiple of the block {k}")
+        sizes.append(None if d is None else (d + a + b) // k)
+    return [TensorType((None if n is None else n * bh * bw, *sizes, c), x.dtype)]
+
+
+def _compute_space_to_batch(xs: Sequence[np.ndarray], attrs: dict) -> list[np.ndarray]:
+    """TensorFlow's SpaceToBatchND on NHWC: pad, then move each (i, j) offset of the block to the batch axis."""
+    (bh, bw), ((t, b), (l, r)) = attrs["block"], attrs["paddings"]
+    x = np.pad(xs[0], [(0, 0), (t, b), (l, r), (0, 0)])
+    n, h, w, c = x.shape
+    y = x.reshape(n, h // bh, bh, w // bw, bw, c).transpose(2, 4, 0, 1, 3, 5)
+    return [y.reshape(bh * bw * n, h // bh, w // bw, c)]
+
+
+def _infer_batch_to_space(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
+    x = types[0]
+    (bh, bw), crops = attrs["block"], attrs["crops"]
+    if x.rank != 4 or len(crops) != 2:
+        raise IRError(f"batch_to_space wants an NHWC input and 2 crop pairs, got {x}, {attrs}")
+    n, h, w, c = x.shape
+    if n is not None and n % (bh * bw):
+        raise IRError(f"batch_to_space: batch {n} is not a multiple of the block {bh}x{bw}")
+    sizes = [None if d is None else d * k - a - b for d, k, (a, b) in zip((h, w), (bh, bw), crops)]
+    return [TensorType((None if n is None else n // (bh * bw), *sizes, c), x.dtype)]
+
+
+def _compute_batch_to_space(xs: Sequence[np.ndarray], attrs: dict) -> list[np.ndarray]:
+    """TensorFlow's BatchToSpaceND on NHWC: the inverse interleaving, then the crops."""
+    (bh, bw), ((t, b), (l, r)) = attrs["block"], attrs["crops"]
+    x = xs[0]
+    batch, h, w, c = x.shape
+    n = batch // (bh * bw)
+    y = x.reshape(bh, bw, n, h, w, c).transpose(2, 3, 0, 4, 1, 5).reshape(n, h * bh, w * bw, c)
+    return [y[:, t:h * bh - b, l:w * bw - r, :]]
+
+
 def _compute_slice(xs: Sequence[np.ndarray], attrs: dict) -> list[np.ndarray]:
     index = tuple(slice(b, None if s == -1 else b + s) for b, s in zip(attrs["begin"], attrs["size"]))
     return [xs[0][index]]
@@ -741,6 +786,12 @@ OPS: dict[str, OpDef] = {
              "zero padding, [[before, after], ...] per axis"),
         _def("slice", 1, 1, {"begin": ints(minimum=0), "size": ints(minimum=-1)}, _infer_slice, _compute_slice,
              QuantRule(SAME, param_operands=2), "SLICE", "size -1 runs to the end"),
+        _def("space_to_batch", 1, 1, {"block": pair(), "paddings": int_pairs(minimum=0)}, _infer_space_to_batch,
+             _compute_space_to_batch, QuantRule(SAME, param_operands=2), "SPACE_TO_BATCH_ND",
+             "NHWC SpaceToBatchND: zero padding [[top, bottom], [left, right]], block [bh, bw]"),
+        _def("batch_to_space", 1, 1, {"block": pair(), "crops": int_pairs(minimum=0)}, _infer_batch_to_space,
+             _compute_batch_to_space, QuantRule(SAME, param_operands=2), "BATCH_TO_SPACE_ND",
+             "NHWC BatchToSpaceND: block [bh, bw], crops [[top, bottom], [left, right]]"),
         _def("resize_nearest", 1, 1, {"size": pair()}, _infer_resize, _compute_resize_nearest, _SAME_1,
              "RESIZE_NEAREST_NEIGHBOR", "nearest neighbour, align_corners=False, half_pixel_centers=False"),
         _def("identity", 1, 1, {}, _same, lambda xs, a: [xs[0]], _FLOAT, None,

@@ -6,16 +6,22 @@ graph in the interpreter is an error that says so.
 """
 from __future__ import annotations
 
+import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from qcompiler.ir.graph import Graph, IRError, Value
+from qcompiler.ir.checks import check_constant_values
+from qcompiler.ir.graph import Graph, IRError, Node, Value
 from qcompiler.ir.ops import OPS, REQUIRED
 from qcompiler.ir.printer import constant_digest, elided_array
 from qcompiler.ir.types import DTYPES, QParams, TensorType
+
+
+MAX_DIMENSION = 1 << 31  # TFLite stores dimensions as int32
 
 
 class ParseError(IRError):
@@ -103,28 +109,70 @@ class _Line:
 
 
 def parse(text: str, constants: Optional[Mapping[str, np.ndarray]] = None) -> Graph:
+    if not isinstance(text, str):
+        hint = " (decode it first: data.decode('utf-8'))" if isinstance(text, (bytes, bytearray)) else ""
+        raise TypeError(f"parse_ir takes IR text as a str, got {type(text).__name__}{hint}")
+    if constants is not None and not isinstance(constants, Mapping):
+        raise TypeError(f"constants must map digests to arrays, got {type(constants).__name__}")
     lines = [(i + 1, raw) for i, raw in enumerate(text.splitlines()) if raw.strip() and not raw.strip().startswith("//")]
     if not lines:
         raise IRError("empty IR text: expected 'graph @name(...) {'")
-    graph, env = _parse_header(_Line(lines[0][1], lines[0][0]))
-    returned = False
-    for line_no, raw in lines[1:]:
-        line = _Line(raw, line_no)
+    graph, env = _guarded(_Line, lines[0][1], lines[0][0], then=_parse_header)
+    for index, (line_no, raw) in enumerate(lines[1:], start=1):
+        line = _guarded(_Line, raw, line_no)
         if not line.tokens:
             continue
-        if returned:
-            line.expect("}")
-            line.done()
-            graph.verify()
-            return graph
         if line.peek().text == "return":
-            line.next()
-            graph.outputs = _parse_value_list(line, env)
-            line.done()
-            returned = True
-            continue
-        _parse_node(line, graph, env, constants or {})
+            _guarded_at(line, _parse_return, line, graph, env)
+            _parse_closing(lines[index + 1:])
+            _guarded_at(line, graph.verify)
+            return graph
+        _guarded_at(line, _parse_node, line, graph, env, constants or {})
     raise IRError("IR text ended before 'return ...' and the closing '}'")
+
+
+def _parse_return(line: _Line, graph: Graph, env: dict[str, Value]) -> None:
+    line.next()
+    graph.outputs = _parse_value_list(line, env)
+    line.done()
+
+
+def _parse_closing(rest: list[tuple[int, str]]) -> None:
+    """After `return`: exactly one `}`, then nothing but blank lines and comments."""
+    lines = [_guarded(_Line, raw, line_no) for line_no, raw in rest]
+    lines = [line for line in lines if line.tokens]
+    if not lines:
+        raise IRError("IR text ended without the closing '}' after 'return'")
+    lines[0].expect("}")
+    lines[0].done()
+    if len(lines) > 1:
+        raise lines[1].error("unexpected text after the closing '}' of the graph (one graph per file)")
+
+
+def _guarded(make, raw: str, line_no: int, then=None):  # noqa: ANN001, ANN202
+    """Tokenize a line (and optionally parse it with `then`); any failure becomes a ParseError at that line."""
+    try:
+        line = make(raw, line_no)
+    except ParseError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the safety net: never an exception without the line
+        raise ParseError(f"{type(err).__name__}: {err}", line_no, raw) from err
+    return line if then is None else _guarded_at(line, then, line)
+
+
+def _guarded_at(line: "_Line", fn, *args):  # noqa: ANN001, ANN202
+    """Run `fn(*args)` for `line`: an error without a line number (from the graph, the op table or numpy while
+    building the node) is reported as a ParseError for this line."""
+    try:
+        return fn(*args)
+    except ParseError:
+        raise
+    except RecursionError:
+        raise line.error("nested too deeply") from None
+    except Exception as err:  # noqa: BLE001 - generic safety net, in addition to the specific messages
+        if isinstance(err, IRError):
+            raise line.error(str(err)) from None
+        raise line.error(f"{type(err).__name__}: {err}") from err  # keeps the cause: a bug to fix where it arose
 
 
 def _parse_header(line: _Line) -> tuple[Graph, dict[str, Value]]:
@@ -190,12 +238,35 @@ def _parse_node(line: _Line, graph: Graph, env: dict[str, Value], constants: Map
         if value.name != name:
             raise line.error(f"value %{name} is defined twice")
         env[name] = value
+    _check_node(node)
+
+
+def _check_node(node: Node) -> None:
+    """The checks the verifier makes on this node, now, so that an error points at its line."""
+    from qcompiler.ir.verifier import verify_node_types
+
+    verify_node_types(node)
+    check_constant_values(node)  # NaN/inf constants, a batch norm's negative variance
 
 
 def _layer_from_comment(line: _Line) -> Optional[str]:
-    if line.comment and line.comment.startswith("layer "):
-        return line.comment[len("layer "):].strip()
-    return None
+    if not (line.comment and line.comment.startswith("layer ")):
+        return None
+    name = line.comment[len("layer "):].strip()
+    if name.startswith('"'):
+        return _string(name, line)
+    return name
+
+
+def _string(text: str, line: _Line) -> str:
+    """A quoted string as the printer writes it (JSON escapes)."""
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise line.error(f"bad string {text}: {err}") from None
+    if not isinstance(value, str):
+        raise line.error(f"expected a quoted string, found {text}")
+    return value
 
 
 def _parse_operands(line: _Line, env: dict[str, Value]) -> list[Value]:
@@ -247,7 +318,7 @@ def _parse_literal(line: _Line) -> Any:
                 return items
             line.expect(",")
     if token.kind == "string":
-        return re.sub(r"\\(.)", r"\1", token.text[1:-1])
+        return _string(token.text, line)
     if token.kind == "number":
         return _number(token.text)
     keywords = {"true": True, "false": False, "none": None, "nan": float("nan"), "inf": float("inf"),
@@ -274,6 +345,8 @@ def _parse_type(line: _Line) -> TensorType:
         if token.text == "?":
             dims.append(None)
         elif token.kind == "number" and token.text.isdigit():
+            if len(token.text) > 10 or int(token.text) >= MAX_DIMENSION:
+                raise line.error(f"dimension {token.text} is too large (TFLite dimensions are int32)")
             dims.append(int(token.text))
         else:
             raise line.error(f"expected a dimension or '?', found '{token.text}'")
@@ -283,7 +356,22 @@ def _parse_type(line: _Line) -> TensorType:
     quant = None
     if line.peek() is not None and line.peek().text == "q" and line.peek(1) and line.peek(1).text == "<":
         quant = _parse_qparams(line)
+        _check_qparams(quant, dtype, dims, line)
     return TensorType(tuple(dims), dtype, quant)
+
+
+def _check_qparams(quant: QParams, dtype: str, dims: list[Optional[int]], line: _Line) -> None:
+    """Zero points the storage type can hold; a per-channel axis inside the shape, with one scale per channel."""
+    np_dtype = DTYPES[dtype]
+    info = np.iinfo(np_dtype) if np.issubdtype(np_dtype, np.integer) else np.iinfo(np.int64)
+    bad = [z for z in quant.zero_point if not info.min <= z <= info.max]
+    if bad:
+        raise line.error(f"zero point {bad[0]} does not fit {dtype} [{info.min}, {info.max}]")
+    if quant.axis is not None:
+        if not 0 <= quant.axis < len(dims):
+            raise line.error(f"quantization axis {quant.axis} is outside a rank-{len(dims)} tensor")
+        if dims[quant.axis] is not None and dims[quant.axis] != len(quant.scale):
+            raise line.error(f"{len(quant.scale)} scales for {dims[quant.axis]} channels on axis {quant.axis}")
 
 
 def _parse_qparams(line: _Line) -> QParams:
@@ -292,7 +380,7 @@ def _parse_qparams(line: _Line) -> QParams:
     axis = None
     if line.accept("axis"):
         line.expect("=")
-        axis = int(line.expect_kind("number").text)
+        axis = _integer(line, "a quantization axis")
         line.expect("[")
         scales = _number_list(line, "]")
         line.expect(":")
@@ -301,12 +389,23 @@ def _parse_qparams(line: _Line) -> QParams:
     else:
         scales = [float(line.expect_kind("number").text)]
         line.expect(":")
-        zero_points = [int(line.expect_kind("number").text)]
+        zero_points = [_integer(line, "a zero point")]
     line.expect(">")
+    if not all(isinstance(z, int) for z in zero_points):
+        raise line.error(f"zero points must be integers, got {zero_points}")
+    if not all(math.isfinite(s) for s in scales):
+        raise line.error(f"scales must be finite, got {scales}")
     try:
         return QParams(tuple(scales), tuple(int(z) for z in zero_points), axis)
     except ValueError as err:
         raise line.error(str(err)) from None
+
+
+def _integer(line: _Line, what: str) -> int:
+    token = line.expect_kind("number")
+    if not re.fullmatch(r"[-+]?\d+", token.text):
+        raise line.error(f"expected {what} (an integer), found '{token.text}'")
+    return int(token.text)
 
 
 def _number_list(line: _Line, closing: str) -> list[float]:
@@ -338,7 +437,27 @@ def _parse_constant_body(line: _Line, t: TensorType, constants: Mapping[str, np.
     line.expect("<")
     literal = _parse_literal(line)
     line.expect(">")
-    array = np.asarray(literal, dtype=t.np_dtype)
+    array = _constant_array(literal, t, line)
     if array.shape != t.shape:
         raise line.error(f"constant data has shape {list(array.shape)}, its type says {t}")
     return array
+
+
+def _constant_array(literal: Any, t: TensorType, line: _Line) -> np.ndarray:
+    """The `dense<...>` literal as an array of the constant's type; values the type cannot hold are errors."""
+    try:
+        raw = np.asarray(literal)
+    except ValueError:
+        raise line.error("constant data is not a rectangular nested list of numbers") from None
+    if raw.dtype == object or not (raw.dtype == np.bool_ or np.issubdtype(raw.dtype, np.number)):
+        raise line.error("constant data must be numbers (or true/false)")
+    target = t.np_dtype
+    if np.issubdtype(target, np.integer):
+        if raw.dtype != np.bool_ and not np.issubdtype(raw.dtype, np.integer):
+            if not (np.isfinite(raw).all() and (raw == np.round(raw)).all()):
+                raise line.error(f"an {t.dtype} constant holds non-integer values")
+        info = np.iinfo(target)
+        if raw.size and (raw.min() < info.min or raw.max() > info.max):
+            raise line.error(f"constant values [{raw.min()}, {raw.max()}] do not fit {t.dtype} "
+                             f"[{info.min}, {info.max}]")
+    return raw.astype(target)

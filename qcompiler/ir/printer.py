@@ -13,6 +13,8 @@ in full (`dense<[1.0, 2.0]>`); larger ones as `#` + a digest of dtype, shape and
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from typing import Any
 
 import numpy as np
@@ -26,9 +28,34 @@ DIGEST_CHARS = 6
 
 
 class ElidedArray(np.ndarray):
-    """Stand-in for a constant read from a dump that showed only its digest: right shape, no data."""
+    """Stand-in for a constant read from a dump that showed only its digest: right shape, values unknown.
+
+    It is a zero-strided view (no memory for any shape). Computing with it or serializing it raises instead of
+    silently using zeros; code that needs values checks `qcompiler.ir.checks.is_unknown` first.
+    """
 
     digest: str = ""
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):  # noqa: ANN001, ANN204
+        raise _unknown(self, f"numpy {ufunc.__name__}")
+
+    def __array_function__(self, func, types, args, kwargs):  # noqa: ANN001, ANN204
+        if func in (np.shape, np.ndim, np.size, np.result_type):
+            return super().__array_function__(func, types, args, kwargs)
+        raise _unknown(self, f"numpy {func.__name__}")
+
+    def tobytes(self, order: str = "C") -> bytes:  # noqa: D102
+        raise _unknown(self, "serializing")
+
+    def astype(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201, D102
+        raise _unknown(self, "converting")
+
+
+def _unknown(array: "ElidedArray", what: str) -> Exception:
+    from qcompiler.ir.graph import IRError
+
+    return IRError(f"{what} needs the values of constant #{array.digest}, which was read from a dump that shows "
+                   "only its digest; dump the model with --full-constants and use that file")
 
 
 def elided_array(shape: tuple[int, ...], dtype: np.dtype, digest: str) -> ElidedArray:
@@ -58,7 +85,7 @@ def print_graph(graph: Graph, full_constants: bool = False) -> str:
 
 def print_node(node: Node, full_constants: bool = False) -> str:
     results = ", ".join(f"%{v.name}" for v in node.results)
-    layer = f"  # layer {node.layer}" if node.layer else ""
+    layer = f"  # layer {format_layer_name(node.layer)}" if node.layer else ""
     if node.op == "const":
         return f"{results} = const {node.result.type} {format_constant(node.attrs['value'], full_constants)}{layer}"
     operands = ", ".join(f"%{v.name}" for v in node.operands)
@@ -94,7 +121,7 @@ def format_value(value: Any) -> str:
     if isinstance(value, (float, np.floating)):
         return _format_attr_float(float(value))
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return json.dumps(value)  # escapes quotes, backslashes, control and non-ASCII characters
     if isinstance(value, np.ndarray):
         return format_value(value.tolist())
     if isinstance(value, (list, tuple)):
@@ -109,6 +136,17 @@ def _format_attr_float(value: float) -> str:
         return "inf" if value > 0 else "-inf"
     text = format_float(value)
     return text if any(c in text for c in ".en") else text + ".0"
+
+
+_PLAIN_LAYER_NAME = re.compile(r"[A-Za-z0-9_.\-/:+@ ]*[A-Za-z0-9_.\-/:+@]")
+
+
+def format_layer_name(name: str) -> str:
+    """A Keras layer name as the `# layer` comment shows it: as is when plain, else quoted with JSON escapes
+    (so a name holding a newline, a quote or `}` cannot change the lines around it)."""
+    if _PLAIN_LAYER_NAME.fullmatch(name) and not name.startswith(" "):
+        return name
+    return json.dumps(name)
 
 
 def format_constant(array: np.ndarray, full: bool = False) -> str:

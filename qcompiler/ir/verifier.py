@@ -72,6 +72,17 @@ def _verify_node(graph: Graph, node: Node, defined: set[int]) -> None:
     _verify_types(node)
 
 
+def verify_node_types(node: Node) -> None:
+    """The per-node checks of `verify` that need no graph context: arity, attributes, result types."""
+    where = node.describe()
+    try:
+        check_arity(node)
+        check_attrs(node)
+    except IRError as err:
+        raise VerifyError(f"{where}: {err}") from None
+    _verify_types(node)
+
+
 def _verify_types(node: Node) -> None:
     if node.op in ("quantize",):
         return

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Mapping, Optional, Protocol, Sequence, TextIO, Union
@@ -99,21 +101,87 @@ class CalibrationStats(dict):
 # ----------------------------------------------------------------------------------------------------
 # data
 # ----------------------------------------------------------------------------------------------------
+# Calibration files are read only after their headers are checked: the bytes a header claims must be in the
+# file (a 192-byte .npy claiming shape (2**36, 8, 8, 1) is refused, not allocated), and at most this much in all.
+MAX_CALIBRATION_BYTES = 16 << 30
+
+
 def load_calibration_data(path: Union[str, Path]) -> CalibrationData:
-    """A .npy file (one array for a single-input model) or .npz file (arrays named after the inputs)."""
+    """A .npy file (one array for a single-input model) or .npz file (arrays named after the inputs).
+
+    No pickles (object arrays are refused); each array's header is checked against the bytes actually stored
+    before anything is allocated."""
     path = Path(path)
     if not path.exists():
         raise CalibrationError(f"calibration data '{path}' does not exist")
+    if not path.is_file():
+        raise CalibrationError(f"calibration data '{path}' is not a regular file")
     if path.suffix not in (".npy", ".npz"):
         raise CalibrationError(f"calibration data '{path}' must be a .npy or .npz file, not '{path.suffix}'")
     try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        raise CalibrationError(f"cannot read calibration data '{path}': {err}") from None
-    if isinstance(loaded, np.ndarray):
-        return loaded
-    with loaded:
-        return {key: loaded[key] for key in loaded.files}
+        if path.suffix == ".npy":
+            with open(path, "rb") as handle:
+                return _read_npy(handle, path.stat().st_size, f"'{path}'")
+        return _read_npz(path)
+    except CalibrationError:
+        raise
+    except Exception as err:  # numpy's header parser and zipfile raise many kinds (TokenError, SyntaxError ...)
+        raise CalibrationError(f"cannot read calibration data '{path}': {type(err).__name__}: {err}") from None
+
+
+def _read_npy(handle, size: int, where: str) -> np.ndarray:  # noqa: ANN001 - a binary file object
+    """One array from an open .npy stream of `size` bytes, its header checked before allocating."""
+    from numpy.lib import format as npy
+
+    version = npy.read_magic(handle)
+    readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+    if version not in readers:
+        raise CalibrationError(f"calibration data {where}: unsupported .npy version {version} (expected 1.0 or 2.0)")
+    shape, fortran, dtype = readers[version](handle)  # refuses headers over 10,000 bytes
+    if dtype.hasobject:
+        raise CalibrationError(f"calibration data {where} holds Python objects (a pickle); give a numeric array")
+    if not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise CalibrationError(f"calibration data {where}: bad shape {shape} in the header")
+    count = 1
+    for d in shape:
+        count *= d
+    nbytes = count * dtype.itemsize
+    stored = size - handle.tell()
+    if nbytes != stored:
+        raise CalibrationError(f"calibration data {where}: the header claims shape {list(shape)} of {dtype} "
+                               f"({nbytes:,} bytes) but the file holds {stored:,} bytes of data (truncated or "
+                               "corrupt)")
+    if nbytes > MAX_CALIBRATION_BYTES:
+        raise CalibrationError(f"calibration data {where} is {nbytes:,} bytes, more than the "
+                               f"{MAX_CALIBRATION_BYTES >> 30} GiB qcompiler reads")
+    array = np.empty(count, dtype)  # allocated only now that the file is known to hold these bytes
+    view, filled = memoryview(array.view(np.uint8)), 0
+    while filled < nbytes:
+        got = handle.readinto(view[filled:])
+        if not got:
+            raise CalibrationError(f"calibration data {where} ends early: {filled:,} of {nbytes:,} bytes")
+        filled += got
+    array = array.reshape(shape[::-1]).transpose() if fortran else array.reshape(shape)
+    return array
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+        total = sum(info.file_size for info in members)
+        if total > MAX_CALIBRATION_BYTES:
+            raise CalibrationError(f"calibration data '{path}' unpacks to {total:,} bytes, more than the "
+                                   f"{MAX_CALIBRATION_BYTES >> 30} GiB qcompiler reads")
+        for info in members:
+            if not info.filename.endswith(".npy"):
+                raise CalibrationError(f"calibration data '{path}' holds '{info.filename}', not a .npy array")
+            name = info.filename[:-len(".npy")]
+            with archive.open(info) as handle:
+                arrays[name] = _read_npy(handle, info.file_size, f"'{path}' (array '{name}')")
+    if not arrays:
+        raise CalibrationError(f"calibration data '{path}' holds no arrays")
+    return arrays
 
 
 def check_calibration_data(graph: Graph, data: CalibrationData) -> list[np.ndarray]:
@@ -278,18 +346,60 @@ def apply_ranges(graph: Graph, stats: Mapping[str, TensorStats], observer: str =
                  policy: Union[str, QuantPolicy] = DEFAULT_POLICY, **options) -> int:
     """Set min/max of each fake_quant whose input has statistics; returns how many were set. The minmax observer
     includes in-place writes (`TensorStats.logged_range`) when the policy has in-place range unions."""
+    rules = get_policy(policy)
     if observer == "minmax":
-        options.setdefault("inplace", get_policy(policy).inplace_range_unions)
+        options.setdefault("inplace", rules.inplace_range_unions)
     chosen = make_observer(observer, **options)
     applied = 0
     for node in graph.find("fake_quant"):
         name = node.operands[0].name
         if node.attrs["weights"] or name not in stats:
             continue
-        lo, hi = chosen.range(stats[name])
-        node.attrs["min"], node.attrs["max"] = float(lo), float(hi)
+        where = _describe(node.operands[0])
+        try:
+            lo, hi = chosen.range(stats[name])
+        except ValueError as err:
+            raise CalibrationError(f"{where}: {err}") from None
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise CalibrationError(f"{where}: calibrated range [{lo}, {hi}] is not finite: the calibration data "
+                                   "overflows float32 inside the model (values too large?); scale the data as the "
+                                   "model expects it, or use a clipping observer (percentile, mse, kl)")
+        lo, hi = _check_degenerate(float(lo), float(hi), where, widen=rules.widen_degenerate_ranges)
+        node.attrs["min"], node.attrs["max"] = lo, hi
         applied += 1
     return applied
+
+
+# A calibrated range narrower than this (after including 0) says nothing about the tensor's scale.
+DEGENERATE_SPAN = 1e-6
+
+
+class DegenerateRangeWarning(UserWarning):
+    """Calibration saw (almost) one value for a tensor, e.g. all zeros."""
+
+
+def _describe(value: Value) -> str:
+    layer = f" (Keras layer '{value.layer}')" if value.layer else ""
+    return f"tensor %{value.name}{layer}"
+
+
+def _check_degenerate(lo: float, hi: float, where: str, widen: bool) -> tuple[float, float]:
+    """A range that collapses to a point (all-zero data) gives a scale of ~1e-8 (int16: a denormal), so any other
+    value at inference saturates. Warn; with `widen` (the plain policy) use a unit-wide range around the value,
+    otherwise keep it, as the converter does."""
+    if max(hi, 0.0) - min(lo, 0.0) >= DEGENERATE_SPAN:
+        return lo, hi
+    center = (lo + hi) / 2
+    widened = (min(center - 0.5, 0.0), max(center + 0.5, 0.0))
+    if widen:
+        action = f"so [{widened[0]:g}, {widened[1]:g}] is used instead"
+    else:
+        action = (f"and is kept as the converter keeps it (any other value saturates); the plain policy would use "
+                  f"[{widened[0]:g}, {widened[1]:g}]")
+    warnings.warn(f"{where}: calibration saw only the value {center:g} (range [{lo:g}, {hi:g}]); its "
+                  f"quantization range is degenerate, {action}. Calibrate with data that exercises this tensor",
+                  DegenerateRangeWarning, stacklevel=3)
+    return widened if widen else (lo, hi)
 
 
 class _Progress:

@@ -9,6 +9,13 @@
 - clamp(x, -1, 1) (min of max)    -> relu_n1_to_1(x)
 - mean/sum/reduce_max/reduce_min over axes of size 1 -> x (keepdims) or reshape(x) (GlobalAveragePooling2D
   of a 1x1 map, as TFLiteConverter drops it)
+- add(x, 0), sub(x, 0), mul(x, 1) -> x   (constants of equal elements that do not broadcast x; TensorFlow's
+                                         IdentityArithmeticOpFolder, which the converter runs: a Dense with a
+                                         zero bias on a rank-3 input keeps no ADD)
+- add(add(x, c1), c2)             -> add(x, c1 + c2)   (the converter's constant-add fusion: a rank-3 Dense's
+                                         bias add and hard_sigmoid's +3 are one ADD), unless x comes from a
+                                         conv2d / depthwise_conv2d / 2-D fully_connected, where fold-affine
+                                         folds each add into the bias in turn as the converter does
 """
 from __future__ import annotations
 
@@ -18,7 +25,8 @@ from typing import ClassVar, Optional, Sequence
 import numpy as np
 
 from qcompiler.ir.graph import Node, Value
-from qcompiler.passes.rewriter import Const, Match, Pat, Rewriter, RewritePass, Rule, constant_scalar
+from qcompiler.passes.rewriter import (Const, Match, Pat, Rewriter, RewritePass, Rule, batched_fc_reason,
+                                       constant_scalar, has_data, single_use_reason)
 
 
 def _drop_identity_check(m: Match) -> Optional[str]:
@@ -121,6 +129,45 @@ def _clamp(outer: str, inner: str, outer_bound: float, inner_bound: float) -> Pa
                Const(where=_scalar_is(outer_bound)), commutative=True, where=_keeps_shape)
 
 
+def _identity_arithmetic_check(m: Match) -> Optional[str]:
+    node, x = m.root, m["x"]
+    if node.attrs.get("activation", "none") != "none":
+        return f"{node.op} has fused activation '{node.attrs['activation']}'"
+    if node.result.type != x.type:
+        return f"the constant broadcasts %{x.name} {x.type} to {node.result.type}"
+    return _output_alias_reason(node, x)
+
+
+def _identity_arithmetic(op: str, neutral: float, commutative: bool) -> Rule:
+    return Rule(f"{op}-{'zero' if neutral == 0 else 'one'}",
+                Pat(op, "x", Const(where=_scalar_is(neutral)), commutative=commutative),
+                _forward_operand, _identity_arithmetic_check)
+
+
+_AFFINE_LAYERS = ("conv2d", "depthwise_conv2d", "fully_connected")
+
+
+def _add_of_adds_check(m: Match) -> Optional[str]:
+    inner, x, c1, c2 = m["inner"], m["x"], m["c1"], m["c2"]
+    if not (has_data(c1) and has_data(c2)) or c1.type.dtype != "f32" or c2.type.dtype != "f32":
+        return "the constants are not float32 with known data"
+    if inner.attrs["activation"] != "none" or m.root.attrs["activation"] != "none":
+        return "an add has a fused activation"
+    if (reason := single_use_reason(inner)) is not None:
+        return reason
+    if m.root.result.type != x.type:
+        return f"the constants broadcast %{x.name} {x.type} to {m.root.result.type}"
+    if x.producer is not None and x.producer.op in _AFFINE_LAYERS and batched_fc_reason(x.producer) is None:
+        return f"fold-affine folds each add into {x.producer.describe()} in turn"
+    return None
+
+
+def _add_of_adds(m: Match, rw: Rewriter) -> None:
+    total = (np.asarray(m["c1"].data, np.float32) + np.asarray(m["c2"].data, np.float32)).astype(np.float32)
+    c = rw.const(total, name=f"{m.root.result.name}_sum", layer=m.root.layer, dtype="f32")
+    rw.replace_value(m.root, rw.op("add", m["x"], c, layer=m.root.layer))
+
+
 RULES: list[Rule] = [
     Rule("flatten-to-reshape", Pat("flatten", "x"), _flatten_to_reshape, _flatten_check),
     Rule("remove-identity", Pat("identity", "x"), _forward_operand, _drop_identity_check),
@@ -139,13 +186,19 @@ RULES: list[Rule] = [
                                      where=_keeps_shape), _to_activation("relu")),
     Rule("min-relu-6-to-relu6", Pat("minimum", Pat("relu", "x", one_use=True), Const(where=_scalar_is(6.0)),
                                     commutative=True, where=_keeps_shape), _to_activation("relu6")),
+    _identity_arithmetic("add", 0.0, commutative=True),
+    _identity_arithmetic("sub", 0.0, commutative=False),
+    _identity_arithmetic("mul", 1.0, commutative=True),
+    Rule("add-of-adds", Pat("add", Pat("add", "x", Const(capture="c1"), commutative=True, capture="inner"),
+                            Const(capture="c2"), commutative=True), _add_of_adds, _add_of_adds_check),
 ]
 
 
 @dataclass(frozen=True)
 class Canonicalize(RewritePass):
     name: ClassVar[str] = "canonicalize"
-    summary: ClassVar[str] = ("flatten->reshape, drop identities, no-op reshapes and reductions over size-1 axes, "
+    summary: ClassVar[str] = ("flatten->reshape, drop identities, no-op reshapes, reductions over size-1 axes and "
+                              "x+0/x-0/x*1, "
                               "min/max clamps->relu ops")
 
     def rules(self) -> Sequence[Rule]:

@@ -5,7 +5,8 @@ After the layer (its output channel c on the last axis; the constant a scalar or
     conv(x, w) + b -> mul by s   =   conv(x, w * s) + b * s
     conv(x, w) + b -> add t      =   conv(x, w) + (b + t)
 
-Before the layer (the constant a scalar or one value per input channel), as Keras' Rescaling feeding a model:
+Before the layer, as Keras' Rescaling feeding a model (the constant a scalar; before a fully_connected also one
+value per input channel, as the converter does: it leaves a per-channel mul/add before a conv alone):
 
     conv(x * s, w) + b           =   conv(x, w * s) + b                   (w scaled along its input-channel axis)
     conv(x + t, w) + b           =   conv(x, w) + (b + sum over the kernel of w * t)
@@ -28,7 +29,8 @@ import numpy as np
 
 from qcompiler.ir.graph import Node, Value
 from qcompiler.ir.ops import OPS
-from qcompiler.passes.rewriter import Const, Match, Pat, Rewriter, RewritePass, Rule, Var, has_data, single_use_reason
+from qcompiler.passes.rewriter import (Const, Match, Pat, Rewriter, RewritePass, Rule, Var, batched_fc_reason, has_data,
+                                       single_use_reason)
 
 # conv2d, depthwise_conv2d, fully_connected: OpDef.weights.affine_foldable
 LAYERS = tuple(name for name, d in OPS.items() if d.weights and d.weights.affine_foldable)
@@ -51,6 +53,8 @@ _F32 = np.float32
 def _layer_reason(layer: Node) -> Optional[str]:
     """Why the weights and bias of `layer` cannot be rewritten, or None."""
     weights = layer.operands[1]
+    if (reason := batched_fc_reason(layer)) is not None:
+        return reason
     if not has_data(weights):
         return f"{layer.op} weights are not a constant with known data"
     if weights.type.dtype != "f32" or weights.type.quant is not None:
@@ -166,6 +170,9 @@ def _before_check(m: Match) -> Optional[str]:
         return reason
     if layer.attrs.get("padding", "valid") != "valid":
         return f"{layer.describe()} has padding '{layer.attrs['padding']}'; its zero border would change"
+    if layer.op != "fully_connected" and has_data(m["c"]) and m["c"].data.size != 1:
+        return (f"%{m['c'].name} {m['c'].type} is per channel: the converter folds only a scalar mul/add into a "
+                f"following {layer.op} (a batch norm before a conv stays MUL + ADD)")
     reason = _layer_reason(layer) or _binary_reason(binary)
     if reason is not None:
         return reason

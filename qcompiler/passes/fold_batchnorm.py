@@ -27,7 +27,8 @@ import numpy as np
 
 from qcompiler.errors import QCompilerError
 from qcompiler.ir.ops import OPS
-from qcompiler.passes.rewriter import Const, Match, Pat, Rewriter, RewritePass, Rule, Var, has_data, single_use_reason
+from qcompiler.passes.rewriter import (Const, Match, Pat, Rewriter, RewritePass, Rule, Var, batched_fc_reason, has_data,
+                                       single_use_reason)
 from qcompiler.quant.policy import DEFAULT_POLICY, PolicyName, get_policy
 
 # conv2d, depthwise_conv2d, fully_connected: OpDef.weights.affine_foldable
@@ -77,7 +78,7 @@ def _fold_check(m: Match) -> Optional[str]:
     result = producer.result
     if not result.type.is_float:
         return f"{producer.op} result is {result.type.dtype}, not float"
-    if (reason := single_use_reason(producer)) is not None:
+    if (reason := single_use_reason(producer) or batched_fc_reason(producer)) is not None:
         return reason
     if producer.attrs["activation"] != "none":
         return f"{producer.op} has fused activation '{producer.attrs['activation']}'"

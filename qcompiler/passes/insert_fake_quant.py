@@ -56,6 +56,10 @@ class InsertFakeQuant(Pass):
     def run(self, graph: Graph) -> PassResult:
         if graph.find("fake_quant"):
             return PassResult.unchanged()
+        lowered = next((v for v in graph.values() if v.type.quant is not None), None)
+        if lowered is not None:
+            raise QCompilerError(f"insert-fake-quant: the graph is already quantized (%{lowered.name} is "
+                                 f"{lowered.type}); give it the float graph")
         keep = check_keep_float(graph, self.keep_float)
         _check_quantizable(graph, self.activations, keep)
         share = get_policy(self.policy).shares_backwards(self.activations)

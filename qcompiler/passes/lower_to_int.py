@@ -32,6 +32,7 @@ from typing import ClassVar, Literal, Optional
 import numpy as np
 
 from qcompiler.errors import QCompilerError
+from qcompiler.ir.checks import check_known_values
 from qcompiler.ir.graph import Graph, Node, Value
 from qcompiler.ir.ops import OPS
 from qcompiler.ir.types import QParams, TensorType
@@ -70,7 +71,16 @@ class LowerToInt(Pass):
     def run(self, graph: Graph) -> PassResult:
         fake_quants = graph.find("fake_quant")
         if not fake_quants:
-            return PassResult.unchanged()
+            if any(v.type.quant is not None for v in graph.values()):
+                return PassResult.unchanged()  # already lowered
+            raise QCompilerError("lower-to-int found no fake_quant nodes: run insert-fake-quant (and calibrate, "
+                                 "or give default ranges) before it, e.g. --pipeline "
+                                 "\"insert-fake-quant,calibrate{data=samples.npy},lower-to-int\"")
+        check_known_values(graph, "lower-to-int")
+        lowered = next((v for v in graph.values() if v.type.quant is not None), None)
+        if lowered is not None:
+            raise QCompilerError(f"lower-to-int: the graph is partly integer already (%{lowered.name} is "
+                                 f"{lowered.type}); run it once, on a float graph with fake_quant nodes")
         policy = get_policy(self.policy)
         act_dtype = _activation_dtype(fake_quants)
         self._check_io(act_dtype)

@@ -32,10 +32,12 @@ class PassFailure(QCompilerError):
     """
 
     def __init__(self, pass_name: Optional[str], before: Sequence[str], reason: str,
-                 graph_text: Optional[str] = None) -> None:
+                 graph_text: Optional[str] = None, user_error: bool = False) -> None:
         self.pass_name, self.before, self.reason, self.graph_text = pass_name, list(before), reason, graph_text
         history = " -> ".join(self.before) if self.before else "(none)"
-        if pass_name is None:
+        if user_error:  # the pass refused the model or its options: the reason is the message
+            message = f"{pass_name}: {reason}"
+        elif pass_name is None:
             message = f"the input graph is invalid before any pass ran: {reason}"
         else:
             message = (f"pass '{pass_name}' failed: {reason}\n"
@@ -88,6 +90,8 @@ class PassManager:
             start = time.perf_counter()
             try:
                 result = p.run(graph)
+            except QCompilerError as err:  # a refusal with its own message, not a broken pass
+                raise PassFailure(str(p), done, str(err), user_error=True) from err
             except Exception as err:  # whatever went wrong, say which pass it was
                 raise PassFailure(str(p), done, f"it raised {type(err).__name__}: {err}") from err
             if not isinstance(result, PassResult):

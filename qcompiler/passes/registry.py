@@ -20,6 +20,7 @@ from qcompiler.passes.base import Pass, PassOptionError, format_option, option_f
 from qcompiler.passes.apply_plan import ApplyPlan
 from qcompiler.passes.calibrate import Calibrate
 from qcompiler.passes.canonicalize import Canonicalize
+from qcompiler.passes.cse import CommonSubexpressionElimination
 from qcompiler.passes.dce import DeadCodeElimination
 from qcompiler.passes.fold_affine import FoldAffine
 from qcompiler.passes.fold_batchnorm import FoldBatchNorm
@@ -30,6 +31,7 @@ from qcompiler.passes.insert_fake_quant import InsertFakeQuant
 from qcompiler.passes.insert_missing_fake_quant import InsertMissingFakeQuant
 from qcompiler.passes.lower_to_int import LowerToInt
 from qcompiler.passes.quantize_weights import QuantizeWeights
+from qcompiler.passes.space_to_batch_dilation import SpaceToBatchDilation
 from qcompiler.passes.weights_to_f16 import WeightsToF16
 
 # One line per pass. Keep alphabetical.
@@ -37,6 +39,7 @@ PASSES: dict[str, type[Pass]] = {
     "apply-plan": ApplyPlan,
     "calibrate": Calibrate,
     "canonicalize": Canonicalize,
+    "cse": CommonSubexpressionElimination,
     "dce": DeadCodeElimination,
     "fold-affine": FoldAffine,
     "fold-batchnorm": FoldBatchNorm,
@@ -47,13 +50,14 @@ PASSES: dict[str, type[Pass]] = {
     "insert-missing-fake-quant": InsertMissingFakeQuant,
     "lower-to-int": LowerToInt,
     "quantize-weights": QuantizeWeights,
+    "space-to-batch-dilation": SpaceToBatchDilation,
     "weights-to-f16": WeightsToF16,
 }
 
 # dce first as well as last: a dead user would make a producer look shared and block folding and fusion.
 # fold-constants before fold-batchnorm so batch-norm parameters computed from constants are constants.
 # fold-pad needs nothing but dce before it (a dead user would make a pad look shared).
-DEFAULT_FLOAT_PIPELINE = "dce,canonicalize,fold-pad,fold-constants,fold-batchnorm,fold-affine,fuse-activations,dce"
+DEFAULT_FLOAT_PIPELINE = "dce,space-to-batch-dilation,canonicalize,cse,fold-pad,fold-constants,fold-batchnorm,fold-affine,fuse-activations,dce"
 
 
 class PipelineError(QCompilerError, ValueError):

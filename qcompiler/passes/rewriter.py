@@ -172,6 +172,17 @@ def single_use_reason(node: Node) -> Optional[str]:
     return None
 
 
+def batched_fc_reason(node: Node) -> Optional[str]:
+    """Why nothing folds into `node`'s weights and bias because it is a fully_connected on a rank > 2 input, or
+    None. Keras computes such a Dense as a tensordot (reshape to 2-D, matmul, reshape back) and then adds the
+    bias; TFLiteConverter keeps the reshapes around its FULLY_CONNECTED, so it folds no bias, batch norm, mul or
+    add across them (docs/quantization-notes.md)."""
+    if node.op == "fully_connected" and node.operands[0].type.rank > 2:
+        return (f"{node.describe()} runs on a rank-{node.operands[0].type.rank} input, which the converter "
+                "reshapes to 2-D around it; nothing folds across the reshapes")
+    return None
+
+
 def has_data(value: Value) -> bool:
     """A constant whose array is known (not a digest-only placeholder read from a short dump)."""
     return value.is_constant and not isinstance(value.data, ElidedArray)

@@ -235,6 +235,10 @@ class TensorStats:
 # observers
 # ----------------------------------------------------------------------------------------------------
 def _require_data(stats: TensorStats, observer: str) -> None:
+    if stats.count == 0 and stats.nan_count:
+        raise ValueError(f"{observer} observer: tensor '{stats.name}' saw only NaN values ({stats.nan_count}): the "
+                         "calibration data overflows float32 inside the model (values too large?); scale the data "
+                         "as the model expects it")
     if stats.count == 0:
         raise ValueError(f"{observer} observer: tensor '{stats.name}' saw no calibration data")
 

@@ -46,6 +46,8 @@ class QuantPolicy:
       int16, where an all-zero tensor then gets scale FLT_MIN/32767 instead of the plain degenerate-range rule.
     bias_adjustment: a bias too large for int32 at scale input*weight widens that channel's weight scale
       (SetBiasParamsWithAdjustments in int8, AdjustWeightsForBiasScale in 16x8) instead of saturating.
+    widen_degenerate_ranges: a calibrated range that collapses to a point (all-zero data) becomes a unit-wide
+      range around the value; otherwise it is kept as the converter keeps it (a scale of ~1e-8). Both warn.
     """
 
     name: str
@@ -58,6 +60,7 @@ class QuantPolicy:
     inplace_range_unions: bool
     flt_min_floor: bool
     bias_adjustment: bool
+    widen_degenerate_ranges: bool
 
     def propagation(self, activations: str) -> Propagation:
         return self.propagation_i16 if activations == "i16" else self.propagation_i8
@@ -72,7 +75,8 @@ TFLITE_2_21 = QuantPolicy(
             "in-place range unions, FLT_MIN floor, bias adjustment",
     propagation_i8="mlir-driver", propagation_i16="forward",
     backward_sharing_i8=True, backward_sharing_i16=False,
-    rsqrt="tensorflow", inplace_range_unions=True, flt_min_floor=True, bias_adjustment=True)
+    rsqrt="tensorflow", inplace_range_unions=True, flt_min_floor=True, bias_adjustment=True,
+    widen_degenerate_ranges=False)
 
 PLAIN = QuantPolicy(
     name="plain",
@@ -80,7 +84,8 @@ PLAIN = QuantPolicy(
             "1/sqrt, each tensor's own range, saturating bias",
     propagation_i8="forward", propagation_i16="forward",
     backward_sharing_i8=False, backward_sharing_i16=False,
-    rsqrt="f32", inplace_range_unions=False, flt_min_floor=False, bias_adjustment=False)
+    rsqrt="f32", inplace_range_unions=False, flt_min_floor=False, bias_adjustment=False,
+    widen_degenerate_ranges=True)
 
 POLICIES: dict[str, QuantPolicy] = {p.name: p for p in (TFLITE_2_21, PLAIN)}
 PolicyName = Literal["tflite-2.21", "plain"]

@@ -1,0 +1,841 @@
+"""The keras.applications zoo: qcompiler against TFLiteConverter, every model, in one run.
+
+    python benchmarks/zoo.py [--models ResNet50,VGG16] [--size 96] [--samples 20] [--jobs 1]
+                             [--out zoo.md] [--json zoo.json]
+
+Per model (weights=None, batch-norm statistics randomized with a fixed seed, 1000 classes):
+- float32: compile time of both tools, op count, file size, interpreter latency, and each model's max abs error
+  against Keras relative to max|Keras output|;
+- int8 (`--samples` calibration samples, the same for both tools), twice: the logits model
+  (`classifier_activation=None`, since a 1000-class softmax on random weights saturates int8 outputs and hides
+  differences) and the outputs model (softmax): compile time, op count, size, latency, the share of identical int8
+  values under BUILTIN_REF, the largest difference in LSB, and whether input/output quantization is equal.
+
+Every model runs in its own process (this script with `--worker`), and every interpreter run in a process of its
+own (`--run-tflite`), so an abort or a segfault (the reference int8 softmax has aborted on 1000-class models)
+becomes a failure row with a one-line reason; the run goes on. Latency: batch 1, one thread, the interpreter's
+default resolver (XNNPACK), both tools' models loaded in one process and invoked in turn; the median over
+`--latency-runs` rounds of each round's fastest of 5 invocations (single invocations vary tenfold on a shared
+machine, the fastest ones by a few percent).
+Compile times are measured after both tools have compiled a tiny model in the same process (imports, first-call
+costs). Both tools are timed in the same process one after the other, so the speed-ups hold on a busy machine
+better than the absolute seconds do; `--jobs 2` halves the wall time on two cores at the cost of noisier seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # this checkout's qcompiler and tests.zoo, not an installed copy
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+MODES = ("float32", "logits", "outputs")
+LATENCY_PER_ROUND = 5  # invocations per model per latency round; the fastest counts
+TOOLS = ("qcompiler", "converter")
+
+
+@dataclass(frozen=True)
+class Settings:
+    size: int = 96
+    samples: int = 20
+    eval_samples: int = 4
+    latency_runs: int = 5  # rounds of LATENCY_PER_ROUND invocations
+    seed: int = 0
+    modes: tuple[str, ...] = MODES
+    timeout: float = 1200.0  # seconds per model
+    warm_up: bool = True  # both tools compile a tiny model before anything is timed
+    always_convert: bool = False  # run the converter even where qcompiler failed
+
+    @classmethod
+    def from_json(cls, text: str) -> "Settings":
+        values = json.loads(text)
+        values["modes"] = tuple(values["modes"])
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+
+# ---------------------------------------------------------------- models
+
+def build(name: str, size: int, seed: int):
+    """A keras.applications model by name (softmax head), or `module:function` for any builder
+    `function(size)` returning a single-input Keras model that ends in a softmax Dense layer."""
+    if ":" in name:
+        import importlib
+
+        module, function = name.split(":", 1)
+        return getattr(importlib.import_module(module), function)(size)
+    from tests.zoo import keras_application
+
+    return keras_application(name, size, seed)
+
+
+def input_batch(name: str, model, n: int, seed: int) -> np.ndarray:
+    """Inputs in the range the model expects: pixels through its preprocess_input (or standard normal for a
+    custom builder)."""
+    size = tuple(model.inputs[0].shape)[1:]
+    if ":" in name:
+        return np.random.default_rng(seed).standard_normal((n, *size)).astype(np.float32)
+    from tests.zoo import keras_application_inputs
+
+    return keras_application_inputs(name, size[0], n, seed)
+
+
+def model_names() -> list[str]:
+    from tests.zoo import keras_application_names
+
+    return keras_application_names()
+
+
+# ---------------------------------------------------------------- the two compilers
+
+def qcompiler_compile(model, mode: str, calibration: Optional[np.ndarray]) -> bytes:
+    import qcompiler
+
+    if mode == "float32":
+        return qcompiler.compile(model, mode="float32")
+    return qcompiler.compile(model, mode="int8", calibration_data=calibration)
+
+
+def converter_compile(model, mode: str, calibration: Optional[np.ndarray]) -> bytes:
+    from qcompiler.demo import converter_float32, converter_int8
+
+    if mode == "float32":
+        return converter_float32(model)
+    return converter_int8(model, calibration)
+
+
+COMPILERS: dict[str, Callable[[Any, str, Optional[np.ndarray]], bytes]] = {
+    "qcompiler": qcompiler_compile,
+    "converter": converter_compile,
+}
+
+
+def warm_up() -> None:
+    """Both tools compile a tiny model in float32 and int8 once, so first-call costs stay out of the timings."""
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    samples = np.random.default_rng(0).standard_normal((2, 8, 8, 3)).astype(np.float32)
+    for compile_fn in COMPILERS.values():
+        for mode in ("float32", "int8"):
+            compile_fn(model, mode, samples)
+
+
+# ---------------------------------------------------------------- the interpreter, in a process of its own
+
+def run_tflite(model_path: str, inputs_path: str, result_path: str) -> None:
+    """(`--run-tflite`) Run a .tflite under BUILTIN_REF on the float inputs (quantized for integer inputs) and count
+    its ops; writes the raw outputs and those facts to `result_path` (.npz)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    x = np.load(inputs_path)
+    reference = Interpreter(model_path=model_path, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    if len(reference.get_input_details()) != 1:
+        raise ValueError(f"the zoo runs single-input models; this one has {len(reference.get_input_details())}")
+    ops = [op["op_name"] for op in reference._get_ops_details()]
+    detail = reference.get_input_details()[0]
+    reference.resize_tensor_input(detail["index"], list(x.shape))
+    reference.allocate_tensors()
+    reference.set_tensor(detail["index"], _to_input(x, detail))
+    reference.invoke()
+    outputs = [reference.get_tensor(d["index"]).copy() for d in reference.get_output_details()]
+    io = [_io_fact(d) for d in (*reference.get_input_details(), *reference.get_output_details())]
+    meta = {"ops": ops, "io": io}
+    np.savez(result_path, meta=json.dumps(meta), **{f"output_{i}": o for i, o in enumerate(outputs)})
+
+
+def measure_latency(model_paths: list[str], inputs_path: str, result_path: str, rounds: int,
+                    per_round: int = LATENCY_PER_ROUND) -> None:
+    """(`--latency`) Invoke time of each model: batch 1, one thread, the default resolver (XNNPACK). The models are
+    loaded side by side and invoked in turn; each round keeps every model's fastest of `per_round` invocations, and
+    the result is the median of the rounds. On a shared machine single invocations vary tenfold with other
+    processes' load while the fastest ones stay within a few percent."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    x = np.load(inputs_path)[:1]
+    interpreters = []
+    for path in model_paths:
+        interpreter = Interpreter(model_path=path, num_threads=1)
+        interpreter.allocate_tensors()
+        detail = interpreter.get_input_details()[0]
+        interpreter.set_tensor(detail["index"], _to_input(x, detail))
+        interpreter.invoke()  # warm-up
+        interpreters.append(interpreter)
+    best: list[list[float]] = [[] for _ in interpreters]
+    for round_ in range(rounds):
+        times: list[list[float]] = [[] for _ in interpreters]
+        for i in range(per_round):
+            order = range(len(interpreters)) if (round_ + i) % 2 == 0 else reversed(range(len(interpreters)))
+            for k in order:
+                start = time.perf_counter()
+                interpreters[k].invoke()
+                times[k].append(time.perf_counter() - start)
+        for k, samples in enumerate(times):
+            best[k].append(min(samples))
+    Path(result_path).write_text(json.dumps([float(np.median(b) * 1000) for b in best]))
+
+
+def _to_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero_point = detail["quantization"]
+    if np.issubdtype(detail["dtype"], np.floating) or scale == 0:
+        return x.astype(detail["dtype"])
+    info = np.iinfo(detail["dtype"])
+    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(detail["dtype"])
+
+
+def _io_fact(detail: dict) -> list:
+    scale, zero_point = detail["quantization"]
+    return [np.dtype(detail["dtype"]).name, float(scale), int(zero_point)]
+
+
+class StepCrash(RuntimeError):
+    """A child process died (signal, non-zero exit, timeout)."""
+
+
+def run_child(args: list[str], log_path: Path, timeout: float, what: str) -> None:
+    """Run this script with `args` in a new process; raise StepCrash naming `what` if it dies or hangs."""
+    command = [sys.executable, str(Path(__file__).resolve()), *args]
+    with open(log_path, "wb") as log:
+        try:
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            raise StepCrash(f"{what} did not finish in {timeout:.0f} s") from None
+    if code != 0:
+        raise StepCrash(f"{what} {describe_exit(code)}{last_line(log_path)}")
+
+
+def run_tflite_isolated(model_path: Path, inputs_path: Path, timeout: float = 1200.0) -> tuple[dict, list[np.ndarray]]:
+    result_path = model_path.with_suffix(".result.npz")
+    run_child(["--run-tflite", str(model_path), str(inputs_path), str(result_path)], model_path.with_suffix(".log"),
+              timeout, "the BUILTIN_REF interpreter")
+    with np.load(result_path) as result:
+        meta = json.loads(str(result["meta"]))
+        outputs = [result[f"output_{i}"] for i in range(len(result.files) - 1)]
+    return meta, outputs
+
+
+def latency_isolated(model_paths: list[Path], inputs_path: Path, runs: int, timeout: float = 1200.0) -> list[float]:
+    result_path = model_paths[0].with_suffix(".latency.json")
+    run_child(["--latency", ",".join(map(str, model_paths)), str(inputs_path), str(result_path), str(runs)],
+              result_path.with_suffix(".log"), timeout, "the latency run (default resolver)")
+    return json.loads(result_path.read_text())
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def last_line(log_path: Path) -> str:
+    """': <the last non-empty line of a child's log>', or '' if it wrote nothing."""
+    try:
+        lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return f": {lines[-1][:200]}" if lines else ""
+
+
+# ---------------------------------------------------------------- one model (`--worker`)
+
+class Recorder:
+    """The row of one model, saved after every step, so the parent still has it if this process dies."""
+
+    def __init__(self, row: dict, path: Path):
+        self.row, self.path = row, path
+
+    def save(self) -> None:
+        from qcompiler.files import atomic_write
+
+        atomic_write(self.path, json.dumps(self.row, indent=1).encode())
+
+    @contextmanager
+    def step(self, label: str) -> Iterator[None]:
+        """Run a step; an exception becomes a failure '<label>: <reason>' and the run goes on."""
+        self.row["step"] = label
+        self.save()
+        started = time.perf_counter()
+        try:
+            yield
+        except Exception as err:  # noqa: BLE001  (every failure is a row, never the end of the run)
+            self.row["failures"].append(f"{label}: {one_line(err)}")
+        finally:
+            self.row["step_seconds"][label] = round(time.perf_counter() - started, 3)
+            self.save()
+
+
+def one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:300]}" if not isinstance(err, StepCrash) else text[:300]
+
+
+def measure_model(name: str, settings: Settings, row_path: Path) -> dict:
+    """Everything the zoo table shows for one model; failures are recorded in row['failures']."""
+    rec = Recorder({"model": name, "failures": [], "step": "start", "step_seconds": {}}, row_path)
+    # beside the row, in the parent's folder: the parent removes it even if this process dies
+    with tempfile.TemporaryDirectory(prefix=f"{row_path.stem}-", dir=row_path.parent) as tmp_dir:
+        tmp = Path(tmp_dir)
+        models = {}
+        with rec.step("build"):
+            models["outputs"] = build(name, settings.size, settings.seed)
+            from tests.zoo import logits_model
+
+            models["float32"] = models["logits"] = logits_model(models["outputs"])
+            rec.row["input"] = list(tuple(models["outputs"].inputs[0].shape)[1:])
+            rec.row["params"] = int(models["outputs"].count_params())
+            rec.row["layers"] = len(models["outputs"].layers)
+        if "logits" not in models:
+            return rec.row
+        calibration = input_batch(name, models["outputs"], settings.samples, settings.seed)
+        x = input_batch(name, models["outputs"], settings.eval_samples, settings.seed + 1)
+        inputs_path = tmp / "inputs.npy"
+        np.save(inputs_path, x)
+        if settings.warm_up:
+            with rec.step("warm-up"):
+                warm_up()
+        for mode in settings.modes:
+            measure_mode(rec, mode, models[mode], calibration, x, inputs_path, tmp, settings)
+    rec.row["step"] = "done"
+    rec.save()
+    return rec.row
+
+
+def measure_mode(rec: Recorder, mode: str, model, calibration: np.ndarray, x: np.ndarray, inputs_path: Path,
+                 tmp: Path, settings: Settings) -> None:
+    entry: dict[str, Any] = rec.row.setdefault(mode, {})
+    compile_mode = "float32" if mode == "float32" else "int8"
+    outputs: dict[str, list[np.ndarray]] = {}
+    io: dict[str, list] = {}
+    for tool, compile_fn in COMPILERS.items():
+        if tool == "converter" and "qcompiler" not in entry and not settings.always_convert:
+            entry["converter_skipped"] = True  # qcompiler failed: nothing to compare with, save the time
+            continue
+        with rec.step(f"{mode}: {tool} compile"):
+            start = time.perf_counter()
+            data = compile_fn(model, compile_mode, calibration)
+            entry[tool] = {"seconds": round(time.perf_counter() - start, 3), "bytes": len(data)}
+            (tmp / f"{mode}-{tool}.tflite").write_bytes(data)
+    compiled = [tool for tool in TOOLS if tool in entry]
+    for tool in compiled:
+        with rec.step(f"{mode}: {tool} model under BUILTIN_REF"):
+            meta, outputs[tool] = run_tflite_isolated(tmp / f"{mode}-{tool}.tflite", inputs_path)
+            io[tool] = meta["io"]
+            entry[tool].update(ops=len(meta["ops"]), op_types=_histogram(meta["ops"]))
+    if compiled and settings.latency_runs > 0:
+        with rec.step(f"{mode}: latency"):
+            paths = [tmp / f"{mode}-{tool}.tflite" for tool in compiled]
+            for tool, milliseconds in zip(compiled, latency_isolated(paths, inputs_path, settings.latency_runs)):
+                entry[tool]["latency_ms"] = milliseconds
+    if mode == "float32" and outputs:
+        with rec.step("float32: error against Keras"):
+            reference = np.asarray(model(x, training=False), np.float32)
+            scale = float(np.max(np.abs(reference))) or 1.0
+            for tool, result in outputs.items():
+                entry[tool]["max_error_rel"] = float(np.max(np.abs(result[0] - reference))) / scale
+    elif len(outputs) == 2:
+        with rec.step(f"{mode}: compare int8"):
+            entry.update(compare_int8(outputs["qcompiler"], outputs["converter"]))
+            entry["io_equal"] = io["qcompiler"] == io["converter"]
+            entry["io_difference"] = io_difference(io["qcompiler"], io["converter"])
+            entry["io"] = io
+
+
+def compare_int8(ours: list[np.ndarray], theirs: list[np.ndarray]) -> dict:
+    if [o.shape for o in ours] != [t.shape for t in theirs]:
+        raise ValueError(f"output shapes differ: {[o.shape for o in ours]} vs {[t.shape for t in theirs]}")
+    a = np.concatenate([o.astype(np.int64).ravel() for o in ours])
+    b = np.concatenate([t.astype(np.int64).ravel() for t in theirs])
+    return {"identical_pct": float(np.mean(a == b) * 100), "max_lsb": int(np.max(np.abs(a - b))), "values": int(a.size)}
+
+
+def io_difference(ours: list, theirs: list) -> str:
+    """How the (dtype, scale, zero point) of the model inputs then outputs differ: '' if equal, else e.g.
+    'output 0: scale 1 ulp' (float32 ulps) or 'input 0: zero point 3 vs 2'."""
+    if len(ours) != len(theirs):
+        return f"{len(ours)} vs {len(theirs)} inputs+outputs"
+    inputs = 1  # every zoo model has one input (run_tflite checks)
+    notes = []
+    for i, ((dtype_a, scale_a, zp_a), (dtype_b, scale_b, zp_b)) in enumerate(zip(ours, theirs)):
+        where = f"input {i}" if i < inputs else f"output {i - inputs}"
+        if dtype_a != dtype_b:
+            notes.append(f"{where}: {dtype_a} vs {dtype_b}")
+        elif zp_a != zp_b:
+            notes.append(f"{where}: zero point {zp_a} vs {zp_b}")
+        elif scale_a != scale_b:
+            ulps = abs(int(np.float32(scale_a).view(np.int32)) - int(np.float32(scale_b).view(np.int32)))
+            notes.append(f"{where}: scale {ulps} ulp" if ulps < 1000
+                         else f"{where}: scale {scale_a:.4g} vs {scale_b:.4g}")
+    return ", ".join(notes)
+
+
+def _histogram(ops: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for op in ops:
+        counts[op] = counts.get(op, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+# ---------------------------------------------------------------- the parent: one process per model
+
+def run_isolated(name: str, settings: Settings, work_dir: Path) -> dict:
+    """measure_model in a fresh process; a crash or a timeout becomes a failure with the step it happened in."""
+    safe = name.replace(":", "-").replace("/", "-")
+    row_path, log_path = work_dir / f"{safe}.json", work_dir / f"{safe}.log"
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", name, json.dumps(asdict(settings)),
+               str(row_path)]
+    started = time.perf_counter()
+    with open(log_path, "wb") as log:
+        try:
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=settings.timeout).returncode
+            problem = None if code == 0 else f"the model's process {describe_exit(code)}{last_line(log_path)}"
+        except subprocess.TimeoutExpired:
+            problem = f"timed out after {settings.timeout:.0f} s"
+    try:
+        row = json.loads(row_path.read_text())
+    except (OSError, ValueError):
+        row = {"model": name, "failures": [], "step": "start", "step_seconds": {}}
+    if problem is not None:
+        row["failures"].append(f"{row.get('step', 'start')}: {problem}")
+    row["wall_seconds"] = round(time.perf_counter() - started, 1)
+    return row
+
+
+def run_zoo(names: list[str], settings: Settings, jobs: int = 1,
+            on_row: Optional[Callable[[list[dict]], None]] = None) -> list[dict]:
+    rows: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="zoo-run-") as work_dir:
+        def one(name: str) -> None:
+            rows[name] = run_isolated(name, settings, Path(work_dir))
+            done = [rows[n] for n in names if n in rows]
+            print(f"[{len(done)}/{len(names)}] {name}: {row_summary(rows[name])}", flush=True)
+            if on_row is not None:
+                on_row(done)
+
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            list(pool.map(one, names))
+    return [rows[n] for n in names]
+
+
+def row_summary(row: dict) -> str:
+    parts = [f"{row.get('wall_seconds', 0):.0f} s"]
+    for mode in MODES:
+        entry = row.get(mode, {})
+        if "identical_pct" in entry:
+            parts.append(f"{mode} {percent(entry['identical_pct'])} identical, {entry['max_lsb']} LSB")
+    if row["failures"]:
+        parts.append(f"{len(row['failures'])} failure(s): {row['failures'][0]}")
+    return ", ".join(parts)
+
+
+# ---------------------------------------------------------------- report
+
+def machine() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def package(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "-"
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "commit": git_commit(), "cpus": os.cpu_count(), "cpu": cpu, "system": platform.system(),
+            "python": platform.python_version(), "tensorflow": package("tensorflow"), "keras": package("keras"),
+            "ai_edge_litert": package("ai-edge-litert")}
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
+def git_commit() -> str:
+    commit = _git("rev-parse", "--short=10", "HEAD") or "unknown"
+    return commit + (" + uncommitted changes" if _git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def package_commit(commit: str) -> str:
+    """The last commit at or before `commit` that changed qcompiler/ (what was measured), if git knows it."""
+    bare = commit.split(" ")[0]
+    found = _git("log", "-1", "--format=%h", "--abbrev=10", bare, "--", "qcompiler") if bare != "unknown" else ""
+    return (found or bare) + commit[len(bare):]
+
+
+def shown_modes(rows: list[dict], settings: Settings) -> tuple[str, ...]:
+    """The modes measured now or in the rows kept from an earlier run (`--update --modes ...`)."""
+    return tuple(m for m in MODES if m in settings.modes or any(m in row for row in rows))
+
+
+def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int, not_measured: Sequence[str] = ()) -> str:
+    modes = shown_modes(rows, settings)
+    lines = [
+        "# qcompiler vs TFLiteConverter on keras.applications", "",
+        f"{header['date']} · {commits_text(rows, header)} · {header['cpus']} CPUs ({header['cpu']}), "
+        f"{header['system']} · Python {header['python']}, TensorFlow {header['tensorflow']}, Keras {header['keras']}, "
+        f"ai-edge-litert {header['ai_edge_litert']} · `--jobs {jobs}`"
+        + (f" · {header['wall_minutes']} min" if "wall_minutes" in header else ""),
+        "",
+        f"Input {settings.size}x{settings.size} (larger where a model requires it), weights=None, batch-norm "
+        f"statistics randomized (seed {settings.seed}), 1000 classes; int8 calibrated on the same {settings.samples} "
+        f"samples by both tools; values compared on {settings.eval_samples} other samples under BUILTIN_REF; latency "
+        f"is the median over {settings.latency_runs} rounds of the fastest of {LATENCY_PER_ROUND} single-threaded "
+        "batch-1 invocations with the default resolver (XNNPACK), both tools' models invoked in turn. "
+        "Speed-up = converter time / qcompiler time. Size and latency in the int8 table are qcompiler / converter.",
+        "", *summary(rows), "",
+        *([f"Not measured in this run: {', '.join(not_measured)}.", ""] if not_measured else []),
+        *overview(rows, settings), "",
+    ]
+    if "float32" in modes:
+        several = len({package_commit(row.get("commit", header["commit"])) for row in rows}) > 1
+        lines += ["## float32", "",
+                  "| model | input | params | compile s (qc / conv) | speed-up | ops (qc / conv) | KiB (qc / conv) "
+                  "| latency ms (qc / conv) | max err / max\\|ref\\| (qc / conv) |"
+                  + (" qcompiler/ at |" if several else ""),
+                  "|---|---|---|---|---|---|---|---|---|" + ("---|" if several else "")]
+        measured = [row for row in rows if _compiled(row, "float32")]
+        lines += [float_line(row) + (f" {package_commit(row.get('commit', header['commit']))} |" if several else "")
+                  for row in measured]
+        lines += ["", *_left_out(rows, measured)]
+    int8_modes = [m for m in ("logits", "outputs") if m in modes]
+    if int8_modes:
+        lines += ["## int8", "",
+                  "logits: `classifier_activation=None`; outputs: the softmax model. "
+                  "identical = share of equal int8 values, LSB = largest difference, I/O q = input and output scale "
+                  "and zero point equal.", "",
+                  "| model | mode | compile s (qc / conv) | speed-up | ops (qc / conv) | size | latency "
+                  "| identical | max LSB | I/O q |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        measured = [row for row in rows if any(_compiled(row, mode) for mode in int8_modes)]
+        lines += [int8_line(row, mode) for row in measured for mode in int8_modes if _compiled(row, mode)]
+        lines += ["", *_left_out(rows, measured)]
+    differences = [(row["model"], mode, op_differences(row[mode])) for row in rows for mode in modes
+                   if op_differences(row.get(mode, {}))]
+    if differences:
+        lines += ["## Op count differences", "", "| model | mode | op: qcompiler vs converter |", "|---|---|---|"]
+        lines += [f"| {model} | {mode} | {text} |" for model, mode, text in differences]
+        lines.append("")
+    failures = [(row["model"], failure) for row in rows for failure in grouped_failures(row["failures"])]
+    if failures:
+        lines += ["## Failures", "", "| model | step: reason |", "|---|---|"]
+        lines += [f"| {model} | {cell(failure)} |" for model, failure in failures]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def overview(rows: list[dict], settings: Settings) -> list[str]:
+    """One line per model: the figures the acceptance criteria name, and the first failure."""
+    modes = shown_modes(rows, settings)
+    columns = {"float32": "float32: speed-up, ops (qc / conv), qc error",
+               "logits": "int8 logits: speed-up, identical, LSB", "outputs": "int8 outputs: identical, LSB"}
+    lines = ["## Overview", "", "| model | " + " | ".join(columns[m] for m in modes) + " | I/O q (logits / outputs) "
+             "| first failure |", "|---|" + "---|" * (len(modes) + 2)]
+    for row in rows:
+        cells = []
+        for mode in modes:
+            entry = row.get(mode, {})
+            if mode == "float32":
+                error = entry.get("qcompiler", {}).get("max_error_rel")
+                parts = [_fmt_speedup(entry), _pair(entry, "ops", "d"), "—" if error is None else f"{error:.1e}"]
+            else:
+                identical = percent(entry["identical_pct"]) if "identical_pct" in entry else "—"
+                parts = [identical, str(entry.get("max_lsb", "—"))]
+                parts = [_fmt_speedup(entry), *parts] if mode == "logits" else parts
+            cells.append(", ".join(parts) if _has(entry, "seconds") else "—")
+        io = " / ".join({True: "equal", False: "differ"}.get(row.get(m, {}).get("io_equal"), "—")
+                        for m in ("logits", "outputs") if m in modes)
+        failure = cell(grouped_failures(row["failures"])[0], 110) if row["failures"] else ""
+        lines.append(f"| {row['model']} | " + " | ".join(cells) + f" | {io} | {failure} |")
+    return lines
+
+
+def _compiled(row: dict, mode: str) -> bool:
+    return any(tool in row.get(mode, {}) for tool in TOOLS)
+
+
+def _left_out(rows: list[dict], measured: list[dict]) -> list[str]:
+    missing = [row["model"] for row in rows if row not in measured]
+    return [f"Left out, no model from either tool (see Failures): {', '.join(missing)}.", ""] if missing else []
+
+
+def commits_text(rows: list[dict], header: dict) -> str:
+    """The qcompiler/ commit measured and the commits the benchmark ran from (rows merged by `--update` may come
+    from several); with several qcompiler/ commits, each with its number of models."""
+    runs = list(dict.fromkeys(row.get("commit", header["commit"]) for row in rows)) or [header["commit"]]
+    packages: dict[str, int] = {}
+    for row in rows or [{}]:
+        package = package_commit(row.get("commit", header["commit"]))
+        packages[package] = packages.get(package, 0) + 1
+    ran = f"benchmark run from {', '.join(runs)}"
+    if len(packages) == 1:
+        return f"qcompiler/ at {next(iter(packages))} ({ran})"
+    return "qcompiler/ at " + ", ".join(f"{p} ({n} models)" for p, n in packages.items()) + f" ({ran})"
+
+
+def op_differences(entry: dict) -> str:
+    """'RELU 112 vs 48, SLICE 4 vs 0' for the op types whose counts differ between the two tools' models."""
+    if not _has(entry, "op_types"):
+        return ""
+    ours, theirs = entry["qcompiler"]["op_types"], entry["converter"]["op_types"]
+    return ", ".join(f"{op} {ours.get(op, 0)} vs {theirs.get(op, 0)}" for op in sorted({*ours, *theirs})
+                     if ours.get(op, 0) != theirs.get(op, 0))
+
+
+def summary(rows: list[dict]) -> list[str]:
+    """The acceptance criteria as counts; each mode's count is out of the models measured in that mode."""
+    def count(mode: str, test: Callable[[dict], bool]) -> str:
+        measured = [row for row in rows if mode in row]
+        return f"{sum(1 for row in measured if _safe(test, row[mode]))}/{len(measured)}"
+
+    both = lambda e: all("ops" in e[t] for t in TOOLS)  # noqa: E731
+    int8_ok = lambda e: e["identical_pct"] >= 99.0 and e["max_lsb"] <= 1 and e["io_equal"]  # noqa: E731
+    return [
+        f"{len(rows)} models. Compiled and run by both tools: float32 {count('float32', both)}, "
+        f"int8 logits {count('logits', both)}, int8 outputs {count('outputs', both)}. "
+        f"float32 error ≤ 1e-5·max|ref|: {count('float32', lambda e: e['qcompiler']['max_error_rel'] <= 1e-5)}; "
+        f"float32 ops ≤ converter's: {count('float32', lambda e: e['qcompiler']['ops'] <= e['converter']['ops'])}; "
+        f"float32 ≥ 50x faster: {count('float32', lambda e: _speedup(e) >= 50)}; "
+        f"int8 logits ≥ 5x faster: {count('logits', lambda e: _speedup(e) >= 5)}.",
+        f"int8 with equal I/O quantization, ≥ 99% identical and ≤ 1 LSB: logits {count('logits', int8_ok)}, "
+        f"outputs {count('outputs', int8_ok)}; 100% identical: logits "
+        f"{count('logits', lambda e: e['identical_pct'] == 100.0)}, outputs "
+        f"{count('outputs', lambda e: e['identical_pct'] == 100.0)}. "
+        f"int8 size ≤ converter + 1%: {count('logits', lambda e: _ratio(e, 'bytes') <= 1.01)}; "
+        f"latency ≤ 1.05x: float32 {count('float32', lambda e: _ratio(e, 'latency_ms') <= 1.05)}, "
+        f"int8 {count('logits', lambda e: _ratio(e, 'latency_ms') <= 1.05)} (logits models).",
+    ]
+
+
+def _safe(test: Callable[[dict], bool], row: dict) -> bool:
+    try:
+        return bool(test(row))
+    except (KeyError, TypeError, ZeroDivisionError):
+        return False
+
+
+def _speedup(entry: dict) -> float:
+    return entry["converter"]["seconds"] / entry["qcompiler"]["seconds"]
+
+
+def _ratio(entry: dict, key: str) -> float:
+    return entry["qcompiler"][key] / entry["converter"][key]
+
+
+def _pair(entry: dict, key: str, fmt: str) -> str:
+    values = [format(entry[t][key], fmt) if key in entry.get(t, {}) else "—" for t in TOOLS]
+    return " / ".join(values)
+
+
+def float_line(row: dict) -> str:
+    entry = row.get("float32", {})
+    size = "x".join(str(d) for d in row.get("input", [])[:2]) or "—"
+    params = f"{row['params'] / 1e6:.1f}M" if "params" in row else "—"
+    kib = " / ".join(f"{entry[t]['bytes'] / 1024:,.0f}" if t in entry else "—" for t in TOOLS)
+    return (f"| {row['model']} | {size} | {params} | {_pair(entry, 'seconds', '.2f')} | {_fmt_speedup(entry)} "
+            f"| {_pair(entry, 'ops', 'd')} | {kib} | {_pair(entry, 'latency_ms', '.2f')} "
+            f"| {_pair(entry, 'max_error_rel', '.1e')} |")
+
+
+def int8_line(row: dict, mode: str) -> str:
+    entry = row.get(mode, {})
+    size = f"{_ratio(entry, 'bytes'):.3f}x" if _has(entry, "bytes") else "—"
+    latency = f"{_ratio(entry, 'latency_ms'):.2f}x" if _has(entry, "latency_ms") else "—"
+    identical = percent(entry["identical_pct"]) if "identical_pct" in entry else "—"
+    lsb = str(entry["max_lsb"]) if "max_lsb" in entry else "—"
+    io = {True: "equal", False: f"**differ** ({entry.get('io_difference', '')})"}.get(entry.get("io_equal"), "—")
+    return (f"| {row['model']} | {mode} | {_pair(entry, 'seconds', '.2f')} | {_fmt_speedup(entry)} "
+            f"| {_pair(entry, 'ops', 'd')} | {size} | {latency} | {identical} | {lsb} | {io} |")
+
+
+def percent(value: float) -> str:
+    """Two decimals, but never a rounded-up 100% (or 0%) that is not exact."""
+    text = f"{value:.2f}%"
+    if text == "100.00%" and value < 100.0:
+        return "99.99%"
+    return "0.01%" if text == "0.00%" and value > 0.0 else text
+
+
+def _has(entry: dict, key: str) -> bool:
+    return all(key in entry.get(t, {}) for t in TOOLS)
+
+
+def _fmt_speedup(entry: dict) -> str:
+    return f"{_speedup(entry):.1f}x" if _has(entry, "seconds") else "—"
+
+
+def grouped_failures(failures: list[str]) -> list[str]:
+    """'float32/logits/outputs: qcompiler compile: X' for the same failure in several modes."""
+    modes_of: dict[str, list[str]] = {}
+    for failure in failures:
+        mode, _, rest = failure.partition(": ")
+        key, mode = (rest, mode) if mode in MODES else (failure, "")
+        modes_of.setdefault(key, []).append(mode)
+    return [f"{'/'.join(modes)}: {key}" if all(modes) else key for key, modes in modes_of.items()]
+
+
+def cell(text: str, limit: int = 200) -> str:
+    text = text if len(text) <= limit else text[:limit - 1] + "…"
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def write_outputs(rows: list[dict], header: dict, settings: Settings, jobs: int, out: Optional[Path],
+                  json_path: Optional[Path], not_measured: Sequence[str] = ()) -> None:
+    from qcompiler.files import atomic_write
+
+    if out is not None:
+        atomic_write(out, markdown(rows, header, settings, jobs, not_measured).encode())
+    if json_path is not None:
+        document = {"header": header, "settings": asdict(settings), "jobs": jobs, "rows": rows}
+        atomic_write(json_path, json.dumps(document, indent=1).encode())
+
+
+def previous_rows(path: Path, settings: Settings, names: list[str]) -> list[dict]:
+    """The rows of an earlier run (`--update`) for the models not measured again; its settings must be ours."""
+    document = json.loads(path.read_text())
+    theirs = asdict(Settings.from_json(json.dumps(document["settings"])))
+    ours = asdict(settings)
+    different = [key for key in ours if key not in ("modes", "timeout", "always_convert") and theirs[key] != ours[key]]
+    if different:
+        raise SystemExit(f"--update {path}: measured with other settings ({', '.join(different)}); "
+                         "use the same options or start a new file")
+    for row in document["rows"]:
+        row.setdefault("commit", document["header"]["commit"])
+        row.setdefault("date", document["header"]["date"])
+    return [row for row in document["rows"] if row["model"] not in names]
+
+
+def merge_documents(documents: list[dict]) -> dict:
+    """Several --json files as one: same settings (but modes), rows by model with the later files winning, the
+    last file's header and the modes of all."""
+    last = documents[-1]
+    for document in documents[:-1]:
+        ours, theirs = document["settings"], last["settings"]
+        different = [k for k in ours if k not in ("modes", "timeout", "always_convert") and ours[k] != theirs.get(k)]
+        if different:
+            raise SystemExit(f"cannot merge runs with different settings ({', '.join(different)})")
+    rows: dict[str, dict] = {}
+    for document in documents:
+        for row in document["rows"]:
+            row.setdefault("commit", document["header"]["commit"])
+            row.setdefault("date", document["header"]["date"])
+            rows[row["model"]] = row
+    modes = [m for m in MODES if any(m in d["settings"]["modes"] for d in documents)]
+    dates = sorted({row["date"] for row in rows.values()})
+    header = {k: v for k, v in last["header"].items() if k != "wall_minutes"}
+    header["date"] = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    return dict(last, header=header, rows=merge_rows([], list(rows.values())), jobs=max(d["jobs"] for d in documents),
+                settings=dict(last["settings"], modes=modes))
+
+
+def merge_rows(kept: list[dict], new: list[dict]) -> list[dict]:
+    """Earlier rows and new ones in one list, in model-name order."""
+    return sorted([*kept, *new], key=lambda row: row["model"])
+
+
+# ---------------------------------------------------------------- command line
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:  # internal: one model, in its own process
+        name, settings_json, row_path = argv[1:4]
+        measure_model(name, Settings.from_json(settings_json), Path(row_path))
+        return 0
+    if argv[:1] == ["--run-tflite"]:  # internal: one BUILTIN_REF run, in its own process
+        run_tflite(*argv[1:4])
+        return 0
+    if argv[:1] == ["--latency"]:  # internal: latency of one or more models, in their own process
+        model_paths, inputs_path, result_path, runs = argv[1:5]
+        measure_latency(model_paths.split(","), inputs_path, result_path, int(runs))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", help="comma-separated keras.applications names (or module:function builders); "
+                                         "default: all of keras.applications")
+    parser.add_argument("--skip", default="", help="comma-separated models to leave out")
+    parser.add_argument("--size", type=int, default=96, help="input size (a model's minimum if larger)")
+    parser.add_argument("--samples", type=int, default=20, help="calibration samples, the same for both tools")
+    parser.add_argument("--eval-samples", type=int, default=4, help="samples whose outputs are compared")
+    parser.add_argument("--latency-runs", type=int, default=5,
+                        help=f"latency rounds; each keeps the fastest of {LATENCY_PER_ROUND} invocations")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per model")
+    parser.add_argument("--always-convert", action="store_true",
+                        help="run the converter in a mode even where qcompiler failed (default: skip it)")
+    parser.add_argument("--jobs", type=int, default=1, help="models measured at once (timings need --jobs 1)")
+    parser.add_argument("--out", type=Path, default=Path("zoo.md"), help="markdown table")
+    parser.add_argument("--json", type=Path, default=None, help="also write every measurement as JSON")
+    parser.add_argument("--update", type=Path, default=None,
+                        help="a previous --json file: keep its rows for the models not measured now (same settings)")
+    parser.add_argument("--render", default=None,
+                        help="only write --out (and --json) again from these comma-separated --json files, measuring "
+                             "nothing; a model in several files takes its row from the last")
+    args = parser.parse_args(argv)
+    if args.render is not None:
+        documents = [json.loads(Path(path).read_text()) for path in args.render.split(",")]
+        document = merge_documents(documents)
+        settings = Settings.from_json(json.dumps(document["settings"]))
+        measured = {row["model"] for row in document["rows"]}
+        write_outputs(document["rows"], document["header"], settings, document["jobs"], args.out, args.json,
+                      [name for name in model_names() if name not in measured])
+        print(f"wrote {args.out}" + (f" and {args.json}" if args.json else ""))
+        return 0
+    modes = tuple(m for m in args.modes.split(",") if m)
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        parser.error(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
+    available = model_names()
+    names = args.models.split(",") if args.models else available
+    unknown = [n for n in names if ":" not in n and n not in available]
+    if unknown:
+        parser.error(f"not in keras.applications: {', '.join(unknown)} (available: {', '.join(available)})")
+    names = [n for n in names if n not in set(args.skip.split(","))]
+    settings = Settings(size=args.size, samples=args.samples, eval_samples=args.eval_samples,
+                        latency_runs=args.latency_runs, seed=args.seed, modes=modes, timeout=args.timeout,
+                        always_convert=args.always_convert)
+    header = machine()
+    started = time.perf_counter()
+    kept = previous_rows(args.update, settings, names) if args.update is not None else []
+
+    def save(rows: list[dict]) -> None:
+        for row in rows:
+            row.setdefault("commit", header["commit"])
+            row.setdefault("date", header["date"])
+        header["wall_minutes"] = round((time.perf_counter() - started) / 60, 1)
+        write_outputs(merge_rows(kept, rows), header, settings, args.jobs, args.out, args.json)
+
+    rows = run_zoo(names, settings, args.jobs, on_row=save)
+    save(rows)
+    print(f"wrote {args.out}" + (f" and {args.json}" if args.json else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""cse: common-subexpression elimination. Identical nodes on the same operands become one.
+
+    %a = relu(%x) : ...                    %a = relu(%x) : ...
+    %b = relu(%x) : ...          ->        %y = add(%a, %a) : ...
+    %y = add(%a, %b) : ...
+
+Two nodes are identical when they have the same op, the same attributes and the same operands, where two
+constant operands count as the same when their dtype, shape and bytes are equal. With `constants=true` (the
+default) equal constants are also merged into one node. TFLiteConverter's MLIR pipeline does the same (its CSE
+and constant uniquing), which is why Keras NASNetMobile, applying one ReLU or pooling to a tensor in several
+branches, has fewer operators in the converter's model than layers.
+
+One walk in topological order: a node's key is (op, attributes, operand keys), looked up in a dict; a node whose
+key is already there has its results replaced by the first one's, so later users see the merged values and a
+chain of duplicates merges in the same walk. No recursion; linear in the nodes (plus hashing constant bytes).
+
+Not merged: constants without data (read from a digest-only dump), and a node whose result is a graph output
+when the node it would merge into also produces a graph output (the outputs would repeat one tensor).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, ClassVar, Hashable, Optional
+
+import numpy as np
+
+from qcompiler.ir.graph import Graph, Node
+from qcompiler.ir.printer import ElidedArray
+from qcompiler.passes.base import Pass, PassResult
+
+
+def _frozen(value: Any) -> Hashable:
+    """A hashable, type-exact stand-in for an attribute value (1 and 1.0 and True stay distinct)."""
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_frozen(v) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted((k, _frozen(v)) for k, v in value.items())))
+    if isinstance(value, np.ndarray):
+        return ("ndarray", _constant_key(value))
+    if isinstance(value, np.generic):
+        return (type(value).__name__, value.item())
+    return (type(value).__name__, value)
+
+
+def _constant_key(array: np.ndarray) -> Optional[Hashable]:
+    """dtype, shape and a digest of the bytes; None for an array without data."""
+    if isinstance(array, ElidedArray):
+        return None
+    data = np.ascontiguousarray(array)
+    return (data.dtype.str, data.shape, hashlib.blake2b(data.tobytes(), digest_size=16).digest())
+
+
+@dataclass(frozen=True)
+class CommonSubexpressionElimination(Pass):
+    name: ClassVar[str] = "cse"
+    summary: ClassVar[str] = "merge identical nodes on the same operands (constants compared by value)"
+
+    constants: bool = True  # merge equal constant nodes too
+
+    def run(self, graph: Graph) -> PassResult:
+        value_keys: dict[int, Hashable] = {}  # id(constant value) -> its dtype, shape and bytes
+        seen: dict[Hashable, Node] = {}
+        merged: list[Node] = []
+        for node in list(graph.nodes):
+            key = self._key(node, value_keys)
+            if key is None:
+                continue
+            first = seen.get(key)
+            if first is None or not _can_merge(graph, node, first):
+                seen.setdefault(key, node)
+                continue
+            for old, new in zip(node.results, first.results):
+                graph.replace_all_uses(old, new)
+            merged.append(node)
+        for node in merged:
+            graph.remove(node)
+        if not merged:
+            return PassResult.unchanged()
+        constants = sum(1 for n in merged if n.op == "const")
+        counters = {"nodes-erased": len(merged)}
+        if constants:
+            counters["constants-merged"] = constants
+        if len(merged) > constants:
+            counters["ops-merged"] = len(merged) - constants
+        return PassResult(True, counters)
+
+    def _key(self, node: Node, value_keys: dict[int, Hashable]) -> Optional[Hashable]:
+        """What identifies the node (None: never merged); records how its results compare as operands."""
+        if node.op == "const":
+            data_key = _constant_key(node.attrs["value"])
+            if data_key is None:
+                return None
+            value_keys[id(node.result)] = ("const", data_key)  # users compare it by value
+            return ("const", data_key) if self.constants else ("const", data_key, id(node))
+        operands = tuple(value_keys.get(id(v), id(v)) for v in node.operands)
+        attrs = tuple(sorted((k, _frozen(v)) for k, v in node.attrs.items()))
+        return (node.op, attrs, operands, tuple(r.type for r in node.results))
+
+
+def _can_merge(graph: Graph, node: Node, first: Node) -> bool:
+    return not (any(graph.is_output(r) for r in node.results) and any(graph.is_output(r) for r in first.results))
+
+
+__all__ = ["CommonSubexpressionElimination"]

@@ -1,0 +1,141 @@
+"""Differential check of one Keras model: qcompiler against TFLiteConverter (int8) and against Keras (float32).
+
+Both tools calibrate on the same samples (the converter one at a time through `representative_dataset`,
+qcompiler with its default settings unless an executor is given). The int8 models then run with the
+reference kernels (BUILTIN_REF) on the same int8 inputs, quantized with the converter's input parameters.
+
+`check(model, ...)` returns a `Verdict`: the measurements and, when the model misses the bar, the cause, one of
+CAUSES. tests/test_random_models.py and benchmarks/fuzz_vs_converter.py both use it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+import qcompiler
+from qcompiler.demo import converter_int8
+from qcompiler.ir.types import QParams
+from qcompiler.quant import math as qmath
+from tests.test_int8_vs_converter import _io_details, _params, _run_in_keras_order
+
+MIN_IDENTICAL = 0.99
+MAX_LSB = 1
+FLOAT_RTOL = 1e-4  # float32 outputs vs Keras, relative to the output's largest magnitude
+
+# In the order they are tested: the first that applies is the model's cause.
+CAUSES = ("import error", "compile error", "converter error", "float32 mismatch", "I/O quant mismatch",
+          "<99% identical", ">1 LSB", "crash")
+
+
+@dataclass
+class Verdict:
+    cause: Optional[str] = None  # None: meets the bar
+    detail: str = ""
+    identical: list[float] = field(default_factory=list)  # per output, fraction of identical int8 values
+    max_lsb: list[int] = field(default_factory=list)  # per output
+    float_error: float = 0.0  # max |qcompiler float32 - Keras| / max |Keras|
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.cause is None
+
+    def summary(self) -> str:
+        identical = ", ".join(f"{v:.2%}" for v in self.identical)
+        lsb = ", ".join(str(v) for v in self.max_lsb)
+        head = "ok" if self.ok else self.cause
+        return f"{head}: identical [{identical}], max LSB [{lsb}], float error {self.float_error:.2e} {self.detail}"
+
+
+def run(models: Sequence[bytes], keras_model, arrays: list[np.ndarray]) -> tuple[list[list[np.ndarray]], str]:
+    """Outputs of each model in the Keras order, all with the same kernels: the reference kernels, or the default
+    ones for all of them when one model holds an op the reference resolver lacks (ai-edge-litert's BUILTIN_REF has
+    no ELU and no TILE version 3, which the converter writes for int8 UpSampling2D)."""
+    try:
+        return [_run_in_keras_order(m, keras_model, arrays) for m in models], "reference"
+    except ValueError as err:
+        if "Didn't find op for builtin opcode" not in str(err):
+            raise
+    from ai_edge_litert.interpreter import OpResolverType
+    import tests.tflite_run as tflite_run
+
+    try:  # run_tflite names the resolver; give it the default one for these calls
+        tflite_run.OpResolverType = type("Resolver", (), {"BUILTIN_REF": OpResolverType.AUTO})
+        return [_run_in_keras_order(m, keras_model, arrays) for m in models], "default"
+    finally:
+        tflite_run.OpResolverType = OpResolverType
+
+
+def _as_list(batch) -> list[np.ndarray]:
+    return batch if isinstance(batch, list) else [batch]
+
+
+def float_error(model, ours: bytes, batch: Sequence[np.ndarray]) -> float:
+    """Largest relative difference between qcompiler's float32 model and Keras over all outputs."""
+    expected = _as_list(model.predict(list(batch) if len(batch) > 1 else batch[0], verbose=0))
+    got = run([ours], model, list(batch))[0][0]
+    worst = 0.0
+    for g, e in zip(got, expected):
+        scale = max(float(np.max(np.abs(e))), 1e-6)
+        worst = max(worst, float(np.max(np.abs(g.astype(np.float64) - e))) / scale)
+    return worst
+
+
+def check(model, calibration: Sequence[np.ndarray], test: Sequence[np.ndarray], executor: Optional[str] = None,
+          check_float: bool = True) -> Verdict:
+    """Compile `model` both ways and compare; never raises for a model-level failure (it becomes the cause)."""
+    verdict = Verdict()
+    by_name = {t.name: a for t, a in zip(model.inputs, calibration)}
+    try:
+        graph = qcompiler.import_keras(model)
+    except Exception as err:  # noqa: BLE001 - every failure is a finding
+        return _fail(verdict, "import error", err)
+    try:
+        start = time.perf_counter()
+        ours_float = qcompiler.compile(graph, mode="float32") if check_float else None
+        options = {} if executor is None else {"executor": executor}  # None: compile's default (exact)
+        ours = qcompiler.compile(graph, mode="int8", calibration_data=by_name, **options)
+        verdict.seconds["qcompiler"] = time.perf_counter() - start
+    except Exception as err:  # noqa: BLE001
+        return _fail(verdict, "compile error", err)
+    try:
+        start = time.perf_counter()
+        reference = converter_int8(model, by_name)
+        verdict.seconds["converter"] = time.perf_counter() - start
+    except Exception as err:  # noqa: BLE001
+        return _fail(verdict, "converter error", err)
+    if ours_float is not None:
+        verdict.float_error = float_error(model, ours_float, test)
+        if not verdict.float_error <= FLOAT_RTOL:
+            verdict.cause, verdict.detail = "float32 mismatch", f"relative error {verdict.float_error:.3g}"
+            return verdict
+    our_io, ref_io = _io_details(ours, model), _io_details(reference, model)
+    ours_params = [_params(d) for d in our_io[0] + our_io[1]]
+    ref_params = [_params(d) for d in ref_io[0] + ref_io[1]]
+    quantized = [qmath.quantize(a, QParams.per_tensor(*d["quantization"]), "i8") for a, d in zip(test, ref_io[0])]
+    (got, expected), kernels = run([ours, reference], model, quantized)
+    if kernels != "reference":
+        verdict.detail = f"(run with the {kernels} kernels) "
+    for g, e in zip(got, expected):
+        diff = np.abs(g.astype(np.int32) - e.astype(np.int32))
+        verdict.identical.append(float(np.mean(diff == 0)))
+        verdict.max_lsb.append(int(diff.max()) if diff.size else 0)
+    if ours_params != ref_params:
+        mismatched = [i for i, (a, b) in enumerate(zip(ours_params, ref_params)) if a != b]
+        verdict.cause = "I/O quant mismatch"
+        verdict.detail += f"tensors {mismatched} (inputs first): " + "; ".join(
+            f"ours {ours_params[i][1:]} vs {ref_params[i][1:]}" for i in mismatched[:2])
+    elif min(verdict.identical, default=1.0) < MIN_IDENTICAL:
+        verdict.cause = "<99% identical"
+    elif max(verdict.max_lsb, default=0) > MAX_LSB:
+        verdict.cause = ">1 LSB"
+    return verdict
+
+
+def _fail(verdict: Verdict, cause: str, err: BaseException) -> Verdict:
+    verdict.cause = cause
+    verdict.detail = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+    return verdict

@@ -1,0 +1,106 @@
+"""Differential tests on random models (tests/random_models.py): qcompiler against TFLiteConverter and Keras.
+
+For a fixed set of seeds, each model is compiled by both tools on the same 32 calibration samples and run with the
+reference kernels on 64 test inputs (tests/differential.py). The bar, for every output (and, where the model ends
+in a softmax, for the logits before it, which the generator makes an extra output):
+  - int8 input and output quantization equal to the converter's;
+  - >= 99% of int8 values identical, none more than 1 LSB apart;
+  - the float32 model within 1e-4 (relative) of Keras.
+Seeds that fail for a known, named cause are xfailed (strict, so a fix shows up); `KNOWN_CAUSES` counts them.
+The long campaign over hundreds of seeds is benchmarks/fuzz_vs_converter.py.
+
+qcompiler compiles with its default settings (exact calibration: the converter calibrator's float kernels).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.differential import check
+from tests.random_models import BLOCKS, random_batch, random_model, shape_of
+
+SEEDS = range(20)
+MAX_DEPTH = 24  # blocks per CI model (the campaign goes to 160): keeps the 20 seeds within a few minutes
+
+# seed -> the cause, found by shrinking the model (random_model(seed, depth=k)) and comparing both .tflite files.
+GREATER_SELECT = ("ReLU(threshold>0) / ELU(alpha!=1) import as greater + select, which qcompiler cannot quantize "
+                  "yet (NotQuantizableError); the converter runs GREATER and SELECT_V2 in int8")
+UNEXPLAINED = ("NOT ROOT-CAUSED (open finding, README 'Random-model differential testing'): <99% identical with "
+               "matching I/O quantization; the model holds standalone ReLU layers with max_value (4 or 6), which are "
+               "over-represented among the campaign's failures, but ReLU(max_value=4) alone is bit-exact")
+KNOWN_CAUSES: dict[int, str] = {0: GREATER_SELECT, 13: GREATER_SELECT, 7: UNEXPLAINED, 14: UNEXPLAINED,
+                                 15: UNEXPLAINED}
+
+
+def _params():
+    for seed in SEEDS:
+        reason = KNOWN_CAUSES.get(seed)
+        marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
+        yield pytest.param(seed, marks=marks, id=f"seed{seed}")
+
+
+@pytest.mark.parametrize("seed", _params())
+def test_random_model_matches_the_converter(seed: int) -> None:
+    spec = random_model(seed, max_depth=MAX_DEPTH)
+    model = spec.model
+    verdict = check(model, random_batch(model, 32, seed=1), random_batch(model, 64, seed=2))
+    if verdict.cause == "converter error":  # nothing to compare with (the fuzz campaign counts these)
+        pytest.skip(f"TFLiteConverter cannot convert seed {seed}: {verdict.detail}")
+    assert verdict.ok, f"seed {seed} ({', '.join(spec.blocks)}): {verdict.summary()}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# the generator itself
+# ----------------------------------------------------------------------------------------------------
+def _structure(seed: int, depth=None) -> list[tuple]:
+    model = random_model(seed, depth=depth).model
+    return [(type(layer).__name__, shape_of(layer.output) if hasattr(layer, "output") else None,
+             [np.asarray(w).tobytes() for w in layer.get_weights()]) for layer in model.layers]
+
+
+def test_generator_is_deterministic_per_seed() -> None:
+    assert _structure(7) == _structure(7)
+    assert _structure(7) != _structure(8)
+
+
+def test_depth_gives_a_prefix_of_the_walk() -> None:
+    """random_model(seed, depth=k) applies the seed's first k blocks: what shrinking a failing seed relies on."""
+    full, short = random_model(3), random_model(3, depth=4)
+    walked = [b for b in short.blocks if b != "softmax-head"]  # the head is added after the walk
+    assert 0 < len(walked) <= 4 and full.blocks[:len(walked)] == walked
+
+
+def test_generator_covers_its_table() -> None:
+    """Over 60 seeds every non-probed block is applied at least once, there are several inputs and outputs,
+    and some models pass 100 layers."""
+    used, inputs, outputs, deepest = set(), set(), set(), 0
+    for seed in range(60):
+        spec = random_model(seed)
+        used.update(spec.blocks)
+        inputs.add(len(spec.model.inputs))
+        outputs.add(len(spec.model.outputs))
+        deepest = max(deepest, spec.layer_count)
+    expected = {b.name for b in BLOCKS if not b.probe}
+    assert expected <= used, f"never generated: {sorted(expected - used)}"
+    assert max(inputs) >= 2 and max(outputs) >= 3
+    assert deepest >= 100, f"deepest model has {deepest} layers"
+
+
+@pytest.mark.parametrize("seed", [0, 2, 5])
+def test_cse_keeps_random_models_outputs(seed: int) -> None:
+    """cse on an imported random model leaves the IR interpreter's outputs bit-identical, and a second run
+    finds nothing left to merge."""
+    import qcompiler
+    from qcompiler.ir.interpreter import run as interpret
+
+    model = random_model(seed).model
+    graph = qcompiler.import_keras(model)
+    reference = graph.clone()
+    first = qcompiler.run_passes(graph, "cse")
+    counts = graph.op_counts()
+    qcompiler.run_passes(graph, "cse")
+    assert graph.op_counts() == counts
+    inputs = random_batch(model, 4, seed=3)
+    for got, want in zip(interpret(graph, inputs), interpret(reference, inputs)):
+        np.testing.assert_array_equal(got, want)
+    assert first is graph
