@@ -189,9 +189,11 @@ def _passes(mode: str, calibration: Any = None, *, io: Optional[str] = None, obs
             default_ranges: Optional[Sequence[float]] = None, input_stats: Optional[Sequence[float]] = None,
             batch_size: int = 32, calibration_stats: Optional[Mapping] = None, executor: Optional[str] = None,
             calibrate_with: Optional[str] = None, policy: str = DEFAULT_POLICY,
-            progress: Optional[TextIO] = None, trained: bool = False, int4_weights: bool = True) -> list:
+            progress: Optional[TextIO] = None, trained: bool = False, int4_weights: bool = True,
+            keep_float: Sequence[str] = ()) -> list:
     """The passes of `mode` (see `compile`). Calibration data: a path (a pipeline option) or arrays (not).
-    `trained`: the model comes from quantization-aware training (qcompiler.qat) and brings its own ranges."""
+    `trained`: the model comes from quantization-aware training (qcompiler.qat) and brings its own ranges.
+    `keep_float`: Keras layers left in float (float islands)."""
     from qcompiler.passes.dce import DeadCodeElimination
     from qcompiler.passes.insert_fake_quant import InsertFakeQuant
     from qcompiler.passes.lower_to_int import LowerToInt
@@ -206,7 +208,7 @@ def _passes(mode: str, calibration: Any = None, *, io: Optional[str] = None, obs
             "observer_options": observer_options, "per_channel": None if per_channel else False,
             "default_ranges": default_ranges, "input_stats": input_stats,
             "batch_size": None if batch_size == 32 else batch_size, "calibration_stats": calibration_stats,
-            "executor": executor, "calibrate_with": calibrate_with})
+            "executor": executor, "calibrate_with": calibrate_with, "keep_float": tuple(keep_float) or None})
         return passes + ([] if mode == "float32" else parse_pipeline(_WEIGHT_ONLY_PIPELINES[mode]))
     io = io or _IO_CHOICES[mode][0]
     if io not in _IO_CHOICES[mode]:
@@ -215,7 +217,7 @@ def _passes(mode: str, calibration: Any = None, *, io: Optional[str] = None, obs
         return passes + _trained_passes(mode, io, default_ranges, input_stats, calibration is not None
                                         or calibration_stats is not None, policy, int4_weights)
     passes.append(InsertFakeQuant(activations="i16" if mode == "int16x8" else "i8", per_channel=per_channel,
-                                  policy=policy))
+                                  policy=policy, keep_float=tuple(keep_float)))
     if calibration is not None or calibration_stats is not None:
         passes.append(_calibrate_pass(calibration, calibration_stats, _executor_name(executor, calibrate_with),
                                       observer, observer_options, batch_size, policy, progress))
@@ -223,7 +225,8 @@ def _passes(mode: str, calibration: Any = None, *, io: Optional[str] = None, obs
         raise QCompilerError(f"mode {mode} needs calibration data (--calibration DATA.npy or calibration_data=...) "
                              "or --default-ranges MIN,MAX")
     passes.append(LowerToInt(io=io, default_ranges=_pair(default_ranges, "default ranges"),
-                             input_stats=_pair(input_stats, "input stats"), policy=policy))
+                             input_stats=_pair(input_stats, "input stats"), policy=policy,
+                             keep_float=tuple(keep_float)))
     return passes + [DeadCodeElimination()]
 
 

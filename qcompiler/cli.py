@@ -9,6 +9,7 @@ import traceback
 from pathlib import Path
 from typing import NoReturn, Optional, Sequence
 
+from qcompiler import cli_plan  # issue 11: plan, keep-float, explain, dot, html report
 from qcompiler.errors import QCompilerError
 from qcompiler.quiet import silence_tensorflow_imports
 
@@ -118,6 +119,7 @@ def _build_parser() -> argparse.ArgumentParser:
     dump.add_argument("model", help=".keras, .h5 or .qir file")
     _add_pipeline_options(dump)
     dump.set_defaults(handler=_cmd_dump)
+    cli_plan.add_arguments(sub, compile_cmd, dump)
 
     opt = sub.add_parser("opt", help="run passes on IR text: .qir in, IR text out")
     opt.add_argument("input", help=".qir file, or - for standard input")
@@ -137,6 +139,7 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--policy", default="tflite-2.21", choices=_policy_names(),
                         help="quantization policy: tflite-2.21 (default) or plain")
     report.add_argument("--json", metavar="OUT", help="also write the report as JSON (schemas/layer-report.schema.json)")
+    cli_plan.add_report_arguments(report)
     report.set_defaults(handler=_cmd_report)
 
     _add_compare_parser(sub)
@@ -290,7 +293,12 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     from qcompiler.api import compile as compile_model
     from qcompiler.files import atomic_write
 
-    options = _quant_options(args)
+    cli_plan.check_explain(args)
+    if args.plan and args.print_pipeline:
+        raise QCompilerError("--print-pipeline cannot go with --plan")
+    options = {} if args.plan else _quant_options(args)
+    if args.keep_float and not args.plan:
+        options["keep_float"] = tuple(args.keep_float)
     if args.print_pipeline:
         from qcompiler.api import CALIBRATED_MODES, has_trained_ranges, pipeline_for
 
@@ -301,12 +309,15 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         raise QCompilerError("compile needs an output file: -o MODEL.tflite")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        data = compile_model(args.model, mode=args.mode, **options)
+        data = (cli_plan.compile_with_plan(args) if args.plan
+                else compile_model(args.model, mode=args.mode, **options))
     for warning in caught:
         if issubclass(warning.category, UserWarning) and "qcompiler" in type(warning.message).__module__:
             print(f"qcompiler: warning: {warning.message}", file=sys.stderr)
-    atomic_write(args.output, data, inputs=[args.model, args.calibration])
-    print(f"wrote {args.output} ({len(data):,} bytes, {args.mode})")
+    atomic_write(args.output, data, inputs=[args.model, args.calibration, args.plan])
+    print(f"wrote {args.output} ({len(data):,} bytes, {'plan ' + args.plan if args.plan else args.mode})")
+    if args.explain:
+        cli_plan.print_explanation(args)
     return 0
 
 
@@ -352,6 +363,9 @@ def _cmd_dump(args: argparse.Namespace) -> int:
     from qcompiler.ir.printer import print_graph
 
     graph = _run_pipeline(_load_graph(args.model), args)
+    if args.format == "dot":
+        sys.stdout.write(cli_plan.dump_dot(graph))
+        return 0
     sys.stdout.write(print_graph(graph, full_constants=args.full_constants))
     return 0
 
@@ -383,6 +397,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     calibration = load_calibration_data(args.calibration)
     evaluation = load_calibration_data(args.data) if args.data else None
+    if args.output:
+        return cli_plan.cmd_html_report(args, calibration, evaluation)
     report = layer_report(args.model, calibration, evaluation, mode=args.mode, observer=args.observer,
                           policy=args.policy)
     sys.stdout.write(report.table())

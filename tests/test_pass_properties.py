@@ -164,7 +164,7 @@ def test_default_pipeline_preserves_outputs(spec) -> None:
 
 
 # The passes that keep a float graph's outputs unchanged (quantization passes change them on purpose).
-QUANTIZING_PASSES = ("insert-fake-quant", "calibrate", "lower-to-int", "quantize-weights", "weights-to-f16")
+QUANTIZING_PASSES = ("insert-fake-quant", "calibrate", "apply-plan", "lower-to-int", "quantize-weights", "weights-to-f16")
 FLOAT_PASSES = sorted(name for name in PASSES if name not in QUANTIZING_PASSES)
 
 

@@ -62,7 +62,7 @@ def test_pipeline_text_round_trips() -> None:
 
 
 @pytest.mark.parametrize("text,expected", [
-    ("fold-batchnrom", "unknown pass 'fold-batchnrom'; known passes: calibrate, canonicalize, "),
+    ("fold-batchnrom", "unknown pass 'fold-batchnrom'; known passes: apply-plan, calibrate, canonicalize, "),
     ("toy-quant{bitz=4}", "pass 'toy-quant' has no option 'bitz'; its options: bits: int, "),
     ("toy-quant{bits=four}", "option 'bits' of pass 'toy-quant': expected an integer, got 'four'"),
     ("toy-quant{per_channel=maybe}", "expected true or false, got 'maybe'"),

@@ -32,7 +32,7 @@ from qcompiler.ir.graph import Graph, Node, Value
 from qcompiler.ir.ops import NOT_ACTIVATION, OPS
 from qcompiler.passes.base import Pass, PassResult
 from qcompiler.quant.policy import DEFAULT_POLICY, PolicyName, get_policy
-from qcompiler.quant.spec import FIXED, FLOAT_ISLAND, OWN, SAME, op_spec, quant_spec
+from qcompiler.quant.spec import FIXED, FLOAT_ISLAND, OWN, SAME, can_keep_float, node_spec, quant_spec
 
 # Ops that quantization leaves alone: their inputs and outputs are not activations (OpDef.quant).
 _PASS_THROUGH = frozenset(name for name, d in OPS.items() if d.quant.output == NOT_ACTIVATION)
@@ -51,6 +51,7 @@ class InsertFakeQuant(Pass):
     activations: Literal["i8", "i16"] = "i8"
     per_channel: bool = True
     policy: PolicyName = DEFAULT_POLICY
+    keep_float: tuple[str, ...] = ()  # Keras layers left in float (float islands, as ops without integer kernel)
 
     def run(self, graph: Graph) -> PassResult:
         if graph.find("fake_quant"):
@@ -59,12 +60,13 @@ class InsertFakeQuant(Pass):
         if lowered is not None:
             raise QCompilerError(f"insert-fake-quant: the graph is already quantized (%{lowered.name} is "
                                  f"{lowered.type}); give it the float graph")
-        _check_quantizable(graph, self.activations)
-        calibrated = calibrated_values(graph, share_backwards=get_policy(self.policy).shares_backwards(self.activations),
-                                       act_dtype=self.activations)
+        keep = check_keep_float(graph, self.keep_float)
+        _check_quantizable(graph, self.activations, keep)
+        share = get_policy(self.policy).shares_backwards(self.activations)
+        calibrated = calibrated_values(graph, share_backwards=share, act_dtype=self.activations, keep_float=keep)
+        unshared = calibrated_values(graph, share_backwards=False, act_dtype=self.activations, keep_float=keep)
         counts = {"activations": 0, "weights": 0, "constants": 0, "shared": 0,
-                  "shared-backwards": len(calibrated_values(graph, share_backwards=False, act_dtype=self.activations))
-                  - len(calibrated)}
+                  "shared-backwards": len(unshared) - len(calibrated)}
         first = graph.nodes[0] if graph.nodes else None
         for value in list(graph.inputs):
             if not value.type.is_float:
@@ -77,7 +79,7 @@ class InsertFakeQuant(Pass):
         for node in list(graph.nodes):
             if node.op in _PASS_THROUGH:
                 continue
-            spec = op_spec(node.op, self.activations)
+            spec = node_spec(node, self.activations, keep)
             if spec is not FLOAT_ISLAND:  # a float island keeps its constants in float
                 counts["weights"] += self._mark_weights(graph, node)
                 counts["constants"] += self._mark_constants(graph, node)
@@ -144,7 +146,19 @@ def keeps_own_range(node: Node) -> bool:
     return sum(1 for v in node.operands if v.type.is_float) > 1
 
 
-def calibrated_values(graph: Graph, share_backwards: bool = True, act_dtype: str = "i8") -> set[int]:
+def check_keep_float(graph: Graph, layers: tuple[str, ...]) -> frozenset:
+    """The Keras layers to keep in float, each checked: it names a layer of the graph with an op that can stay
+    float."""
+    known = {n.layer for n in graph.nodes if n.layer and can_keep_float(n.op)}
+    for layer in layers:
+        if layer not in known:
+            raise NotQuantizableError(f"keep-float: the graph has no Keras layer '{layer}' with an op that can stay "
+                                      f"float; its layers are {', '.join(sorted(known)) or 'none'}")
+    return frozenset(layers)
+
+
+def calibrated_values(graph: Graph, share_backwards: bool = True, act_dtype: str = "i8",
+                      keep_float: frozenset = frozenset()) -> set[int]:
     """Ids of the activations whose own calibrated range the integer model uses.
 
     Graph inputs, outputs of OWN ops and outputs of multi-operand SAME ops; with `share_backwards` (int8, the
@@ -153,7 +167,7 @@ def calibrated_values(graph: Graph, share_backwards: bool = True, act_dtype: str
     """
     candidates: list[Value] = [v for v in graph.inputs if v.type.is_float]
     for node in graph.nodes:
-        spec = op_spec(node.op, act_dtype) if node.op not in _PASS_THROUGH else None
+        spec = node_spec(node, act_dtype, keep_float) if node.op not in _PASS_THROUGH else None
         if spec is None or not node.result.type.is_float:
             continue
         if spec.output == OWN or (spec.output == SAME and keeps_own_range(node)):
@@ -161,17 +175,17 @@ def calibrated_values(graph: Graph, share_backwards: bool = True, act_dtype: str
     shared: set[int] = set()
     if share_backwards:
         for value in candidates:
-            if value.producer is not None and _is_same(value.producer, act_dtype):
-                _share_operands(value.producer, shared, act_dtype)
+            if value.producer is not None and _is_same(value.producer, act_dtype, keep_float):
+                _share_operands(value.producer, shared, act_dtype, keep_float)
     return {id(v) for v in candidates if id(v) not in shared}
 
 
-def _is_same(node: Node, act_dtype: str) -> bool:
-    spec = op_spec(node.op, act_dtype) if node.op not in _PASS_THROUGH else None
+def _is_same(node: Node, act_dtype: str, keep_float: frozenset = frozenset()) -> bool:
+    spec = node_spec(node, act_dtype, keep_float) if node.op not in _PASS_THROUGH else None
     return spec is not None and spec.output == SAME
 
 
-def _share_operands(node: Node, shared: set[int], act_dtype: str) -> None:
+def _share_operands(node: Node, shared: set[int], act_dtype: str, keep_float: frozenset = frozenset()) -> None:
     stack = [node]
     while stack:
         for operand in stack.pop().operands:
@@ -179,15 +193,15 @@ def _share_operands(node: Node, shared: set[int], act_dtype: str) -> None:
                 continue
             shared.add(id(operand))
             producer = operand.producer
-            if producer is not None and _is_same(producer, act_dtype):
+            if producer is not None and _is_same(producer, act_dtype, keep_float):
                 stack.append(producer)
 
 
-def _check_quantizable(graph: Graph, act_dtype: str) -> None:
+def _check_quantizable(graph: Graph, act_dtype: str, keep_float: frozenset = frozenset()) -> None:
     for node in graph.nodes:
         if node.op in _PASS_THROUGH:
             continue
-        spec = op_spec(node.op, act_dtype)
+        spec = node_spec(node, act_dtype, keep_float)
         if spec is None:
             layer = f" (Keras layer '{node.layer}')" if node.layer else ""
             hint = ("run the default float pipeline first (canonicalize, fold-batchnorm)"

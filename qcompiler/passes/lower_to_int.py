@@ -39,7 +39,7 @@ from qcompiler.ir.types import QParams, TensorType
 from qcompiler.passes.base import Pass, PassResult
 from qcompiler.quant import math as qmath
 from qcompiler.quant.policy import DEFAULT_POLICY, PolicyName, QuantPolicy, get_policy
-from qcompiler.quant.spec import FIXED, FLOAT_ISLAND, OWN, SAME, OpQuantSpec, op_spec
+from qcompiler.quant.spec import FIXED, FLOAT_ISLAND, OWN, SAME, OpQuantSpec, float_reason, node_spec
 
 
 # Ops whose int8 kernels in ai-edge-litert 2.3 load INT4 weights (OpDef.weights.int4): CONV_2D v7 and
@@ -66,6 +66,7 @@ class LowerToInt(Pass):
     input_stats: Optional[tuple[float, float]] = None  # uint8 inputs: real = (q - mean) / std
     policy: PolicyName = DEFAULT_POLICY
     int4: bool = True  # trained weights of <= 4 bits as TFLite INT4 where the runtime accepts it (INT4_WEIGHT_OPS)
+    keep_float: tuple[str, ...] = ()  # Keras layers left in float (as insert-fake-quant's keep_float)
 
     def run(self, graph: Graph) -> PassResult:
         fake_quants = graph.find("fake_quant")
@@ -84,24 +85,27 @@ class LowerToInt(Pass):
         act_dtype = _activation_dtype(fake_quants)
         self._check_io(act_dtype)
         self._fill_missing_ranges(graph, fake_quants)
-        marks = _erase_fake_quants(graph, fake_quants, policy, act_dtype)
+        keep = frozenset(self.keep_float)
+        marks = _erase_fake_quants(graph, fake_quants, policy, act_dtype, keep)
         marks.ranges.update(self._input_stats_ranges(graph))
-        propagation = PROPAGATIONS[policy.propagation(act_dtype)](graph, marks.ranges, act_dtype, policy)
+        propagation = PROPAGATIONS[policy.propagation(act_dtype)](graph, marks.ranges, act_dtype, policy, keep)
         states = propagation.run()
         _check_all_quantized(states)
         params, requantized = _insert_requantizations(graph, states)
-        lowering = _ConstantLowering(graph, params, marks.weight_axes, act_dtype, policy)
+        lowering = _ConstantLowering(graph, params, marks.weight_axes, act_dtype, policy, keep)
         lowering.trained, lowering.int4 = marks.weight_grids, self.int4
         weights = sum(lowering.lower(node) for node in list(graph.nodes))
         _retype_activations(graph, params, act_dtype)
-        islands = _isolate_float_islands(graph, act_dtype)
+        islands = _isolate_float_islands(graph, act_dtype, keep)
         folded = _fold_trivial_requantizations(graph)
         _remove_dead_constants(graph)
         self._lower_io(graph)
+        notes = tuple(f"float %{n.result.name} = {n.op}" + (f" (Keras layer '{n.layer}')" if n.layer else "")
+                      + f": {float_reason(n, act_dtype, keep)}" for n in islands)
         counts = {"weights": weights, "requantize": requantized - folded, "requantize-folded": folded,
                   "fake-quant-erased": len(fake_quants), "propagated-backwards": propagation.backwards,
                   "flt-min-floor": marks.floored, "bias-adjusted": lowering.bias_adjusted, "float-ops": len(islands)}
-        return PassResult(True, {k: v for k, v in counts.items() if v})
+        return PassResult(True, {k: v for k, v in counts.items() if v}, notes)
 
     # ----- ranges ---------------------------------------------------------------------------------
     def _check_io(self, act_dtype: str) -> None:
@@ -178,7 +182,8 @@ class _Marks:
     weight_grids: dict[tuple[int, int], tuple[int, bool]] = field(default_factory=dict)  # trained: (bits, narrow)
 
 
-def _erase_fake_quants(graph: Graph, fake_quants: list[Node], policy: QuantPolicy, act_dtype: str) -> _Marks:
+def _erase_fake_quants(graph: Graph, fake_quants: list[Node], policy: QuantPolicy, act_dtype: str,
+                       keep: frozenset = frozenset()) -> _Marks:
     """Record what each fake_quant says, then remove it: the activation ranges (fixed-range outputs excepted,
     the kernel fixes them) and the per-channel axis of each weight use."""
     marks = _Marks()
@@ -189,9 +194,10 @@ def _erase_fake_quants(graph: Graph, fake_quants: list[Node], policy: QuantPolic
                 marks.weight_axes[(id(use.node), use.index)] = node.attrs["axis"]
                 if node.attrs["bits"] is not None:
                     marks.weight_grids[(id(use.node), use.index)] = (node.attrs["bits"], node.attrs["narrow_range"])
-        elif node.attrs["bits"] is not None and not source.is_constant and not _is_fixed_output(source, act_dtype):
+        elif (node.attrs["bits"] is not None and not source.is_constant
+              and not _is_fixed_output(source, act_dtype, keep)):
             marks.ranges[id(source)] = _trained_params(node)  # QAT: the range as trained, whatever the policy
-        elif not source.is_constant and not _is_fixed_output(source, act_dtype):
+        elif not source.is_constant and not _is_fixed_output(source, act_dtype, keep):
             lo, hi = node.attrs["min"], node.attrs["max"]
             marks.ranges[id(source)] = qmath.activation_qparams(lo, hi, node.attrs["dtype"], policy.flt_min_floor)
             marks.floored += int(policy.flt_min_floor and float(np.float32(hi)) < qmath.FLT_MIN)
@@ -210,24 +216,24 @@ def _trained_params(fake_quant: Node) -> QParams:
     return qmath.fake_quant_qparams(attrs["min"], attrs["max"], 8, attrs["narrow_range"], "i8")
 
 
-def _is_fixed_output(value: Value, act_dtype: str) -> bool:
-    spec = _spec_of(value.producer, act_dtype)
+def _is_fixed_output(value: Value, act_dtype: str, keep: frozenset = frozenset()) -> bool:
+    spec = _spec_of(value.producer, act_dtype, keep)
     return spec is not None and spec.output == FIXED
 
 
-def _spec_of(node: Optional[Node], act_dtype: str = "i8") -> Optional[OpQuantSpec]:
+def _spec_of(node: Optional[Node], act_dtype: str = "i8", keep: frozenset = frozenset()) -> Optional[OpQuantSpec]:
     """The quantization recipe of the node's op; None for graph inputs, constants, conversions (fake_quant,
     quantize, dequantize, cast) and ops without an integer kernel that do not compute activations. A float
     island (kept in float, converted at its edges) is FLOAT_ISLAND: an op with its own calibrated output."""
     if node is None:
         return None
-    return op_spec(node.op, act_dtype)
+    return node_spec(node, act_dtype, keep)
 
 
-def _is_activation(value: Value, act_dtype: str = "i8") -> bool:
+def _is_activation(value: Value, act_dtype: str = "i8", keep: frozenset = frozenset()) -> bool:
     if not value.type.is_float:
         return False
-    return value.producer is None or _spec_of(value.producer, act_dtype) is not None
+    return value.producer is None or _spec_of(value.producer, act_dtype, keep) is not None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -256,15 +262,17 @@ class _Propagation(ABC):
     """Gives every activation of the graph (graph inputs and results of quantizable ops) a QuantState: the
     calibrated ones start immutable, `run` fills the others and records the requantizations needed."""
 
-    def __init__(self, graph: Graph, ranges: dict[int, QParams], act_dtype: str, policy: QuantPolicy) -> None:
+    def __init__(self, graph: Graph, ranges: dict[int, QParams], act_dtype: str, policy: QuantPolicy,
+                 keep: frozenset = frozenset()) -> None:
         self.graph = graph
         self.act_dtype = act_dtype
+        self.keep = keep
         self.policy = policy
         self.backwards = 0  # activations that took their parameters from a user (pushed back)
         self.values: dict[int, Value] = {}
         self.states: dict[int, QuantState] = {}
         for value in graph.values():
-            if _is_activation(value, act_dtype):
+            if _is_activation(value, act_dtype, keep):
                 calibrated = ranges.get(id(value))
                 self.values[id(value)] = value
                 self.states[id(value)] = QuantState(calibrated, immutable=calibrated is not None)
@@ -293,7 +301,7 @@ class ConverterPropagation(_Propagation):
     """
 
     def run(self) -> dict[int, tuple[Value, QuantState]]:
-        order = [n for n in self.graph.nodes if _spec_of(n, self.act_dtype) is not None]
+        order = [n for n in self.graph.nodes if _spec_of(n, self.act_dtype, self.keep) is not None]
         self.position = {id(n): i for i, n in enumerate(order)}
         self.work = list(order)
         done: set[int] = set()
@@ -302,7 +310,7 @@ class ConverterPropagation(_Propagation):
             if id(node) in done:
                 continue
             done.add(id(node))
-            spec = _spec_of(node, self.act_dtype)
+            spec = _spec_of(node, self.act_dtype, self.keep)
             if spec.output == SAME:
                 params = self._same_scale_params(node, spec)
                 if params is None:  # nothing known around it yet: it is queued again when something is
@@ -370,7 +378,7 @@ class ForwardPropagation(_Propagation):
 
     def run(self) -> dict[int, tuple[Value, QuantState]]:
         for node in self.graph.nodes:
-            spec = _spec_of(node, self.act_dtype)
+            spec = _spec_of(node, self.act_dtype, self.keep)
             if spec is None:
                 continue
             result = self.states[id(node.result)]
@@ -471,15 +479,16 @@ class _ConstantLowering:
     `bias_adjusted` counts the weight channels whose scale the policy's bias adjustment widened."""
 
     def __init__(self, graph: Graph, params: dict[int, QParams], weight_axes: dict, act_dtype: str,
-                 policy: QuantPolicy) -> None:
+                 policy: QuantPolicy, keep: frozenset = frozenset()) -> None:
         self.graph, self.params, self.weight_axes, self.act_dtype = graph, params, weight_axes, act_dtype
+        self.keep = keep
         self.adjust = policy.bias_adjustment
         self.bias_adjusted = 0
         self.trained: dict[tuple[int, int], tuple[int, bool]] = {}  # weights with a trained grid: (bits, narrow)
         self.int4 = True
 
     def lower(self, node: Node) -> int:
-        spec = _spec_of(node, self.act_dtype)
+        spec = _spec_of(node, self.act_dtype, self.keep)
         if spec is None or spec is FLOAT_ISLAND:  # a float island keeps float constants
             return 0
         lowered = 0
@@ -584,18 +593,18 @@ class FloatOpsWarning(UserWarning):
     """Some ops stay float in an integer model (no integer kernel in TFLite for them)."""
 
 
-def _isolate_float_islands(graph: Graph, act_dtype: str) -> list[Node]:
+def _isolate_float_islands(graph: Graph, act_dtype: str, keep: frozenset = frozenset()) -> list[Node]:
     """Keep the float islands in float: each one's integer operands are dequantized before it and its result,
     which propagation gave integer parameters like any op with its own range, is computed in float and
     quantized after it for its integer users (TFLiteConverter's DEQUANTIZE/QUANTIZE around ops without an
     integer kernel). Warns with the list of ops that stayed float."""
-    islands = [n for n in graph.nodes if _spec_of(n, act_dtype) is FLOAT_ISLAND]
+    islands = [n for n in graph.nodes if _spec_of(n, act_dtype, keep) is FLOAT_ISLAND]
     for node in islands:
         result = node.result
         if result.type.is_float or result.type.quant is None:  # no integer parameters (e.g. a bool result)
             continue
         int_type, result.type = result.type, TensorType(result.type.shape, "f32")
-        users = [(u.node, u.index) for u in result.uses if _spec_of(u.node, act_dtype) is not FLOAT_ISLAND]
+        users = [(u.node, u.index) for u in result.uses if _spec_of(u.node, act_dtype, keep) is not FLOAT_ISLAND]
         requant = graph.add_node("quantize", [result], {}, result_types=[int_type], names=[f"{result.name}.quant"],
                                  layer=result.layer, after=node).result
         for user, index in users:
@@ -610,10 +619,11 @@ def _isolate_float_islands(graph: Graph, act_dtype: str) -> list[Node]:
                 dequantized[id(operand)] = graph.op("dequantize", operand, name=f"{operand.name}.float",
                                                     layer=operand.layer, before=node)
             node.set_operand(index, dequantized[id(operand)])
-    if islands:
+    no_kernel = [n for n in islands if float_reason(n, act_dtype, keep) == "no-integer-kernel"]
+    if no_kernel:  # the layers the user kept float are not warned about
         listing = ", ".join(f"{n.op} at %{n.result.name}" + (f" (Keras layer '{n.layer}')" if n.layer else "")
-                            for n in islands)
-        warnings.warn(f"{len(islands)} op(s) stay float in the {act_dtype} model, with DEQUANTIZE/QUANTIZE "
+                            for n in no_kernel)
+        warnings.warn(f"{len(no_kernel)} op(s) stay float in the {act_dtype} model, with DEQUANTIZE/QUANTIZE "
                       f"around them, because TFLite has no {act_dtype} kernel for them: {listing}",
                       FloatOpsWarning, stacklevel=3)
     return islands

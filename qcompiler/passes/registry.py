@@ -17,6 +17,7 @@ from typing import Any, Literal, Mapping, Sequence, Union
 
 from qcompiler.errors import QCompilerError
 from qcompiler.passes.base import Pass, PassOptionError, format_option, option_fields
+from qcompiler.passes.apply_plan import ApplyPlan
 from qcompiler.passes.calibrate import Calibrate
 from qcompiler.passes.canonicalize import Canonicalize
 from qcompiler.passes.cse import CommonSubexpressionElimination
@@ -35,6 +36,7 @@ from qcompiler.passes.weights_to_f16 import WeightsToF16
 
 # One line per pass. Keep alphabetical.
 PASSES: dict[str, type[Pass]] = {
+    "apply-plan": ApplyPlan,
     "calibrate": Calibrate,
     "canonicalize": Canonicalize,
     "cse": CommonSubexpressionElimination,

@@ -75,3 +75,27 @@ def op_spec(op: str, act_dtype: str = "i8") -> Optional[OpQuantSpec]:
     """The op's quantization spec as the quantization passes see it: a float island looks, from outside, like an
     op with its own calibrated output range (FLOAT_ISLAND)."""
     return FLOAT_ISLAND if stays_float(op, act_dtype) else quant_spec(op, act_dtype)
+
+
+def can_keep_float(op: str) -> bool:
+    """An op the user may keep in float (`--keep-float LAYER`, a plan's `keep_float`): it computes activations
+    and TFLite writes it (in float, with float weights where it has any)."""
+    definition = OPS.get(op)
+    return (definition is not None and definition.tflite is not None and not definition.converts_dtype
+            and definition.quant.output != NOT_ACTIVATION)
+
+
+def node_spec(node, act_dtype: str = "i8", keep_float: frozenset = frozenset()) -> Optional[OpQuantSpec]:
+    """`op_spec` for one node: a node of a Keras layer in `keep_float` is a float island as well."""
+    if keep_float and node.layer in keep_float and can_keep_float(node.op):
+        return FLOAT_ISLAND
+    return op_spec(node.op, act_dtype)
+
+
+def float_reason(node, act_dtype: str = "i8", keep_float: frozenset = frozenset()) -> Optional[str]:
+    """Why a node stays float in an integer model: `keep-float:user` or `no-integer-kernel`; None if it does not."""
+    if keep_float and node.layer in keep_float and can_keep_float(node.op):
+        return "keep-float:user"
+    if stays_float(node.op, act_dtype):
+        return "no-integer-kernel"
+    return None
