@@ -32,13 +32,13 @@ TEST_SAMPLES = 64
 def worker(seeds: list[int], executor: str) -> None:
     sys.path.insert(0, str(ROOT))
     from tests.differential import check
-    from tests.random_models import random_batch, random_model
+    from tests.random_models import available_blocks, random_batch, random_model
 
     for seed in seeds:
         print(json.dumps({"seed": seed, "started": True}), flush=True)
         start = time.perf_counter()
         try:
-            spec = random_model(seed)
+            spec = random_model(seed, blocks=available_blocks())
         except Exception as err:  # noqa: BLE001 - a generator bug is reported, not fatal
             row = {"seed": seed, "cause": "generator error", "detail": f"{type(err).__name__}: {err}"[:300]}
         else:

@@ -17,10 +17,11 @@ defaults, which would hide a wrong batch-norm translation).
 
 Adding a block: write `def _my_block(g: Gen, x) -> KerasTensor`, add `Block("my-block", accepts, _my_block)` to
 `BLOCKS`. Blocks marked `probe=True` (keras.ops calls, layers another branch may not translate yet) are used
-only when qcompiler imports a tiny model built with them: `available_blocks()` probes each once per process,
-so a block starts being generated as soon as the importer supports it. A probe that fails with anything but
+only on request (`random_model(seed, blocks=available_blocks())`, as benchmarks/fuzz_vs_converter.py does):
+`available_blocks()` probes each once per process, so a block is generated as soon as the importer supports it.
+By default a model uses `LAYER_BLOCKS` only, so a seed's model does not change when the importer learns more. A probe that fails with anything but
 UnsupportedLayerError keeps the block (a crash is a bug for the tests to find, not a reason to hide it).
-Seeds are therefore deterministic for a given qcompiler version; `random_model(seed, blocks=...)` pins the set.
+With `available_blocks()` seeds are deterministic only for a given qcompiler version.
 """
 from __future__ import annotations
 
@@ -637,12 +638,15 @@ def _head(g: Gen, x: Any) -> tuple[Any, Any]:
     return logits, softmax
 
 
+LAYER_BLOCKS: tuple[Block, ...] = tuple(b for b in BLOCKS if not b.probe)
+
+
 def random_model(seed: int, blocks: Optional[Sequence[Block]] = None, depth: Optional[int] = None,
                  max_depth: Optional[int] = None) -> RandomModel:
     """A random valid functional model, the same for the same seed (and block set). `depth` (number of blocks
     applied) overrides the seed's own, `max_depth` caps it; the walk is otherwise unchanged, so depth=k gives the
     seed's first k steps (handy to shrink a failing model)."""
-    blocks = tuple(available_blocks() if blocks is None else blocks)
+    blocks = tuple(LAYER_BLOCKS if blocks is None else blocks)
     g = Gen(np.random.default_rng(seed), prefix=f"m{seed}_", activations=supported_activations())
     inputs = [keras.Input(s, name=f"in{i}") for i, s in enumerate(_input_shapes(g))]
     steps = _depth(g) if max_depth is None else min(_depth(g), max_depth)

@@ -231,10 +231,10 @@ def _random_model_case(seed: int, mode: str) -> Optional[str]:
     from qcompiler.backend.tflite_writer import write_tflite
     from qcompiler.errors import QCompilerError
     from qcompiler.validate.compare import GraphModel, TFLiteModel
-    from tests.random_models import available_blocks, random_batch, random_model
+    from tests.random_models import LAYER_BLOCKS, random_batch, random_model
 
     # ELU has no BUILTIN_REF kernel; ReLU(threshold) and ELU(alpha) import as greater/select (not quantizable)
-    blocks = [b for b in available_blocks() if b.name not in ("elu-layer", "relu-threshold", "elu-alpha")]
+    blocks = [b for b in LAYER_BLOCKS if b.name not in ("elu-layer", "relu-threshold", "elu-alpha")]
     spec = random_model(seed, blocks=blocks)
     try:
         graph = api.quantize(spec.model, mode, random_batch(spec.model, 16, seed))

@@ -17,14 +17,12 @@ import numpy as np
 import pytest
 
 from tests.differential import check
-from tests.random_models import BLOCKS, random_batch, random_model, shape_of
+from tests.random_models import BLOCKS, LAYER_BLOCKS, random_batch, random_model, shape_of
 
 SEEDS = range(20)
-# The CI corpus is the layer blocks, validated against the converter seed by seed. The keras.ops blocks
-# (probe=True) joined the generator's table when the importer learnt keras.ops; with them the same seeds give other
-# models, several of which fail or abort the reference interpreter (open, issue 8), so they are pinned out here
-# and exercised by benchmarks/fuzz_vs_converter.py instead.
-LAYER_BLOCKS = tuple(b for b in BLOCKS if not b.probe)
+# The CI corpus is random_model's default, the layer blocks, validated against the converter seed by seed. The
+# keras.ops blocks (probe=True) are opt-in: with them several seeds fail or abort the reference interpreter (open,
+# issue 8); benchmarks/fuzz_vs_converter.py runs them.
 MAX_DEPTH = 24  # blocks per CI model (the campaign goes to 160): keeps the 20 seeds within a few minutes
 
 # seed -> the cause, found by shrinking the model (random_model(seed, depth=k)) and comparing both .tflite files.
