@@ -25,7 +25,6 @@ import argparse
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -35,7 +34,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from qcompiler.demo import converter_int8, digits_28x28, seed_cnn, tflite_predict  # noqa: E402
+from qcompiler.demo import converter_int8, converter_trained_int8, digits_28x28, seed_cnn, tflite_predict  # noqa: E402
 
 CALIBRATION = 200
 
@@ -122,9 +121,6 @@ def tfmot_row(x, y, x_test, y_test, epochs: int) -> Optional[tuple[Row, float, f
         import tf_keras
     except ImportError:
         return None
-    import tensorflow as tf
-
-    from qcompiler.quiet import native_output_silenced
 
     def build():
         tf_keras.utils.set_random_seed(0)
@@ -154,13 +150,7 @@ def tfmot_row(x, y, x_test, y_test, epochs: int) -> Optional[tuple[Row, float, f
     float_ms = fit(build())
     qat = tfmot.quantization.keras.quantize_model(build())
     qat_ms = fit(qat)
-    converter = tf.lite.TFLiteConverter.from_keras_model(qat)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    with warnings.catch_warnings(), native_output_silenced(fds=(1, 2)):
-        warnings.simplefilter("ignore")
-        data = converter.convert()
+    data = converter_trained_int8(qat)
     return Row("tfmot QAT int8 (tf_keras)", accuracy(data, x_test, y_test), len(data), "int8 per-channel",
                "QAT, TFLiteConverter"), float_ms, qat_ms
 

@@ -146,8 +146,6 @@ def converter_int8(model, calibration) -> bytes:
     `calibration` is one array (single-input model), a list in the Keras input order, or a dict by Keras input
     name. Samples are fed by name: a list would be matched to the flatbuffer's input order, not the Keras one.
     """
-    import warnings
-
     import tensorflow as tf
 
     if not isinstance(calibration, dict):
@@ -160,9 +158,26 @@ def converter_int8(model, calibration) -> bytes:
             yield {name: array[i:i + 1] for name, array in calibration.items()}
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return _convert_int8_io(converter)
+
+
+def converter_trained_int8(model) -> bytes:
+    """TFLiteConverter on a model whose ranges were trained (fake-quant ops in the graph, QAT): no calibration,
+    int8 inputs and outputs. Works for Keras 3 and tf_keras (tfmot) models."""
+    import tensorflow as tf
+
+    return _convert_int8_io(tf.lite.TFLiteConverter.from_keras_model(model))
+
+
+def _convert_int8_io(converter) -> bytes:
+    """Run a converter with default optimizations and int8 I/O, quietly."""
+    import warnings
+
+    import tensorflow as tf
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
     # the converter prints its SavedModel export, C++ logs and a warning about input statistics

@@ -1,6 +1,5 @@
 """Compiling quantization-aware-trained models: the trained ranges are used as they are (no calibration), and
 the int8 .tflite in the reference kernels matches the QAT model's own simulated outputs."""
-import warnings
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ keras = pytest.importorskip("keras")
 
 import qcompiler
 from qcompiler.cli import main
-from qcompiler.demo import tflite_predict
+from qcompiler.demo import converter_trained_int8, tflite_predict
 from qcompiler.errors import QCompilerError
 from qcompiler.passes.lower_to_int import DefaultRangesWarning
 from qcompiler.qat import FakeQuant, quantize_model
@@ -96,19 +95,10 @@ def test_cli_compiles_a_qat_model_without_calibration(trained, tmp_path, capsys)
 def test_converter_reads_the_same_qat_model_and_agrees(trained):
     """TFLiteConverter on the QAT model (TF fake-quant ops in the graph): same I/O quantization, the same int8
     outputs on at least 99% of values."""
-    import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
-    from qcompiler.quiet import native_output_silenced
-
     qat, _, x_test, _ = trained
-    converter = tf.lite.TFLiteConverter.from_keras_model(qat)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    with warnings.catch_warnings(), native_output_silenced(fds=(1, 2)):
-        warnings.simplefilter("ignore")
-        reference = converter.convert()
+    reference = converter_trained_int8(qat)
     ours = qcompiler.compile(qat, mode="int8")
     io = [(d["quantization"], d["dtype"]) for m in (reference, ours) for i in [Interpreter(model_content=m)]
           for d in (i.get_input_details()[0], i.get_output_details()[0])]
