@@ -242,6 +242,13 @@ def test_relu_layer_simple_forms_map_to_single_ops():
     assert ops_of(import_keras(single_layer_model(layers.ReLU(negative_slope=0.1), (4,)))) == ["leaky_relu"]
 
 
+def test_relu_layer_max_value_clips_as_tensorflow_does():
+    """relu, then clip(0, max_value) = minimum then maximum (tf.clip_by_value): the maximum is TFLiteConverter's
+    RELU after the MINIMUM, which has its own range in int8 models (tests/passes/default-float-pipeline.qir)."""
+    graph = import_keras(single_layer_model(layers.ReLU(max_value=4.0), (4,)))
+    assert ops_of(graph) == ["relu", "minimum", "maximum"]
+
+
 @pytest.mark.parametrize("slope", [0.3, 0.01, 1.5])
 def test_leaky_relu_layer(slope):
     assert_matches_keras(single_layer_model(layers.LeakyReLU(negative_slope=slope), (8,)), scale=3.0)

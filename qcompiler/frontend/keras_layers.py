@@ -94,10 +94,11 @@ def relu_general(ctx: LayerContext, x: Value, negative_slope: float = 0.0, max_v
         clip_max = False
     else:
         y = ctx.op("relu", x)
-    if clip_max:
-        if threshold < 0.0:  # only then can the select leave values below 0 for the clip to raise
-            y = ctx.op("maximum", y, ctx.const(np.float32(0.0), "clip_min"))
+    if clip_max:  # ops.clip(y, 0, max_value): tf.clip_by_value is minimum, then maximum
         y = ctx.op("minimum", y, ctx.const(np.float32(max_value), "max_value"))
+        # Not redundant after a relu for the converter: canonicalize makes it a RELU that TFLiteConverter keeps
+        # after the MINIMUM, with its own calibrated range (wider when an in-place op after it unions it).
+        y = ctx.op("maximum", y, ctx.const(np.float32(0.0), "clip_min"))
     if negative_part is not None:
         scaled = ctx.op("mul", negative_part, ctx.const(np.float32(negative_slope), "negative_slope"))
         y = ctx.op("sub", y, scaled)
