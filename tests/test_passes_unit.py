@@ -8,6 +8,7 @@ from qcompiler.ir.parser import parse
 from qcompiler.ir.printer import print_graph
 from qcompiler.ir.types import QParams, TensorType
 from qcompiler.passes import run_passes
+from qcompiler.passes.fold_affine import FoldAffine
 from qcompiler.passes.fold_batchnorm import FoldBatchNorm
 from qcompiler.passes.fold_constants import FoldConstants
 from tests.test_passes_text import assert_same_outputs
@@ -24,6 +25,20 @@ def _bn(g: Graph, x, channels: int, name: str = "bn"):
     params = [g.const(_f32(channels, lo=0.5)), g.const(_f32(channels)), g.const(_f32(channels)),
               g.const(_f32(channels, lo=0.5))]
     return g.op("batch_norm", x, *params, epsilon=1e-3, name=name, layer=name)
+
+
+def test_batch_norm_after_a_fully_connected_is_left_to_fold_affine() -> None:
+    """fold-batchnorm lowers it to mul + add; fold-affine folds those into the layer, the same float32 bits as
+    folding the batch norm directly (inv, then beta - mean * inv)."""
+    g = Graph("dense")
+    x = g.add_input("x", TensorType((None, 4)))
+    fc = g.op("fully_connected", x, g.const(_f32(3, 4)), g.const(_f32(3)), name="fc")
+    g.outputs = [_bn(g, fc, 3)]
+    reference = g.clone()
+    assert "rule:fold-into-producer" not in FoldBatchNorm().run(g).counters
+    FoldAffine().run(g)
+    assert g.op_counts() == {"const": 2, "fully_connected": 1}
+    assert_same_outputs(reference, g)
 
 
 def test_fully_connected_on_a_rank_3_input_does_not_fold() -> None:
@@ -93,14 +108,14 @@ def test_fold_constants_skips_quantized_values_and_respects_max_elements() -> No
 
 def test_counters_report_what_fold_batchnorm_did() -> None:
     g = Graph("two")
-    x = g.add_input("x", TensorType((None, 3)))
+    x = g.add_input("x", TensorType((None, 4, 4, 3)))
     first = _bn(g, x, 3, "first")  # nothing to fold into
-    fc = g.op("fully_connected", first, g.const(_f32(3, 3)), name="fc")
-    g.outputs = [_bn(g, fc, 3, "second")]
+    conv = g.op("conv2d", first, g.const(_f32(3, 1, 1, 3)), name="conv")
+    g.outputs = [_bn(g, conv, 3, "second")]
     result = FoldBatchNorm().run(g)
     assert result.counters["rule:fold-into-producer"] == 1
     assert result.counters["rule:lower-to-mul-add"] == 1
     # lowering: 2 constants + mul + add; folding: new weights + new bias
     assert result.counters["nodes-inserted"] == 6
     assert result.counters["nodes-replaced"] == 2
-    assert g.op_counts() == {"const": 4, "mul": 1, "add": 1, "fully_connected": 1}
+    assert g.op_counts() == {"const": 4, "mul": 1, "add": 1, "conv2d": 1}

@@ -5,8 +5,7 @@ After the layer (its output channel c on the last axis; the constant a scalar or
     conv(x, w) + b -> mul by s   =   conv(x, w * s) + b * s
     conv(x, w) + b -> add t      =   conv(x, w) + (b + t)
 
-Before the layer, as Keras' Rescaling feeding a model (the constant a scalar; before a fully_connected also one
-value per input channel, as the converter does: it leaves a per-channel mul/add before a conv alone):
+Before the layer (the mul/add may have other users: it stays for them):
 
     conv(x * s, w) + b           =   conv(x, w * s) + b                   (w scaled along its input-channel axis)
     conv(x + t, w) + b           =   conv(x, w) + (b + sum over the kernel of w * t)
@@ -14,11 +13,24 @@ value per input channel, as the converter does: it leaves a per-channel mul/add 
 The second only holds without zero padding, so only for padding="valid" (and fully_connected); a SAME
 convolution would add t at the padded border too.
 
-This is what TFLiteConverter does before quantizing, in its order and in float32 step by step, so the folded
-weights and biases equal the converter's to the bit: the folds after a layer come first (the rule before a layer
-waits while one after it can still apply), `add` before `mul`, and the sum of a fold before the layer accumulates
-into the bias one product at a time in the weights' memory order (conv2d [out,kh,kw,in]: for each output
-channel, kh, kw, in; depthwise [1,kh,kw,in*mult]: kh, kw for each column; fully_connected [out,in]: in).
+This is what TFLiteConverter's optimize pass does before quantizing, in its order and in float32 step by step, so
+the folded weights and biases equal the converter's to the bit. Its rewrites run in two greedy phases, each
+visiting the ops bottom-up (MLIR's default: the last op first), which decides which of two layers a mul/add
+between them joins:
+
+1. after-folds (a layer with a single use) and, before a fully_connected, a rank-1 constant (one value per input
+   channel: FuseMulAndFullyConnected, and FuseAddAndFullyConnected, which needs the layer to have a bias and
+   sums the bias with TFLite's constant folding of FULLY_CONNECTED, a Neumaier-compensated dot product);
+2. after-folds and, before any of the three layers, a scalar (FuseBinaryOpToFollowingAffineOp: the sum of an add
+   accumulates into the bias one product at a time in the weights' memory order: conv2d [out,kh,kw,in]: for each
+   output channel, kh, kw, in; depthwise [1,kh,kw,in*mult]: kh, kw for each column; fully_connected [out,in]: in).
+   A per-channel mul/add before a conv is never folded (a batch norm before a conv stays MUL + ADD).
+
+Keras computes a 2-D Dense as matmul + bias add, and the converter keeps them apart until these rewrites run: a
+Dense's bias can end up in the *next* fully_connected (Dense -> Dense, or a batch norm between them: the first
+FULLY_CONNECTED then has no bias). So a 2-D fully_connected whose result reaches another one through mul/add by
+constants first gives its bias up as an `add` (fold-batchnorm leaves batch norms after a fully_connected to this
+pass for the same reason); phase 1 folds it back where nothing else took it.
 """
 from __future__ import annotations
 
@@ -27,9 +39,11 @@ from typing import ClassVar, Optional, Sequence
 
 import numpy as np
 
-from qcompiler.ir.graph import Node, Value
+from qcompiler.ir.graph import Graph, Node, Value
 from qcompiler.ir.ops import OPS
-from qcompiler.passes.rewriter import (Const, Match, Pat, Rewriter, RewritePass, Rule, Var, batched_fc_reason, has_data,
+from qcompiler.passes.base import PassResult
+from qcompiler.passes.rewriter import (Const, Match, Pat, Rewriter, RewritePass, RewriteStats, Rule, Var, apply_rules,
+                                       batched_fc_reason, has_data, result_from_stats,
                                        single_use_reason)
 
 # conv2d, depthwise_conv2d, fully_connected: OpDef.weights.affine_foldable
@@ -141,38 +155,45 @@ def _after_check(m: Match) -> Optional[str]:
 
 
 def _fold_after(m: Match, rw: Rewriter) -> None:
-    layer, c = m["layer"], m.memo["c"]
+    layer, c, binary = m["layer"], m.memo["c"], m.root
     bias = _bias(layer)
-    if m.root.op == "mul":
+    if binary.op == "mul":
         shape = [1] * layer.operands[1].type.rank
         shape[_out_axis(layer)] = -1
         weights = (np.asarray(layer.operands[1].data, _F32) * c.reshape(shape)).astype(_F32)
         _set_weights(layer, rw, weights, (bias * c).astype(_F32) if len(layer.operands) > 2 else None)
+    elif len(layer.operands) < 3 and (constant := _vector_of(binary, layer)) is not None:
+        rw.graph.move_before(constant.producer, layer)  # a constant: anywhere before its new user will do
+        rw.add_operand(layer, constant)  # no bias: the converter takes the add's vector as it is
     else:
         _set_weights(layer, rw, None, (bias + c).astype(_F32))
-    rw.replace_value(m.root, layer.result)
+    rw.replace_value(binary, layer.result)
+
+
+def _vector_of(binary: Node, layer: Node) -> Optional[Value]:
+    """The constant operand of `binary` when it is already a float32 bias vector for `layer`."""
+    constant = next(v for v in binary.operands if v is not layer.result)
+    channels = layer.operands[1].type.shape[_out_axis(layer)]
+    if (constant.type.shape == (channels,) and constant.type.dtype == "f32" and constant.type.quant is None
+            and constant.producer is not None):
+        return constant
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------
 # before the layer
 # ----------------------------------------------------------------------------------------------------
-def _before_pattern() -> Pat:
-    return Pat(LAYERS, Pat(AFFINE, Var("x"), Const(capture="c"), capture="binary", commutative=True),
+def _before_pattern(layers: tuple[str, ...]) -> Pat:
+    return Pat(layers, Pat(AFFINE, Var("x"), Const(capture="c"), capture="binary", commutative=True),
                capture="layer")
 
 
-def _before_check(m: Match) -> Optional[str]:
+def _before_reason(m: Match) -> Optional[str]:
+    """What every fold before a layer needs, or why it cannot fold; on success the constant per input channel is
+    in m.memo["c"]."""
     layer, binary, x = m["layer"], m["binary"], m["x"]
-    for user in layer.result.users:  # the converter folds what follows the layer first
-        if user.op in AFFINE and _after_constant(user, layer)[1] is None:
-            return f"{user.describe()} after {layer.describe()} folds first"
-    if (reason := single_use_reason(binary)) is not None:
-        return reason
-    if layer.attrs.get("padding", "valid") != "valid":
+    if binary.op == "add" and layer.attrs.get("padding", "valid") != "valid":
         return f"{layer.describe()} has padding '{layer.attrs['padding']}'; its zero border would change"
-    if layer.op != "fully_connected" and has_data(m["c"]) and m["c"].data.size != 1:
-        return (f"%{m['c'].name} {m['c'].type} is per channel: the converter folds only a scalar mul/add into a "
-                f"following {layer.op} (a batch norm before a conv stays MUL + ADD)")
     reason = _layer_reason(layer) or _binary_reason(binary)
     if reason is not None:
         return reason
@@ -186,6 +207,25 @@ def _before_check(m: Match) -> Optional[str]:
     return None
 
 
+def _vector_before_check(m: Match) -> Optional[str]:
+    """Phase 1, FuseMulAndFullyConnected / FuseAddAndFullyConnected: a rank-1 constant; an add needs a bias."""
+    # Keras' scalars (Rescaling) are rank 0 in TensorFlow's graph and may be rank 1 here: one element counts as a
+    # scalar (a batch norm on one channel would fold in phase 1 in the converter: not modelled).
+    if m["c"].type.rank != 1 or m["c"].type.shape[0] == 1:
+        return f"%{m['c'].name} {m['c'].type} is not a vector (a scalar folds in the second phase)"
+    if m["binary"].op == "add" and len(m["layer"].operands) < 3:
+        return f"{m['layer'].describe()} has no bias for the add before it (the converter folds none)"
+    return _before_reason(m)
+
+
+def _scalar_before_check(m: Match) -> Optional[str]:
+    """Phase 2, FuseBinaryOpToFollowingAffineOp: a constant of one element."""
+    if not has_data(m["c"]) or m["c"].data.size != 1:
+        return (f"%{m['c'].name} {m['c'].type} is not a scalar: the converter folds only a scalar mul/add into a "
+                f"following {m['layer'].op} here (a batch norm before a conv stays MUL + ADD)")
+    return _before_reason(m)
+
+
 def _input_axis_vector(layer: Node, c: np.ndarray) -> np.ndarray:
     """`c` (one value per input channel) laid out along the weights' last axis."""
     if _is_depthwise(layer):
@@ -193,30 +233,100 @@ def _input_axis_vector(layer: Node, c: np.ndarray) -> np.ndarray:
     return c
 
 
-def _fold_before(m: Match, rw: Rewriter) -> None:
+def _memory_order_sum(layer: Node, products: np.ndarray) -> np.ndarray:
+    """bias + the products, added one at a time in the weights' memory order (FuseBinaryOpToFollowingAffineOp)."""
+    if _is_depthwise(layer):
+        terms = products.reshape(-1, products.shape[-1])  # one row per kernel position, in memory order
+    else:
+        terms = products.reshape(products.shape[0], -1).T  # one row per (kh, kw, in), in memory order
+    bias = _bias(layer)
+    for row in terms:
+        bias = (bias + row).astype(_F32)
+    return bias
+
+
+def _neumaier_sum(layer: Node, products: np.ndarray) -> np.ndarray:
+    """bias + the products of each output row, as TFLite's FULLY_CONNECTED constant folding sums them (the
+    converter computes FuseAddAndFullyConnected's bias that way): float32 with Neumaier compensation."""
+    total = _bias(layer)
+    compensation = np.zeros_like(total)
+    for addend in products.T:  # products [out, in]: one input channel at a time
+        new_total = (total + addend).astype(_F32)
+        bigger = np.abs(total) >= np.abs(addend)
+        compensation = (compensation + np.where(bigger, (total - new_total).astype(_F32) + addend,
+                                                (addend - new_total).astype(_F32) + total)).astype(_F32)
+        total = new_total
+    return (total + compensation).astype(_F32)
+
+
+def _fold_before(m: Match, rw: Rewriter, summed) -> None:
     layer, c = m["layer"], m.memo["c"]
     weights = np.asarray(layer.operands[1].data, _F32)
-    column = _input_axis_vector(layer, c)
+    products = (weights * _input_axis_vector(layer, c)).astype(_F32)
     if m["binary"].op == "mul":
-        _set_weights(layer, rw, (weights * column).astype(_F32), None)
+        _set_weights(layer, rw, products, None)
     else:
-        products = (weights * column).astype(_F32)
-        if _is_depthwise(layer):
-            terms = products.reshape(-1, products.shape[-1])  # one row per kernel position, in memory order
-        else:
-            terms = products.reshape(products.shape[0], -1).T  # one row per (kh, kw, in), in memory order
-        bias = _bias(layer)
-        for row in terms:
-            bias = (bias + row).astype(_F32)
-        _set_weights(layer, rw, None, bias)
-    rw.set_operand(layer, 0, m["x"])  # leaves the mul/add unused; the rewriter erases it
+        _set_weights(layer, rw, None, summed(layer, products))
+    rw.set_operand(layer, 0, m["x"])  # the mul/add stays only while something else uses it
 
 
-RULES: list[Rule] = [
+def _fold_vector_before(m: Match, rw: Rewriter) -> None:
+    _fold_before(m, rw, _neumaier_sum)
+
+
+def _fold_scalar_before(m: Match, rw: Rewriter) -> None:
+    _fold_before(m, rw, _memory_order_sum)
+
+
+# ----------------------------------------------------------------------------------------------------
+# a 2-D Dense's bias, as the separate add Keras computes
+# ----------------------------------------------------------------------------------------------------
+_BIAS_ADD = "/bias_add"  # a Dense's bias as a separate add
+
+
+def _reaches_fully_connected(value: Value) -> bool:
+    """Whether `value` feeds a fully_connected directly or through mul/add by constants."""
+    stack, seen = [value], set()
+    while stack:
+        current = stack.pop()
+        for user in current.users:
+            if id(user) in seen:
+                continue
+            seen.add(id(user))
+            if user.op == "fully_connected" and user.operands[0] is current:
+                return True
+            if user.op in AFFINE and any(v.is_constant for v in user.operands):
+                stack.append(user.result)
+    return False
+
+
+def split_dense_biases(graph: Graph, stats: RewriteStats) -> None:
+    """fully_connected(x, w, b) -> add(fully_connected(x, w), b) where the result reaches another
+    fully_connected (only there can the bias end up elsewhere; everywhere else phase 1 puts it back). A graph
+    output keeps its bias (and its name)."""
+    for layer in [n for n in graph.nodes if n.op == "fully_connected" and len(n.operands) == 3]:
+        bias, result = layer.operands[2], layer.result
+        if (_layer_reason(layer) is not None or layer.attrs["activation"] != "none" or bias.type.rank != 1
+                or graph.is_output(result) or not _reaches_fully_connected(result)):
+            continue
+        users = list(result.uses)
+        layer.set_operands(list(layer.operands[:2]))
+        added = graph.op("add", result, bias, name=f"{result.name}{_BIAS_ADD}", layer=layer.layer, after=layer)
+        for use in users:
+            use.node.set_operand(use.index, added)
+        stats.inserted += 1
+        stats.operands_changed += 1
+
+
+RULES_AFTER: list[Rule] = [
     Rule("fold-mul-after", _after_pattern("mul"), _fold_after, _after_check),
     Rule("fold-add-after", _after_pattern("add"), _fold_after, _after_check),
-    Rule("fold-before", _before_pattern(), _fold_before, _before_check),
 ]
+PHASE_1: list[Rule] = [*RULES_AFTER, Rule("fold-vector-before", _before_pattern(("fully_connected",)),
+                                          _fold_vector_before, _vector_before_check)]
+PHASE_2: list[Rule] = [*RULES_AFTER, Rule("fold-scalar-before", _before_pattern(LAYERS), _fold_scalar_before,
+                                          _scalar_before_check)]
+RULES = PHASE_1 + PHASE_2[len(RULES_AFTER):]
 
 
 @dataclass(frozen=True)
@@ -226,3 +336,10 @@ class FoldAffine(RewritePass):
 
     def rules(self) -> Sequence[Rule]:
         return RULES
+
+    def run(self, graph) -> PassResult:
+        stats = RewriteStats()
+        split_dense_biases(graph, stats)
+        for phase in (PHASE_1, PHASE_2):
+            apply_rules(graph, phase, bottom_up=True, stats=stats)
+        return result_from_stats(stats)

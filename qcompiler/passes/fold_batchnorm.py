@@ -1,4 +1,4 @@
-"""fold-batchnorm: fold inference batch norms into the preceding conv2d / depthwise_conv2d / fully_connected.
+"""fold-batchnorm: fold inference batch norms into the preceding conv2d / depthwise_conv2d.
 
     y = (conv(x, w) + b - mean) * gamma / sqrt(var + eps) + beta
       = conv(x, w * inv) + b * inv + (beta - mean * inv)          with inv = rsqrt(var + eps) * gamma
@@ -12,6 +12,10 @@ derived from them. `rsqrt` picks the kernel for 1/sqrt (see `rsqrt`); by default
 Every layer puts its output channels on the last axis of its result and on the axis of its weights that
 `_scale_weights` scales (conv2d [out,kh,kw,in]: axis 0; depthwise [1,kh,kw,in*mult]: axis 3, output channel
 c*mult+m is weight column c*mult+m, so the depth multiplier needs nothing special; fully_connected [out,in]: 0).
+
+A batch norm after a fully_connected is left to fold-affine as `mul` + `add`: the converter may fold it, with the
+layer's bias, into the *next* fully_connected instead (fold-affine's docstring). The mul + add carry the same
+float32 constants, so where it folds back into its own layer the weights are the same bits.
 
 A batch norm that cannot be folded (first in the model, after an add, its producer has other users or a fused
 activation, ...) becomes `mul` + `add` with per-channel constants inv and beta - mean * inv, which every backend
@@ -76,6 +80,9 @@ def scale_and_shift(m: Match, kernel: RsqrtKernel = "tensorflow") -> tuple[np.nd
 def _fold_check(m: Match) -> Optional[str]:
     producer = m["producer"]
     result = producer.result
+    if producer.op == "fully_connected":
+        return ("a batch norm after a fully_connected becomes mul + add, which fold-affine folds in the converter's "
+                "order (into this layer, or with its bias into the next fully_connected)")
     if not result.type.is_float:
         return f"{producer.op} result is {result.type.dtype}, not float"
     if (reason := single_use_reason(producer) or batched_fc_reason(producer)) is not None:

@@ -376,16 +376,45 @@ class Rewriter:
 # ----------------------------------------------------------------------------------------------------
 # the driver
 # ----------------------------------------------------------------------------------------------------
-def apply_rules(graph: Graph, rules: Sequence[Rule], max_rewrites: Optional[int] = None) -> RewriteStats:
+class _LifoWorklist:
+    """MLIR's greedy driver order (bottom-up, its default): the graph's nodes pushed in order and popped from the
+    back, so the last node is visited first. Pushing a node that is still queued leaves it where it is (MLIR's
+    `Worklist::push`); a node visited already goes to the back and is visited next."""
+
+    def __init__(self, nodes: Sequence[Node]) -> None:
+        self._stack: list[Node] = []
+        self._queued: set[int] = set()
+        for node in nodes:
+            self.push(node)
+
+    def push(self, node: Node) -> None:
+        if id(node) not in self._queued:
+            self._queued.add(id(node))
+            self._stack.append(node)
+
+    def pop(self) -> Optional[Node]:
+        if not self._stack:
+            return None
+        node = self._stack.pop()
+        self._queued.discard(id(node))
+        return node
+
+
+def apply_rules(graph: Graph, rules: Sequence[Rule], max_rewrites: Optional[int] = None,
+                bottom_up: bool = False, stats: Optional[RewriteStats] = None) -> RewriteStats:
     """Apply `rules` until none fires. Rules are tried in order on each node; the first that applies wins.
 
     Nodes are visited in graph order; a rewrite queues the nodes it created or changed and the users of
-    replaced values, so chains of rewrites settle without rescanning the graph.
+    replaced values, so chains of rewrites settle without rescanning the graph. `bottom_up` visits them as
+    MLIR's greedy pattern driver does (last node first, requeued nodes next), for passes that reproduce which of
+    two competing TFLiteConverter rewrites wins. `stats` accumulates the counts of several runs.
     """
-    stats = RewriteStats()
+    stats = stats if stats is not None else RewriteStats()
     rewriter = Rewriter(graph, stats)
     rules_for: dict[str, list[Rule]] = {}
     limit = max_rewrites if max_rewrites is not None else 100 * (len(graph.nodes) + 10)
+    if bottom_up:
+        return _apply_bottom_up(graph, rules, rewriter, stats, limit)
     worklist: deque[Node] = deque(graph.nodes)
     queued = {id(n) for n in worklist}
     seen_failures: set[tuple[str, str, str]] = set()
@@ -394,32 +423,52 @@ def apply_rules(graph: Graph, rules: Sequence[Rule], max_rewrites: Optional[int]
         queued.discard(id(node))
         if node.graph is not graph:
             continue
-        if node.op not in rules_for:
-            rules_for[node.op] = [r for r in rules if r.pattern.ops is None or node.op in r.pattern.ops]
-        for rule in rules_for[node.op]:
-            match = rule.match(node)
-            if match is None:
-                continue
-            reason = rule.check(match) if rule.check is not None else None
-            if reason is not None:
-                key = (rule.name, node.describe(), reason)
-                if key not in seen_failures:
-                    seen_failures.add(key)
-                    stats.failures.append(Failure(rule.name, node.describe(), reason))
-                continue
-            rewriter.anchor = node
-            rewriter.touched, rewriter.fresh = [], set()
-            rule.rewrite(match, rewriter)
-            stats.applied[rule.name] += 1
-            if sum(stats.applied.values()) > limit:
-                raise IRError(f"rewrite rules did not settle after {limit} rewrites (last: {rule.name} on "
-                              f"{node.describe()}); two rules probably undo each other")
-            for touched in [node, *rewriter.touched]:
-                if touched.graph is graph and id(touched) not in queued:
-                    queued.add(id(touched))
-                    worklist.append(touched)
-            break
+        for touched in _try_rules(node, rules, rules_for, rewriter, stats, seen_failures, limit):
+            if touched.graph is graph and id(touched) not in queued:
+                queued.add(id(touched))
+                worklist.append(touched)
     return stats
+
+
+def _apply_bottom_up(graph: Graph, rules: Sequence[Rule], rewriter: Rewriter, stats: RewriteStats,
+                     limit: int) -> RewriteStats:
+    worklist = _LifoWorklist(graph.nodes)
+    rules_for: dict[str, list[Rule]] = {}
+    seen_failures: set[tuple[str, str, str]] = set()
+    while (node := worklist.pop()) is not None:
+        if node.graph is not graph:
+            continue
+        for touched in _try_rules(node, rules, rules_for, rewriter, stats, seen_failures, limit):
+            if touched.graph is graph:
+                worklist.push(touched)
+    return stats
+
+
+def _try_rules(node: Node, rules: Sequence[Rule], rules_for: dict[str, list[Rule]], rewriter: Rewriter,
+               stats: RewriteStats, seen_failures: set[tuple[str, str, str]], limit: int) -> list[Node]:
+    """Apply the first rule that matches `node` and passes its check; the nodes to queue again ([] if none)."""
+    if node.op not in rules_for:
+        rules_for[node.op] = [r for r in rules if r.pattern.ops is None or node.op in r.pattern.ops]
+    for rule in rules_for[node.op]:
+        match = rule.match(node)
+        if match is None:
+            continue
+        reason = rule.check(match) if rule.check is not None else None
+        if reason is not None:
+            key = (rule.name, node.describe(), reason)
+            if key not in seen_failures:
+                seen_failures.add(key)
+                stats.failures.append(Failure(rule.name, node.describe(), reason))
+            continue
+        rewriter.anchor = node
+        rewriter.touched, rewriter.fresh = [], set()
+        rule.rewrite(match, rewriter)
+        stats.applied[rule.name] += 1
+        if sum(stats.applied.values()) > limit:
+            raise IRError(f"rewrite rules did not settle after {limit} rewrites (last: {rule.name} on "
+                          f"{node.describe()}); two rules probably undo each other")
+        return [node, *rewriter.touched]
+    return []
 
 
 def result_from_stats(stats: RewriteStats, extra: Optional[dict[str, int]] = None) -> PassResult:
