@@ -42,6 +42,7 @@ import numpy as np
 from qcompiler.ir.graph import Graph, Node, Value
 from qcompiler.ir.ops import OPS
 from qcompiler.passes.base import PassResult
+from qcompiler.passes.fuse_activations import CLAMP_ACTIVATIONS
 from qcompiler.passes.rewriter import (Const, Match, Pat, Rewriter, RewritePass, RewriteStats, Rule, Var, apply_rules,
                                        batched_fc_reason, has_data, result_from_stats,
                                        single_use_reason)
@@ -215,7 +216,24 @@ def _vector_before_check(m: Match) -> Optional[str]:
         return f"%{m['c'].name} {m['c'].type} is not a vector (a scalar folds in the second phase)"
     if m["binary"].op == "add" and len(m["layer"].operands) < 3:
         return f"{m['layer'].describe()} has no bias for the add before it (the converter folds none)"
+    x_producer = m["x"].producer
+    if (x_producer is not None and x_producer.op == "fully_connected" and m["binary"].op == "add"
+            and (activation := _fused_activation(m["layer"])) is not None):
+        # observed (Dense -> Dense(relu), Dense -> BN -> Dense(relu)): the batch norm's mul/add move into the
+        # relu layer, the first Dense's bias does not; without the relu (or with tanh) it moves too
+        return (f"{m['layer'].describe()} has a fused {activation}: the converter leaves the bias of the "
+                f"fully_connected before it in place")
     return _before_reason(m)
+
+
+def _fused_activation(layer: Node) -> Optional[str]:
+    """The clamp activation `layer` has or will have fused (fuse-activations runs later), or None."""
+    if layer.attrs.get("activation", "none") != "none":
+        return layer.attrs["activation"]
+    users = layer.result.users
+    if len(users) == 1 and users[0].op in CLAMP_ACTIVATIONS and not layer.graph.is_output(layer.result):
+        return users[0].op
+    return None
 
 
 def _scalar_before_check(m: Match) -> Optional[str]:
