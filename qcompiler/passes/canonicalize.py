@@ -5,6 +5,8 @@
 - reshape(x) to x's own shape     -> x
 - reshape(reshape(x))             -> reshape(x)
 - maximum(x, 0)                   -> relu(x)
+- relu(relu(x)), relu6(relu6(x)), relu_n1_to_1(relu_n1_to_1(x)) -> one of them (TFLiteConverter keeps one: a
+                                    Dense with relu6 followed by an Activation("relu6") is one FULLY_CONNECTED)
 - minimum(relu(x), 6)             -> relu6(x)
 - clamp(x, -1, 1) (min of max)    -> relu_n1_to_1(x)
 - mean/sum/reduce_max/reduce_min over axes of size 1 -> x (keepdims) or reshape(x) (GlobalAveragePooling2D
@@ -168,6 +170,15 @@ def _add_of_adds(m: Match, rw: Rewriter) -> None:
     rw.replace_value(m.root, rw.op("add", m["x"], c, layer=m.root.layer))
 
 
+# ----- the same clamp twice (Dense(activation="relu6") then Activation("relu6")): the converter keeps one -----
+def _drop_outer_check(m: Match) -> Optional[str]:
+    return _output_alias_reason(m.root, m["inner"].result)
+
+
+def _drop_outer_activation(m: Match, rw: Rewriter) -> None:
+    rw.replace_value(m.root, m["inner"].result)
+
+
 RULES: list[Rule] = [
     Rule("flatten-to-reshape", Pat("flatten", "x"), _flatten_to_reshape, _flatten_check),
     Rule("remove-identity", Pat("identity", "x"), _forward_operand, _drop_identity_check),
@@ -186,6 +197,8 @@ RULES: list[Rule] = [
                                      where=_keeps_shape), _to_activation("relu")),
     Rule("min-relu-6-to-relu6", Pat("minimum", Pat("relu", "x", one_use=True), Const(where=_scalar_is(6.0)),
                                     commutative=True, where=_keeps_shape), _to_activation("relu6")),
+    *[Rule(f"{op}-of-{op}", Pat(op, Pat(op, "x", one_use=True, capture="inner")), _drop_outer_activation,
+           _drop_outer_check) for op in ("relu", "relu6", "relu_n1_to_1")],
     _identity_arithmetic("add", 0.0, commutative=True),
     _identity_arithmetic("sub", 0.0, commutative=False),
     _identity_arithmetic("mul", 1.0, commutative=True),
