@@ -42,6 +42,7 @@ import numpy as np
 from qcompiler.ir.graph import Graph, Node, Value
 from qcompiler.ir.ops import OPS
 from qcompiler.passes.base import PassResult
+from qcompiler.passes.canonicalize import RULES as CANONICAL_RULES
 from qcompiler.passes.fuse_activations import CLAMP_ACTIVATIONS
 from qcompiler.passes.rewriter import (Const, Match, Pat, Rewriter, RewritePass, RewriteStats, Rule, Var, apply_rules,
                                        batched_fc_reason, has_data, result_from_stats,
@@ -340,8 +341,11 @@ RULES_AFTER: list[Rule] = [
     Rule("fold-mul-after", _after_pattern("mul"), _fold_after, _after_check),
     Rule("fold-add-after", _after_pattern("add"), _fold_after, _after_check),
 ]
+# The converter merges add(add(x, c1), c2) in the same greedy phase; canonicalize's rule, applied here again
+# because fold-batchnorm makes new adds (a batch norm then hard_sigmoid's +3: one ADD).
+_ADD_OF_ADDS = next(rule for rule in CANONICAL_RULES if rule.name == "add-of-adds")
 PHASE_1: list[Rule] = [*RULES_AFTER, Rule("fold-vector-before", _before_pattern(("fully_connected",)),
-                                          _fold_vector_before, _vector_before_check)]
+                                          _fold_vector_before, _vector_before_check), _ADD_OF_ADDS]
 PHASE_2: list[Rule] = [*RULES_AFTER, Rule("fold-scalar-before", _before_pattern(LAYERS), _fold_scalar_before,
                                           _scalar_before_check)]
 RULES = PHASE_1 + PHASE_2[len(RULES_AFTER):]
