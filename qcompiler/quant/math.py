@@ -752,11 +752,37 @@ def populate_lut_int16(fn, input_min: float, input_max: float, output_min: float
 
 
 def lut_lookup_int16(x: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    """LUTLookup(int16): base lut[256 + (x >> 7)] plus the interpolated slope over the low 7 bits."""
+    """LUTLookup(int16): base lut[256 + (x >> 7)] plus the interpolated slope over the low 7 bits.
+
+    The kernel holds the slope lut[i + 1] - lut[i] and the sum in int16_t, so both wrap around: a table that
+    crosses most of the int16 range within one segment (a narrow output scale, GELU's tail) gives wrapped
+    outputs, and BUILTIN_REF returns those."""
     x = np.asarray(x, np.int64)
     index = 256 + (x >> 7)
     offset = x & 0x7F
     lut = lut.astype(np.int64)
     base = lut[index]
-    slope = lut[index + 1] - base
-    return (base + ((slope * offset + 64) >> 7)).astype(np.int16)
+    slope = wrap_int(lut[index + 1] - base, 16)
+    return wrap_int(base + ((slope * offset + 64) >> 7), 16).astype(np.int16)
+
+
+def wrap_int(x: np.ndarray, bits: int) -> np.ndarray:
+    """Two's-complement wrap-around of integers to `bits` bits (a C cast to a narrower signed type)."""
+    half = np.int64(1) << (bits - 1)
+    return ((np.asarray(x, np.int64) + half) & ((half << 1) - 1)) - half
+
+
+def sigmoid_table_uint16() -> np.ndarray:
+    """sigmoid_table_uint16, the 256-entry table TFLite's int16 LOGISTIC and TANH interpolate: sigmoid(i / 24) in
+    0.16 fixed point, each entry lowered by a quarter of the curvature over its segment,
+    (s(i) + s(i + 1) - 2 s(i + 1/2)) / 4 (half the midpoint error of linear interpolation, as LUTPopulate's bias),
+    rounded; the last entry is 65535. This rule reproduces all 256 entries of TFLite's table (plain rounding of
+    sigmoid(i / 24) misses 44 of them by one)."""
+    i = np.arange(256, dtype=np.float64)
+
+    def s(v: np.ndarray) -> np.ndarray:
+        return 65536.0 / (1.0 + np.exp(-v / 24.0))
+
+    table = round_half_away(s(i) - (s(i) + s(i + 1) - 2.0 * s(i + 0.5)) / 4.0)
+    table[255] = 65535
+    return table.astype(np.int64)
