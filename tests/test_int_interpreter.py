@@ -191,6 +191,21 @@ def test_mul_on_many_codes(dtype: str, data) -> None:
     np.testing.assert_array_equal(ours[0], reference[0])
 
 
+def test_all_zero_int16_tensor_scale() -> None:
+    """An int16 tensor calibrated all-zero gets scale FLT_MIN / 32767 (activation_qparams). MUL into it: the real
+    multiplier is ~1e38 with shift ~128, which the kernel's `x * (1 << shift)` takes modulo 32 (x86). A fused
+    RELU6's bound 6 / scale overflows float32; where the kernel accepts that (random model seed 114, int16x8 ADD)
+    the int32 cast gives INT32_MIN, which its clamp then uses. (Such a MUL with RELU6, and RELU/LEAKY_RELU into
+    that scale, TFLite refuses or computes from an infinite multiplier: not compared.)"""
+    rng = np.random.default_rng(0)
+    tiny = qm.activation_qparams(0.0, 0.0, "i16")
+    assert qm.activation_range("relu6", tiny, "i16") == (0, qm.INT32_MIN)
+    inputs = [qtype((None, 4, 4, 3), "i16", QParams.per_tensor(0.01, 0))] * 2
+    graph = one_op_graph("mul", inputs, tiny, {"activation": "none"})
+    ours, reference = run_both(graph, [random_codes(t, 2, rng) for t in inputs])
+    np.testing.assert_array_equal(ours[0], reference[0])
+
+
 @pytest.mark.parametrize("src_dtype,dst_dtype", [("f32", "i8"), ("f32", "i16"), ("i8", "i8"), ("i16", "i16"),
                                                  ("i8", "f32"), ("i16", "f32")])
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))

@@ -31,6 +31,13 @@ def _mbqm(node: Node, x: np.ndarray, multiplier, shift) -> np.ndarray:
     return qm.multiply_by_quantized_multiplier(x, multiplier, shift, single_rounding=node.op in SINGLE_ROUNDING)
 
 
+def _qmult(node: Node, real: float) -> tuple[int, int]:
+    """QuantizeMultiplier as the op's kernel sees it: the double-rounding kernels take any shift (their left shift
+    `x * (1 << shift)` then uses the shift modulo 32, as x86 does; measured on int16 MUL/RELU with the FLT_MIN-based
+    scale of an all-zero tensor); only the single-rounding ones saturate a shift above 30."""
+    return qm.quantize_multiplier(real, single_rounding=node.op in SINGLE_ROUNDING)
+
+
 def _q(value: Value) -> QParams:
     if value.type.quant is None:
         raise IRError(f"%{value.name} ({value.type}) has no quantization parameters; the integer kernel needs them")
@@ -157,7 +164,7 @@ def _mul(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
     float scales), and only then widens it to double for QuantizeMultiplier."""
     a, b, out = node.operands[0], node.operands[1], node.result
     f = np.float32
-    m, s = qm.quantize_multiplier(float(f(f(f(_scale(a)) * f(_scale(b))) / f(_scale(out)))))
+    m, s = _qmult(node, float(f(f(f(_scale(a)) * f(_scale(b))) / f(_scale(out)))))
     prod = (args[0].astype(np.int64) - _zp(a)) * (args[1].astype(np.int64) - _zp(b))
     return _out(node, _mbqm(node, prod, m, s) + _zp(out), *_act_range(node))
 
@@ -170,11 +177,12 @@ def _relu_x(lo: float, hi: float) -> IntKernel:
         out_scale = np.float32(_scale(out))
 
         def bound(f: float) -> int:
-            return _zp(out) + int(qm.round_half_away(np.float32(np.float32(f) / out_scale)))
+            with np.errstate(over="ignore"):
+                return _zp(out) + qm.float_to_int32(qm.round_half_away(np.float32(np.float32(f) / out_scale)))
 
         act_min = max(qmin, bound(lo))
         act_max = qmax if hi == np.inf else min(qmax, bound(hi))
-        m, s = qm.quantize_multiplier(float(np.float32(np.float32(_scale(src)) / out_scale)))
+        m, s = _qmult(node, float(np.float32(np.float32(_scale(src)) / out_scale)))
         acc = _mbqm(node, args[0].astype(np.int64) - _zp(src), m, s) + _zp(out)
         return _out(node, acc, act_min, act_max)
 
@@ -184,8 +192,8 @@ def _relu_x(lo: float, hi: float) -> IntKernel:
 def _leaky_relu(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
     src, out = node.operands[0], node.result
     in_s, out_s = np.float32(_scale(src)), np.float32(_scale(out))
-    alpha_m, alpha_s = qm.quantize_multiplier(float(np.float32(in_s * np.float32(node.attrs["alpha"]) / out_s)))
-    id_m, id_s = qm.quantize_multiplier(float(np.float32(in_s / out_s)))
+    alpha_m, alpha_s = _qmult(node, float(np.float32(in_s * np.float32(node.attrs["alpha"]) / out_s)))
+    id_m, id_s = _qmult(node, float(np.float32(in_s / out_s)))
     x = args[0].astype(np.int64) - _zp(src)
     acc = np.where(x >= 0, _mbqm(node, x, id_m, id_s),
                    _mbqm(node, x, alpha_m, alpha_s))

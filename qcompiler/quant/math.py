@@ -538,7 +538,7 @@ def multiply_by_quantized_multiplier(x: np.ndarray, multiplier: Union[int, np.nd
         rounding = np.left_shift(np.int64(1), total_shift - 1)
         return (x * m + rounding) >> total_shift
     if np.any(s > 0):
-        shifted = x << np.maximum(s, 0)
+        shifted = x << (np.maximum(s, 0) & 31)  # x86 shifts int32 by the count modulo 32 (shift > 31: not saturated)
         shifted = ((shifted + 2**31) & (2**32 - 1)) - 2**31  # int32 wrap-around of x * (1 << left_shift)
     else:
         shifted = x
@@ -636,6 +636,16 @@ def requantize(q: np.ndarray, src: QParams, dst: QParams, dtype: str, single_rou
     return np.clip(acc, qmin, qmax).astype(_NP_INT[dtype])
 
 
+def float_to_int32(x: float) -> int:
+    """static_cast<int32_t>(float) as x86-64 computes it (cvttss2si): truncation, and INT32_MIN for NaN, infinities
+    and values outside the int32 range (a bound f / scale overflows for the FLT_MIN-derived scale of an all-zero
+    int16 tensor; the kernel then clamps with that INT32_MIN)."""
+    x = float(x)
+    if not math.isfinite(x) or not INT32_MIN <= math.trunc(x) <= INT32_MAX:
+        return INT32_MIN
+    return math.trunc(x)
+
+
 def activation_range(activation: str, qparams: QParams, dtype: str) -> tuple[int, int]:
     """CalculateActivationRangeQuantized: the fused activation's bounds in the output's integer domain,
     zp + int(TfLiteRound(f32(f / scale)))."""
@@ -643,7 +653,8 @@ def activation_range(activation: str, qparams: QParams, dtype: str) -> tuple[int
     scale, zp = np.float32(qparams.scale[0]), qparams.zero_point[0]
 
     def q(f: float) -> int:
-        return zp + int(round_half_away(np.float32(np.float32(f) / scale)))
+        with np.errstate(over="ignore"):
+            return zp + float_to_int32(round_half_away(np.float32(np.float32(f) / scale)))
 
     bounds = {"none": (qmin, qmax), "relu": (max(qmin, q(0.0)), qmax),
               "relu6": (max(qmin, q(0.0)), min(qmax, q(6.0))),
