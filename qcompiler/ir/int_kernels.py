@@ -177,7 +177,7 @@ def _relu_x(lo: float, hi: float) -> IntKernel:
         out_scale = np.float32(_scale(out))
 
         def bound(f: float) -> int:
-            with np.errstate(over="ignore"):
+            with np.errstate(over="ignore", invalid="ignore"):
                 return _zp(out) + qm.float_to_int32(qm.round_half_away(np.float32(np.float32(f) / out_scale)))
 
         act_min = max(qmin, bound(lo))

@@ -653,7 +653,7 @@ def activation_range(activation: str, qparams: QParams, dtype: str) -> tuple[int
     scale, zp = np.float32(qparams.scale[0]), qparams.zero_point[0]
 
     def q(f: float) -> int:
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):
             return zp + float_to_int32(round_half_away(np.float32(np.float32(f) / scale)))
 
     bounds = {"none": (qmin, qmax), "relu": (max(qmin, q(0.0)), qmax),
