@@ -283,9 +283,9 @@ def _random_model_case(seed: int, mode: str) -> Optional[str]:
     from qcompiler.validate.compare import GraphModel, TFLiteModel
     from tests.random_models import LAYER_BLOCKS, random_batch, random_model
 
-    # ELU has no BUILTIN_REF kernel; ReLU(threshold) and ELU(alpha) import as greater/select (not quantizable)
+    # ELU has no BUILTIN_REF kernel (not even float); ReLU(threshold) and ELU(alpha) import as greater/select
     blocks = [b for b in LAYER_BLOCKS if b.name not in ("elu-layer", "relu-threshold", "elu-alpha")]
-    spec = random_model(seed, blocks=blocks)
+    spec = random_model(seed, blocks=blocks, exclude_activations=("elu",))
     try:
         graph = api.quantize(spec.model, mode, random_batch(spec.model, 16, seed))
         flat = write_tflite(graph)
@@ -323,7 +323,11 @@ def test_random_models_are_identical_to_builtin_ref() -> None:
     _check_random_models(range(3), "int8", at_least=2)
 
 
+# Of seeds 100..149 (ELU excluded) 48 are checked in each mode (2026-11-30): the others fail to compile or TFLite
+# refuses them — int8 seeds 102 and 125 (lower-to-int leaves a tensor without parameters), int16x8 seed 102 (a
+# bias scale underflowing to 0 after an all-zero int16 tensor) and 105 (FULLY_CONNECTED's bias-scale check) —
+# lowering issues, not integer-interpreter ones.
 @pytest.mark.slow
-@pytest.mark.parametrize("mode,at_least", [("int8", 20), ("int16x8", 1)])
+@pytest.mark.parametrize("mode,at_least", [("int8", 46), ("int16x8", 46)])
 def test_fifty_random_models_are_identical_to_builtin_ref(mode: str, at_least: int) -> None:
     _check_random_models(range(100, 150), mode, at_least)

@@ -505,6 +505,8 @@ def quantize_multiplier(real_multiplier: float, single_rounding: bool = True) ->
     TFLITE_SINGLE_ROUNDING (what ai-edge-litert 2.3 is built with) a shift > 30 saturates to (2^31 - 1, 30)."""
     if real_multiplier == 0.0:
         return 0, 0
+    if not math.isfinite(real_multiplier):  # glibc frexp(inf) gives exponent 0 and the int64 cast of inf * 2^31
+        return 0, 0                         # (x86) INT64_MIN, whose int32 truncation is 0: multiplier 0
     fraction, shift = math.frexp(real_multiplier)
     q_fixed = int(math.copysign(math.floor(abs(fraction) * (1 << 31) + 0.5), fraction))
     if q_fixed == (1 << 31):
