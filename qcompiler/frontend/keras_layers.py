@@ -7,6 +7,7 @@ op; the fusion passes fold them later.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -58,7 +59,7 @@ def _weights(variable: Any, perm: Optional[Sequence[int]] = None) -> np.ndarray:
     in the Keras backend, ~10x faster than numpy's strided copy (VGG16's fc1: 66 ms against 600 ms); a small one
     by numpy, which takes microseconds where a TensorFlow op takes ~0.3 ms (and far more on a loaded machine:
     MobileNetV2's 52 kernels took 0.8 s)."""
-    if perm is None or int(np.prod(variable.shape)) <= _NUMPY_TRANSPOSE_LIMIT:
+    if perm is None or math.prod(variable.shape) <= _NUMPY_TRANSPOSE_LIMIT:
         array = np.asarray(keras.ops.convert_to_numpy(variable), np.float32)
         return array if perm is None else np.ascontiguousarray(array.transpose(perm))
     return np.asarray(keras.ops.transpose(variable, perm), np.float32)
