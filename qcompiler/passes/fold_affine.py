@@ -146,7 +146,7 @@ def _fold_after(m: Match, rw: Rewriter) -> None:
     if m.root.op == "mul":
         shape = [1] * layer.operands[1].type.rank
         shape[_out_axis(layer)] = -1
-        weights = (np.asarray(layer.operands[1].data, _F32) * c.reshape(shape)).astype(_F32)
+        weights = (np.asarray(layer.operands[1].data, _F32) * c.reshape(shape)).astype(_F32, copy=False)
         _set_weights(layer, rw, weights, (bias * c).astype(_F32) if len(layer.operands) > 2 else None)
     else:
         _set_weights(layer, rw, None, (bias + c).astype(_F32))
@@ -198,9 +198,9 @@ def _fold_before(m: Match, rw: Rewriter) -> None:
     weights = np.asarray(layer.operands[1].data, _F32)
     column = _input_axis_vector(layer, c)
     if m["binary"].op == "mul":
-        _set_weights(layer, rw, (weights * column).astype(_F32), None)
+        _set_weights(layer, rw, (weights * column).astype(_F32, copy=False), None)
     else:
-        products = (weights * column).astype(_F32)
+        products = (weights * column).astype(_F32, copy=False)
         if _is_depthwise(layer):
             terms = products.reshape(-1, products.shape[-1])  # one row per kernel position, in memory order
         else:
