@@ -4,6 +4,8 @@
 - identity(x)                     -> x
 - reshape(x) to x's own shape     -> x
 - reshape(reshape(x))             -> reshape(x)
+- transpose(x) {perm=[0, 1, ..]}  -> x   (TensorFlow's grappler drops an identity permutation before the converter
+                                         sees it: `ops.transpose(x, [0, 1, 2])` leaves no TRANSPOSE)
 - maximum(x, 0)                   -> relu(x)
 - minimum(relu(x), 6)             -> relu6(x)
 - clamp(x, -1, 1) (min of max)    -> relu_n1_to_1(x)
@@ -81,6 +83,10 @@ def _collapse_check(m: Match) -> Optional[str]:
 
 def _collapse_reshapes(m: Match, rw: Rewriter) -> None:
     rw.set_operand(m.root, 0, m["x"])
+
+
+def _is_identity_transpose(node: Node) -> bool:
+    return list(node.attrs["perm"]) == list(range(len(node.attrs["perm"])))
 
 
 # ----- reductions over axes of size 1 -----
@@ -173,6 +179,8 @@ RULES: list[Rule] = [
     Rule("remove-identity", Pat("identity", "x"), _forward_operand, _drop_identity_check),
     Rule("remove-noop-reshape", Pat("reshape", "x", where=_is_noop_reshape), _forward_operand,
          _drop_identity_check),
+    Rule("remove-identity-transpose", Pat("transpose", "x", where=_is_identity_transpose), _forward_operand,
+         _drop_identity_check),
     Rule("collapse-reshapes", Pat("reshape", Pat("reshape", "x", capture="inner")), _collapse_reshapes,
          _collapse_check),
     *[Rule(f"trivial-{op}", Pat(op, "x", where=_reduces_nothing), _trivial_reduce, _trivial_reduce_check)
@@ -197,7 +205,7 @@ RULES: list[Rule] = [
 @dataclass(frozen=True)
 class Canonicalize(RewritePass):
     name: ClassVar[str] = "canonicalize"
-    summary: ClassVar[str] = ("flatten->reshape, drop identities, no-op reshapes, reductions over size-1 axes and "
+    summary: ClassVar[str] = ("flatten->reshape, drop identities, no-op reshapes and transposes, reductions over size-1 axes and "
                               "x+0/x-0/x*1, "
                               "min/max clamps->relu ops")
 
