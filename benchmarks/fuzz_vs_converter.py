@@ -123,7 +123,7 @@ def run_campaign(first: int, count: int, jobs: int, calibrate_with: str, timeout
 # the report
 # ----------------------------------------------------------------------------------------------------
 CAUSE_ORDER = ("generator error", "import error", "compile error", "converter error", "float32 mismatch",
-               "I/O quant mismatch", "<99% identical", ">1 LSB", "crash")
+               "I/O quant mismatch", "<99% identical", ">1 LSB", "size > converter + 1%", "crash")
 
 
 def report(rows: list[dict], calibrate_with: str, seconds: float) -> str:
