@@ -98,12 +98,11 @@ def _unary(op: str) -> Builder:
 
 
 def _negative(ctx: LayerContext, args: list[Any], out: Any) -> Value:
-    return ctx.op("mul", _tensor(ctx, args), ctx.const(np.float32(-1.0), "minus_one"))
+    return ctx.op("neg", _tensor(ctx, args))
 
 
 def _square(ctx: LayerContext, args: list[Any], out: Any) -> Value:
-    x = _tensor(ctx, args)
-    return ctx.op("mul", x, x)
+    return ctx.op("square", _tensor(ctx, args))
 
 
 def _gelu(ctx: LayerContext, args: list[Any], out: Any) -> Value:
