@@ -54,12 +54,15 @@ class Verdict:
 
 
 def run(models: Sequence[bytes], keras_model, arrays: list[np.ndarray]) -> tuple[list[list[np.ndarray]], str]:
-    """Outputs of each model in the Keras order, all with the same kernels: the reference kernels, or TFLite's
-    optimized builtin kernels for all of them when one model holds an op the reference resolver lacks
-    (ai-edge-litert's BUILTIN_REF has no ELU and no TILE version 3, which the converter writes for int8
-    UpSampling2D). Never the XNNPACK delegate (the AUTO resolver's default): it refuses int8 convolutions whose
-    requantization scale is >= 256, as a dead ReLU's degenerate range gives both tools' models, and
-    ai-edge-litert then aborts the process with a double free (README, random-model campaign)."""
+    """Outputs of each model in the Keras order, all with the same kernels: the reference kernels, or the default
+    ones (XNNPACK) for all of them when one model holds an op the reference resolver lacks (ai-edge-litert's
+    BUILTIN_REF has no ELU and no TILE version 3, which the converter writes for int8 UpSampling2D).
+
+    XNNPACK refuses an int8 op whose requantization scale is >= 256, which a degenerate calibrated range (a dead
+    ReLU: scale 2e-6/255) gives both tools' models alike, and ai-edge-litert 2.x then aborts the process in
+    allocate_tensors (a double free). Such models run with TFLite's builtin kernels without XNNPACK instead (not
+    always: those can differ from XNNPACK by a few LSB between two equivalent models, measured on layer seed 18).
+    """
     try:
         return [_run_in_keras_order(m, keras_model, arrays) for m in models], "reference"
     except ValueError as err:
@@ -68,12 +71,35 @@ def run(models: Sequence[bytes], keras_model, arrays: list[np.ndarray]) -> tuple
     from ai_edge_litert.interpreter import OpResolverType
     import tests.tflite_run as tflite_run
 
-    try:  # run_tflite names the resolver; give it the default one for these calls
-        builtin = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        tflite_run.OpResolverType = type("Resolver", (), {"BUILTIN_REF": builtin})
-        return [_run_in_keras_order(m, keras_model, arrays) for m in models], "builtin (no XNNPACK)"
+    degenerate = any(has_degenerate_scale(m) for m in models)
+    resolver = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if degenerate else OpResolverType.AUTO
+    try:  # run_tflite names the resolver; give it the fallback for these calls
+        tflite_run.OpResolverType = type("Resolver", (), {"BUILTIN_REF": resolver})
+        kernels = "builtin (no XNNPACK: a degenerate range)" if degenerate else "default"
+        return [_run_in_keras_order(m, keras_model, arrays) for m in models], kernels
     finally:
         tflite_run.OpResolverType = OpResolverType
+
+
+DEGENERATE_SCALE = 1e-7  # a collapsed range [0, 0] gives 2e-6 / 255 = 7.8e-9; real activations are far above
+
+
+def has_degenerate_scale(model: bytes) -> bool:
+    """Whether an integer activation (not a constant) of the .tflite has the scale of a collapsed range."""
+    import tflite
+
+    root = tflite.Model.GetRootAsModel(model, 0)
+    for g in range(root.SubgraphsLength()):
+        graph = root.Subgraphs(g)
+        for t in range(graph.TensorsLength()):
+            tensor = graph.Tensors(t)
+            quant = tensor.Quantization()
+            if quant is None or quant.ScaleLength() != 1 or root.Buffers(tensor.Buffer()).DataLength():
+                continue
+            if tensor.Type() in (tflite.TensorType.INT8, tflite.TensorType.INT16) and \
+                    0 < quant.Scale(0) < DEGENERATE_SCALE:
+                return True
+    return False
 
 
 def _as_list(batch) -> list[np.ndarray]:
