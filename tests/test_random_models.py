@@ -21,9 +21,8 @@ from tests.differential import check
 from tests.random_models import BLOCKS, LAYER_BLOCKS, random_batch, random_model, shape_of
 
 SEEDS = range(20)
-# The CI corpus is random_model's default, the layer blocks, validated against the converter seed by seed. The
-# keras.ops blocks (probe=True) are opt-in: with them several seeds fail or abort the reference interpreter (open,
-# issue 8); benchmarks/fuzz_vs_converter.py runs them.
+# The CI corpus is random_model's default, the layer blocks, validated against the converter seed by seed; the
+# keras.ops blocks (probe=True) are opt-in (OPS_SEEDS below, and benchmarks/fuzz_vs_converter.py).
 MAX_DEPTH = 24  # blocks per CI model (the campaign goes to 160): keeps the 20 seeds within a few minutes
 
 # seed -> the cause, found by shrinking the model (random_model(seed, depth=k)) and comparing both .tflite files.
