@@ -1,6 +1,7 @@
 """Random-model campaign: qcompiler against TFLiteConverter on models from tests/random_models.py.
 
-    python benchmarks/fuzz_vs_converter.py --models 300 [--seed S] [--jobs N] [--max-depth K] [--calibrate-with EXECUTOR]
+    python benchmarks/fuzz_vs_converter.py --models 300 [--seed S] [--jobs N] [--max-depth K]
+        [--calibrate-with EXECUTOR]
         [--out fuzz.md] [--json fuzz.json] [--journal fuzz.jsonl]
 
 Seeds S, S+1, ... S+models-1. Each worker is a subprocess that checks seeds one by one (tests/differential.py:
@@ -127,7 +128,7 @@ def run_campaign(first: int, count: int, jobs: int, calibrate_with: str, timeout
 # ----------------------------------------------------------------------------------------------------
 # the report
 # ----------------------------------------------------------------------------------------------------
-CAUSE_ORDER = ("generator error", "import error", "compile error", "converter error", "float32 mismatch",
+CAUSE_ORDER = ("generator error", "import error", "compile error", "converter error", "keras error", "float32 mismatch",
                "I/O quant mismatch", "<99% identical", ">1 LSB", "size > converter + 1%", "crash")
 
 
@@ -136,7 +137,7 @@ def report(rows: list[dict], calibrate_with: str, seconds: float, max_depth: Opt
     failures = [r for r in rows if r.get("cause")]
     lines = [
         f"Random-model campaign ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit "
-        f"{commit.stdout.strip() or os.environ.get('FUZZ_COMMIT', '?')}, seeds {rows[0]['seed']}..{rows[-1]['seed']}, calibrate_with="
+        f"{os.environ.get('FUZZ_COMMIT') or commit.stdout.strip() or '?'}, seeds {rows[0]['seed']}..{rows[-1]['seed']}, calibrate_with="
         f"{calibrate_with or 'default'}, keras.ops blocks on, max depth {max_depth or 'each seed its own (<= 160)'}, "
         f"{seconds / 60:.1f} min): **{len(rows) - len(failures)} of {len(rows)} meet the bar** "
         "(equal int8 I/O quantization, >= 99% identical int8 outputs, <= 1 LSB, size <= converter + 1%, float32 "

@@ -27,7 +27,7 @@ SIZE_MARGIN = 1.01  # our .tflite at most 1% larger than the converter's
 FLOAT_RTOL = 1e-4  # float32 outputs vs Keras, relative to the output's largest magnitude
 
 # In the order they are tested: the first that applies is the model's cause.
-CAUSES = ("import error", "compile error", "converter error", "float32 mismatch", "I/O quant mismatch",
+CAUSES = ("import error", "compile error", "converter error", "keras error", "float32 mismatch", "I/O quant mismatch",
           "<99% identical", ">1 LSB", "size > converter + 1%", "crash")
 
 
@@ -141,7 +141,12 @@ def check(model, calibration: Sequence[np.ndarray], test: Sequence[np.ndarray], 
     except Exception as err:  # noqa: BLE001
         return _fail(verdict, "converter error", err)
     if ours_float is not None:
-        verdict.float_error = float_error(model, ours_float, test)
+        try:
+            verdict.float_error = float_error(model, ours_float, test)
+        except Exception as err:  # noqa: BLE001 - TensorFlow itself cannot run the Keras model (oneDNN errors)
+            if not type(err).__module__.startswith("tensorflow"):
+                raise
+            return _fail(verdict, "keras error", err)
         if not verdict.float_error <= FLOAT_RTOL:
             verdict.cause, verdict.detail = "float32 mismatch", f"relative error {verdict.float_error:.3g}"
             return verdict

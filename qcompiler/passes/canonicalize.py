@@ -230,8 +230,8 @@ RULES: list[Rule] = [
 @dataclass(frozen=True)
 class Canonicalize(RewritePass):
     name: ClassVar[str] = "canonicalize"
-    summary: ClassVar[str] = ("flatten->reshape, drop identities, no-op reshapes and transposes, reductions over size-1 axes and "
-                              "x+0/x-0/x*1, "
+    summary: ClassVar[str] = ("flatten->reshape, drop identities, no-op reshapes and transposes, reductions over "
+                              "size-1 axes and x+0/x-0/x*1, negations into add/sub, "
                               "min/max clamps->relu ops")
 
     def rules(self) -> Sequence[Rule]:
