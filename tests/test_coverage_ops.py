@@ -14,6 +14,7 @@ still unsupported.
 from __future__ import annotations
 
 import functools
+import re
 import warnings
 from typing import Callable
 
@@ -78,6 +79,7 @@ EXPRESSIONS: dict[str, Body] = {
     "expand_squeeze": lambda x, rng: ops.squeeze(ops.expand_dims(x, 1), 1) * 2.0,
     "concatenate": lambda x, rng: ops.concatenate([x, x * 2.0], axis=-1),
     "get_item": lambda x, rng: x[:, 1:, :-1, 1] + x[:, :-1, 1:, 0],
+    "pad_zero": lambda x, rng: ops.pad(x, [[0, 0], [1, 0], [0, 2], [0, 0]]),
     "matmul_constant": lambda x, rng: ops.matmul(x, rng.normal(0, 0.5, (x.shape[-1], 5)).astype(np.float32)),
 }
 
@@ -262,7 +264,8 @@ def test_other_modes_close_to_keras(name: str, mode: str) -> None:
 # ----------------------------------------------------------------------------------------------------
 _SHAPE_KEEPING = [name for name in CASES if name not in (
     "mean_spatial", "max_axis", "reshape", "matmul_constant", "softmax_last", "transpose", "concatenate",
-    "dense_rank4", "grouped_conv_depthwise", "sum_axis", "exp", "square", "divide_by_tensor", "get_item")]
+    "dense_rank4", "grouped_conv_depthwise", "sum_axis", "exp", "square", "divide_by_tensor", "get_item",
+    "pad_zero")]
 
 
 @functools.lru_cache(maxsize=None)
@@ -326,6 +329,17 @@ def test_unsupported_operation_argument_is_named():
     model = keras.Model(x, ops.mean(x, axis=0))
     with pytest.raises(UnsupportedLayerError, match=r"keras.ops operation 'mean(_\d+)?'.*numpy.Mean.*batch"):
         qcompiler.import_keras(model)
+
+
+@pytest.mark.parametrize("call, why", [
+    (lambda x: ops.pad(x, [[0, 0], [1, 1], [0, 0], [0, 0]], constant_values=1.0), "constant_values=1.0"),
+    (lambda x: ops.pad(x, [[0, 0], [1, 1], [0, 0], [0, 0]], mode="reflect"), "mode='reflect'"),
+    (lambda x: ops.pad(x, [[1, 0], [0, 0], [0, 0], [0, 0]]), "pads the batch axis"),
+])
+def test_pad_other_than_zeros_on_non_batch_axes_is_refused(call, why):
+    x = keras.Input((4, 4, 3))
+    with pytest.raises(UnsupportedLayerError, match=r"keras.ops operation 'pad(_\d+)?'.*" + re.escape(why)):
+        qcompiler.import_keras(keras.Model(x, call(x)))
 
 
 def test_unknown_custom_layer_is_refused_with_the_supported_list():

@@ -818,6 +818,10 @@ OPS: dict[str, OpDef] = {
         _def("rsqrt", 1, 1, {}, _same, _float64_unary(lambda x: 1.0 / np.sqrt(x)), _OWN_NO_I16, "RSQRT"),
         _def("sqrt", 1, 1, {}, _same, _float64_unary(np.sqrt), _OWN_NO_I16, "SQRT"),
         _def("abs", 1, 1, {}, _same, _unary(lambda x, a: np.abs(x)), _OWN, "ABS"),
+        # keras.ops.negative / square: TFLiteConverter writes NEG and SQUARE, float-only in integer models (a
+        # DEQUANTIZE/op/QUANTIZE island); qcompiler writes them the same way, so its int8 values are the converter's
+        _def("neg", 1, 1, {}, _same, _unary(lambda x, a: -x), _FLOAT, "NEG"),
+        _def("square", 1, 1, {}, _same, _unary(lambda x, a: x * x), _FLOAT, "SQUARE"),
         _def("exp", 1, 1, {}, _same, _float64_unary(np.exp), _OWN, "EXP"),
         _def("sum", 1, 1, dict(_AXES), _infer_reduce, _compute_sum, _OWN_NO_I16, "SUM"),
     ]

@@ -4,12 +4,14 @@ After the layer (its output channel c on the last axis; the constant a scalar or
 
     conv(x, w) + b -> mul by s   =   conv(x, w * s) + b * s
     conv(x, w) + b -> add t      =   conv(x, w) + (b + t)
+    conv(x, w) + b -> sub t      =   conv(x, w) + (b - t)           (t the second operand: x - t, not t - x)
 
 Before the layer, as Keras' Rescaling feeding a model (the constant a scalar; before a fully_connected also one
 value per input channel, as the converter does: it leaves a per-channel mul/add before a conv alone):
 
     conv(x * s, w) + b           =   conv(x, w * s) + b                   (w scaled along its input-channel axis)
     conv(x + t, w) + b           =   conv(x, w) + (b + sum over the kernel of w * t)
+    conv(x - t, w) + b           =   conv(x, w) + (b + sum over the kernel of w * -t)
 
 The second only holds without zero padding, so only for padding="valid" (and fully_connected); a SAME
 convolution would add t at the padded border too.
@@ -34,7 +36,7 @@ from qcompiler.passes.rewriter import (Const, Match, Pat, Rewriter, RewritePass,
 
 # conv2d, depthwise_conv2d, fully_connected: OpDef.weights.affine_foldable
 LAYERS = tuple(name for name, d in OPS.items() if d.weights and d.weights.affine_foldable)
-AFFINE = ("mul", "add")
+AFFINE = ("mul", "add", "sub")  # sub: by a constant second operand only (x - c), as the converter's patterns
 
 
 def _out_axis(layer: Node) -> int:
@@ -113,7 +115,7 @@ def _set_weights(layer: Node, rw: Rewriter, weights: Optional[np.ndarray], bias:
 # after the layer
 # ----------------------------------------------------------------------------------------------------
 def _after_pattern(op: str) -> Pat:
-    return Pat(op, Pat(LAYERS, capture="layer"), Const(capture="c"), commutative=True)
+    return Pat(op, Pat(LAYERS, capture="layer"), Const(capture="c"), commutative=op != "sub")
 
 
 def _after_constant(binary: Node, layer: Node) -> tuple[Optional[np.ndarray], Optional[str]]:
@@ -126,12 +128,19 @@ def _after_constant(binary: Node, layer: Node) -> tuple[Optional[np.ndarray], Op
     reason = _layer_reason(layer) or _binary_reason(binary)
     if reason is not None:
         return None, reason
+    if binary.op == "sub" and binary.operands[0] is not result:
+        return None, f"{binary.describe()} subtracts {layer.describe()} from a constant"
     constant = next(v for v in binary.operands if v is not result)
     channels = layer.operands[1].type.shape[_out_axis(layer)]
     values = _per_channel(binary, constant, result, channels)
     if values is None:
         return None, f"%{constant.name} {constant.type} is not a scalar or one value per output channel ({channels})"
-    return values, None
+    return _signed(binary, values), None
+
+
+def _signed(binary: Node, values: np.ndarray) -> np.ndarray:
+    """A sub by c folds as an add of -c (negation is exact in float32: b + -c == b - c bit for bit)."""
+    return -values if binary.op == "sub" else values
 
 
 def _after_check(m: Match) -> Optional[str]:
@@ -156,8 +165,8 @@ def _fold_after(m: Match, rw: Rewriter) -> None:
 # ----------------------------------------------------------------------------------------------------
 # before the layer
 # ----------------------------------------------------------------------------------------------------
-def _before_pattern() -> Pat:
-    return Pat(LAYERS, Pat(AFFINE, Var("x"), Const(capture="c"), capture="binary", commutative=True),
+def _before_pattern(ops: tuple[str, ...]) -> Pat:
+    return Pat(LAYERS, Pat(ops, Var("x"), Const(capture="c"), capture="binary", commutative="sub" not in ops),
                capture="layer")
 
 
@@ -182,7 +191,7 @@ def _before_check(m: Match) -> Optional[str]:
     values = _per_channel(binary, m["c"], x, channels)
     if values is None:
         return f"%{m['c'].name} {m['c'].type} is not a scalar or one value per input channel ({channels})"
-    m.memo["c"] = values
+    m.memo["c"] = _signed(binary, values)
     return None
 
 
@@ -215,7 +224,9 @@ def _fold_before(m: Match, rw: Rewriter) -> None:
 RULES: list[Rule] = [
     Rule("fold-mul-after", _after_pattern("mul"), _fold_after, _after_check),
     Rule("fold-add-after", _after_pattern("add"), _fold_after, _after_check),
-    Rule("fold-before", _before_pattern(), _fold_before, _before_check),
+    Rule("fold-sub-after", _after_pattern("sub"), _fold_after, _after_check),
+    Rule("fold-before", _before_pattern(("mul", "add")), _fold_before, _before_check),
+    Rule("fold-sub-before", _before_pattern(("sub",)), _fold_before, _before_check),
 ]
 
 
