@@ -3,7 +3,8 @@
     python benchmarks/zoo.py [--models ResNet50,VGG16] [--size 96] [--samples 20] [--jobs 1]
                              [--out zoo.md] [--json zoo.json]
 
-Per model (weights=None, batch-norm statistics randomized with a fixed seed, 1000 classes):
+Per model (weights=None, batch-norm statistics randomized with a fixed seed, or with `--batchnorm data` measured on
+the model's inputs, 1000 classes):
 - float32: compile time of both tools, op count, file size, interpreter latency, and each model's max abs error
   against Keras relative to max|Keras output|;
 - int8 (`--samples` calibration samples, the same for both tools), twice: the logits model
@@ -66,6 +67,7 @@ class Settings:
     timeout: float = 1200.0  # seconds per model
     warm_up: bool = True  # both tools compile a tiny model before anything is timed
     always_convert: bool = False  # run the converter even where qcompiler failed
+    batchnorm: str = "random"  # batch-norm statistics: "random" or "data" (tests/zoo.py keras_application)
 
     @classmethod
     def from_json(cls, text: str) -> "Settings":
@@ -76,7 +78,7 @@ class Settings:
 
 # ---------------------------------------------------------------- models
 
-def build(name: str, size: int, seed: int):
+def build(name: str, size: int, seed: int, batchnorm: str = "random"):
     """A keras.applications model by name (softmax head), or `module:function` for any builder
     `function(size)` returning a single-input Keras model that ends in a softmax Dense layer."""
     if ":" in name:
@@ -86,7 +88,7 @@ def build(name: str, size: int, seed: int):
         return getattr(importlib.import_module(module), function)(size)
     from tests.zoo import keras_application
 
-    return keras_application(name, size, seed)
+    return keras_application(name, size, seed, batchnorm)
 
 
 def input_batch(name: str, model, n: int, seed: int) -> np.ndarray:
@@ -324,7 +326,7 @@ def measure_model(name: str, settings: Settings, row_path: Path) -> dict:
         tmp = Path(tmp_dir)
         models = {}
         with rec.step("build"):
-            models["outputs"] = build(name, settings.size, settings.seed)
+            models["outputs"] = build(name, settings.size, settings.seed, settings.batchnorm)
             from tests.zoo import logits_model
 
             models["float32"] = models["logits"] = logits_model(models["outputs"])
@@ -532,7 +534,10 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int, not_
         + (f" · {header['wall_minutes']} min" if "wall_minutes" in header else ""),
         "",
         f"Input {settings.size}x{settings.size} (larger where a model requires it), weights=None, batch-norm "
-        f"statistics randomized (seed {settings.seed}), 1000 classes; int8 calibrated on the same {settings.samples} "
+        + (f"statistics randomized (seed {settings.seed})" if settings.batchnorm == "random" else
+           f"statistics from the data (random gamma and beta, seed {settings.seed}; moving statistics measured on 8 "
+           "preprocessed inputs)")
+        + f", 1000 classes; int8 calibrated on the same {settings.samples} "
         f"samples by both tools; values compared on {settings.eval_samples} other samples under BUILTIN_REF; latency "
         f"is the median over {settings.latency_runs} rounds of the fastest of {LATENCY_PER_ROUND} (or as many as fill "
         f"{LATENCY_ROUND_SECONDS * 1000:.0f} ms, up to 100) single-threaded "
@@ -816,6 +821,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                              f"(more for fast models, up to {LATENCY_ROUND_SECONDS * 1000:.0f} ms)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batchnorm", choices=("random", "data"), default="random",
+                        help="batch-norm statistics: random (default) or measured on the model's own inputs, which "
+                             "keeps deep networks' activations O(1) (tests/zoo.py batchnorm_from_data)")
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per model")
     parser.add_argument("--always-convert", action="store_true",
                         help="run the converter in a mode even where qcompiler failed (default: skip it)")
@@ -849,7 +857,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     names = [n for n in names if n not in set(args.skip.split(","))]
     settings = Settings(size=args.size, samples=args.samples, eval_samples=args.eval_samples,
                         latency_runs=args.latency_runs, seed=args.seed, modes=modes, timeout=args.timeout,
-                        always_convert=args.always_convert)
+                        always_convert=args.always_convert, batchnorm=args.batchnorm)
     header = machine()
     started = time.perf_counter()
     kept = previous_rows(args.update, settings, names) if args.update is not None else []

@@ -129,11 +129,17 @@ def keras_application_names() -> list[str]:
     return sorted(name for name in dir(apps) if name[:1].isupper() and callable(getattr(apps, name)))
 
 
-def keras_application(name: str, size: int, seed: int = 0) -> keras.Model:
+BATCHNORM_STATISTICS = ("random", "data")
+
+
+def keras_application(name: str, size: int, seed: int = 0, batchnorm: str = "random") -> keras.Model:
     """keras.applications.`name` (weights=None, 1000 classes, softmax) at size x size (or the model's minimum size
-    if that is larger), with randomized batch-norm statistics."""
+    if that is larger), with batch-norm statistics `batchnorm`: "random" (randomize_batchnorm) or "data"
+    (batchnorm_from_data on the model's own preprocessed inputs)."""
     import re
 
+    if batchnorm not in BATCHNORM_STATISTICS:
+        raise ValueError(f"batchnorm must be one of {BATCHNORM_STATISTICS}, got {batchnorm!r}")
     constructor = getattr(keras.applications, name)
     keras.utils.set_random_seed(seed)
     try:
@@ -142,8 +148,44 @@ def keras_application(name: str, size: int, seed: int = 0) -> keras.Model:
         minimum = re.search(r"at least (\d+)x(\d+)", str(err))
         if minimum is None or int(minimum.group(1)) <= size:
             raise
-        return keras_application(name, int(minimum.group(1)), seed)
+        return keras_application(name, int(minimum.group(1)), seed, batchnorm)
+    if batchnorm == "data":
+        size = int(model.inputs[0].shape[1])
+        return batchnorm_from_data(model, keras_application_inputs(name, size, 8, seed + 1000), seed)
     return randomize_batchnorm(model, seed)
+
+
+def batchnorm_from_data(model: keras.Model, x: np.ndarray, seed: int) -> keras.Model:
+    """Batch-norm statistics that keep activations O(1), as a trained network's are: random gamma and beta (as
+    randomize_batchnorm), then every moving mean and variance set to the batch statistics of its input on `x`, all
+    in one forward pass in training mode (momentum 0, dropout and stochastic depth off), so each layer sees the
+    activations of the layers before it with their final statistics. randomize_batchnorm's statistics are
+    independent of the activations: through a deep network with residual additions (EfficientNetV2B1+, B6, B7)
+    the activations grow or vanish block by block, and the network amplifies float32 rounding (see
+    benchmarks/float_error.py)."""
+    rng = np.random.default_rng(seed)
+    norms, saved = [], []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        for attribute in ("rate", "drop_path_rate"):  # Dropout (EfficientNet drop-connect), StochasticDepth
+            if isinstance(getattr(layer, attribute, None), float):
+                saved.append((layer, attribute, getattr(layer, attribute)))
+                setattr(layer, attribute, 0.0)
+        if isinstance(layer, layers.BatchNormalization):
+            shape = tuple(layer.moving_mean.shape)
+            if layer.scale:
+                layer.gamma.assign(rng.uniform(0.5, 1.5, shape).astype(np.float32))
+            if layer.center:
+                layer.beta.assign(rng.normal(0.0, 0.2, shape).astype(np.float32))
+            norms.append((layer, layer.momentum))
+            layer.momentum = 0.0
+    try:
+        model(x, training=True)
+    finally:
+        for layer, attribute, value in saved:
+            setattr(layer, attribute, value)
+        for layer, momentum in norms:
+            layer.momentum = momentum
+    return model
 
 
 def logits_model(model: keras.Model) -> keras.Model:
