@@ -179,8 +179,9 @@ def _deep_residual(depth: int):
 
 def test_batchnorm_from_data_normalizes_each_layer_on_its_inputs():
     """Every batch norm, in inference mode on the data it was set from, outputs per channel mean beta and standard
-    deviation gamma (its moving statistics are its input's batch statistics with the earlier layers' final ones);
-    the activations of a deep residual stack stay O(1), where randomize_batchnorm's grow with depth."""
+    deviation gamma * sqrt(v / (v + 1 + eps)) for its input's variance v (its moving statistics are measured on its
+    input with the earlier layers' statistics final); the activations of a deep residual stack stay O(1), where
+    randomize_batchnorm's grow with depth."""
     import keras
 
     from tests.zoo import batchnorm_from_data, randomize_batchnorm
@@ -193,8 +194,8 @@ def test_batchnorm_from_data_normalizes_each_layer_on_its_inputs():
         y = np.asarray(y, np.float64).reshape(-1, y.shape[-1])
         gamma, beta = np.asarray(layer.gamma), np.asarray(layer.beta)
         np.testing.assert_allclose(y.mean(0), beta, atol=2e-3, err_msg=layer.name)
-        variance = np.asarray(layer.moving_variance, np.float64)
-        np.testing.assert_allclose(y.std(0), np.abs(gamma) * np.sqrt(variance / (variance + layer.epsilon)),
+        variance = np.asarray(layer.moving_variance, np.float64) - 1.0  # the input's variance
+        np.testing.assert_allclose(y.std(0), np.abs(gamma) * np.sqrt(variance / (variance + 1.0 + layer.epsilon)),
                                    rtol=2e-3, atol=1e-3, err_msg=layer.name)
     data_scale = float(np.abs(model(x)).max())
     random_scale = float(np.abs(randomize_batchnorm(_deep_residual(12), seed=3)(x)).max())

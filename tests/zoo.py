@@ -156,35 +156,43 @@ def keras_application(name: str, size: int, seed: int = 0, batchnorm: str = "ran
 
 
 def batchnorm_from_data(model: keras.Model, x: np.ndarray, seed: int) -> keras.Model:
-    """Batch-norm statistics that keep activations O(1), as a trained network's are: random gamma and beta (as
-    randomize_batchnorm), then every moving mean and variance set to the batch statistics of its input on `x`, all
-    in one forward pass in training mode (momentum 0, dropout and stochastic depth off), so each layer sees the
-    activations of the layers before it with their final statistics. randomize_batchnorm's statistics are
-    independent of the activations: through a deep network with residual additions (EfficientNetV2B1+, B6, B7)
-    the activations grow or vanish block by block, and the network amplifies float32 rounding (see
-    benchmarks/float_error.py)."""
+    """Batch-norm statistics under which no layer amplifies and activations stay O(1): random gamma and beta (as
+    randomize_batchnorm); then, in one inference forward pass on `x` in which each batch norm first measures its
+    own input (the earlier layers' statistics already final), moving mean = the per-channel mean and moving
+    variance = the per-channel variance + 1 (a channel's gain gamma / sqrt(variance + 1) is at most gamma, and
+    its output's deviation at most gamma times its input's).
+
+    randomize_batchnorm's statistics are independent of the activations: through a deep network with residual
+    additions (EfficientNetV2B1+, B6, B7) the activations grow block by block and the network amplifies float32
+    rounding (benchmarks/float_error.py measures how much). Normalizing to exactly unit variance instead (+ 0)
+    amplifies too: deep features of random-pixel images hardly differ between images, and dividing by that small
+    spread makes a network that blows up on other images."""
+    import types
+
     rng = np.random.default_rng(seed)
-    norms, saved = [], []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        for attribute in ("rate", "drop_path_rate"):  # Dropout (EfficientNet drop-connect), StochasticDepth
-            if isinstance(getattr(layer, attribute, None), float):
-                saved.append((layer, attribute, getattr(layer, attribute)))
-                setattr(layer, attribute, 0.0)
-        if isinstance(layer, layers.BatchNormalization):
-            shape = tuple(layer.moving_mean.shape)
-            if layer.scale:
-                layer.gamma.assign(rng.uniform(0.5, 1.5, shape).astype(np.float32))
-            if layer.center:
-                layer.beta.assign(rng.normal(0.0, 0.2, shape).astype(np.float32))
-            norms.append((layer, layer.momentum))
-            layer.momentum = 0.0
+    norms = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+             if isinstance(layer, layers.BatchNormalization)]
+
+    def measuring_call(layer, inputs, *args, **kwargs):
+        values = np.asarray(inputs, np.float64)
+        axes = tuple(i for i in range(values.ndim) if i != layer.axis % values.ndim)
+        variance = values.var(axis=axes)
+        layer.moving_mean.assign(values.mean(axis=axes).astype(np.float32))
+        layer.moving_variance.assign((variance + 1.0).astype(np.float32))
+        return type(layer).call(layer, inputs, *args, **kwargs)
+
+    for layer in norms:
+        shape = tuple(layer.moving_mean.shape)
+        if layer.scale:
+            layer.gamma.assign(rng.uniform(0.5, 1.5, shape).astype(np.float32))
+        if layer.center:
+            layer.beta.assign(rng.normal(0.0, 0.2, shape).astype(np.float32))
+        layer.call = types.MethodType(measuring_call, layer)
     try:
-        model(x, training=True)
+        model(x, training=False)
     finally:
-        for layer, attribute, value in saved:
-            setattr(layer, attribute, value)
-        for layer, momentum in norms:
-            layer.momentum = momentum
+        for layer in norms:
+            del layer.call
     return model
 
 
