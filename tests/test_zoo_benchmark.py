@@ -161,3 +161,43 @@ def _header() -> dict:
 
 if __name__ == "__main__":
     pytest.main([__file__])
+
+
+def _deep_residual(depth: int):
+    """`depth` conv -> batch norm -> swish blocks with residual additions, as EfficientNet stacks them."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 4))
+    x = layers.Conv2D(16, 1)(inputs)
+    for i in range(depth):
+        y = layers.BatchNormalization(name=f"bn{i}")(layers.Conv2D(16, 3, padding="same")(x))
+        x = layers.Add()([x, layers.Activation("swish")(y)])
+    return keras.Model(inputs, layers.GlobalAveragePooling2D()(x))
+
+
+def test_batchnorm_from_data_normalizes_each_layer_on_its_inputs():
+    """Every batch norm, in inference mode on the data it was set from, outputs per channel mean beta and standard
+    deviation gamma * sqrt(v / (v + 1 + eps)) for its input's variance v (its moving statistics are measured on its
+    input with the earlier layers' statistics final); the activations of a deep residual stack stay O(1), where
+    randomize_batchnorm's grow with depth."""
+    import keras
+
+    from tests.zoo import batchnorm_from_data, randomize_batchnorm
+
+    x = np.random.default_rng(0).standard_normal((8, 8, 8, 4)).astype(np.float32)
+    model = batchnorm_from_data(_deep_residual(12), x, seed=3)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    outputs = keras.Model(model.input, [layer.output for layer in norms])(x, training=False)
+    for layer, y in zip(norms, outputs):
+        y = np.asarray(y, np.float64).reshape(-1, y.shape[-1])
+        gamma, beta = np.asarray(layer.gamma), np.asarray(layer.beta)
+        np.testing.assert_allclose(y.mean(0), beta, atol=2e-3, err_msg=layer.name)
+        variance = np.asarray(layer.moving_variance, np.float64) - 1.0  # the input's variance
+        np.testing.assert_allclose(y.std(0), np.abs(gamma) * np.sqrt(variance / (variance + 1.0 + layer.epsilon)),
+                                   rtol=2e-3, atol=1e-3, err_msg=layer.name)
+    data_scale = float(np.abs(model(x)).max())
+    random_scale = float(np.abs(randomize_batchnorm(_deep_residual(12), seed=3)(x)).max())
+    print(f"max |output|: {data_scale:.3g} (statistics from the data), {random_scale:.3g} (random statistics)")
+    assert data_scale < 10 < random_scale, (data_scale, random_scale)

@@ -13,7 +13,8 @@ value per input channel, as the converter does: it leaves a per-channel mul/add 
     conv(x + t, w) + b           =   conv(x, w) + (b + sum over the kernel of w * t)
     conv(x - t, w) + b           =   conv(x, w) + (b + sum over the kernel of w * -t)
 
-The second only holds without zero padding, so only for padding="valid" (and fully_connected); a SAME
+The first holds with any zero padding (0 * s = 0: EfficientNet's Rescaling folds into its SAME stem conv, as the
+converter folds it); the second only without, so only for padding="valid" (and fully_connected): a SAME
 convolution would add t at the padded border too.
 
 This is what TFLiteConverter does before quantizing, in its order and in float32 step by step, so the folded
@@ -177,7 +178,7 @@ def _before_check(m: Match) -> Optional[str]:
             return f"{user.describe()} after {layer.describe()} folds first"
     if (reason := single_use_reason(binary)) is not None:
         return reason
-    if layer.attrs.get("padding", "valid") != "valid":
+    if binary.op == "add" and layer.attrs.get("padding", "valid") != "valid":
         return f"{layer.describe()} has padding '{layer.attrs['padding']}'; its zero border would change"
     if layer.op != "fully_connected" and has_data(m["c"]) and m["c"].data.size != 1:
         return (f"%{m['c'].name} {m['c'].type} is per channel: the converter folds only a scalar mul/add into a "
