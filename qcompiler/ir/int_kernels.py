@@ -470,6 +470,130 @@ def _gelu_kernel(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
     return _lut(_gelu(node.attrs["approximate"]))(node, args)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# elementwise.cc (ABS, RSQRT, SQRT), exp.cc, squared_difference.cc, reduce.cc (SUM)
+# ---------------------------------------------------------------------------------------------------------
+def _abs(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """AbsEvalQuantized (int8, int16): |code - zp_in|, rescaled by QuantizeMultiplier(f32(in / out)) unless the
+    float32 scales are equal, + zp_out, saturated."""
+    src, out = node.operands[0], node.result
+    value = np.abs(args[0].astype(np.int64) - _zp(src))
+    in_scale, out_scale = np.float32(_scale(src)), np.float32(_scale(out))
+    if in_scale != out_scale:
+        value = _mbqm(node, value, *qm.quantize_multiplier(float(np.float32(in_scale / out_scale))))
+    return _out(node, value + _zp(out), *qm.qrange(out.type.dtype))
+
+
+def _require_non_negative(node: Node, centred: np.ndarray, what: str) -> None:
+    """RSQRT/SQRT refuse inputs below the zero point at run time (the interpreter fails); so do we."""
+    if centred.size and centred.min() < 0:
+        raise IRError(f"{node.describe()}: {what} is only defined for non-negative values, and an input code is "
+                      f"below the zero point {_zp(node.operands[0])}; TFLite fails to invoke such a model")
+
+
+def _inv_sqrt_multiplier(value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """GetInvSqrtQuantizedMultiplierExp(value, kReverseShift = -1) for int32 values >= 0, vectorised:
+    1/sqrt(value) = multiplier * 2^(shift - 31), by five Newton-Raphson steps in gemmlowp Q3.28 fixed point."""
+    x = np.asarray(value, np.int64).copy()
+    trivial = x <= 1
+    x = np.where(trivial, 2, x)
+    shift = np.full(x.shape, 11, np.int64)
+    while np.any(x >= 1 << 29):
+        big = x >= 1 << 29
+        x, shift = np.where(big, x // 4, x), shift + big
+    clz = 32 - np.frexp(x.astype(np.float64))[1].astype(np.int64)  # CountLeadingZeros(uint32)
+    pairs = (clz - 1) // 2 - 1
+    shift, x = shift - pairs, x << (2 * pairs)
+    srdhm, pot = qm.saturating_rounding_doubling_high_mul, qm.saturating_rounding_multiply_by_pot
+    half_input = qm.rounding_divide_by_pot(x >> 1, 1)
+    half_three = (1 << 28) + (1 << 27)
+    guess = np.full(x.shape, 1 << 28, np.int64)
+    for _ in range(5):
+        cube = pot(srdhm(srdhm(guess, guess), guess), 6)
+        guess = pot(srdhm(half_three, guess) - srdhm(half_input, cube), 3)
+    multiplier = srdhm(guess, 1518500250)  # times sqrt(2) / 2 in Q0.31
+    multiplier = np.where(shift < 0, _wrap32(multiplier << np.maximum(-shift, 0)), multiplier)
+    shift = -np.maximum(shift, 0)
+    return np.where(trivial, 2**31 - 1, multiplier), np.where(trivial, 0, shift)
+
+
+def _wrap32(x: np.ndarray) -> np.ndarray:
+    return ((x + 2**31) & (2**32 - 1)) - 2**31
+
+
+def _rsqrt(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """RsqrtEvalQuantizedInt8: a fixed-point 1/sqrt(code - zp_in) carried with 20 extra bits, times
+    QuantizeMultiplier(1 / (sqrtf(in) * out)); code == zp_in gives 127 (the output's maximum)."""
+    src, out = node.operands[0], node.result
+    if out.type.dtype != "i8":
+        raise NotImplementedError(f"rsqrt on {out.type.dtype}")
+    value = args[0].astype(np.int64) - _zp(src)
+    _require_non_negative(node, value, "RSQRT")
+    f = np.float32
+    m, s = qm.quantize_multiplier(1.0 / float(f(np.sqrt(f(_scale(src))) * f(_scale(out)))))
+    inv_m, inv_s = _inv_sqrt_multiplier(value)
+    k_shift = 20  # keeps the intermediate an integer
+    data = qm.multiply_by_quantized_multiplier(np.ones_like(value), inv_m, inv_s + k_shift, single_rounding=False)
+    result = _mbqm(node, data, m, s - k_shift) + _zp(out)
+    qmin, qmax = qm.qrange("i8")
+    return _out(node, np.where(value == 0, qmax, result), qmin, qmax)
+
+
+def _sqrt(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """SqrtEvalQuantized: float32 sqrt of f32(in_scale * (code - zp_in)), divided by the output scale in
+    float32 and truncated toward zero (static_cast<int>), + zp_out, saturated."""
+    src, out = node.operands[0], node.result
+    f = np.float32
+    real = (f(_scale(src)) * (args[0].astype(np.int64) - _zp(src)).astype(f)).astype(f)
+    _require_non_negative(node, real, "SQRT")
+    scaled = (np.sqrt(real) / f(_scale(out))).astype(f)
+    return _out(node, np.trunc(scaled).astype(np.int64) + _zp(out), *qm.qrange(out.type.dtype))
+
+
+def _exp(x: np.ndarray) -> np.ndarray:
+    """std::exp on float32 (glibc's expf, correctly rounded): exp in float64 rounded to float32."""
+    return np.exp(np.asarray(x, np.float64)).astype(np.float32)
+
+
+def _squared_difference(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """SquaredDifference (int8): both inputs << 7 rescaled to twice the larger input scale, the difference
+    squared in int32 and rescaled by (2 max)^2 / (2^14 out); every multiplier from
+    QuantizeMultiplierSmallerThanOneExp (TFLite aborts unless it is below 1)."""
+    a, b, out = node.operands[0], node.operands[1], node.result
+    if out.type.dtype != "i8":
+        raise NotImplementedError(f"squared_difference on {out.type.dtype}")
+    sa, sb, so = f32_scales = [float(np.float32(_scale(v))) for v in (a, b, out)]
+    twice_max = 2.0 * max(sa, sb)
+    real_out = twice_max * twice_max / float(np.float32(np.float32(1 << 14) * np.float32(so)))
+    if not 0.0 < real_out < 1.0:
+        raise IRError(f"{node.describe()}: SQUARED_DIFFERENCE needs (2 * max input scale)^2 / (2^14 * output scale) "
+                      f"below 1, got {real_out:.4g} (scales {f32_scales}); TFLite aborts on such a model. Widen the "
+                      f"output range")
+    left_shift = 7
+    x1 = _mbqm(node, (args[0].astype(np.int64) - _zp(a)) << left_shift, *qm.quantize_multiplier(sa / twice_max))
+    x2 = _mbqm(node, (args[1].astype(np.int64) - _zp(b)) << left_shift, *qm.quantize_multiplier(sb / twice_max))
+    diff = x1 - x2
+    raw = _mbqm(node, diff * diff, *qm.quantize_multiplier(real_out)) + _zp(out)
+    return _out(node, raw, *qm.qrange("i8"))
+
+
+def _sum(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """optimized_ops::QuantizedMeanOrSum (sum), the kernel of the BUILTIN resolver: in float32,
+    round(sum(codes) * f32(in / out) + f32(-zp_in * scale * count)) + zp_out, saturated. (BUILTIN_REF's int8 SUM in
+    ai-edge-litert 2.3 reads the int8 codes as uint8 and saturates to [0, 255]: see BUILTIN_REF_DIFFERS.)"""
+    src, out = node.operands[0], node.result
+    if out.type.dtype not in ("i8", "u8"):
+        raise NotImplementedError(f"sum on {out.type.dtype}")
+    f = np.float32
+    x = args[0].astype(np.int64)
+    axes = tuple(_normalize_axes(node.attrs["axes"], x.ndim))
+    count = int(np.prod([x.shape[a] for a in axes])) if axes else 1
+    scale = f(f(_scale(src)) / f(_scale(out)))
+    bias = f(f(f(-_zp(src)) * scale) * f(count))
+    total = x.sum(axis=axes, keepdims=node.attrs["keepdims"]).astype(f)
+    value = qm.round_half_away((total * scale + bias).astype(f)).astype(np.int64)
+    return _out(node, value + _zp(out), *qm.qrange(out.type.dtype))
+
 INT_KERNELS: dict[str, IntKernel] = {
     "quantize": _requantize_or_quantize,
     "dequantize": _dequantize,
@@ -497,6 +621,12 @@ INT_KERNELS: dict[str, IntKernel] = {
     **{name: _float_op(name) for name in ("maximum", "minimum", "reduce_max", "reduce_min", "flatten", "reshape",
                                           "slice", "resize_nearest", "batch_to_space", "transpose")},
     "space_to_batch": _zero_point_op("space_to_batch"),
+    "abs": _abs,
+    "exp": _lut(_exp),
+    "rsqrt": _rsqrt,
+    "sqrt": _sqrt,
+    "squared_difference": _squared_difference,
+    "sum": _sum,
 }
 
 # Ops lower-to-int emits that have no integer kernel here yet: the interpreter simulates them (dequantize, float op,
