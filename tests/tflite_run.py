@@ -7,9 +7,10 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 
-def run_tflite(model: bytes, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+def run_tflite(model: bytes, inputs: Sequence[np.ndarray],
+               resolver: OpResolverType = OpResolverType.BUILTIN_REF) -> list[np.ndarray]:
     """Feed raw arrays (already in the model's input dtypes) and return raw outputs, batch resized."""
-    interp = Interpreter(model_content=model, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    interp = Interpreter(model_content=model, experimental_op_resolver_type=resolver)
     details = interp.get_input_details()
     for detail, array in zip(details, inputs):
         interp.resize_tensor_input(detail["index"], list(array.shape))

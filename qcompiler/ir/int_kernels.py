@@ -543,6 +543,8 @@ def _sqrt(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
     """SqrtEvalQuantized: float32 sqrt of f32(in_scale * (code - zp_in)), divided by the output scale in
     float32 and truncated toward zero (static_cast<int>), + zp_out, saturated."""
     src, out = node.operands[0], node.result
+    if out.type.dtype != "i8":
+        raise NotImplementedError(f"sqrt on {out.type.dtype}")
     f = np.float32
     real = (f(_scale(src)) * (args[0].astype(np.int64) - _zp(src)).astype(f)).astype(f)
     _require_non_negative(node, real, "SQRT")
@@ -582,7 +584,7 @@ def _sum(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
     round(sum(codes) * f32(in / out) + f32(-zp_in * scale * count)) + zp_out, saturated. (BUILTIN_REF's int8 SUM in
     ai-edge-litert 2.3 reads the int8 codes as uint8 and saturates to [0, 255]: see BUILTIN_REF_DIFFERS.)"""
     src, out = node.operands[0], node.result
-    if out.type.dtype not in ("i8", "u8"):
+    if out.type.dtype != "i8":
         raise NotImplementedError(f"sum on {out.type.dtype}")
     f = np.float32
     x = args[0].astype(np.int64)
@@ -629,11 +631,14 @@ INT_KERNELS: dict[str, IntKernel] = {
     "sum": _sum,
 }
 
-# Ops lower-to-int emits that have no integer kernel here yet: the interpreter simulates them (dequantize, float op,
-# quantize), close to but not bit-exact with TFLite's integer kernels (elementwise.cc's requantizing ABS/RSQRT/SQRT,
-# EXP's table, SQUARED_DIFFERENCE's left-shifted difference, SUM's QuantizedMeanOrSum). A new op goes in one of
-# INT_KERNELS or this set (tests/test_int_interpreter.py holds them to that).
-SIMULATED_OPS: frozenset[str] = frozenset({"abs", "exp", "rsqrt", "sqrt", "squared_difference", "sum"})
+# Ops lower-to-int emits that have no integer kernel here: the interpreter would simulate them (dequantize, float op,
+# quantize). A new op goes in one of INT_KERNELS or this set (tests/test_int_interpreter.py holds them to that).
+SIMULATED_OPS: frozenset[str] = frozenset()
+
+# Ops whose kernel above is not BUILTIN_REF's: ai-edge-litert 2.3's reference int8 SUM reads the int8 codes as uint8
+# (QuantizedMeanOrSum<uint8_t> on the same bytes, saturated to [0, 255]): e.g. -1 is summed as 255. `_sum` computes
+# what the BUILTIN resolver (optimized_ops::QuantizedMeanOrSum, and XNNPACK) computes instead, and is compared with it.
+BUILTIN_REF_DIFFERS: frozenset[str] = frozenset({"sum"})
 
 # Ops whose kernel above covers only some dtypes (the others raise NotImplementedError and are simulated).
 # int16 LOGISTIC/TANH: the kernel interpolates a 256-entry sigmoid table that _SIGMOID_TABLE regenerates from
@@ -642,3 +647,5 @@ SIMULATED_OPS: frozenset[str] = frozenset({"abs", "exp", "rsqrt", "sqrt", "squar
 # 1 of 360 values at 1 LSB), so it is listed as inexact too.
 EXACT_DTYPES: dict[str, tuple[str, ...]] = {"hard_swish": ("i8", "u8"), "sigmoid": ("i8", "u8"), "tanh": ("i8", "u8"),
                                             "gelu": ("i8", "u8")}
+# int16 RSQRT/SQRT/SQUARED_DIFFERENCE/SUM: lower-to-int keeps them float in 16x8 models; their kernels are int8 only.
+EXACT_DTYPES.update({op: ("i8",) for op in ("rsqrt", "sqrt", "squared_difference", "sum")})
