@@ -300,7 +300,6 @@ def _random_model_case(seed: int, mode: str) -> Optional[str]:
     from qcompiler import api
     from qcompiler.backend.tflite_writer import write_tflite
     from qcompiler.errors import QCompilerError
-    from qcompiler.validate.compare import GraphModel, TFLiteModel
     from tests.random_models import LAYER_BLOCKS, random_batch, random_model
 
     # ELU has no BUILTIN_REF kernel; ReLU(threshold) and ELU(alpha) import as greater/select (not quantizable)
@@ -315,11 +314,20 @@ def _random_model_case(seed: int, mode: str) -> Optional[str]:
     arrays = [by_name.get(v.name, a) for v, a in zip(graph.inputs, random_batch(spec.model, 8, seed + 1))]
     feed = [qm.quantize(a, v.type.quant, v.type.dtype) for a, v in zip(arrays, graph.inputs)]
     try:
-        reference = TFLiteModel(flat, f"seed {seed}").run(feed)
+        checked = _compare_every_tensor(graph, flat, feed, f"seed {seed} {mode}")
     except QCompilerError as err:  # ELU (no BUILTIN_REF kernel), or a model TFLite refuses (a lowering bug)
         return str(err).splitlines()[0]
+    return None if checked else "no tensor depends only on bit-exact kernels"
+
+
+def _compare_every_tensor(graph, flat: bytes, feed: list[np.ndarray], what: str) -> int:
+    """Every tensor of `graph` that depends only on bit-exact kernels (not on an op `inexact_nodes` lists, nor on
+    one in BUILTIN_REF_DIFFERS) equals BUILTIN_REF's tensor of the same name; returns how many were compared."""
+    from qcompiler.validate.compare import GraphModel, TFLiteModel
+
+    reference = TFLiteModel(flat, what).run(feed)
     ours = GraphModel(graph).run(feed)
-    differs = [n for n in graph.nodes if n.op in BUILTIN_REF_DIFFERS]  # not BUILTIN_REF's kernel, on purpose
+    differs = [n for n in graph.nodes if n.op in BUILTIN_REF_DIFFERS and not n.result.type.is_float]  # on purpose
     tainted = {id(v) for n in inexact_nodes(graph) + differs for v in n.results}
     checked = 0
     for node in graph.nodes:
@@ -329,9 +337,9 @@ def _random_model_case(seed: int, mode: str) -> Optional[str]:
             if id(v) in tainted or v.name not in reference.tensors:
                 continue
             np.testing.assert_array_equal(ours.tensors[v.name].values, reference.tensors[v.name].values,
-                                          err_msg=f"seed {seed} {mode}: %{v.name} ({node.op})")
+                                          err_msg=f"{what}: %{v.name} ({node.op})")
             checked += 1
-    return None if checked else "no tensor depends only on bit-exact kernels"
+    return checked
 
 
 def _check_random_models(seeds: range, mode: str, at_least: int) -> None:
@@ -348,3 +356,32 @@ def test_random_models_are_identical_to_builtin_ref() -> None:
 @pytest.mark.parametrize("mode,at_least", [("int8", 20), ("int16x8", 1)])
 def test_fifty_random_models_are_identical_to_builtin_ref(mode: str, at_least: int) -> None:
     _check_random_models(range(100, 150), mode, at_least)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# models with ABS, EXP, RSQRT, SQRT, SQUARED_DIFFERENCE, SUM (tests/test_coverage_ops.py cases)
+# ---------------------------------------------------------------------------------------------------------
+ELEMENTWISE_CASES = ["abs_sqrt", "rsqrt", "exp", "sum_axis", "layer_norm", "layer_norm_rms"]
+
+
+@pytest.mark.parametrize("mode", ["int8", "int16x8"])
+@pytest.mark.parametrize("name", ELEMENTWISE_CASES)
+def test_models_with_elementwise_ops_are_identical_to_builtin_ref(name: str, mode: str) -> None:
+    """Every tensor; in 16x8 RSQRT/SQRT/SQUARED_DIFFERENCE/SUM are float islands between DEQUANTIZE/QUANTIZE."""
+    import warnings
+
+    from qcompiler import api
+    from qcompiler.backend.tflite_writer import write_tflite
+    from tests.test_coverage_ops import case_model
+
+    model = case_model(name)
+    data = np.random.default_rng(0).standard_normal((24, *model.inputs[0].shape[1:])).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FloatOpsWarning for the 16x8 float islands
+        graph = api.quantize(model, mode, data[:16])
+    feed = [qm.quantize(data[16:], graph.inputs[0].type.quant, graph.inputs[0].type.dtype)]
+    ops = {n.op for n in graph.nodes}
+    assert ops & {"abs", "exp", "rsqrt", "sqrt", "squared_difference", "sum"}, ops
+    assert not inexact_nodes(graph)
+    checked = _compare_every_tensor(graph, write_tflite(graph), feed, f"{name} {mode}")
+    assert checked >= 3
