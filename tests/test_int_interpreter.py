@@ -74,7 +74,7 @@ def op_cases(draw, op: str, dtype: str):
     out_q = draw(qparams(dtype))
     if op in FIXED:
         out_q = QParams.per_tensor(*FIXED[op][dtype])
-    if op in SAME_PARAMS:
+    if op in SAME_PARAMS or (op in ("abs", "sum") and draw(st.booleans())):  # abs: the no-rescale path
         out_q = in_q
     if op == "hard_swish":  # TFLite refuses output multipliers above 1
         assume(np.float32(in_q.scale[0]) / np.float32(128) <= np.float32(out_q.scale[0]))
@@ -147,7 +147,9 @@ def _squared_difference_multiplier(a: QParams, b: QParams, out: QParams) -> floa
 
 def _codes_at_or_above_zero_point(t: TensorType, batch: int, rng: np.random.Generator) -> np.ndarray:
     shape = [batch if d is None else d for d in t.shape]
-    return rng.integers(t.quant.zero_point[0], qm.qrange(t.dtype)[1] + 1, size=shape).astype(t.np_dtype)
+    codes = rng.integers(t.quant.zero_point[0], qm.qrange(t.dtype)[1] + 1, size=shape)
+    codes.flat[0] = t.quant.zero_point[0]  # real zero (RSQRT's special case)
+    return codes.astype(t.np_dtype)
 
 
 UNARY = ["relu", "relu6", "relu_n1_to_1", "leaky_relu", "sigmoid", "tanh", "hard_swish", "gelu", "softmax", "flatten"]

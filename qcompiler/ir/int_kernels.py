@@ -531,12 +531,14 @@ def _rsqrt(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
     _require_non_negative(node, value, "RSQRT")
     f = np.float32
     m, s = qm.quantize_multiplier(1.0 / float(f(np.sqrt(f(_scale(src))) * f(_scale(out)))))
-    inv_m, inv_s = _inv_sqrt_multiplier(value)
+    levels = np.arange(int(value.max()) + 1 if value.size else 1, dtype=np.int64)  # one table entry per code
+    inv_m, inv_s = _inv_sqrt_multiplier(levels)
     k_shift = 20  # keeps the intermediate an integer
-    data = qm.multiply_by_quantized_multiplier(np.ones_like(value), inv_m, inv_s + k_shift, single_rounding=False)
-    result = _mbqm(node, data, m, s - k_shift) + _zp(out)
+    data = qm.multiply_by_quantized_multiplier(np.ones_like(levels), inv_m, inv_s + k_shift, single_rounding=False)
     qmin, qmax = qm.qrange("i8")
-    return _out(node, np.where(value == 0, qmax, result), qmin, qmax)
+    table = np.clip(_mbqm(node, data, m, s - k_shift) + _zp(out), qmin, qmax)
+    table[0] = qmax  # "any value close to 0 represents the max output value"
+    return _out(node, table[value], qmin, qmax)
 
 
 def _sqrt(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
