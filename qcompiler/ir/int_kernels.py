@@ -555,8 +555,10 @@ def _sqrt(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 
 def _exp(x: np.ndarray) -> np.ndarray:
-    """std::exp on float32 (glibc's expf, correctly rounded): exp in float64 rounded to float32."""
-    return np.exp(np.asarray(x, np.float64)).astype(np.float32)
+    """EXP's LUTPopulate transform, std::exp(float): the C library's expf (qcompiler/ir/libm.py)."""
+    from qcompiler.ir.libm import expf
+
+    return expf(x)
 
 
 def _squared_difference(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -711,6 +711,16 @@ def _compute_sum(xs: Sequence[np.ndarray], attrs: dict) -> list[np.ndarray]:
     return [np.expand_dims(total, sorted(axes)) if attrs["keepdims"] else total]
 
 
+def _compute_exp(x: np.ndarray, attrs: dict) -> np.ndarray:
+    """float32: the C library's expf, bit for bit as TFLite's float EXP (qcompiler/ir/libm.py)."""
+    from qcompiler.ir.libm import expf
+
+    if x.dtype != np.float32:
+        with np.errstate(over="ignore"):
+            return np.exp(x)
+    return expf(x)
+
+
 def _float32_rsqrt(x: np.ndarray, attrs: dict) -> np.ndarray:
     """1.f / std::sqrt(f) in the input's precision (two roundings, as TFLite's float RSQRT)."""
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -832,7 +842,7 @@ OPS: dict[str, OpDef] = {
         _def("rsqrt", 1, 1, {}, _same, _unary(_float32_rsqrt), _OWN_NO_I16, "RSQRT"),
         _def("sqrt", 1, 1, {}, _same, _float64_unary(np.sqrt), _OWN_NO_I16, "SQRT"),
         _def("abs", 1, 1, {}, _same, _unary(lambda x, a: np.abs(x)), _OWN, "ABS"),
-        _def("exp", 1, 1, {}, _same, _float64_unary(np.exp), _OWN, "EXP"),
+        _def("exp", 1, 1, {}, _same, _unary(_compute_exp), _OWN, "EXP"),
         _def("sum", 1, 1, dict(_AXES), _infer_reduce, _compute_sum, _OWN_NO_I16, "SUM"),
     ]
 }
