@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 from typing import Callable, Optional
 
 import numpy as np
@@ -17,19 +18,32 @@ import numpy as np
 _NEAR_TIE = 2.0**-28  # relative distance to a float32 rounding midpoint below which the C library decides
 
 
-def _load_expf() -> Optional[Callable[[float], float]]:
+@functools.lru_cache(maxsize=None)
+def _load(function: str) -> Optional[Callable[[float], float]]:
+    """A float32 -> float32 function of the C library (expf, tanhf, erff, ...), or None where there is none."""
     name = ctypes.util.find_library("m")
     if name is None:
         return None
     try:
-        fn = ctypes.CDLL(name).expf
+        fn = getattr(ctypes.CDLL(name), function)
     except (OSError, AttributeError):
         return None
     fn.restype, fn.argtypes = ctypes.c_float, [ctypes.c_float]
     return fn
 
 
-_EXPF = _load_expf()
+_EXPF = _load("expf")
+
+
+def elementwise(function: str, fallback: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    """The C library's float32 `function` on every element (one call each: for tables of a few hundred entries,
+    e.g. what LUTPopulate transforms); `fallback` (float64, rounded to float32) where no C library is found."""
+    x = np.asarray(x, np.float32)
+    fn = _load(function)
+    if fn is None:
+        with np.errstate(all="ignore"):
+            return np.asarray(fallback(x.astype(np.float64)), np.float64).astype(np.float32)
+    return np.asarray([fn(float(v)) for v in x.ravel()], np.float32).reshape(x.shape)
 
 
 def expf(x: np.ndarray) -> np.ndarray:
