@@ -153,8 +153,10 @@ def _add_sub(sign: int) -> IntKernel:
 
 
 def _mul(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The real multiplier is computed in float32 (mul.cc: in1->scale * in2->scale / out->scale, all floats)."""
     a, b, out = node.operands[0], node.operands[1], node.result
-    m, s = qm.quantize_multiplier(_scale(a) * _scale(b) / _scale(out))
+    f = np.float32
+    m, s = qm.quantize_multiplier(float(f(f(f(_scale(a)) * f(_scale(b))) / f(_scale(out)))))
     prod = (args[0].astype(np.int64) - _zp(a)) * (args[1].astype(np.int64) - _zp(b))
     return _out(node, _mbqm(node, prod, m, s) + _zp(out), *_act_range(node))
 
