@@ -2,7 +2,8 @@
 
 `INT_KERNELS[op](node, args)` takes the raw integer operands of a lowered node (their scales and zero points are
 in the operand and result types) and returns the raw integer results, bit for bit as the reference kernel
-(accumulators, fixed-point multipliers and shifts, rounding, saturation, lookup tables). The numeric primitives
+(accumulators, fixed-point multipliers and shifts, rounding, saturation, lookup tables); the exception, int8 SUM,
+follows the BUILTIN resolver because BUILTIN_REF's is wrong (BUILTIN_REF_DIFFERS). The numeric primitives
 live in qcompiler/quant/math.py; this file only wires them per op. Accumulating ops use float64 matrix products
 of integer values, which are exact (|sum| < 2^53) and let BLAS do the work.
 
