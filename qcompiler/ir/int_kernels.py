@@ -603,6 +603,7 @@ def _sum(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
     value = qm.round_half_away((total * scale + bias).astype(f)).astype(np.int64)
     return _out(node, value + _zp(out), *qm.qrange(out.type.dtype))
 
+
 INT_KERNELS: dict[str, IntKernel] = {
     "quantize": _requantize_or_quantize,
     "dequantize": _dequantize,

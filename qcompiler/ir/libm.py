@@ -35,17 +35,6 @@ def _load(function: str) -> Optional[Callable[[float], float]]:
 _EXPF = _load("expf")
 
 
-def elementwise(function: str, fallback: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
-    """The C library's float32 `function` on every element (one call each: for tables of a few hundred entries,
-    e.g. what LUTPopulate transforms); `fallback` (float64, rounded to float32) where no C library is found."""
-    x = np.asarray(x, np.float32)
-    fn = _load(function)
-    if fn is None:
-        with np.errstate(all="ignore"):
-            return np.asarray(fallback(x.astype(np.float64)), np.float64).astype(np.float32)
-    return np.asarray([fn(float(v)) for v in x.ravel()], np.float32).reshape(x.shape)
-
-
 def expf(x: np.ndarray) -> np.ndarray:
     """std::exp on float32 values, as the C library computes it (float64 exp rounded to float32 where no C
     library is found)."""
