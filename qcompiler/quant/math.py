@@ -645,12 +645,12 @@ def activation_range(activation: str, qparams: QParams, dtype: str) -> tuple[int
     def q(f: float) -> int:
         return zp + int(round_half_away(np.float32(np.float32(f) / scale)))
 
-    bounds = {"none": (qmin, qmax), "relu": (max(qmin, q(0.0)), qmax),
-              "relu6": (max(qmin, q(0.0)), min(qmax, q(6.0))),
-              "relu_n1_to_1": (max(qmin, q(-1.0)), min(qmax, q(1.0)))}
+    bounds = {"none": lambda: (qmin, qmax), "relu": lambda: (max(qmin, q(0.0)), qmax),
+              "relu6": lambda: (max(qmin, q(0.0)), min(qmax, q(6.0))),
+              "relu_n1_to_1": lambda: (max(qmin, q(-1.0)), min(qmax, q(1.0)))}
     if activation not in bounds:
         raise ValueError(f"no integer kernel for the fused activation '{activation}'")
-    return bounds[activation]
+    return bounds[activation]()  # only the activation's own bounds (6 / a denormal scale overflows)
 
 
 def populate_lut(fn, src: QParams, dst: QParams, dtype: str) -> np.ndarray:
