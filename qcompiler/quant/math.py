@@ -761,7 +761,8 @@ def populate_lut_int16(fn, input_min: float, input_max: float, output_min: float
         bias = round_half_away(((interp - round_half_away((mid * inv).astype(f))) / f(2)).astype(f))
         last = round_half_away(np.asarray(np.asarray(fn(np.asarray([input_max], f)), f) * inv, f))
     table = np.concatenate([np.clip(sample - bias, -32768, 32767), np.clip(last, -32768, 32767)])
-    return table.astype(np.int16)
+    # NaN (fn overflowing to inf: inf - inf) survives std::min/max; static_cast<int16_t> of it gives 0 on x86
+    return np.where(np.isnan(table), 0, table).astype(np.int16)
 
 
 def lut_lookup_int16(x: np.ndarray, lut: np.ndarray) -> np.ndarray:
