@@ -68,42 +68,6 @@ def test_quantized_layer_is_float_before_quant_delay():
     assert int(hidden.step.numpy()) == 3
 
 
-def _wrong_class_gradient(train_on_float_outputs: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(training output, inference output, the loss gradient on the last kernel) for labels the QAT model gives
-    probability < 1/512 in training, which the output grid (scale 1/256) rounds to 0."""
-    import tensorflow as tf
-
-    model = _small_cnn()
-    head = model.get_layer("probs")
-    head.kernel.assign(head.kernel * 20.0)  # confident outputs
-    qat = quantize_model(model, train_on_float_outputs=train_on_float_outputs)
-    x = _data(32)
-    probs = np.asarray(qat(x, training=True))  # also sets the ranges from this batch
-    labels = probs.argmin(-1)
-    keep = probs[np.arange(len(x)), labels] < 1 / 512
-    assert keep.sum() >= 16
-    x, labels = x[keep], labels[keep]
-    kernel = qat.get_layer("probs").inner.kernel
-    with tf.GradientTape() as tape:
-        trained = qat(x, training=True)
-        loss = keras.ops.mean(keras.losses.sparse_categorical_crossentropy(labels, trained))
-    return np.asarray(trained), np.asarray(qat(x, training=False)), tape.gradient(loss, kernel).numpy()
-
-
-def test_model_output_probabilities_train_in_float_and_are_quantized_at_inference():
-    """A softmax model output: the loss sees float probabilities (Keras takes the softmax's logits), so wrong
-    confident samples still have a gradient; inference, which compiles, is on the 1/256 grid. With
-    train_on_float_outputs=False the loss sees the grid: the true class's probability is clipped to epsilon and
-    gives no gradient (what is left is rounding noise of the normalization, ~1e-4)."""
-    trained, inferred, gradient = _wrong_class_gradient(True)
-    assert np.sum((trained > 0) & (trained < 1 / 512)) >= 8  # float probabilities where the grid has 0
-    np.testing.assert_array_equal(inferred * 256, np.round(inferred * 256))
-    assert np.abs(gradient).max() > 0.1
-    trained, _, quantized_gradient = _wrong_class_gradient(False)
-    np.testing.assert_array_equal(trained * 256, np.round(trained * 256))
-    assert np.abs(quantized_gradient).max() < 1e-3 * np.abs(gradient).max()
-
-
 def _batch_folded_conv(layer: QuantConv2D, x: np.ndarray, use_batch: bool) -> np.ndarray:
     inner, bn = layer.inner, layer.bn
     kernel = np.asarray(inner.kernel.numpy(), np.float32)

@@ -44,11 +44,6 @@ class FakeQuant(keras.layers.Layer):
       per_channel: one range per index of the last axis.
       quant_delay: training steps during which the layer passes values through unchanged (ranges are still
         tracked).
-      training_passthrough: in training return the input itself (inference still quantizes). For a fixed-range
-        quantizer on a model output (softmax/sigmoid probabilities) that only the loss reads: the loss then sees
-        the float probabilities, and the softmax's logits, as tfmot's softmax output does; quantized
-        probabilities would clip the cross-entropy's gradient to zero for every sample whose true class rounds
-        to probability 0.
     The range always contains 0: [min(min, 0), max(max, 0)].
     Call with `observe=False` to quantize with the current range without updating it or counting a step
     (a second use of the same quantizer, e.g. after average pooling, which keeps its input's scale).
@@ -56,8 +51,7 @@ class FakeQuant(keras.layers.Layer):
 
     def __init__(self, bits: int = 8, narrow_range: bool = False, mode: str = "ema",
                  min: Optional[float] = None, max: Optional[float] = None, ema_decay: float = 0.99,
-                 per_channel: bool = False, quant_delay: int = 0, training_passthrough: bool = False,
-                 **kwargs: Any) -> None:
+                 per_channel: bool = False, quant_delay: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if mode not in RANGE_MODES:
             raise ValueError(f"FakeQuant mode must be one of {RANGE_MODES}, got {mode!r}")
@@ -73,7 +67,6 @@ class FakeQuant(keras.layers.Layer):
         self.ema_decay = float(ema_decay)
         self.per_channel = bool(per_channel)
         self.quant_delay = int(quant_delay)
-        self.training_passthrough = bool(training_passthrough)
 
     def build(self, input_shape: Any) -> None:
         shape = (int(input_shape[-1]),) if self.per_channel else ()
@@ -92,8 +85,6 @@ class FakeQuant(keras.layers.Layer):
         if training and observe:
             self._observe(x)
             self.step.assign_add(ops.cast(1, "int64"))
-        if training and self.training_passthrough:
-            return x
         lo, hi = include_zero(self.range_min, self.range_max)
         quantized = fake_quant(x, lo, hi, self.bits, self.narrow_range, self.per_channel)
         if not training or self.quant_delay <= 0:  # inference always quantizes, as tf.contrib's eval graph
@@ -125,7 +116,7 @@ class FakeQuant(keras.layers.Layer):
         config = super().get_config()
         config.update(bits=self.bits, narrow_range=self.narrow_range, mode=self.mode, min=self.init_min,
                       max=self.init_max, ema_decay=self.ema_decay, per_channel=self.per_channel,
-                      quant_delay=self.quant_delay, training_passthrough=self.training_passthrough)
+                      quant_delay=self.quant_delay)
         return config
 
 

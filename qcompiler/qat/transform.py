@@ -180,7 +180,6 @@ class _Options:
     range_mode: str
     ema_decay: float
     dense_per_channel: bool
-    train_on_float_outputs: bool
 
 
 class _Quantizer:
@@ -192,12 +191,11 @@ class _Quantizer:
         self.absorbed: set[int] = set()
         self.grid_of: dict[int, FakeQuant] = {}  # key -> the FakeQuant whose grid the new tensor is on
 
-    def fake_quant(self, name: str, fixed: Optional[tuple[float, float]] = None,
-                   model_output: bool = False) -> FakeQuant:
+    def fake_quant(self, name: str, fixed: Optional[tuple[float, float]] = None) -> FakeQuant:
         o = self.options
         if fixed is not None:
             return FakeQuant(bits=8, mode="fixed", min=fixed[0], max=fixed[1], quant_delay=o.quant_delay,
-                             training_passthrough=model_output and o.train_on_float_outputs, name=f"{name}_quant")
+                             name=f"{name}_quant")
         return FakeQuant(bits=o.activation_bits, mode=o.range_mode, ema_decay=o.ema_decay,
                          quant_delay=o.quant_delay, name=f"{name}_quant")
 
@@ -215,7 +213,7 @@ class _Quantizer:
     def mark(self, env: dict, key: int, name: str, fixed: Optional[tuple[float, float]] = None) -> None:
         if fixed is None and not self.needs_range(key):
             return
-        layer = self.fake_quant(name, fixed, model_output=key in self.outputs and not self.users.get(key))
+        layer = self.fake_quant(name, fixed)
         env[key] = layer(env[key])
         self.grid_of[key] = layer
 
@@ -320,8 +318,7 @@ def _reapply(call: _Call, layer: Any, env: dict) -> Any:
 
 def quantize_model(model: keras.Model, *, quant_delay: int = 0, weight_bits: int = 8, activation_bits: int = 8,
                    per_channel: bool = True, narrow_range: bool = True, freeze_bn_delay: Optional[int] = None,
-                   range_mode: str = "ema", ema_decay: float = 0.99, dense_per_channel: bool = True,
-                   train_on_float_outputs: bool = True) -> keras.Model:
+                   range_mode: str = "ema", ema_decay: float = 0.99, dense_per_channel: bool = True) -> keras.Model:
     """A trainable copy of `model` with fake quantization on weights and activations (see the module doc).
 
     quant_delay: training steps before fake quantization starts (ranges are tracked from the first step).
@@ -333,16 +330,12 @@ def quantize_model(model: keras.Model, *, quant_delay: int = 0, weight_bits: int
     range_mode: "ema" (moving averages, `ema_decay`) or "learned" (trainable min/max, PACT/LSQ-style).
     dense_per_channel=False: Dense kernels per tensor even with per_channel (as tfmot does; TFLiteConverter
     cannot read a per-channel FakeQuant on a MatMul kernel, so use it for a model the converter must read too).
-    train_on_float_outputs: the fixed-range quantizer of a softmax/sigmoid/tanh that is a model output passes
-    values through in training (the loss sees float probabilities and Keras finds the softmax's logits, as with
-    tfmot); inference, and so the compiled model, still quantizes them.
     The input model is not modified; its weights are copied.
     """
     if range_mode not in ("ema", "learned"):
         raise ValueError(f"range_mode must be 'ema' or 'learned', got {range_mode!r}")
     options = _Options(int(quant_delay), int(weight_bits), int(activation_bits), bool(per_channel),
-                       bool(narrow_range), freeze_bn_delay, range_mode, float(ema_decay), bool(dense_per_channel),
-                       bool(train_on_float_outputs))
+                       bool(narrow_range), freeze_bn_delay, range_mode, float(ema_decay), bool(dense_per_channel))
     return _Quantizer(flatten_model(model), options).build(model.name)
 
 
