@@ -69,9 +69,15 @@ def test_quantized_layer_is_float_before_quant_delay():
 
 
 def _batch_folded_conv(layer: QuantConv2D, x: np.ndarray, use_batch: bool) -> np.ndarray:
+    """The folded layer in numpy: statistics of the float conv ("float") or of the conv with the kernel on its
+    per-channel 8-bit grid ("quantized"), folded into the kernel, the folded kernel quantized."""
     inner, bn = layer.inner, layer.bn
     kernel = np.asarray(inner.kernel.numpy(), np.float32)
-    y = np.asarray(keras.ops.conv(x, kernel, padding="same"))
+    if layer.bn_statistics == "quantized":
+        lo, hi = qmath.symmetric_weight_range(kernel, 3)
+        y = np.asarray(keras.ops.conv(x, qmath.fake_quant(kernel, lo, hi, 8, True, axis=3), padding="same"))
+    else:
+        y = np.asarray(keras.ops.conv(x, kernel, padding="same"))
     if use_batch:
         mean, var = y.mean(axis=(0, 1, 2)), y.var(axis=(0, 1, 2))
     else:
@@ -83,8 +89,9 @@ def _batch_folded_conv(layer: QuantConv2D, x: np.ndarray, use_batch: bool) -> np
     return np.maximum(np.asarray(keras.ops.conv(x, q, padding="same")) + bias, 0)
 
 
-def test_freeze_bn_delay_switches_from_batch_to_moving_statistics():
-    qat = quantize_model(_small_cnn(), freeze_bn_delay=2)
+@pytest.mark.parametrize("bn_statistics", ["quantized", "float"])
+def test_freeze_bn_delay_switches_from_batch_to_moving_statistics(bn_statistics):
+    qat = quantize_model(_small_cnn(), freeze_bn_delay=2, bn_statistics=bn_statistics)
     conv = qat.get_layer("conv")
     x = _data(32)
     before = conv.bn.moving_mean.numpy().copy()

@@ -180,6 +180,7 @@ class _Options:
     range_mode: str
     ema_decay: float
     dense_per_channel: bool
+    bn_statistics: str
 
 
 class _Quantizer:
@@ -286,7 +287,7 @@ class _Quantizer:
             activation_name=activation_name, weight_bits=o.weight_bits,
             per_channel=o.per_channel and (o.dense_per_channel or type(layer) is not L.Dense),
             narrow_range=o.narrow_range, quant_delay=o.quant_delay, freeze_bn_delay=o.freeze_bn_delay,
-            split_activation=after, name=layer.name)
+            split_activation=after, bn_statistics=o.bn_statistics, name=layer.name)
         y = _apply(call, wrapper, env)
         _copy_weights(layer, wrapper.inner)
         if bn is not None:
@@ -318,7 +319,8 @@ def _reapply(call: _Call, layer: Any, env: dict) -> Any:
 
 def quantize_model(model: keras.Model, *, quant_delay: int = 0, weight_bits: int = 8, activation_bits: int = 8,
                    per_channel: bool = True, narrow_range: bool = True, freeze_bn_delay: Optional[int] = None,
-                   range_mode: str = "ema", ema_decay: float = 0.99, dense_per_channel: bool = True) -> keras.Model:
+                   range_mode: str = "ema", ema_decay: float = 0.99, dense_per_channel: bool = True,
+                   bn_statistics: str = "quantized") -> keras.Model:
     """A trainable copy of `model` with fake quantization on weights and activations (see the module doc).
 
     quant_delay: training steps before fake quantization starts (ranges are tracked from the first step).
@@ -330,12 +332,16 @@ def quantize_model(model: keras.Model, *, quant_delay: int = 0, weight_bits: int
     range_mode: "ema" (moving averages, `ema_decay`) or "learned" (trainable min/max, PACT/LSQ-style).
     dense_per_channel=False: Dense kernels per tensor even with per_channel (as tfmot does; TFLiteConverter
     cannot read a per-channel FakeQuant on a MatMul kernel, so use it for a model the converter must read too).
+    bn_statistics: where a folded batch norm's training statistics come from: "quantized" (the conv with
+    fake-quantized weights itself, one conv per step; per-channel weights only, per-tensor falls back to
+    "float") or "float" (a separate float conv, as tf.contrib.quantize; two convs per step).
     The input model is not modified; its weights are copied.
     """
     if range_mode not in ("ema", "learned"):
         raise ValueError(f"range_mode must be 'ema' or 'learned', got {range_mode!r}")
     options = _Options(int(quant_delay), int(weight_bits), int(activation_bits), bool(per_channel),
-                       bool(narrow_range), freeze_bn_delay, range_mode, float(ema_decay), bool(dense_per_channel))
+                       bool(narrow_range), freeze_bn_delay, range_mode, float(ema_decay), bool(dense_per_channel),
+                       bn_statistics)
     return _Quantizer(flatten_model(model), options).build(model.name)
 
 
