@@ -107,6 +107,40 @@ def test_freeze_bn_delay_switches_from_batch_to_moving_statistics(bn_statistics)
     np.testing.assert_array_equal(conv.bn.moving_variance.numpy(), frozen[1])
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+def test_one_conv_training_equals_the_layer_folded_with_the_quantized_conv_statistics(bits):
+    """bn_statistics="quantized": conv(x, q(W)) * s + beta - mean * s is the folded layer conv(x, q(W * s)) +
+    folded bias (per-channel quantization commutes with s), for Conv2D, DepthwiseConv2D and Dense + BN."""
+    from qcompiler.qat import fold_batch_norm
+
+    ops = keras.ops
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((8, 8, 3), name="image")
+    h = L.BatchNormalization(name="conv_bn")(L.Conv2D(4, 3, name="conv")(inputs))
+    h = L.BatchNormalization(name="dw_bn")(L.DepthwiseConv2D(3, depth_multiplier=2, name="dw")(h))
+    h = L.BatchNormalization(name="dense_bn")(L.Dense(5, name="dense")(L.Flatten(name="flat")(h)))
+    model = keras.Model(inputs, h)
+    for layer in model.layers:  # batch norms with non-trivial parameters
+        if isinstance(layer, L.BatchNormalization):
+            rng = np.random.default_rng(len(layer.name))
+            layer.gamma.assign(rng.uniform(-2, 2, layer.gamma.shape))
+            layer.beta.assign(rng.normal(size=layer.beta.shape))
+    qat = quantize_model(model, weight_bits=bits)
+    x = np.random.default_rng(0).normal(size=(16, 8, 8, 3)).astype(np.float32)
+    for name in ("conv", "dw", "dense"):
+        layer = qat.get_layer(name)
+        assert layer.bn is not None and layer.bn_statistics == "quantized"
+        h = keras.Model(qat.inputs, layer.input)(x, training=False) if name != "conv" else x
+        kernel, bn = layer.inner.kernel, layer.bn
+        y = layer._linear(h, layer.quantized_kernel(kernel)) + layer.inner.bias
+        mean, variance = ops.moments(y, axes=tuple(range(len(y.shape) - 1)))
+        folded, bias = fold_batch_norm(ops, kernel, layer.inner.bias, bn.gamma, bn.beta, mean, variance, bn.epsilon,
+                                       layer._channel_shape())
+        expected = np.asarray(layer._linear(h, layer.quantized_kernel(folded)) + bias)
+        got = np.asarray(layer(h, training=True))
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
 def test_strip_gives_back_the_float_model_and_its_weights():
     model = _small_cnn()
     x = _data(32)
