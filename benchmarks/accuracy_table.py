@@ -197,7 +197,7 @@ def run(dataset: str, epochs: int, quant_delay_epochs: int, png: Optional[str], 
     if timing_steps:
         from qat_vs_tfmot import Variant, print_step_times, step_times, tfmot_available
 
-        print_step_times(step_times((x, y), Variant("default"), tfmot_available(), timing_steps))
+        print_step_times(step_times((x, y), [Variant("default")], tfmot_available(), timing_steps))
     if png:
         plot(png, dataset, float_log.curve, qat_log.curve, quant_delay_epochs)
 

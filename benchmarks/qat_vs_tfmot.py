@@ -15,7 +15,7 @@ A Keras 3 float run from the same weights and batches is the reference.
 `quantize_model(model)` with its own.
 
 Step times: one fixed batch of 64, `train_on_batch`, 10 warm-up steps per model, then rounds that interleave the
-four models (Keras 3 float, qcompiler.qat, tf_keras float, tfmot QAT) so that machine load hits all alike; the
+models (Keras 3 float, each qcompiler.qat variant, tf_keras float, tfmot QAT) so that machine load hits all alike; the
 median step of each. The ratio QAT / float is reported per framework.
 """
 from __future__ import annotations
@@ -208,7 +208,7 @@ def summarize(dataset: str, runs: list[dict], variants: list[Variant], with_tfmo
 # ----------------------------------------------------------------------------------------------------
 # step times
 # ----------------------------------------------------------------------------------------------------
-def step_times(data, variant: Variant, with_tfmot: bool, steps: int, rounds: int = 6,
+def step_times(data, variants: list[Variant], with_tfmot: bool, steps: int, rounds: int = 6,
                warmup: int = 10) -> dict[str, float]:
     """Median ms per train_on_batch step of one fixed batch, the models interleaved round by round."""
     from qcompiler.qat import quantize_model
@@ -218,9 +218,10 @@ def step_times(data, variant: Variant, with_tfmot: bool, steps: int, rounds: int
     float_model = seed_cnn(0)
     float_model.compile(optimizer=keras3_adam(), loss="sparse_categorical_crossentropy")
     models["Keras 3 float"] = float_model
-    qat = quantize_model(seed_cnn(0), **variant.options)
-    qat.compile(optimizer=keras3_adam(), loss="sparse_categorical_crossentropy")
-    models["qcompiler.qat"] = qat
+    for variant in variants:
+        qat = quantize_model(seed_cnn(0), **variant.options)
+        qat.compile(optimizer=keras3_adam(), loss="sparse_categorical_crossentropy")
+        models[f"qcompiler.qat {variant.name}"] = qat
     if with_tfmot:
         import tensorflow_model_optimization as tfmot
 
@@ -247,19 +248,20 @@ def step_times(data, variant: Variant, with_tfmot: bool, steps: int, rounds: int
 def print_step_times(times: dict[str, float]) -> dict[str, float]:
     print(f"\ntraining step (batch {BATCH}, median of train_on_batch after warm-up, models interleaved):")
     ratios = {}
-    for framework, float_name, qat_name in (("Keras 3", "Keras 3 float", "qcompiler.qat"),
-                                            ("tf_keras", "tf_keras float", "tfmot QAT")):
+    pairs = [("Keras 3", "Keras 3 float", name) for name in times if name.startswith("qcompiler.qat")]
+    pairs.append(("tf_keras", "tf_keras float", "tfmot QAT"))
+    for framework, float_name, qat_name in pairs:
         if qat_name in times:
-            ratios[framework] = times[qat_name] / times[float_name]
-            print(f"  {framework:<9} float {times[float_name]:6.1f} ms   {qat_name:<14} {times[qat_name]:6.1f} ms"
-                  f"   QAT/float {ratios[framework]:.2f}x")
+            ratios[qat_name] = times[qat_name] / times[float_name]
+            print(f"  {framework:<9} float {times[float_name]:6.1f} ms   {qat_name:<30} {times[qat_name]:6.1f} ms"
+                  f"   QAT/float {ratios[qat_name]:.2f}x")
     return ratios
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="digits,mnist")
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=5, help="0: step times only")
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--variant", action="append", default=[], help="NAME:key=value,... (repeatable)")
@@ -286,11 +288,13 @@ def main(argv: Optional[list[str]] = None) -> None:
         first_data = first_data or data
         print(f"\n== {dataset}: {len(data[0])} train / {len(data[2])} test, seed CNN, {args.epochs} epochs, "
               f"Adam {LEARNING_RATE}, batch {BATCH} ==", flush=True)
+        if args.seeds <= 0:  # step times only
+            continue
         runs = [run_seed(dataset, data, seed, args.epochs, variants, with_tfmot)
                 for seed in range(args.first_seed, args.first_seed + args.seeds)]
         report["datasets"][dataset] = {"runs": runs, "summary": summarize(dataset, runs, variants, with_tfmot)}
     if args.timing_steps and first_data is not None:
-        times = step_times(first_data, variants[0], with_tfmot, args.timing_steps)
+        times = step_times(first_data, variants, with_tfmot, args.timing_steps)
         report["step_ms"] = times
         report["qat_over_float"] = print_step_times(times)
     if args.json:
