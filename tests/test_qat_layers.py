@@ -125,7 +125,7 @@ def test_one_conv_training_equals_the_layer_folded_with_the_quantized_conv_stati
             rng = np.random.default_rng(len(layer.name))
             layer.gamma.assign(rng.uniform(-2, 2, layer.gamma.shape))
             layer.beta.assign(rng.normal(size=layer.beta.shape))
-    qat = quantize_model(model, weight_bits=bits)
+    qat = quantize_model(model, weight_bits=bits, bn_statistics="quantized")
     x = np.random.default_rng(0).normal(size=(16, 8, 8, 3)).astype(np.float32)
     for name in ("conv", "dw", "dense"):
         layer = qat.get_layer(name)

@@ -157,7 +157,7 @@ class _QuantWeights(keras.layers.Layer):
     def __init__(self, layer: dict, batch_norm: Optional[dict] = None, activation: str = "linear",
                  activation_name: Optional[str] = None, weight_bits: int = 8, per_channel: bool = True,
                  narrow_range: bool = True, quant_delay: int = 0, freeze_bn_delay: Optional[int] = None,
-                 split_activation: Optional[str] = None, bn_statistics: str = "quantized", **kwargs: Any) -> None:
+                 split_activation: Optional[str] = None, bn_statistics: str = "float", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if activation not in FUSED_ACTIVATIONS:
             raise ValueError(f"fused activation must be one of {FUSED_ACTIVATIONS}, got {activation!r}")
