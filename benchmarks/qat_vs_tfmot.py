@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -54,7 +55,7 @@ def parse_variant(text: str) -> Variant:
 
     name, _, rest = text.partition(":")
     options: dict[str, Any] = {}
-    for item in filter(None, rest.split(",")):
+    for item in filter(None, re.split(r",(?![^()]*\))", rest)):  # commas outside parentheses
         key, _, value = item.partition("=")
         try:
             options[key.strip()] = ast.literal_eval(value.strip())

@@ -55,6 +55,18 @@ def test_fake_quant_tracks_an_exponential_moving_average_from_the_first_batch():
     np.testing.assert_allclose([layer.range_min.numpy(), layer.range_max.numpy()], [-1.2, 2.2], rtol=1e-6)
 
 
+def test_initial_range_starts_every_tracked_range_and_the_ema_moves_from_it():
+    qat = quantize_model(_small_cnn(), initial_range=(-6.0, 6.0), ema_decay=0.75)
+    hidden = qat.get_layer("hidden_quant")
+    assert (float(hidden.range_min.numpy()), float(hidden.range_max.numpy())) == (-6.0, 6.0)
+    assert qat.get_layer("probs_softmax_quant").init_max == 255 / 256  # fixed ranges keep the kernel's range
+    x = _data(16)
+    values = np.asarray(keras.Model(qat.inputs, qat.get_layer("hidden").output)(x, training=True))
+    hidden(values, training=True)
+    np.testing.assert_allclose([hidden.range_min.numpy(), hidden.range_max.numpy()],
+                               [0.75 * -6.0 + 0.25 * values.min(), 0.75 * 6.0 + 0.25 * values.max()], rtol=1e-4)
+
+
 def test_quantized_layer_is_float_before_quant_delay():
     model = _small_cnn(softmax=False)
     qat = quantize_model(model, quant_delay=2)

@@ -181,6 +181,7 @@ class _Options:
     ema_decay: float
     dense_per_channel: bool
     bn_statistics: str
+    initial_range: Optional[tuple[float, float]]
 
 
 class _Quantizer:
@@ -197,8 +198,9 @@ class _Quantizer:
         if fixed is not None:
             return FakeQuant(bits=8, mode="fixed", min=fixed[0], max=fixed[1], quant_delay=o.quant_delay,
                              name=f"{name}_quant")
-        return FakeQuant(bits=o.activation_bits, mode=o.range_mode, ema_decay=o.ema_decay,
-                         quant_delay=o.quant_delay, name=f"{name}_quant")
+        start = (None, None) if o.initial_range is None else o.initial_range
+        return FakeQuant(bits=o.activation_bits, mode=o.range_mode, ema_decay=o.ema_decay, min=start[0],
+                         max=start[1], quant_delay=o.quant_delay, name=f"{name}_quant")
 
     def needs_range(self, key: int) -> bool:
         """False when every user shares one scale with its output (concat, maximum, minimum)."""
@@ -320,7 +322,7 @@ def _reapply(call: _Call, layer: Any, env: dict) -> Any:
 def quantize_model(model: keras.Model, *, quant_delay: int = 0, weight_bits: int = 8, activation_bits: int = 8,
                    per_channel: bool = True, narrow_range: bool = True, freeze_bn_delay: Optional[int] = None,
                    range_mode: str = "ema", ema_decay: float = 0.99, dense_per_channel: bool = True,
-                   bn_statistics: str = "float") -> keras.Model:
+                   bn_statistics: str = "float", initial_range: Optional[tuple[float, float]] = None) -> keras.Model:
     """A trainable copy of `model` with fake quantization on weights and activations (see the module doc).
 
     quant_delay: training steps before fake quantization starts (ranges are tracked from the first step).
@@ -336,13 +338,15 @@ def quantize_model(model: keras.Model, *, quant_delay: int = 0, weight_bits: int
     as tf.contrib.quantize; two convs per step) or "quantized" (the conv with fake-quantized weights itself,
     one conv per step, about 20% faster; per-channel weights only, per-tensor falls back to "float"). "float" is
     the default: with "quantized" one seed of ten on digits collapsed for epochs (benchmarks/qat_vs_tfmot.py).
+    initial_range: (min, max) every tracked activation range starts from (tfmot starts its EMAs at (-6, 6));
+    None: the first training batch's min/max.
     The input model is not modified; its weights are copied.
     """
     if range_mode not in ("ema", "learned"):
         raise ValueError(f"range_mode must be 'ema' or 'learned', got {range_mode!r}")
     options = _Options(int(quant_delay), int(weight_bits), int(activation_bits), bool(per_channel),
                        bool(narrow_range), freeze_bn_delay, range_mode, float(ema_decay), bool(dense_per_channel),
-                       bn_statistics)
+                       bn_statistics, None if initial_range is None else tuple(map(float, initial_range)))
     return _Quantizer(flatten_model(model), options).build(model.name)
 
 
