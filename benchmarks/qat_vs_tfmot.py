@@ -128,7 +128,8 @@ def accuracy_of(probabilities: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(probabilities.argmax(-1) == y))
 
 
-def run_seed(dataset: str, data, seed: int, epochs: int, variants: list[Variant], with_tfmot: bool) -> dict:
+def run_seed(dataset: str, data, seed: int, epochs: int, variants: list[Variant], with_tfmot: bool,
+             with_float: bool = True) -> dict:
     import qcompiler
     from qcompiler.qat import quantize_model
 
@@ -139,8 +140,9 @@ def run_seed(dataset: str, data, seed: int, epochs: int, variants: list[Variant]
 
     float_model = seed_cnn(seed)
     initial = float_model.get_weights()
-    fit_in_order(float_model, keras3_adam(), x, y, orders)
-    result["float (Keras 3)"] = accuracy_of(float_model.predict(x_test, verbose=0), y_test)
+    if with_float:
+        fit_in_order(float_model, keras3_adam(), x, y, orders)
+        result["float (Keras 3)"] = accuracy_of(float_model.predict(x_test, verbose=0), y_test)
 
     for variant in variants:
         start = time.perf_counter()
@@ -174,8 +176,10 @@ def run_seed(dataset: str, data, seed: int, epochs: int, variants: list[Variant]
     return result
 
 
-def summarize(dataset: str, runs: list[dict], variants: list[Variant], with_tfmot: bool) -> dict:
-    rows = ["float (Keras 3)"] + [f"qcompiler.qat {v.name}" for v in variants] + (["tfmot"] if with_tfmot else [])
+def summarize(dataset: str, runs: list[dict], variants: list[Variant], with_tfmot: bool,
+              with_float: bool = True) -> dict:
+    rows = (["float (Keras 3)"] * with_float + [f"qcompiler.qat {v.name}" for v in variants]
+            + (["tfmot"] if with_tfmot else []))
     summary: dict[str, Any] = {}
     print(f"\n{dataset}: int8 .tflite test accuracy (%) over {len(runs)} seeds "
           f"(float: the Keras model)")
@@ -194,8 +198,7 @@ def summarize(dataset: str, runs: list[dict], variants: list[Variant], with_tfmo
             summary[f"{row} - tfmot"] = {"mean": mean, "std": std, "per_seed": diffs}
             print(f"{row + ' - tfmot':<34}{mean:>+7.2f}{std:>7.2f}   " + " ".join(f"{d:+.2f}" for d in diffs)
                   + f"   (paired; std error of the mean {std / max(1, len(diffs)) ** 0.5:.2f})")
-    for row in rows[1:]:
-        name = row
+    for name in rows[with_float:]:
         simulated = [r[f"{name} simulated"] * 100 for r in runs]
         agreement = [r[f"{name} agreement"] * 100 for r in runs]
         gap = [abs(r[f"{name} simulated"] - r[name]) * 100 for r in runs]
@@ -268,11 +271,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--variant", action="append", default=[], help="NAME:key=value,... (repeatable)")
     parser.add_argument("--timing-steps", type=int, default=60, help="0: no step times")
     parser.add_argument("--json", default=None, help="write every number here")
+    parser.add_argument("--variants-only", action="store_true", help="no float and no tfmot runs")
     args = parser.parse_args(argv)
     import keras  # noqa: F401  (initialise TF before any timer)
 
     variants = [parse_variant(v) for v in args.variant] or [Variant("default")]
-    with_tfmot = tfmot_available()
+    with_tfmot = tfmot_available() and not args.variants_only
     if not with_tfmot:
         print("tfmot / tf_keras not installed (pip install '.[bench]'): qcompiler.qat only")
     report: dict[str, Any] = {"epochs": args.epochs, "batch": BATCH, "learning_rate": LEARNING_RATE,
@@ -291,9 +295,10 @@ def main(argv: Optional[list[str]] = None) -> None:
               f"Adam {LEARNING_RATE}, batch {BATCH} ==", flush=True)
         if args.seeds <= 0:  # step times only
             continue
-        runs = [run_seed(dataset, data, seed, args.epochs, variants, with_tfmot)
+        runs = [run_seed(dataset, data, seed, args.epochs, variants, with_tfmot, not args.variants_only)
                 for seed in range(args.first_seed, args.first_seed + args.seeds)]
-        report["datasets"][dataset] = {"runs": runs, "summary": summarize(dataset, runs, variants, with_tfmot)}
+        report["datasets"][dataset] = {"runs": runs, "summary": summarize(dataset, runs, variants, with_tfmot,
+                                                                          not args.variants_only)}
     if args.timing_steps and first_data is not None:
         times = step_times(first_data, variants, with_tfmot, args.timing_steps)
         report["step_ms"] = times
