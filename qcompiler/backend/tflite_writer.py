@@ -55,6 +55,7 @@ DepthwiseConv2DOptions = _schema("DepthwiseConv2DOptions")
 DequantizeOptions = _schema("DequantizeOptions")
 DivOptions = _schema("DivOptions")
 ExpOptions = _schema("ExpOptions")
+NegOptions = _schema("NegOptions")
 SquaredDifferenceOptions = _schema("SquaredDifferenceOptions")
 TransposeOptions = _schema("TransposeOptions")
 FullyConnectedOptions = _schema("FullyConnectedOptions")
@@ -707,6 +708,7 @@ def _emitters() -> dict[str, Emitter]:
         "sqrt": _simple(),
         "abs": _simple(),
         "exp": _simple(BO.ExpOptions, lambda n: _empty_options(ExpOptions)),
+        "neg": _simple(BO.NegOptions, lambda n: _empty_options(NegOptions)),
         "sum": _emit_reduce,
     }
 

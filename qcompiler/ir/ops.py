@@ -819,6 +819,8 @@ OPS: dict[str, OpDef] = {
         _def("sqrt", 1, 1, {}, _same, _float64_unary(np.sqrt), _OWN_NO_I16, "SQRT"),
         _def("abs", 1, 1, {}, _same, _unary(lambda x, a: np.abs(x)), _OWN, "ABS"),
         _def("exp", 1, 1, {}, _same, _float64_unary(np.exp), _OWN, "EXP"),
+        _def("neg", 1, 1, {}, _same, _unary(lambda x, a: np.negative(x)), _FLOAT, "NEG",
+             "-x; float in integer models, as the converter leaves it (LayerNormalization's -mean)"),
         _def("sum", 1, 1, dict(_AXES), _infer_reduce, _compute_sum, _OWN_NO_I16, "SUM"),
     ]
 }
