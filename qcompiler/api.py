@@ -392,4 +392,4 @@ def layer_report(model_or_graph: Union[ModelLike, Graph], calibration_data: Any,
     stats = calibration_statistics(graph, calibration_data, calibrate_with=calibrate_with,
                                    exact_histograms=observer == "kl", policy=policy)
     apply_ranges(graph, stats, observer, policy=policy, **dict(observer_options or {}))
-    return _report(graph, calibration_data if eval_data is None else eval_data, observer=observer)
+    return _report(graph, calibration_data if eval_data is None else eval_data, observer=observer, policy=policy)

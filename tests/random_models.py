@@ -642,12 +642,14 @@ LAYER_BLOCKS: tuple[Block, ...] = tuple(b for b in BLOCKS if not b.probe)
 
 
 def random_model(seed: int, blocks: Optional[Sequence[Block]] = None, depth: Optional[int] = None,
-                 max_depth: Optional[int] = None) -> RandomModel:
+                 max_depth: Optional[int] = None, exclude_activations: Sequence[str] = ()) -> RandomModel:
     """A random valid functional model, the same for the same seed (and block set). `depth` (number of blocks
     applied) overrides the seed's own, `max_depth` caps it; the walk is otherwise unchanged, so depth=k gives the
-    seed's first k steps (handy to shrink a failing model)."""
+    seed's first k steps (handy to shrink a failing model). `exclude_activations`: activation names never drawn
+    (e.g. "elu", which BUILTIN_REF cannot run); excluding any changes the seed's model."""
     blocks = tuple(LAYER_BLOCKS if blocks is None else blocks)
-    g = Gen(np.random.default_rng(seed), prefix=f"m{seed}_", activations=supported_activations())
+    activations = tuple(a for a in supported_activations() if a not in exclude_activations)
+    g = Gen(np.random.default_rng(seed), prefix=f"m{seed}_", activations=activations)
     inputs = [keras.Input(s, name=f"in{i}") for i, s in enumerate(_input_shapes(g))]
     steps = _depth(g) if max_depth is None else min(_depth(g), max_depth)
     reaches: dict[int, frozenset] = {id(x): frozenset([i]) for i, x in enumerate(inputs)}

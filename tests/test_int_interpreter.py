@@ -28,9 +28,8 @@ SAME_PARAMS = {"max_pool2d", "avg_pool2d", "maximum", "minimum", "reduce_max", "
 # Combinations TFLite itself has no kernel for (nothing to compare with).
 NO_TFLITE_KERNEL = {("relu_n1_to_1", "i16"), ("hard_swish", "i16")}
 NOT_IN_BUILTIN_REF = {"elu"}  # ai-edge-litert's reference resolver has no ELU
-# Open: the int16 GELU table interpolation disagrees with BUILTIN_REF on rare inputs, once by 1 LSB and once across the
-# whole range (27886 against -27922, near the table's end); until it is understood it is not compared per op.
-OPEN_MISMATCH = {("gelu", "i16")}
+# Combinations whose kernel is known to differ from BUILTIN_REF (none now; add one only with its reason).
+OPEN_MISMATCH: set[tuple[str, str]] = set()
 
 
 def emitted_ops() -> list[str]:
@@ -47,6 +46,8 @@ def test_every_op_lower_to_int_emits_has_an_integer_kernel() -> None:
 @st.composite
 def qparams(draw, dtype: str) -> QParams:
     scale = float(np.float32(np.exp(draw(st.floats(np.log(1e-4), np.log(0.5))))))
+    if dtype == "i16" and draw(st.integers(0, 3)) == 0:  # power-of-two scales take other paths (LOGISTIC, TANH)
+        scale = 2.0 ** -draw(st.integers(1, 15))
     zero_point = draw(st.integers(-128, 127)) if dtype == "i8" else 0
     return QParams.per_tensor(scale, zero_point)
 
@@ -159,6 +160,52 @@ def test_one_op_is_identical_to_builtin_ref(op: str, dtype: str, data) -> None:
     np.testing.assert_array_equal(ours[0], reference[0], err_msg=print_graph(graph))
 
 
+@pytest.mark.parametrize("op", ["sigmoid", "tanh", "gelu"])
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_int16_table_ops_are_identical_on_every_code(op: str, data) -> None:
+    """int16 LOGISTIC / TANH (sigmoid-table interpolation) and GELU (LUTPopulate + LUTLookup): all 65536 input codes
+    for a random input scale (GELU: and output scale; narrow ones make the kernel's int16 slope wrap around)."""
+    in_q = data.draw(qparams("i16"))
+    out_q = QParams.per_tensor(*FIXED[op]["i16"]) if op in FIXED else data.draw(qparams("i16"))
+    attrs = {"approximate": data.draw(st.booleans())} if op == "gelu" else {}
+    graph = one_op_graph(op, [qtype((None, 65536), "i16", in_q)], out_q, attrs)
+    codes = np.arange(-32768, 32768, dtype=np.int16)[None]
+    ours, reference = run_both(graph, [codes])
+    assert not inexact_nodes(graph)
+    np.testing.assert_array_equal(ours[0], reference[0], err_msg=f"{op} in {in_q} out {out_q} {attrs}")
+
+
+@pytest.mark.parametrize("dtype", ["i8", "i16"])
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_mul_on_many_codes(dtype: str, data) -> None:
+    """MUL over 8192 random code pairs: the kernel's real multiplier is a float32 product and quotient, which a
+    double computation misses by about one output step in 1000 int16 elements (seed 100 of the random models)."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
+    a_q, b_q, out_q = data.draw(qparams(dtype)), data.draw(qparams(dtype)), data.draw(qparams(dtype))
+    graph = one_op_graph("mul", [qtype((None, 64, 64, 2), dtype, a_q), qtype((None, 64, 64, 2), dtype, b_q)], out_q,
+                         {"activation": "none"})
+    inputs = [random_codes(v.type, 1, rng) for v in graph.inputs]
+    ours, reference = run_both(graph, inputs)
+    np.testing.assert_array_equal(ours[0], reference[0])
+
+
+def test_all_zero_int16_tensor_scale() -> None:
+    """An int16 tensor calibrated all-zero gets scale FLT_MIN / 32767 (activation_qparams). MUL into it: the real
+    multiplier is ~1e38 with shift ~128, which the kernel's `x * (1 << shift)` takes modulo 32 (x86). A fused
+    RELU6's bound 6 / scale overflows float32; where the kernel accepts that (random model seed 114, int16x8 ADD)
+    the int32 cast gives INT32_MIN, which its clamp then uses. (Such a MUL with RELU6, and RELU/LEAKY_RELU into
+    that scale, TFLite refuses or computes from an infinite multiplier: not compared.)"""
+    rng = np.random.default_rng(0)
+    tiny = qm.activation_qparams(0.0, 0.0, "i16")
+    assert qm.activation_range("relu6", tiny, "i16") == (0, qm.INT32_MIN)
+    inputs = [qtype((None, 4, 4, 3), "i16", QParams.per_tensor(0.01, 0))] * 2
+    graph = one_op_graph("mul", inputs, tiny, {"activation": "none"})
+    ours, reference = run_both(graph, [random_codes(t, 2, rng) for t in inputs])
+    np.testing.assert_array_equal(ours[0], reference[0])
+
+
 @pytest.mark.parametrize("src_dtype,dst_dtype", [("f32", "i8"), ("f32", "i16"), ("i8", "i8"), ("i16", "i16"),
                                                  ("i8", "f32"), ("i16", "f32")])
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
@@ -236,9 +283,9 @@ def _random_model_case(seed: int, mode: str) -> Optional[str]:
     from qcompiler.validate.compare import GraphModel, TFLiteModel
     from tests.random_models import LAYER_BLOCKS, random_batch, random_model
 
-    # ELU has no BUILTIN_REF kernel; ReLU(threshold) and ELU(alpha) import as greater/select (not quantizable)
+    # ELU has no BUILTIN_REF kernel (not even float); ReLU(threshold) and ELU(alpha) import as greater/select
     blocks = [b for b in LAYER_BLOCKS if b.name not in ("elu-layer", "relu-threshold", "elu-alpha")]
-    spec = random_model(seed, blocks=blocks)
+    spec = random_model(seed, blocks=blocks, exclude_activations=("elu",))
     try:
         graph = api.quantize(spec.model, mode, random_batch(spec.model, 16, seed))
         flat = write_tflite(graph)
@@ -276,7 +323,11 @@ def test_random_models_are_identical_to_builtin_ref() -> None:
     _check_random_models(range(3), "int8", at_least=2)
 
 
+# Of seeds 100..149 (ELU excluded) 48 are checked in each mode (2026-11-30): the others fail to compile or TFLite
+# refuses them — int8 seeds 102 and 125 (lower-to-int leaves a tensor without parameters), int16x8 seed 102 (a
+# bias scale underflowing to 0 after an all-zero int16 tensor) and 105 (FULLY_CONNECTED's bias-scale check) —
+# lowering issues, not integer-interpreter ones.
 @pytest.mark.slow
-@pytest.mark.parametrize("mode,at_least", [("int8", 20), ("int16x8", 1)])
+@pytest.mark.parametrize("mode,at_least", [("int8", 46), ("int16x8", 46)])
 def test_fifty_random_models_are_identical_to_builtin_ref(mode: str, at_least: int) -> None:
     _check_random_models(range(100, 150), mode, at_least)

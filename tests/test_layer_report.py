@@ -36,11 +36,42 @@ def test_one_row_per_quantized_tensor_in_graph_order(residual):
         assert 20 < row.snr_db < 80 and 0.99 < row.cosine <= 1 and row.mse > 0
 
 
-def test_output_snr_agrees_with_the_real_int8_model(residual):
+def _float_reference(model, data):
+    from qcompiler.ir.interpreter import run
+
+    return run(qcompiler.float_graph(model), [data])
+
+
+@pytest.mark.parametrize("mode", ["int8", "int16x8"])
+def test_output_snr_is_the_real_tflite_models(residual, mode):
+    """The report's output SNR is that of the compiled .tflite run in BUILTIN_REF (same float reference): the
+    integer interpreter is bit-exact, so the two agree to rounding of the SNR arithmetic."""
     model, calibration, evaluation, report = residual
-    int8_float_io = qcompiler.compile(model, mode="int8", calibration_data=calibration, io="float")
-    measured = _snr(np.asarray(model(evaluation)), run_tflite(int8_float_io, [evaluation])[0])
-    assert abs(measured - report.output_snr_db) < 1.5, (measured, report.output_snr_db)
+    if mode != "int8":
+        report = qcompiler.layer_report(model, calibration, evaluation, mode=mode)
+    assert report.simulated_ops == () and json.loads(report.to_json())["simulator"] == "integer-interpreter"
+    tflite = qcompiler.compile(model, mode=mode, calibration_data=calibration, io="float")
+    real = run_tflite(tflite, [evaluation])[0]
+    reference = _float_reference(model, evaluation)[0]
+    assert abs(_snr(reference, real) - report.output_snr_db) < 1e-9, (_snr(reference, real), report.output_snr_db)
+    keras_snr = _snr(np.asarray(model(evaluation)), real)  # the IR's float graph is Keras within float rounding
+    assert abs(keras_snr - report.output_snr_db) < 0.01
+
+
+def test_html_report_numbers_are_the_real_tflite_models(residual):
+    """`qcompiler report -o`: the lowered graph it measures, written and run in BUILTIN_REF, gives the outputs the
+    report used, bit for bit (dequantized float outputs)."""
+    from qcompiler.backend.tflite_writer import write_tflite
+    from qcompiler.validate.html_report import build_report
+
+    model, calibration, evaluation, _ = residual
+    report = build_report(model, calibration, evaluation, mode="int8")
+    assert report["simulator"] == "integer-interpreter" and report["simulated_ops"] == []
+    real = run_tflite(write_tflite(report["_graph"]), [evaluation])
+    for ours, theirs in zip(report["_outputs"], real):
+        np.testing.assert_array_equal(ours, theirs)
+    reference = _float_reference(model, evaluation)[0]
+    assert abs(_snr(reference, real[0]) - report["output_snr_db"]) < 1e-9
 
 
 def test_clipping_observer_shows_clipped_values():

@@ -31,6 +31,13 @@ def _mbqm(node: Node, x: np.ndarray, multiplier, shift) -> np.ndarray:
     return qm.multiply_by_quantized_multiplier(x, multiplier, shift, single_rounding=node.op in SINGLE_ROUNDING)
 
 
+def _qmult(node: Node, real: float) -> tuple[int, int]:
+    """QuantizeMultiplier as the op's kernel sees it: the double-rounding kernels take any shift (their left shift
+    `x * (1 << shift)` then uses the shift modulo 32, as x86 does; measured on int16 MUL/RELU with the FLT_MIN-based
+    scale of an all-zero tensor); only the single-rounding ones saturate a shift above 30."""
+    return qm.quantize_multiplier(real, single_rounding=node.op in SINGLE_ROUNDING)
+
+
 def _q(value: Value) -> QParams:
     if value.type.quant is None:
         raise IRError(f"%{value.name} ({value.type}) has no quantization parameters; the integer kernel needs them")
@@ -153,8 +160,11 @@ def _add_sub(sign: int) -> IntKernel:
 
 
 def _mul(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """MulElementwise. Prepare computes the real multiplier in float32 (scale1 * scale2 / scale_out on the tensors'
+    float scales), and only then widens it to double for QuantizeMultiplier."""
     a, b, out = node.operands[0], node.operands[1], node.result
-    m, s = qm.quantize_multiplier(_scale(a) * _scale(b) / _scale(out))
+    f = np.float32
+    m, s = _qmult(node, float(f(f(f(_scale(a)) * f(_scale(b))) / f(_scale(out)))))
     prod = (args[0].astype(np.int64) - _zp(a)) * (args[1].astype(np.int64) - _zp(b))
     return _out(node, _mbqm(node, prod, m, s) + _zp(out), *_act_range(node))
 
@@ -167,11 +177,12 @@ def _relu_x(lo: float, hi: float) -> IntKernel:
         out_scale = np.float32(_scale(out))
 
         def bound(f: float) -> int:
-            return _zp(out) + int(qm.round_half_away(np.float32(np.float32(f) / out_scale)))
+            with np.errstate(over="ignore", invalid="ignore"):
+                return _zp(out) + qm.float_to_int32(qm.round_half_away(np.float32(np.float32(f) / out_scale)))
 
         act_min = max(qmin, bound(lo))
         act_max = qmax if hi == np.inf else min(qmax, bound(hi))
-        m, s = qm.quantize_multiplier(float(np.float32(np.float32(_scale(src)) / out_scale)))
+        m, s = _qmult(node, float(np.float32(np.float32(_scale(src)) / out_scale)))
         acc = _mbqm(node, args[0].astype(np.int64) - _zp(src), m, s) + _zp(out)
         return _out(node, acc, act_min, act_max)
 
@@ -181,8 +192,8 @@ def _relu_x(lo: float, hi: float) -> IntKernel:
 def _leaky_relu(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
     src, out = node.operands[0], node.result
     in_s, out_s = np.float32(_scale(src)), np.float32(_scale(out))
-    alpha_m, alpha_s = qm.quantize_multiplier(float(np.float32(in_s * np.float32(node.attrs["alpha"]) / out_s)))
-    id_m, id_s = qm.quantize_multiplier(float(np.float32(in_s / out_s)))
+    alpha_m, alpha_s = _qmult(node, float(np.float32(in_s * np.float32(node.attrs["alpha"]) / out_s)))
+    id_m, id_s = _qmult(node, float(np.float32(in_s / out_s)))
     x = args[0].astype(np.int64) - _zp(src)
     acc = np.where(x >= 0, _mbqm(node, x, id_m, id_s),
                    _mbqm(node, x, alpha_m, alpha_s))
@@ -271,17 +282,27 @@ def _lut16(node: Node, fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) ->
     return qm.lut_lookup_int16(x, table)
 
 
-# sigmoid(i / 24) in 0.16 fixed point, i = 0..255: the table TFLite's int16 LOGISTIC and TANH interpolate.
-_SIGMOID_TABLE = np.minimum(np.round(65536.0 / (1.0 + np.exp(-np.arange(256) / 24.0))), 65535).astype(np.int64)
+# The table TFLite's int16 LOGISTIC and TANH interpolate (sigmoid(i / 24), 0.16 fixed point).
+_SIGMOID_TABLE = qm.sigmoid_table_uint16()
+
+
+def _checked_log2(scale: float) -> tuple[bool, int]:
+    """CheckedLog2 (float32): (|log2(scale) - round| < 1e-3, round(log2(scale)))."""
+    f = np.float32
+    log2 = f(f(math.log(f(scale))) * f(1.0 / math.log(2.0)))
+    rounded = f(qm.round_half_away(log2))
+    return bool(abs(f(log2 - rounded)) < f(1e-3)), int(rounded)
 
 
 def _int16_table_input(node: Node, x: np.ndarray) -> np.ndarray:
-    """The input rescaled for the table (Prepare of LOGISTIC/TANH for int16): power-of-two input scales use
-    3 << left_shift; others a multiplier of scale * 4096 * 3 doubled into [16384, 32767)."""
+    """The input rescaled for the sigmoid table (Prepare of LOGISTIC/TANH for int16). A power-of-two input scale
+    with left shift 12 + log2(scale) = 0 (LOGISTIC), 0 or 1 (TANH) multiplies by 3 << left_shift; any other
+    scale by int(scale * 4096 * 3), doubled (left_shift += 1) while <= 32767 / 2, then rounds that shift away.
+    The product is int32 in the kernel (it wraps for input scales above ~5)."""
     scale = _scale(node.operands[0])
-    log2 = math.log(scale) / math.log(2.0)
-    left_shift = 12 + int(qm.round_half_away(np.float64(log2)))
-    if abs(log2 - round(log2)) < 1e-3 and left_shift in (0, 1):
+    power_of_two, log2 = _checked_log2(scale)
+    left_shift = 12 + log2
+    if power_of_two and left_shift in ((0,) if node.op == "sigmoid" else (0, 1)):
         multiplier, left_shift = 3 << left_shift, 0
     else:
         real, left_shift = scale * 4096.0 * 3.0, 0
@@ -290,29 +311,35 @@ def _int16_table_input(node: Node, x: np.ndarray) -> np.ndarray:
             real *= 2.0
         multiplier = int(real)
     rounding = (1 << (left_shift - 1)) if left_shift > 0 else 0
-    return (x.astype(np.int64) * multiplier + rounding) >> left_shift
+    return qm.wrap_int(x.astype(np.int64) * multiplier + rounding, 32) >> left_shift
+
+
+def _table_interpolate(x: np.ndarray, fraction_bits: int, saturated: int) -> np.ndarray:
+    """|x| read from the sigmoid table, interpolated over its low `fraction_bits` bits (unsigned, as the kernel)."""
+    magnitude = np.abs(x)
+    index = magnitude >> fraction_bits
+    low_index = np.minimum(index, 254)
+    low, high = _SIGMOID_TABLE[low_index], _SIGMOID_TABLE[low_index + 1]
+    interpolated = (low << fraction_bits) + (magnitude & ((1 << fraction_bits) - 1)) * (high - low)
+    return np.where(index >= 255, saturated, interpolated)
 
 
 def _logistic16(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """reference_integer_ops::Logistic (int16): interpolation in the sigmoid table, 9 fractional bits."""
+    """reference_integer_ops::Logistic (int16): the table at 9 fractional bits, mirrored for x < 0
+    (1 - sigmoid(|x|)), rounded to the 1/32768 output."""
     x = _int16_table_input(node, args[0])
-    magnitude = np.abs(x)
-    index = np.minimum(magnitude >> 9, 254)
-    low, high = _SIGMOID_TABLE[index], _SIGMOID_TABLE[index + 1]
-    result = np.where((magnitude >> 9) >= 255, 0x7FFF << 10, (low << 9) + (magnitude & 0x1FF) * (high - low))
+    result = _table_interpolate(x, 9, 0x7FFF << 10)
     result = np.where(x >= 0, result + (1 << 9), (1 << 25) - result + (1 << 9) - 1)
-    return [(result >> 10).astype(np.int16)]
+    return [qm.wrap_int(result >> 10, 16).astype(np.int16)]
 
 
 def _tanh16(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """reference_integer_ops::Tanh (int16): tanh(x) = 2 sigmoid(2x) - 1 from the same table, 8 fractional bits."""
+    """reference_integer_ops::Tanh (int16): tanh(x) = 2 sigmoid(2x) - 1 from the same table at 8 fractional bits.
+    For x < 0 the kernel's uint32 arithmetic wraps; shifting the signed value and wrapping to int16 is the same."""
     x = _int16_table_input(node, args[0])
-    magnitude = np.abs(x)
-    index = np.minimum(magnitude >> 8, 254)
-    low, high = _SIGMOID_TABLE[index], _SIGMOID_TABLE[index + 1]
-    result = np.where((magnitude >> 8) >= 255, 0xFFFF << 8, (low << 8) + (magnitude & 0xFF) * (high - low))
+    result = _table_interpolate(x, 8, 0xFFFF << 8)
     result = np.where(x >= 0, result - (1 << 23) + (1 << 7), -result + (1 << 23) + (1 << 7) - 1)
-    return [(result >> 8).astype(np.int16)]
+    return [qm.wrap_int(result >> 8, 16).astype(np.int16)]
 
 
 def _max_pool(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -458,12 +485,26 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def _gelu(approximate: bool) -> Callable[[np.ndarray], np.ndarray]:
-    def fn(x: np.ndarray) -> np.ndarray:
-        from qcompiler.ir.ops import _compute_gelu
+    """reference_ops::GeluTransform / GeluTransformApproximate in float32, the functions LUTPopulate tabulates:
+    0.5f * x * erfc(x * -sqrt(1/2)), and 0.5f * x * (1 + tanh(f32(sqrt(2/pi)) * (x + 0.044715f * x * x * x))),
+    each float32 operation rounded as the kernel's (erfc and tanh in double, rounded to float32)."""
+    from scipy.special import erfc  # scipy ships with the test deps (ops.py's float GELU uses it too)
 
-        return _compute_gelu(x, {"approximate": approximate}).astype(np.float32)
+    f = np.float32
+    sqrt_2_over_pi = f(2.0 / math.sqrt(math.pi) * math.sqrt(0.5))
 
-    return fn
+    def exact(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, f)
+        tail = erfc((x * f(-math.sqrt(0.5))).astype(f).astype(np.float64)).astype(f)
+        return ((f(0.5) * x).astype(f) * tail).astype(f)
+
+    def tanh_form(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, f)
+        cube = (((f(0.044715) * x).astype(f) * x).astype(f) * x).astype(f)
+        t = np.tanh((sqrt_2_over_pi * (x + cube).astype(f)).astype(f).astype(np.float64)).astype(f)
+        return ((f(0.5) * x).astype(f) * (f(1) + t).astype(f)).astype(f)
+
+    return tanh_form if approximate else exact
 
 
 def _gelu_kernel(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -506,9 +547,5 @@ INT_KERNELS: dict[str, IntKernel] = {
 SIMULATED_OPS: frozenset[str] = frozenset({"abs", "exp", "rsqrt", "sqrt", "squared_difference", "sum"})
 
 # Ops whose kernel above covers only some dtypes (the others raise NotImplementedError and are simulated).
-# int16 LOGISTIC/TANH: the kernel interpolates a 256-entry sigmoid table that _SIGMOID_TABLE regenerates from
-# sigmoid(i / 24) — 44 of its entries are one unit off TFLite's, so outputs can differ by one LSB.
-# int16 GELU: its LUTPopulate<int16_t> table interpolation is one unit off TFLite's on rare inputs (Hypothesis found
-# 1 of 360 values at 1 LSB), so it is listed as inexact too.
-EXACT_DTYPES: dict[str, tuple[str, ...]] = {"hard_swish": ("i8", "u8"), "sigmoid": ("i8", "u8"), "tanh": ("i8", "u8"),
-                                            "gelu": ("i8", "u8")}
+# HARD_SWISH: TFLite has no int16 kernel (lower-to-int keeps it float in 16x8 models), so there is nothing to match.
+EXACT_DTYPES: dict[str, tuple[str, ...]] = {"hard_swish": ("i8", "u8")}

@@ -505,6 +505,8 @@ def quantize_multiplier(real_multiplier: float, single_rounding: bool = True) ->
     TFLITE_SINGLE_ROUNDING (what ai-edge-litert 2.3 is built with) a shift > 30 saturates to (2^31 - 1, 30)."""
     if real_multiplier == 0.0:
         return 0, 0
+    if not math.isfinite(real_multiplier):  # glibc frexp(inf) gives exponent 0 and the int64 cast of inf * 2^31
+        return 0, 0                         # (x86) INT64_MIN, whose int32 truncation is 0: multiplier 0
     fraction, shift = math.frexp(real_multiplier)
     q_fixed = int(math.copysign(math.floor(abs(fraction) * (1 << 31) + 0.5), fraction))
     if q_fixed == (1 << 31):
@@ -538,7 +540,7 @@ def multiply_by_quantized_multiplier(x: np.ndarray, multiplier: Union[int, np.nd
         rounding = np.left_shift(np.int64(1), total_shift - 1)
         return (x * m + rounding) >> total_shift
     if np.any(s > 0):
-        shifted = x << np.maximum(s, 0)
+        shifted = x << (np.maximum(s, 0) & 31)  # x86 shifts int32 by the count modulo 32 (shift > 31: not saturated)
         shifted = ((shifted + 2**31) & (2**32 - 1)) - 2**31  # int32 wrap-around of x * (1 << left_shift)
     else:
         shifted = x
@@ -636,6 +638,16 @@ def requantize(q: np.ndarray, src: QParams, dst: QParams, dtype: str, single_rou
     return np.clip(acc, qmin, qmax).astype(_NP_INT[dtype])
 
 
+def float_to_int32(x: float) -> int:
+    """static_cast<int32_t>(float) as x86-64 computes it (cvttss2si): truncation, and INT32_MIN for NaN, infinities
+    and values outside the int32 range (a bound f / scale overflows for the FLT_MIN-derived scale of an all-zero
+    int16 tensor; the kernel then clamps with that INT32_MIN)."""
+    x = float(x)
+    if not math.isfinite(x) or not INT32_MIN <= math.trunc(x) <= INT32_MAX:
+        return INT32_MIN
+    return math.trunc(x)
+
+
 def activation_range(activation: str, qparams: QParams, dtype: str) -> tuple[int, int]:
     """CalculateActivationRangeQuantized: the fused activation's bounds in the output's integer domain,
     zp + int(TfLiteRound(f32(f / scale)))."""
@@ -643,7 +655,8 @@ def activation_range(activation: str, qparams: QParams, dtype: str) -> tuple[int
     scale, zp = np.float32(qparams.scale[0]), qparams.zero_point[0]
 
     def q(f: float) -> int:
-        return zp + int(round_half_away(np.float32(np.float32(f) / scale)))
+        with np.errstate(over="ignore", invalid="ignore"):
+            return zp + float_to_int32(round_half_away(np.float32(np.float32(f) / scale)))
 
     bounds = {"none": (qmin, qmax), "relu": (max(qmin, q(0.0)), qmax),
               "relu6": (max(qmin, q(0.0)), min(qmax, q(6.0))),
@@ -752,11 +765,37 @@ def populate_lut_int16(fn, input_min: float, input_max: float, output_min: float
 
 
 def lut_lookup_int16(x: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    """LUTLookup(int16): base lut[256 + (x >> 7)] plus the interpolated slope over the low 7 bits."""
+    """LUTLookup(int16): base lut[256 + (x >> 7)] plus the interpolated slope over the low 7 bits.
+
+    The kernel holds the slope lut[i + 1] - lut[i] and the sum in int16_t, so both wrap around: a table that
+    crosses most of the int16 range within one segment (a narrow output scale, GELU's tail) gives wrapped
+    outputs, and BUILTIN_REF returns those."""
     x = np.asarray(x, np.int64)
     index = 256 + (x >> 7)
     offset = x & 0x7F
     lut = lut.astype(np.int64)
     base = lut[index]
-    slope = lut[index + 1] - base
-    return (base + ((slope * offset + 64) >> 7)).astype(np.int16)
+    slope = wrap_int(lut[index + 1] - base, 16)
+    return wrap_int(base + ((slope * offset + 64) >> 7), 16).astype(np.int16)
+
+
+def wrap_int(x: np.ndarray, bits: int) -> np.ndarray:
+    """Two's-complement wrap-around of integers to `bits` bits (a C cast to a narrower signed type)."""
+    half = np.int64(1) << (bits - 1)
+    return ((np.asarray(x, np.int64) + half) & ((half << 1) - 1)) - half
+
+
+def sigmoid_table_uint16() -> np.ndarray:
+    """sigmoid_table_uint16, the 256-entry table TFLite's int16 LOGISTIC and TANH interpolate: sigmoid(i / 24) in
+    0.16 fixed point, each entry lowered by a quarter of the curvature over its segment,
+    (s(i) + s(i + 1) - 2 s(i + 1/2)) / 4 (half the midpoint error of linear interpolation, as LUTPopulate's bias),
+    rounded; the last entry is 65535. This rule reproduces all 256 entries of TFLite's table (plain rounding of
+    sigmoid(i / 24) misses 44 of them by one)."""
+    i = np.arange(256, dtype=np.float64)
+
+    def s(v: np.ndarray) -> np.ndarray:
+        return 65536.0 / (1.0 + np.exp(-v / 24.0))
+
+    table = round_half_away(s(i) - (s(i) + s(i + 1) - 2.0 * s(i + 0.5)) / 4.0)
+    table[255] = 65535
+    return table.astype(np.int64)

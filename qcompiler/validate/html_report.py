@@ -2,11 +2,10 @@
 data URIs, the graph as inline SVG) and report.json (schemas/layer-report.schema.json).
 
 The SQNR comes from running the *lowered* integer graph (what the writer turns into the .tflite, with float
-I/O) in qcompiler's IR interpreter against the float graph on the evaluation data, tensor by tensor (lowering
-keeps the value names). On this branch the interpreter runs integer ops as dequantize -> float op -> requantize
-(`simulator: "ir-interpreter-requantize"`); where the bit-exact integer interpreter (issue 11 item 1,
-qcompiler/ir/int_kernels.py) is present the same run is TFLite's reference-kernel arithmetic
-(`simulator: "integer-interpreter"`).
+I/O) in the integer interpreter (qcompiler/ir/int_kernels.py, TFLite's reference-kernel arithmetic, bit-exact with
+BUILTIN_REF) against the float graph on the evaluation data, tensor by tensor (lowering keeps the value names);
+`simulator: "integer-interpreter"`, and `simulated_ops` lists the ops without a bit-exact kernel (simulated in
+float), if the model has any.
 
 Per tensor: `snr_db` (accumulated: the integer model's value against the float model's), `local_snr_db` (the
 float value rounded to this tensor's own grid: what its range costs); layers are ranked by local SNR. The
@@ -31,44 +30,19 @@ import numpy as np
 from qcompiler.errors import QCompilerError
 from qcompiler.ir import interpreter
 from qcompiler.ir.graph import Graph
-from qcompiler.ir.types import QParams
 from qcompiler.passes.calibrate import check_calibration_data
 from qcompiler.quant import math as qmath
-from qcompiler.validate.layer_report import REPORT_FORMAT, _cosine, _finite, _snr
+from qcompiler.validate.layer_report import (REPORT_FORMAT, SIMULATOR, _cosine, _finite, _snr, integer_values,
+                                             simulated_ops)
 
 WORST_TENSORS = 3  # worst tensors whose layers are tried as keep-float candidates
 MAX_SUGGESTED = 4  # layers in the suggested set at most
 HISTOGRAMS = 4
 
 
-def simulator_name() -> str:
-    try:
-        import qcompiler.ir.int_kernels  # noqa: F401  (issue 11 item 1; on main once `intsim` lands)
-    except ImportError:
-        return "ir-interpreter-requantize"
-    return "integer-interpreter"
-
-
 # ----------------------------------------------------------------------------------------------------
 # measuring
 # ----------------------------------------------------------------------------------------------------
-def _dequantized(array: np.ndarray, q: QParams, rank: int) -> np.ndarray:
-    return (array.astype(np.float64) - q.zero_point_array(rank)) * q.scale_array(rank)
-
-
-def _integer_values(graph: Graph, arrays: Sequence[np.ndarray]) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
-    """Every integer activation of the lowered graph, dequantized, by value name; and the outputs."""
-    seen: dict[str, np.ndarray] = {}
-
-    def observe(value, array: np.ndarray) -> None:
-        q = value.type.quant
-        if q is not None and not value.type.is_float and not value.is_constant and q.axis is None:
-            seen[value.name] = _dequantized(np.asarray(array), q, value.type.rank).astype(np.float32)
-
-    outputs = interpreter.run(graph, list(arrays), observe=observe)
-    return seen, [np.asarray(o, np.float32) for o in outputs]
-
-
 def _float_values(graph: Graph, arrays: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, np.float32) for k, v in interpreter.run(graph, list(arrays), keep=True).items()}
 
@@ -77,7 +51,7 @@ def measure(lowered: Graph, float_graph: Graph, arrays: Sequence[np.ndarray],
             reference: Optional[dict] = None) -> dict:
     """Per-tensor errors of the lowered graph against the float graph on `arrays`."""
     reference = reference if reference is not None else _float_values(float_graph, arrays)
-    values, outputs = _integer_values(lowered, arrays)
+    values, outputs = integer_values(lowered, arrays)
     float_outputs = [reference[v.name] if v.name in reference else None for v in float_graph.outputs]
     rows = []
     for value in lowered.values():
@@ -188,7 +162,8 @@ def build_report(model: Any, calibration: Any, evaluation: Any = None, *, mode: 
     fgraph = float_graph(source, policy)
     data = calibration if evaluation is None else evaluation
     arrays = check_calibration_data(fgraph, data)
-    base = measure(lower(()), fgraph, arrays)
+    lowered = lower(())
+    base = measure(lowered, fgraph, arrays)
     keepable = {n.layer for n in fgraph.nodes  # layers that compute (a float reshape or pool buys nothing)
                 if n.layer and can_keep_float(n.op) and OPS[n.op].quant.output != SAME} - set(base_keep)
     suggestion = suggest_keep_float(base["tensors"], base["output_snr_db"], lower, fgraph, arrays,
@@ -197,10 +172,11 @@ def build_report(model: Any, calibration: Any, evaluation: Any = None, *, mode: 
     explanation = explain(fgraph, act, policy, frozenset(base_keep))
     return {"format": REPORT_FORMAT, "observer": loaded["options"]["observer"] if loaded else "minmax",
             "samples": int(arrays[0].shape[0]), "output_snr_db": base["output_snr_db"],
-            "tensors": base["tensors"], "mode": mode, "policy": policy, "simulator": simulator_name(),
+            "tensors": base["tensors"], "mode": mode, "policy": policy, "simulator": SIMULATOR,
+            "simulated_ops": list(simulated_ops(lowered)),
             "keep_float": list(base_keep), "keep_float_suggestion": suggestion, "explanation": explanation,
             "_reference": base["reference"], "_outputs": base["outputs"], "_float_outputs": base["float_outputs"],
-            "_graph": lower(())}
+            "_graph": lowered}
 
 
 def report_json(report: Mapping) -> str:
@@ -317,6 +293,8 @@ def render_html(report: Mapping) -> str:
                        for f in explained["float_ops"])
     keep = ",".join(suggestion["layers"])
     graph_part = svg if svg is not None else ""
+    simulated = (" except " + esc(", ".join(report["simulated_ops"])) + ", simulated in float"
+                 if report.get("simulated_ops") else "")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>qcompiler quantization report</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
@@ -324,7 +302,8 @@ td,th{{border:1px solid #ccc;padding:2px 6px;font-size:13px}}figure{{display:inl
 .num{{text-align:right}}</style></head><body>
 <h1>Quantization report ({esc(report['mode'])}, policy {esc(report['policy'])})</h1>
 <p>{report['samples']} evaluation samples; output SQNR <b id="output-snr">{_db_text(report['output_snr_db'])}</b> dB.
-SQNR computed by running the lowered integer graph in qcompiler's interpreter ({esc(report['simulator'])}).</p>
+SQNR computed by running the lowered integer graph in qcompiler's interpreter ({esc(report['simulator'])}, bit-exact
+with TFLite's reference kernels{simulated}).</p>
 <h2>Per-layer SQNR</h2><img alt="per-layer SQNR" src="{plots['sqnr']}">
 <table id="tensors"><thead><tr><th>tensor</th><th>layer</th><th>op</th><th>scale</th><th>zero point</th>
 <th>SQNR dB</th><th>local SQNR dB</th><th>clipped</th></tr></thead><tbody>{rows}</tbody></table>
