@@ -245,6 +245,7 @@ FLOAT_CASES: dict[str, Callable[[], Graph]] = {
     "relu_n1_to_1": _unary("relu_n1_to_1"),
     "leaky_relu": _unary("leaky_relu", alpha=0.2),
     "sigmoid": _unary("sigmoid"),
+    "neg": _unary("neg"),
     "tanh": _unary("tanh"),
     "softmax": _unary("softmax", beta=0.7),
     "elu": _unary("elu"),

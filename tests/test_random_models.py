@@ -31,8 +31,9 @@ GREATER_SELECT = ("ReLU(threshold>0) / ELU(alpha!=1) import as greater + select,
 UNEXPLAINED = ("NOT ROOT-CAUSED (open finding, README 'Random-model differential testing'): <99% identical with "
                "matching I/O quantization; the model holds standalone ReLU layers with max_value (4 or 6), which are "
                "over-represented among the campaign's failures, but ReLU(max_value=4) alone is bit-exact")
-KNOWN_CAUSES: dict[int, str] = {0: GREATER_SELECT, 13: GREATER_SELECT, 7: UNEXPLAINED, 14: UNEXPLAINED,
-                                 15: UNEXPLAINED}
+# seed 15 passes since fold-affine folds a batch norm (mul + add) into the Dense after it even when the batch
+# norm also feeds a residual add, as the converter does.
+KNOWN_CAUSES: dict[int, str] = {0: GREATER_SELECT, 13: GREATER_SELECT, 7: UNEXPLAINED, 14: UNEXPLAINED}
 
 
 def _params():

@@ -9,8 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from benchmarks.zoo import (Settings, StepCrash, grouped_failures, io_difference, markdown, merge_documents,
-                            merge_rows, op_differences, percent, run_isolated, run_tflite_isolated)
+from benchmarks.zoo import (Recorder, Settings, StepCrash, compare_int8, grouped_failures, io_difference, markdown,
+                            merge_documents, merge_rows, op_differences, percent, run_isolated, run_models,
+                            run_tflite_isolated)
 
 BUILDER = "tests.test_zoo_benchmark:"
 
@@ -152,6 +153,40 @@ def test_logits_model_refuses_other_heads():
     inputs = keras.Input((6,))
     with pytest.raises(ValueError, match="does not end in a softmax .* class Dense"):
         logits_model(keras.Model(inputs, keras.layers.Dense(5, activation="relu", name="head")(inputs)))
+
+
+def test_reference_softmax_abort_falls_back_to_default_kernels(tmp_path):
+    """A near-uniform int8 softmax over 1000 classes (sum of exponentials >= 512) stops the BUILTIN_REF process;
+    both tools' models then run with the default kernels and the row says so instead of failing."""
+    import keras
+
+    import qcompiler
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16,))
+    head = keras.layers.Dense(1000, activation="softmax",
+                              kernel_initializer=keras.initializers.RandomNormal(stddev=1e-3))
+    model = keras.Model(inputs, head(inputs))
+    x = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+    data = qcompiler.compile(model, mode="int8", calibration_data=x)
+    for tool in ("qcompiler", "converter"):  # the same model twice: only the run is under test
+        (tmp_path / f"outputs-{tool}.tflite").write_bytes(data)
+    np.save(tmp_path / "inputs.npy", x[:2])
+    rec = Recorder({"model": "uniform", "failures": [], "step": "start", "step_seconds": {}}, tmp_path / "row.json")
+    entry: dict = {"qcompiler": {}, "converter": {}}
+    outputs: dict = {}
+    io: dict = {}
+    run_models(rec, "outputs", ["qcompiler", "converter"], entry, tmp_path, tmp_path / "inputs.npy", outputs, io)
+    assert rec.row["failures"] == []
+    assert entry["kernels"] == "default"
+    assert all("killed by SIGABRT" in entry["reference_crash"][tool] for tool in ("qcompiler", "converter"))
+    assert entry["qcompiler"]["ops"] == 2 and outputs["qcompiler"][0].shape == (2, 1000)
+    entry.update(compare_int8(outputs["qcompiler"], outputs["converter"]), io_equal=True, io_difference="", io=io)
+    assert entry["identical_pct"] == 100.0
+    row = dict(rec.row, outputs=entry, step="done")
+    table = markdown([row], _header(), Settings(modes=("outputs",)), jobs=1)
+    assert "| uniform | outputs |" in table and "100.00% †" in table
+    assert "## BUILTIN_REF aborts" in table and "| uniform | outputs | qcompiler | the BUILTIN_REF interpreter" in table
 
 
 def _header() -> dict:

@@ -13,9 +13,11 @@ value per input channel, as the converter does: it leaves a per-channel mul/add 
     conv(x + t, w) + b           =   conv(x, w) + (b + sum over the kernel of w * t)
     conv(x - t, w) + b           =   conv(x, w) + (b + sum over the kernel of w * -t)
 
-The first holds with any zero padding (0 * s = 0: EfficientNet's Rescaling folds into its SAME stem conv, as the
-converter folds it); the second only without, so only for padding="valid" (and fully_connected): a SAME
-convolution would add t at the padded border too.
+The second only holds without zero padding, so only for padding="valid" (and fully_connected); a SAME
+convolution would add t at the padded border too. The first holds with any padding (a zero border scales to
+zero), and the converter folds it there too (EfficientNet's input Rescaling into its SAME stem conv). A mul/add
+with several users folds into each layer among them (the converter's pattern rewrites the layer's input, not
+the mul/add); it stays for its other users and goes away when none is left.
 
 This is what TFLiteConverter does before quantizing, in its order and in float32 step by step, so the folded
 weights and biases equal the converter's to the bit: the folds after a layer come first (the rule before a layer
@@ -176,8 +178,6 @@ def _before_check(m: Match) -> Optional[str]:
     for user in layer.result.users:  # the converter folds what follows the layer first
         if user.op in AFFINE and _after_constant(user, layer)[1] is None:
             return f"{user.describe()} after {layer.describe()} folds first"
-    if (reason := single_use_reason(binary)) is not None:
-        return reason
     if binary.op == "add" and layer.attrs.get("padding", "valid") != "valid":
         return f"{layer.describe()} has padding '{layer.attrs['padding']}'; its zero border would change"
     if layer.op != "fully_connected" and has_data(m["c"]) and m["c"].data.size != 1:
