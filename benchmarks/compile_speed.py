@@ -65,10 +65,18 @@ def qcompiler_int8(model, samples: np.ndarray, executor: str = "exact") -> bytes
 MODES = {"float32": (qcompiler_float32, converter_float32), "int8": (qcompiler_int8, converter_int8)}
 
 
-def timed(fn, *args) -> tuple[float, bytes]:
-    start = time.perf_counter()
-    result = fn(*args)
-    return time.perf_counter() - start, result
+def timed(fn, *args) -> tuple[float, float]:
+    """Wall seconds and process CPU seconds (all threads) of one call. On a shared machine the wall time of a
+    short single-threaded call is inflated by the load more than that of a long multi-threaded one, so the CPU
+    ratio is printed beside the wall ratio."""
+    start, cpu = time.perf_counter(), time.process_time()
+    fn(*args)
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def best(fn, args: tuple, repeats: int) -> tuple[float, float]:
+    runs = [timed(fn, *args) for _ in range(repeats)]
+    return min(r[0] for r in runs), min(r[1] for r in runs)
 
 
 def profile(fn, *args) -> None:
@@ -107,15 +115,17 @@ def main() -> None:
     theirs_fn(model, samples[:2])
     ours = {}
     for i, executor in enumerate(executors):
-        ours[executor] = min(timed(ours_fn, model, samples, executor)[0] for _ in range(args.repeats))
+        ours[executor] = best(ours_fn, (model, samples, executor), args.repeats)
         if i == 0:
-            theirs = min(timed(theirs_fn, model, samples)[0] for _ in range(args.repeats))
+            theirs = best(theirs_fn, (model, samples), args.repeats)
     what = "float32" if args.mode == "float32" else f"{args.samples} calibration samples, full int8"
-    print(f"{args.model} {args.size}x{args.size}, {what}")
-    print(f"  TFLiteConverter:               {theirs:7.2f} s")
-    for executor, seconds in ours.items():
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"{args.model} {args.size}x{args.size}, {what} (load average {load:.1f} at the end)")
+    print(f"  TFLiteConverter:               {theirs[0]:7.2f} s  (CPU {theirs[1]:6.2f} s)")
+    for executor, (seconds, cpu) in ours.items():
         label = f"qcompiler (executor={executor:5s}):" if executor else "qcompiler:                    "
-        print(f"  {label} {seconds:7.2f} s   speed-up {theirs / seconds:5.2f}x")
+        print(f"  {label} {seconds:7.2f} s  (CPU {cpu:6.2f} s)   speed-up {theirs[0] / seconds:5.2f}x "
+              f"(CPU {theirs[1] / cpu:5.2f}x)")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Random-model campaign: qcompiler against TFLiteConverter on models from tests/random_models.py.
 
-    python benchmarks/fuzz_vs_converter.py --models 300 [--seed S] [--jobs N] [--calibrate-with EXECUTOR] [--out fuzz.md] [--json fuzz.json]
+    python benchmarks/fuzz_vs_converter.py --models 300 [--seed S] [--jobs N] [--max-depth K]
+        [--calibrate-with EXECUTOR]
+        [--out fuzz.md] [--json fuzz.json] [--journal fuzz.jsonl]
 
 Seeds S, S+1, ... S+models-1. Each worker is a subprocess that checks seeds one by one (tests/differential.py:
 int8 I/O quantization, % identical int8 outputs with the reference kernels, max LSB, float32 against Keras) and
@@ -29,7 +31,7 @@ TEST_SAMPLES = 64
 # ----------------------------------------------------------------------------------------------------
 # the worker: one process checking a list of seeds
 # ----------------------------------------------------------------------------------------------------
-def worker(seeds: list[int], executor: str) -> None:
+def worker(seeds: list[int], executor: str, max_depth: Optional[int] = None) -> None:
     sys.path.insert(0, str(ROOT))
     from tests.differential import check
     from tests.random_models import available_blocks, random_batch, random_model
@@ -38,7 +40,7 @@ def worker(seeds: list[int], executor: str) -> None:
         print(json.dumps({"seed": seed, "started": True}), flush=True)
         start = time.perf_counter()
         try:
-            spec = random_model(seed, blocks=available_blocks())
+            spec = random_model(seed, blocks=available_blocks(), max_depth=max_depth)
         except Exception as err:  # noqa: BLE001 - a generator bug is reported, not fatal
             row = {"seed": seed, "cause": "generator error", "detail": f"{type(err).__name__}: {err}"[:300]}
         else:
@@ -46,7 +48,8 @@ def worker(seeds: list[int], executor: str) -> None:
             verdict = check(model, random_batch(model, CALIBRATION_SAMPLES, seed=1),
                             random_batch(model, TEST_SAMPLES, seed=2), executor=executor or None)
             row = {"seed": seed, "cause": verdict.cause, "detail": verdict.detail, "identical": verdict.identical,
-                   "max_lsb": verdict.max_lsb, "float_error": verdict.float_error, "layers": spec.layer_count,
+                   "max_lsb": verdict.max_lsb, "float_error": verdict.float_error, "size_ratio": verdict.size_ratio,
+                   "layers": spec.layer_count,
                    "blocks": sorted(set(spec.blocks)), "logits": spec.logits, "timing": verdict.seconds}
         row["seconds"] = round(time.perf_counter() - start, 2)
         print(json.dumps(row), flush=True)
@@ -65,13 +68,16 @@ def _record(row: dict, journal: Optional[str]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def _run_chunk(seeds: list[int], calibrate_with: str, timeout: float, journal: Optional[str] = None) -> list[dict]:
+def _run_chunk(seeds: list[int], calibrate_with: str, timeout: float, journal: Optional[str] = None,
+               max_depth: Optional[int] = None) -> list[dict]:
     """Check `seeds` in worker subprocesses, restarting after a crash; one row per seed."""
     rows: dict[int, dict] = {}
     pending = list(seeds)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
     while pending:
         cmd = [sys.executable, __file__, "--worker", ",".join(map(str, pending)), "--calibrate-with", calibrate_with]
+        if max_depth is not None:
+            cmd += ["--max-depth", str(max_depth)]
         current: Optional[int] = None
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env)
         deadline = time.monotonic() + timeout * len(pending)
@@ -106,15 +112,15 @@ def _progress(row: dict) -> str:
 
 
 def run_campaign(first: int, count: int, jobs: int, calibrate_with: str, timeout: float,
-                 journal: Optional[str] = None) -> list[dict]:
+                 journal: Optional[str] = None, max_depth: Optional[int] = None) -> list[dict]:
     seeds = list(range(first, first + count))
     if jobs <= 1:
-        return _run_chunk(seeds, calibrate_with, timeout, journal)
+        return _run_chunk(seeds, calibrate_with, timeout, journal, max_depth)
     from concurrent.futures import ThreadPoolExecutor
 
     chunks = [seeds[i::jobs] for i in range(jobs)]
     with ThreadPoolExecutor(jobs) as pool:
-        results = list(pool.map(lambda c: _run_chunk(c, calibrate_with, timeout, journal), chunks))
+        results = list(pool.map(lambda c: _run_chunk(c, calibrate_with, timeout, journal, max_depth), chunks))
     by_seed = {row["seed"]: row for rows in results for row in rows}
     return [by_seed[s] for s in seeds]
 
@@ -122,18 +128,20 @@ def run_campaign(first: int, count: int, jobs: int, calibrate_with: str, timeout
 # ----------------------------------------------------------------------------------------------------
 # the report
 # ----------------------------------------------------------------------------------------------------
-CAUSE_ORDER = ("generator error", "import error", "compile error", "converter error", "float32 mismatch",
-               "I/O quant mismatch", "<99% identical", ">1 LSB", "crash")
+CAUSE_ORDER = ("generator error", "import error", "compile error", "converter error", "keras error", "float32 mismatch",
+               "I/O quant mismatch", "<99% identical", ">1 LSB", "size > converter + 1%", "crash")
 
 
-def report(rows: list[dict], calibrate_with: str, seconds: float) -> str:
+def report(rows: list[dict], calibrate_with: str, seconds: float, max_depth: Optional[int] = None) -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     failures = [r for r in rows if r.get("cause")]
     lines = [
         f"Random-model campaign ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit "
-        f"{commit.stdout.strip() or os.environ.get('FUZZ_COMMIT', '?')}, seeds {rows[0]['seed']}..{rows[-1]['seed']}, calibrate_with="
-        f"{calibrate_with or 'default'}, {seconds / 60:.1f} min): **{len(rows) - len(failures)} of {len(rows)} meet the bar** "
-        "(equal int8 I/O quantization, >= 99% identical int8 outputs, <= 1 LSB, float32 within 1e-4 of Keras).",
+        f"{os.environ.get('FUZZ_COMMIT') or commit.stdout.strip() or '?'}, seeds {rows[0]['seed']}..{rows[-1]['seed']}, calibrate_with="
+        f"{calibrate_with or 'default'}, keras.ops blocks on, max depth {max_depth or 'each seed its own (<= 160)'}, "
+        f"{seconds / 60:.1f} min): **{len(rows) - len(failures)} of {len(rows)} meet the bar** "
+        "(equal int8 I/O quantization, >= 99% identical int8 outputs, <= 1 LSB, size <= converter + 1%, float32 "
+        "within 1e-4 of Keras).",
         "",
         "| cause | models | seeds |",
         "| --- | ---: | --- |",
@@ -184,6 +192,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--models", type=int, default=300)
     parser.add_argument("--seed", type=int, default=1000, help="first seed (CI uses 0..19)")
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--max-depth", type=int, default=None,
+                        help="cap on the blocks per model (default: each seed's own depth, up to 160)")
     parser.add_argument("--calibrate-with", default="", help="calibration executor (default: compile's default)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per model")
     parser.add_argument("--out", default=None, help="write the Markdown report here (atomically)")
@@ -193,7 +203,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is not None:
-        worker([int(s) for s in args.worker.split(",")], args.calibrate_with)
+        worker([int(s) for s in args.worker.split(",")], args.calibrate_with, args.max_depth)
         return 0
     start = time.perf_counter()
     if args.report_from:
@@ -201,9 +211,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             rows = sorted((json.loads(line) for line in f if line.strip()), key=lambda r: r["seed"])
         seconds = sum(r.get("seconds", 0.0) for r in rows)
     else:
-        rows = run_campaign(args.seed, args.models, args.jobs, args.calibrate_with, args.timeout, args.journal)
+        rows = run_campaign(args.seed, args.models, args.jobs, args.calibrate_with, args.timeout, args.journal,
+                            args.max_depth)
         seconds = time.perf_counter() - start
-    text = report(rows, args.calibrate_with, seconds)
+    text = report(rows, args.calibrate_with, seconds, args.max_depth)
     print(text)
     sys.path.insert(0, str(ROOT))
     from qcompiler.files import atomic_write

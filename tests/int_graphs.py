@@ -52,6 +52,6 @@ def random_codes(t: TensorType, batch: int, rng: np.random.Generator) -> np.ndar
     return rng.integers(lo, hi + 1, size=shape).astype(t.np_dtype)
 
 
-def run_both(g: Graph, inputs: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(integer interpreter outputs, BUILTIN_REF outputs) for the same raw inputs."""
-    return run(g, list(inputs)), run_tflite(write_tflite(g), list(inputs))
+def run_both(g: Graph, inputs: Sequence[np.ndarray], **resolver) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(integer interpreter outputs, BUILTIN_REF outputs) for the same raw inputs (`resolver=`: another one)."""
+    return run(g, list(inputs)), run_tflite(write_tflite(g), list(inputs), **resolver)

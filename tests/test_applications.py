@@ -2,8 +2,7 @@
 
 Models are built with weights=None, randomized batch-norm statistics and logits (classifier_activation=None: a
 1000-class softmax over random weights hides every difference). For each model and mode:
-  - float32: outputs within 1e-5 * max|Keras| of Keras, and no more operators than TFLiteConverter's float model
-    (NASNet excepted: its repeated branches need CSE, which is another pass's work);
+  - float32: outputs within 1e-5 * max|Keras| of Keras, and no more operators than TFLiteConverter's float model;
   - dynamic / float16 / int8 / int16x8: the model runs and its logits point the way Keras' do (cosine).
 The default run checks a fast subset at small inputs; the whole list (every constructor in keras.applications,
 MobileNetV3's minimalistic variants too) is marked slow.
@@ -32,7 +31,6 @@ MIN_COSINE = {"dynamic": 0.99, "float16": 0.999, "int8": 0.95, "int16x8": 0.99}
 ALL_APPLICATIONS = sorted(n for n in dir(keras.applications) if n[0].isupper()) + [
     "MobileNetV3Small-minimalistic", "MobileNetV3Large-minimalistic"]
 FAST = {"MobileNetV3Small": 32, "EfficientNetB0": 32}  # name -> input size for the default run
-NO_OP_COUNT_CHECK = {"NASNetMobile", "NASNetLarge"}  # repeated branches: CSE (another engineer's pass)
 
 
 @functools.lru_cache(maxsize=2)
@@ -154,6 +152,29 @@ def test_every_application_compiles_in_every_mode(name: str, mode: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in ALL_APPLICATIONS if n not in NO_OP_COUNT_CHECK])
+@pytest.mark.parametrize("name", ALL_APPLICATIONS)  # NASNet too: 570 / 570 and 768 / 768 with the cse pass
 def test_every_application_op_count_at_most_the_converter(name: str) -> None:
     check_op_count(name)
+
+
+ILL_CONDITIONED = ["EfficientNetV2B1", "EfficientNetV2B2", "EfficientNetV2B3", "EfficientNetV2S", "EfficientNetV2M",
+                   "EfficientNetV2L", "EfficientNetB6", "EfficientNetB7"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ILL_CONDITIONED)
+def test_deep_efficientnets_within_1e_5_of_keras_with_measured_statistics(name: str) -> None:
+    """With randomize_batchnorm's statistics these networks amplify float32 rounding (half-ulp weight perturbations
+    of the float64 model move EfficientNetB7's logits by 8% of their maximum: benchmarks/float_error.py), so no
+    float32 model is within 1e-5 of Keras' float32 output; `reference` then checks against the converter's. With
+    batch-norm statistics measured on the inputs (tests/zoo.py batchnorm_from_data: no layer amplifies), our
+    float32 model is within 1e-5 * max|Keras| of Keras."""
+    from tests.zoo import keras_application, keras_application_inputs, logits_model
+
+    model = logits_model(keras_application(name, 96, seed=0, batchnorm="data"))
+    x = keras_application_inputs(name, 96, SAMPLES, seed=2)
+    expected = np.asarray(model(x))
+    got = _run(qcompiler.compile(model, mode="float32"), x)
+    error = np.abs(got - expected).max() / np.abs(expected).max()
+    print(f"{name}: {error:.2e} * max|Keras|")
+    assert error <= 1e-5

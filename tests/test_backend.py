@@ -198,12 +198,13 @@ def _float16_weights() -> Graph:
 
 
 def _elementwise_math() -> Graph:
-    """abs, sqrt, rsqrt, exp, squared_difference and a tensor division (positive operands where needed)."""
+    """abs, sqrt, rsqrt, exp, squared_difference, a tensor division (positive operands where needed), neg and
+    square."""
     g, (x, y) = _graph((5, 7), (5, 7))
     positive = g.op("add", g.op("abs", x), g.const(np.float32(0.5).reshape(()), "half"))
     root = g.op("sqrt", positive)
     g.outputs = [g.op("rsqrt", positive), g.op("exp", y), g.op("squared_difference", x, root),
-                 g.op("div", y, root, activation="relu")]
+                 g.op("div", y, root, activation="relu"), g.op("neg", x), g.op("square", y)]
     return g
 
 
@@ -244,6 +245,7 @@ FLOAT_CASES: dict[str, Callable[[], Graph]] = {
     "relu_n1_to_1": _unary("relu_n1_to_1"),
     "leaky_relu": _unary("leaky_relu", alpha=0.2),
     "sigmoid": _unary("sigmoid"),
+    "neg": _unary("neg"),
     "tanh": _unary("tanh"),
     "softmax": _unary("softmax", beta=0.7),
     "elu": _unary("elu"),

@@ -5,7 +5,8 @@ shapes. For each one:
   - float32: qcompiler's .tflite (reference kernels) within 1e-5 * max|ref| of Keras;
   - int8: against TFLiteConverter's int8 model calibrated on the same samples, both run with the reference
     kernels: the dequantized outputs agree within a few output steps (qcompiler lowers some layers with fewer
-    ops than the converter, e.g. LayerNormalization without NEG, so bit equality is not the rule here);
+    ops than the converter, e.g. RMSNormalization's square as a MUL, so bit equality is not the rule here;
+    LayerNormalization follows the converter op for op, NEG island included, and is bit-exact);
   - dynamic, float16 and int16x8 compile and run, close to Keras.
 Plus generated models that chain random keras.ops expressions and layers, the float-island rule (ops without an
 integer kernel stay float between DEQUANTIZE/QUANTIZE, with a warning naming them) and the errors for what is
@@ -14,6 +15,7 @@ still unsupported.
 from __future__ import annotations
 
 import functools
+import re
 import warnings
 from typing import Callable
 
@@ -78,6 +80,7 @@ EXPRESSIONS: dict[str, Body] = {
     "expand_squeeze": lambda x, rng: ops.squeeze(ops.expand_dims(x, 1), 1) * 2.0,
     "concatenate": lambda x, rng: ops.concatenate([x, x * 2.0], axis=-1),
     "get_item": lambda x, rng: x[:, 1:, :-1, 1] + x[:, :-1, 1:, 0],
+    "pad_zero": lambda x, rng: ops.pad(x, [[0, 0], [1, 0], [0, 2], [0, 0]]),
     "matmul_constant": lambda x, rng: ops.matmul(x, rng.normal(0, 0.5, (x.shape[-1], 5)).astype(np.float32)),
 }
 
@@ -143,13 +146,12 @@ LAYERS: dict[str, Body] = {
 CASES = {**EXPRESSIONS, **LAYERS}
 
 _STEPS = 3  # dequantized int8 outputs within this many output steps of the converter's
-# The converter lowers a centering LayerNormalization as x * inv + (-mean * inv + beta) with NEG, which has no int8
-# kernel (a DEQUANTIZE/NEG/QUANTIZE island); qcompiler computes (x - mean) * inv + beta in int8, one op fewer
-# than the converter's float model. Outputs then differ by more than a few steps; these cases must be at least
-# as close to Keras as the converter's (measured: RMS error 0.048 vs 0.078, and 0.046 vs 0.063). Likewise
-# RMSNormalization's square: the converter's SQUARE is a float island, qcompiler's x * x an int8 MUL (0.0347 vs
-# 0.0349).
-_OTHER_LOWERING = {"layer_norm", "layer_norm_no_center", "rms_norm"}
+# RMSNormalization's square: the converter's SQUARE is a float island, qcompiler's x * x an int8 MUL; outputs then
+# differ by more than a few steps, and must be at least as close to Keras as the converter's (0.0347 vs 0.0349).
+# LayerNormalization is Keras' x * inv + (-mean * inv + beta), with the converter's DEQUANTIZE/NEG/QUANTIZE island
+# (the NEG has no int8 kernel), and bit-exact (test_layer_norm_int8_identical_to_the_converter).
+_OTHER_LOWERING = {"rms_norm"}
+_LAYER_NORMS = ("layer_norm", "layer_norm_hw", "layer_norm_rms", "layer_norm_no_center")
 
 
 @functools.lru_cache(maxsize=None)
@@ -232,6 +234,18 @@ def test_int8_close_to_the_converter(name: str) -> None:
         f"int8 outputs differ from the converter's by {np.abs(got - expected).max() / step:.1f} steps")
 
 
+@pytest.mark.parametrize("name", _LAYER_NORMS)
+def test_layer_norm_int8_identical_to_the_converter(name: str) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = case_model(name)
+    ours, reference = _int8_pair(name)
+    details = [Interpreter(model_content=m).get_output_details()[0]["quantization"] for m in (ours, reference)]
+    assert details[0] == details[1]
+    x = _data(model, SAMPLES, seed=3)
+    np.testing.assert_array_equal(_run_float_io(ours, x), _run_float_io(reference, x))
+
+
 # ----------------------------------------------------------------------------------------------------
 # the other modes run and stay close to Keras
 # ----------------------------------------------------------------------------------------------------
@@ -262,7 +276,8 @@ def test_other_modes_close_to_keras(name: str, mode: str) -> None:
 # ----------------------------------------------------------------------------------------------------
 _SHAPE_KEEPING = [name for name in CASES if name not in (
     "mean_spatial", "max_axis", "reshape", "matmul_constant", "softmax_last", "transpose", "concatenate",
-    "dense_rank4", "grouped_conv_depthwise", "sum_axis", "exp", "square", "divide_by_tensor", "get_item")]
+    "dense_rank4", "grouped_conv_depthwise", "sum_axis", "exp", "square", "divide_by_tensor", "get_item",
+    "pad_zero")]
 
 
 @functools.lru_cache(maxsize=None)
@@ -326,6 +341,17 @@ def test_unsupported_operation_argument_is_named():
     model = keras.Model(x, ops.mean(x, axis=0))
     with pytest.raises(UnsupportedLayerError, match=r"keras.ops operation 'mean(_\d+)?'.*numpy.Mean.*batch"):
         qcompiler.import_keras(model)
+
+
+@pytest.mark.parametrize("call, why", [
+    (lambda x: ops.pad(x, [[0, 0], [1, 1], [0, 0], [0, 0]], constant_values=1.0), "constant_values=1.0"),
+    (lambda x: ops.pad(x, [[0, 0], [1, 1], [0, 0], [0, 0]], mode="reflect"), "mode='reflect'"),
+    (lambda x: ops.pad(x, [[1, 0], [0, 0], [0, 0], [0, 0]]), "pads the batch axis"),
+])
+def test_pad_other_than_zeros_on_non_batch_axes_is_refused(call, why):
+    x = keras.Input((4, 4, 3))
+    with pytest.raises(UnsupportedLayerError, match=r"keras.ops operation 'pad(_\d+)?'.*" + re.escape(why)):
+        qcompiler.import_keras(keras.Model(x, call(x)))
 
 
 def test_unknown_custom_layer_is_refused_with_the_supported_list():

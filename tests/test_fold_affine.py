@@ -1,5 +1,6 @@
 """fold-affine against TFLiteConverter: the folded float weights are the converter's to the bit, and the int8
-models of a Rescaling -> valid conv model and a Dense -> Rescaling -> Dense model give the converter's outputs."""
+models of a Rescaling -> valid conv model, a Dense -> Rescaling -> Dense model and a Rescaling -> SAME conv model
+give the converter's outputs."""
 from __future__ import annotations
 
 import functools
@@ -37,7 +38,19 @@ def _dense_rescaling(keras):
     return keras.Model(x, L.Dense(5, name="head")(y), name="dense_rescaling")
 
 
-MODELS = {"preprocessing_conv": (_preprocessing_conv, 255.0), "dense_rescaling": (_dense_rescaling, None)}
+def _rescaling_same_conv(keras):
+    """EfficientNet's stem: Rescaling(1/255) -> ZeroPadding2D -> stride-2 valid conv (a SAME conv after fold-pad),
+    then a scalar Rescaling into a SAME depthwise: both scales fold into the weights, the zero border stays zero."""
+    L = keras.layers
+    x = keras.Input((16, 16, 3), name="image")
+    y = L.ZeroPadding2D(((0, 1), (0, 1)), name="stem_pad")(L.Rescaling(1 / 255, name="scale_in")(x))
+    y = L.Conv2D(8, 3, strides=2, activation="relu", name="stem")(y)
+    y = L.DepthwiseConv2D(3, padding="same", name="depthwise")(L.Rescaling(-0.5, name="scale_mid")(y))
+    return keras.Model(x, L.Conv2D(4, 1, name="project")(y), name="rescaling_same_conv")
+
+
+MODELS = {"preprocessing_conv": (_preprocessing_conv, 255.0), "dense_rescaling": (_dense_rescaling, None),
+          "rescaling_same_conv": (_rescaling_same_conv, 255.0)}
 
 
 def _data(name: str, model, n: int, seed: int) -> np.ndarray:

@@ -119,3 +119,25 @@ def test_counters_report_what_fold_batchnorm_did() -> None:
     assert result.counters["nodes-inserted"] == 6
     assert result.counters["nodes-replaced"] == 2
     assert g.op_counts() == {"const": 4, "mul": 1, "add": 1, "conv2d": 1}
+
+
+def test_cse_compares_large_constants_byte_for_byte_without_hashing() -> None:
+    """Large constants are keyed by a sampled fingerprint: equal ones merge; ones whose sampled bytes agree but
+    whose other bytes differ (one value, or 0.0 against -0.0) stay apart."""
+    from qcompiler.passes.cse import CommonSubexpressionElimination
+
+    g = Graph("large")
+    x = g.add_input("x", TensorType((None, 3000)))
+    base = _f32(3000)
+    other = base.copy()
+    other[1] += 1.0  # between the fingerprint's samples
+    signed = base.copy()
+    signed[1], base[1] = -0.0, 0.0
+    consts = [g.const(a.copy()) for a in (base, base, other, signed)]
+    y = x
+    for c in consts:
+        y = g.op("add", y, c)
+    g.outputs = [y]
+    result = CommonSubexpressionElimination().run(g)
+    assert result.counters == {"nodes-erased": 1, "constants-merged": 1}
+    assert g.op_counts() == {"const": 3, "add": 4}

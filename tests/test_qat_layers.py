@@ -55,6 +55,18 @@ def test_fake_quant_tracks_an_exponential_moving_average_from_the_first_batch():
     np.testing.assert_allclose([layer.range_min.numpy(), layer.range_max.numpy()], [-1.2, 2.2], rtol=1e-6)
 
 
+def test_initial_range_starts_every_tracked_range_and_the_ema_moves_from_it():
+    qat = quantize_model(_small_cnn(), initial_range=(-6.0, 6.0), ema_decay=0.75)
+    hidden = qat.get_layer("hidden_quant")
+    assert (float(hidden.range_min.numpy()), float(hidden.range_max.numpy())) == (-6.0, 6.0)
+    assert qat.get_layer("probs_softmax_quant").init_max == 255 / 256  # fixed ranges keep the kernel's range
+    x = _data(16)
+    values = np.asarray(keras.Model(qat.inputs, qat.get_layer("hidden").output)(x, training=True))
+    hidden(values, training=True)
+    np.testing.assert_allclose([hidden.range_min.numpy(), hidden.range_max.numpy()],
+                               [0.75 * -6.0 + 0.25 * values.min(), 0.75 * 6.0 + 0.25 * values.max()], rtol=1e-4)
+
+
 def test_quantized_layer_is_float_before_quant_delay():
     model = _small_cnn(softmax=False)
     qat = quantize_model(model, quant_delay=2)
@@ -69,9 +81,15 @@ def test_quantized_layer_is_float_before_quant_delay():
 
 
 def _batch_folded_conv(layer: QuantConv2D, x: np.ndarray, use_batch: bool) -> np.ndarray:
+    """The folded layer in numpy: statistics of the float conv ("float") or of the conv with the kernel on its
+    per-channel 8-bit grid ("quantized"), folded into the kernel, the folded kernel quantized."""
     inner, bn = layer.inner, layer.bn
     kernel = np.asarray(inner.kernel.numpy(), np.float32)
-    y = np.asarray(keras.ops.conv(x, kernel, padding="same"))
+    if layer.bn_statistics == "quantized":
+        lo, hi = qmath.symmetric_weight_range(kernel, 3)
+        y = np.asarray(keras.ops.conv(x, qmath.fake_quant(kernel, lo, hi, 8, True, axis=3), padding="same"))
+    else:
+        y = np.asarray(keras.ops.conv(x, kernel, padding="same"))
     if use_batch:
         mean, var = y.mean(axis=(0, 1, 2)), y.var(axis=(0, 1, 2))
     else:
@@ -83,8 +101,9 @@ def _batch_folded_conv(layer: QuantConv2D, x: np.ndarray, use_batch: bool) -> np
     return np.maximum(np.asarray(keras.ops.conv(x, q, padding="same")) + bias, 0)
 
 
-def test_freeze_bn_delay_switches_from_batch_to_moving_statistics():
-    qat = quantize_model(_small_cnn(), freeze_bn_delay=2)
+@pytest.mark.parametrize("bn_statistics", ["quantized", "float"])
+def test_freeze_bn_delay_switches_from_batch_to_moving_statistics(bn_statistics):
+    qat = quantize_model(_small_cnn(), freeze_bn_delay=2, bn_statistics=bn_statistics)
     conv = qat.get_layer("conv")
     x = _data(32)
     before = conv.bn.moving_mean.numpy().copy()
@@ -98,6 +117,40 @@ def test_freeze_bn_delay_switches_from_batch_to_moving_statistics():
     assert not np.allclose(y2, y0, atol=1e-3)
     np.testing.assert_array_equal(conv.bn.moving_mean.numpy(), frozen[0])
     np.testing.assert_array_equal(conv.bn.moving_variance.numpy(), frozen[1])
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_one_conv_training_equals_the_layer_folded_with_the_quantized_conv_statistics(bits):
+    """bn_statistics="quantized": conv(x, q(W)) * s + beta - mean * s is the folded layer conv(x, q(W * s)) +
+    folded bias (per-channel quantization commutes with s), for Conv2D, DepthwiseConv2D and Dense + BN."""
+    from qcompiler.qat import fold_batch_norm
+
+    ops = keras.ops
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((8, 8, 3), name="image")
+    h = L.BatchNormalization(name="conv_bn")(L.Conv2D(4, 3, name="conv")(inputs))
+    h = L.BatchNormalization(name="dw_bn")(L.DepthwiseConv2D(3, depth_multiplier=2, name="dw")(h))
+    h = L.BatchNormalization(name="dense_bn")(L.Dense(5, name="dense")(L.Flatten(name="flat")(h)))
+    model = keras.Model(inputs, h)
+    for layer in model.layers:  # batch norms with non-trivial parameters
+        if isinstance(layer, L.BatchNormalization):
+            rng = np.random.default_rng(len(layer.name))
+            layer.gamma.assign(rng.uniform(-2, 2, layer.gamma.shape))
+            layer.beta.assign(rng.normal(size=layer.beta.shape))
+    qat = quantize_model(model, weight_bits=bits, bn_statistics="quantized")
+    x = np.random.default_rng(0).normal(size=(16, 8, 8, 3)).astype(np.float32)
+    for name in ("conv", "dw", "dense"):
+        layer = qat.get_layer(name)
+        assert layer.bn is not None and layer.bn_statistics == "quantized"
+        h = keras.Model(qat.inputs, layer.input)(x, training=False) if name != "conv" else x
+        kernel, bn = layer.inner.kernel, layer.bn
+        y = layer._linear(h, layer.quantized_kernel(kernel)) + layer.inner.bias
+        mean, variance = ops.moments(y, axes=tuple(range(len(y.shape) - 1)))
+        folded, bias = fold_batch_norm(ops, kernel, layer.inner.bias, bn.gamma, bn.beta, mean, variance, bn.epsilon,
+                                       layer._channel_shape())
+        expected = np.asarray(layer._linear(h, layer.quantized_kernel(folded)) + bias)
+        got = np.asarray(layer(h, training=True))
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
 def test_strip_gives_back_the_float_model_and_its_weights():

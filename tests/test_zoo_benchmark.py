@@ -9,8 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from benchmarks.zoo import (Settings, StepCrash, grouped_failures, io_difference, markdown, merge_documents,
-                            merge_rows, op_differences, percent, run_isolated, run_tflite_isolated)
+from benchmarks.zoo import (Recorder, Settings, StepCrash, compare_int8, grouped_failures, io_difference, markdown,
+                            merge_documents, merge_rows, op_differences, percent, run_isolated, run_models,
+                            run_tflite_isolated)
 
 BUILDER = "tests.test_zoo_benchmark:"
 
@@ -154,6 +155,40 @@ def test_logits_model_refuses_other_heads():
         logits_model(keras.Model(inputs, keras.layers.Dense(5, activation="relu", name="head")(inputs)))
 
 
+def test_reference_softmax_abort_falls_back_to_default_kernels(tmp_path):
+    """A near-uniform int8 softmax over 1000 classes (sum of exponentials >= 512) stops the BUILTIN_REF process;
+    both tools' models then run with the default kernels and the row says so instead of failing."""
+    import keras
+
+    import qcompiler
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16,))
+    head = keras.layers.Dense(1000, activation="softmax",
+                              kernel_initializer=keras.initializers.RandomNormal(stddev=1e-3))
+    model = keras.Model(inputs, head(inputs))
+    x = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+    data = qcompiler.compile(model, mode="int8", calibration_data=x)
+    for tool in ("qcompiler", "converter"):  # the same model twice: only the run is under test
+        (tmp_path / f"outputs-{tool}.tflite").write_bytes(data)
+    np.save(tmp_path / "inputs.npy", x[:2])
+    rec = Recorder({"model": "uniform", "failures": [], "step": "start", "step_seconds": {}}, tmp_path / "row.json")
+    entry: dict = {"qcompiler": {}, "converter": {}}
+    outputs: dict = {}
+    io: dict = {}
+    run_models(rec, "outputs", ["qcompiler", "converter"], entry, tmp_path, tmp_path / "inputs.npy", outputs, io)
+    assert rec.row["failures"] == []
+    assert entry["kernels"] == "default"
+    assert all("killed by SIGABRT" in entry["reference_crash"][tool] for tool in ("qcompiler", "converter"))
+    assert entry["qcompiler"]["ops"] == 2 and outputs["qcompiler"][0].shape == (2, 1000)
+    entry.update(compare_int8(outputs["qcompiler"], outputs["converter"]), io_equal=True, io_difference="", io=io)
+    assert entry["identical_pct"] == 100.0
+    row = dict(rec.row, outputs=entry, step="done")
+    table = markdown([row], _header(), Settings(modes=("outputs",)), jobs=1)
+    assert "| uniform | outputs |" in table and "100.00% †" in table
+    assert "## BUILTIN_REF aborts" in table and "| uniform | outputs | qcompiler | the BUILTIN_REF interpreter" in table
+
+
 def _header() -> dict:
     return {"date": "2026-11-30 00:00 UTC", "commit": "test", "cpus": 2, "cpu": "cpu", "system": "Linux",
             "python": "3", "tensorflow": "2", "keras": "3", "ai_edge_litert": "2"}
@@ -161,3 +196,43 @@ def _header() -> dict:
 
 if __name__ == "__main__":
     pytest.main([__file__])
+
+
+def _deep_residual(depth: int):
+    """`depth` conv -> batch norm -> swish blocks with residual additions, as EfficientNet stacks them."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 4))
+    x = layers.Conv2D(16, 1)(inputs)
+    for i in range(depth):
+        y = layers.BatchNormalization(name=f"bn{i}")(layers.Conv2D(16, 3, padding="same")(x))
+        x = layers.Add()([x, layers.Activation("swish")(y)])
+    return keras.Model(inputs, layers.GlobalAveragePooling2D()(x))
+
+
+def test_batchnorm_from_data_normalizes_each_layer_on_its_inputs():
+    """Every batch norm, in inference mode on the data it was set from, outputs per channel mean beta and standard
+    deviation gamma * sqrt(v / (v + 1 + eps)) for its input's variance v (its moving statistics are measured on its
+    input with the earlier layers' statistics final); the activations of a deep residual stack stay O(1), where
+    randomize_batchnorm's grow with depth."""
+    import keras
+
+    from tests.zoo import batchnorm_from_data, randomize_batchnorm
+
+    x = np.random.default_rng(0).standard_normal((8, 8, 8, 4)).astype(np.float32)
+    model = batchnorm_from_data(_deep_residual(12), x, seed=3)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    outputs = keras.Model(model.input, [layer.output for layer in norms])(x, training=False)
+    for layer, y in zip(norms, outputs):
+        y = np.asarray(y, np.float64).reshape(-1, y.shape[-1])
+        gamma, beta = np.asarray(layer.gamma), np.asarray(layer.beta)
+        np.testing.assert_allclose(y.mean(0), beta, atol=2e-3, err_msg=layer.name)
+        variance = np.asarray(layer.moving_variance, np.float64) - 1.0  # the input's variance
+        np.testing.assert_allclose(y.std(0), np.abs(gamma) * np.sqrt(variance / (variance + 1.0 + layer.epsilon)),
+                                   rtol=2e-3, atol=1e-3, err_msg=layer.name)
+    data_scale = float(np.abs(model(x)).max())
+    random_scale = float(np.abs(randomize_batchnorm(_deep_residual(12), seed=3)(x)).max())
+    print(f"max |output|: {data_scale:.3g} (statistics from the data), {random_scale:.3g} (random statistics)")
+    assert data_scale < 10 < random_scale, (data_scale, random_scale)

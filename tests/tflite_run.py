@@ -1,15 +1,18 @@
 """Test helper: run .tflite bytes in ai-edge-litert's reference kernels on a batch."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 
-def run_tflite(model: bytes, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Feed raw arrays (already in the model's input dtypes) and return raw outputs, batch resized."""
-    interp = Interpreter(model_content=model, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+def run_tflite(model: bytes, inputs: Sequence[np.ndarray],
+               resolver: Optional[OpResolverType] = None) -> list[np.ndarray]:
+    """Feed raw arrays (already in the model's input dtypes) and return raw outputs, batch resized. The resolver
+    is BUILTIN_REF unless given (looked up at call time: tests/differential.py swaps it for the default one)."""
+    resolver = OpResolverType.BUILTIN_REF if resolver is None else resolver
+    interp = Interpreter(model_content=model, experimental_op_resolver_type=resolver)
     details = interp.get_input_details()
     for detail, array in zip(details, inputs):
         interp.resize_tensor_input(detail["index"], list(array.shape))

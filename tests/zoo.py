@@ -129,11 +129,17 @@ def keras_application_names() -> list[str]:
     return sorted(name for name in dir(apps) if name[:1].isupper() and callable(getattr(apps, name)))
 
 
-def keras_application(name: str, size: int, seed: int = 0) -> keras.Model:
+BATCHNORM_STATISTICS = ("random", "data")
+
+
+def keras_application(name: str, size: int, seed: int = 0, batchnorm: str = "random") -> keras.Model:
     """keras.applications.`name` (weights=None, 1000 classes, softmax) at size x size (or the model's minimum size
-    if that is larger), with randomized batch-norm statistics."""
+    if that is larger), with batch-norm statistics `batchnorm`: "random" (randomize_batchnorm) or "data"
+    (batchnorm_from_data on the model's own preprocessed inputs)."""
     import re
 
+    if batchnorm not in BATCHNORM_STATISTICS:
+        raise ValueError(f"batchnorm must be one of {BATCHNORM_STATISTICS}, got {batchnorm!r}")
     constructor = getattr(keras.applications, name)
     keras.utils.set_random_seed(seed)
     try:
@@ -142,8 +148,52 @@ def keras_application(name: str, size: int, seed: int = 0) -> keras.Model:
         minimum = re.search(r"at least (\d+)x(\d+)", str(err))
         if minimum is None or int(minimum.group(1)) <= size:
             raise
-        return keras_application(name, int(minimum.group(1)), seed)
+        return keras_application(name, int(minimum.group(1)), seed, batchnorm)
+    if batchnorm == "data":
+        size = int(model.inputs[0].shape[1])
+        return batchnorm_from_data(model, keras_application_inputs(name, size, 8, seed + 1000), seed)
     return randomize_batchnorm(model, seed)
+
+
+def batchnorm_from_data(model: keras.Model, x: np.ndarray, seed: int) -> keras.Model:
+    """Batch-norm statistics under which no layer amplifies and activations stay O(1): random gamma and beta (as
+    randomize_batchnorm); then, in one inference forward pass on `x` in which each batch norm first measures its
+    own input (the earlier layers' statistics already final), moving mean = the per-channel mean and moving
+    variance = the per-channel variance + 1 (a channel's gain gamma / sqrt(variance + 1) is at most gamma, and
+    its output's deviation at most gamma times its input's).
+
+    randomize_batchnorm's statistics are independent of the activations: through a deep network with residual
+    additions (EfficientNetV2B1+, B6, B7) the activations grow block by block and the network amplifies float32
+    rounding (benchmarks/float_error.py measures how much). Normalizing to exactly unit variance instead (+ 0)
+    amplifies too: deep features of random-pixel images hardly differ between images, and dividing by that small
+    spread makes a network that blows up on other images."""
+    import types
+
+    rng = np.random.default_rng(seed)
+    norms = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+             if isinstance(layer, layers.BatchNormalization)]
+
+    def measuring_call(layer, inputs, *args, **kwargs):
+        values = np.asarray(inputs, np.float64)
+        axes = tuple(i for i in range(values.ndim) if i != layer.axis % values.ndim)
+        variance = values.var(axis=axes)
+        layer.moving_mean.assign(values.mean(axis=axes).astype(np.float32))
+        layer.moving_variance.assign((variance + 1.0).astype(np.float32))
+        return type(layer).call(layer, inputs, *args, **kwargs)
+
+    for layer in norms:
+        shape = tuple(layer.moving_mean.shape)
+        if layer.scale:
+            layer.gamma.assign(rng.uniform(0.5, 1.5, shape).astype(np.float32))
+        if layer.center:
+            layer.beta.assign(rng.normal(0.0, 0.2, shape).astype(np.float32))
+        layer.call = types.MethodType(measuring_call, layer)
+    try:
+        model(x, training=False)
+    finally:
+        for layer in norms:
+            del layer.call
+    return model
 
 
 def logits_model(model: keras.Model) -> keras.Model:

@@ -55,6 +55,8 @@ DepthwiseConv2DOptions = _schema("DepthwiseConv2DOptions")
 DequantizeOptions = _schema("DequantizeOptions")
 DivOptions = _schema("DivOptions")
 ExpOptions = _schema("ExpOptions")
+NegOptions = _schema("NegOptions")
+SquareOptions = _schema("SquareOptions")
 SquaredDifferenceOptions = _schema("SquaredDifferenceOptions")
 TransposeOptions = _schema("TransposeOptions")
 FullyConnectedOptions = _schema("FullyConnectedOptions")
@@ -706,6 +708,8 @@ def _emitters() -> dict[str, Emitter]:
         "rsqrt": _simple(),
         "sqrt": _simple(),
         "abs": _simple(),
+        "neg": _simple(BO.NegOptions, lambda n: _empty_options(NegOptions)),
+        "square": _simple(BO.SquareOptions, lambda n: _empty_options(SquareOptions)),
         "exp": _simple(BO.ExpOptions, lambda n: _empty_options(ExpOptions)),
         "sum": _emit_reduce,
     }

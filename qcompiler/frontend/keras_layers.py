@@ -7,6 +7,7 @@ op; the fusion passes fold them later.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -49,11 +50,18 @@ Converter = Callable[[LayerContext, Sequence[Value]], Value]
 ActivationFn = Callable[[LayerContext, Value], Value]
 
 
+# Kernels up to this many values are transposed by numpy, larger ones by the Keras backend.
+_NUMPY_TRANSPOSE_LIMIT = 1 << 18
+
+
 def _weights(variable: Any, perm: Optional[Sequence[int]] = None) -> np.ndarray:
-    """A weight as float32 numpy, its axes permuted by `perm` (e.g. HWIO -> OHWI) in the Keras backend, which
-    transposes a large kernel ~10x faster than numpy's strided copy (VGG16's fc1: 66 ms against 600 ms)."""
-    if perm is None:
-        return np.asarray(keras.ops.convert_to_numpy(variable), np.float32)
+    """A weight as float32 numpy, its axes permuted by `perm` (e.g. HWIO -> OHWI). A large kernel is transposed
+    in the Keras backend, ~10x faster than numpy's strided copy (VGG16's fc1: 66 ms against 600 ms); a small one
+    by numpy, which takes microseconds where a TensorFlow op takes ~0.3 ms (and far more on a loaded machine:
+    MobileNetV2's 52 kernels took 0.8 s)."""
+    if perm is None or math.prod(variable.shape) <= _NUMPY_TRANSPOSE_LIMIT:
+        array = np.asarray(keras.ops.convert_to_numpy(variable), np.float32)
+        return array if perm is None else np.ascontiguousarray(array.transpose(perm))
     return np.asarray(keras.ops.transpose(variable, perm), np.float32)
 
 
@@ -398,9 +406,12 @@ def _normalization(ctx: LayerContext, xs: Sequence[Value]) -> Value:
 
 
 def _layer_norm(ctx: LayerContext, xs: Sequence[Value]) -> Value:
-    """keras.ops.layer_normalization: mean and variance over `axis` (MEAN, SQUARED_DIFFERENCE, MEAN, as
-    tf.nn.moments), then (x - mean) * rsqrt(var + eps) * gamma + beta. rms_scaling: x * rsqrt(var + eps) * gamma.
-    gamma / beta that are exactly 1 / 0 are left out."""
+    """keras.ops.layer_normalization, op for op as Keras computes it (and TFLiteConverter therefore converts it):
+    mean and variance over `axis` (MEAN, SQUARED_DIFFERENCE, MEAN, as tf.nn.moments), inv = rsqrt(var + eps)
+    * gamma, then x * inv + (-mean * inv + beta). rms_scaling: x * rsqrt(var + eps), then * gamma. gamma and
+    beta are always written; canonicalize drops a multiply by ones or an add of zeros that does not broadcast,
+    as the converter does (a gamma of ones stays: it broadcasts inv over the normalized axis). The NEG stays
+    float in integer models, as in the converter's."""
     layer, x = ctx.layer, xs[0]
     rank = x.type.rank
     axes = sorted(int(a) % rank for a in (layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]))
@@ -411,15 +422,17 @@ def _layer_norm(ctx: LayerContext, xs: Sequence[Value]) -> Value:
     shifted = ctx.op("add", variance, ctx.const(np.float32(layer.epsilon), "epsilon"))
     inv = ctx.op("rsqrt", shifted)
     gamma = _weights(layer.gamma) if layer.scale else None
-    if gamma is not None and not np.all(gamma == 1):
-        inv = ctx.op("mul", inv, ctx.weight(_channel_vector(ctx, gamma, rank, axes), "gamma"), suffix="scale")
+    gamma_value = None if gamma is None else ctx.weight(_channel_vector(ctx, gamma, rank, axes), "gamma")
     if layer.rms_scaling:
-        return ctx.op("mul", x, inv, suffix="normalized")
-    y = ctx.op("mul", ctx.op("sub", x, mean, suffix="centered"), inv, suffix="normalized")
+        y = ctx.op("mul", x, inv, suffix="normalized")
+        return y if gamma_value is None else ctx.op("mul", y, gamma_value, suffix="scaled")
+    if gamma_value is not None:
+        inv = ctx.op("mul", inv, gamma_value, suffix="scale")
+    shift = ctx.op("mul", ctx.op("neg", mean, suffix="neg_mean"), inv, suffix="shift")
     beta = _weights(layer.beta) if layer.center else None
-    if beta is not None and np.any(beta):
-        y = ctx.op("add", y, ctx.weight(_channel_vector(ctx, beta, rank, axes), "beta"))
-    return y
+    if beta is not None:
+        shift = ctx.op("add", shift, ctx.weight(_channel_vector(ctx, beta, rank, axes), "beta"), suffix="offset")
+    return ctx.op("add", ctx.op("mul", x, inv, suffix="normalized"), shift)
 
 
 def _rms_norm(ctx: LayerContext, xs: Sequence[Value]) -> Value:

@@ -98,12 +98,11 @@ def _unary(op: str) -> Builder:
 
 
 def _negative(ctx: LayerContext, args: list[Any], out: Any) -> Value:
-    return ctx.op("mul", _tensor(ctx, args), ctx.const(np.float32(-1.0), "minus_one"))
+    return ctx.op("neg", _tensor(ctx, args))
 
 
 def _square(ctx: LayerContext, args: list[Any], out: Any) -> Value:
-    x = _tensor(ctx, args)
-    return ctx.op("mul", x, x)
+    return ctx.op("square", _tensor(ctx, args))
 
 
 def _gelu(ctx: LayerContext, args: list[Any], out: Any) -> Value:
@@ -173,6 +172,20 @@ def _transpose(ctx: LayerContext, args: list[Any], out: Any) -> Value:
     if perm[0] != 0:
         raise unsupported(ctx, f"moves the batch axis (axes={axes}); keep axis 0 first")
     return ctx.op("transpose", x, perm=perm)
+
+
+def _pad(ctx: LayerContext, args: list[Any], out: Any) -> Value:
+    """Zero padding of non-batch axes (mode "constant", constant_values 0 or absent)."""
+    x = _tensor(ctx, args)
+    widths = [[int(a), int(b)] for a, b in ctx.layer.pad_width]
+    widths = widths * x.type.rank if len(widths) == 1 else widths
+    constant = args[1] if len(args) > 1 else None
+    if ctx.layer.mode != "constant" or (constant is not None and float(np.asarray(constant)) != 0.0):
+        raise unsupported(ctx, f"pads with mode={ctx.layer.mode!r}, constant_values={constant!r}; only zero "
+                               "padding is supported")
+    if widths[0] != [0, 0]:
+        raise unsupported(ctx, f"pads the batch axis (pad_width={ctx.layer.pad_width})")
+    return ctx.op("pad", x, paddings=widths)
 
 
 def _concatenate(ctx: LayerContext, args: list[Any], out: Any) -> Value:
@@ -257,6 +270,7 @@ OPERATIONS: dict[type, Builder] = {
     knp.Squeeze: _reshape_to_output,
     knp.Transpose: _transpose,
     knp.Concatenate: _concatenate,
+    knp.Pad: _pad,
     knp.GetItem: _get_item,
     knp.Matmul: _matmul,
     kmath.Rsqrt: _unary("rsqrt"),
@@ -274,6 +288,11 @@ OPERATIONS: dict[type, Builder] = {
 }
 
 
+# Keyword arguments keras.ops itself passes to the operation call (keras.ops.pad calls Pad(...)(x,
+# constant_values=...)): accepted as constants, appended to the positional arguments in this order.
+KEYWORDS: dict[type, tuple[str, ...]] = {knp.Pad: ("constant_values",)}
+
+
 def supported_operations() -> list[str]:
     """keras.ops names of the supported operation classes (`numpy.Add`, `nn.Sigmoid`, ...)."""
     return sorted(f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}" for cls in OPERATIONS)
@@ -284,10 +303,13 @@ def emit_operation(ctx: LayerContext, node: Any, env_args: list[Any]) -> Value:
     builder = OPERATIONS.get(type(ctx.layer))
     if builder is None:
         raise UnsupportedOperationError(ctx.layer.name, class_path(ctx.layer))
-    if node.arguments.kwargs:
-        raise unsupported(ctx, f"is called with keyword arguments {sorted(node.arguments.kwargs)}; "
-                               "pass them positionally")
-    return builder(ctx, env_args, node.outputs[0])
+    keywords = KEYWORDS.get(type(ctx.layer), ())
+    extra = sorted(k for k in node.arguments.kwargs if k not in keywords)
+    if extra:
+        raise unsupported(ctx, f"is called with keyword arguments {extra}; pass them positionally")
+    trailing = [node.arguments.kwargs.get(k) for k in keywords]  # constants, after the positional arguments
+    return builder(ctx, [*env_args, *trailing] if any(v is not None for v in trailing) else env_args,
+                   node.outputs[0])
 
 
 def substitute_tensors(args: Sequence[Any], values: dict[int, Value]) -> list[Any]:

@@ -56,7 +56,8 @@ def check_constant_values(node: Node) -> None:
         array = node.attrs.get("value")
         if isinstance(array, ElidedArray) or not isinstance(array, np.ndarray):
             return
-        if np.issubdtype(array.dtype, np.floating) and array.size:
+        # NaN and inf make the sum non-finite: one pass without a mask; only then (or on overflow) look closer
+        if np.issubdtype(array.dtype, np.floating) and array.size and not np.isfinite(np.sum(array)):
             finite = np.isfinite(array)
             if not finite.all():
                 bad = int(array.size - np.count_nonzero(finite))

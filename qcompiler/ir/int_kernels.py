@@ -2,7 +2,8 @@
 
 `INT_KERNELS[op](node, args)` takes the raw integer operands of a lowered node (their scales and zero points are
 in the operand and result types) and returns the raw integer results, bit for bit as the reference kernel
-(accumulators, fixed-point multipliers and shifts, rounding, saturation, lookup tables). The numeric primitives
+(accumulators, fixed-point multipliers and shifts, rounding, saturation, lookup tables); the exception, int8 SUM,
+follows the BUILTIN resolver because BUILTIN_REF's is wrong (BUILTIN_REF_DIFFERS). The numeric primitives
 live in qcompiler/quant/math.py; this file only wires them per op. Accumulating ops use float64 matrix products
 of integer values, which are exact (|sum| < 2^53) and let BLAS do the work.
 
@@ -511,6 +512,137 @@ def _gelu_kernel(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
     return _lut(_gelu(node.attrs["approximate"]))(node, args)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# elementwise.cc (ABS, RSQRT, SQRT), exp.cc, squared_difference.cc, reduce.cc (SUM)
+# ---------------------------------------------------------------------------------------------------------
+def _abs(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """AbsEvalQuantized (int8, int16): |code - zp_in|, rescaled by QuantizeMultiplier(f32(in / out)) unless the
+    float32 scales are equal, + zp_out, saturated."""
+    src, out = node.operands[0], node.result
+    value = np.abs(args[0].astype(np.int64) - _zp(src))
+    in_scale, out_scale = np.float32(_scale(src)), np.float32(_scale(out))
+    if in_scale != out_scale:
+        value = _mbqm(node, value, *_qmult(node, float(np.float32(in_scale / out_scale))))
+    return _out(node, value + _zp(out), *qm.qrange(out.type.dtype))
+
+
+def _require_non_negative(node: Node, centred: np.ndarray, what: str) -> None:
+    """RSQRT/SQRT refuse inputs below the zero point at run time (the interpreter fails); so do we."""
+    if centred.size and centred.min() < 0:
+        raise IRError(f"{node.describe()}: {what} is only defined for non-negative values, and an input code is "
+                      f"below the zero point {_zp(node.operands[0])}; TFLite fails to invoke such a model")
+
+
+def _inv_sqrt_multiplier(value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """GetInvSqrtQuantizedMultiplierExp(value, kReverseShift = -1) for int32 values >= 0, vectorised:
+    1/sqrt(value) = multiplier * 2^(shift - 31), by five Newton-Raphson steps in gemmlowp Q3.28 fixed point."""
+    x = np.asarray(value, np.int64).copy()
+    trivial = x <= 1
+    x = np.where(trivial, 2, x)
+    shift = np.full(x.shape, 11, np.int64)
+    while np.any(x >= 1 << 29):
+        big = x >= 1 << 29
+        x, shift = np.where(big, x // 4, x), shift + big
+    clz = 32 - np.frexp(x.astype(np.float64))[1].astype(np.int64)  # CountLeadingZeros(uint32)
+    pairs = (clz - 1) // 2 - 1
+    shift, x = shift - pairs, x << (2 * pairs)
+    srdhm, pot = qm.saturating_rounding_doubling_high_mul, qm.saturating_rounding_multiply_by_pot
+    half_input = qm.rounding_divide_by_pot(x >> 1, 1)
+    half_three = (1 << 28) + (1 << 27)
+    guess = np.full(x.shape, 1 << 28, np.int64)
+    for _ in range(5):
+        cube = pot(srdhm(srdhm(guess, guess), guess), 6)
+        guess = pot(srdhm(half_three, guess) - srdhm(half_input, cube), 3)
+    multiplier = srdhm(guess, 1518500250)  # times sqrt(2) / 2 in Q0.31
+    multiplier = np.where(shift < 0, _wrap32(multiplier << np.maximum(-shift, 0)), multiplier)
+    shift = -np.maximum(shift, 0)
+    return np.where(trivial, 2**31 - 1, multiplier), np.where(trivial, 0, shift)
+
+
+def _wrap32(x: np.ndarray) -> np.ndarray:
+    return ((x + 2**31) & (2**32 - 1)) - 2**31
+
+
+def _rsqrt(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """RsqrtEvalQuantizedInt8: a fixed-point 1/sqrt(code - zp_in) carried with 20 extra bits, times
+    QuantizeMultiplier(1 / (sqrtf(in) * out)); code == zp_in gives 127 (the output's maximum)."""
+    src, out = node.operands[0], node.result
+    if out.type.dtype != "i8":
+        raise NotImplementedError(f"rsqrt on {out.type.dtype}")
+    value = args[0].astype(np.int64) - _zp(src)
+    _require_non_negative(node, value, "RSQRT")
+    f = np.float32
+    m, s = _qmult(node, 1.0 / float(f(np.sqrt(f(_scale(src))) * f(_scale(out)))))
+    levels = np.arange(int(value.max()) + 1 if value.size else 1, dtype=np.int64)  # one table entry per code
+    inv_m, inv_s = _inv_sqrt_multiplier(levels)
+    k_shift = 20  # keeps the intermediate an integer
+    data = qm.multiply_by_quantized_multiplier(np.ones_like(levels), inv_m, inv_s + k_shift, single_rounding=False)
+    qmin, qmax = qm.qrange("i8")
+    table = np.clip(_mbqm(node, data, m, s - k_shift) + _zp(out), qmin, qmax)
+    table[0] = qmax  # "any value close to 0 represents the max output value"
+    return _out(node, table[value], qmin, qmax)
+
+
+def _sqrt(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """SqrtEvalQuantized: float32 sqrt of f32(in_scale * (code - zp_in)), divided by the output scale in
+    float32 and truncated toward zero (static_cast<int>), + zp_out, saturated."""
+    src, out = node.operands[0], node.result
+    if out.type.dtype != "i8":
+        raise NotImplementedError(f"sqrt on {out.type.dtype}")
+    f = np.float32
+    real = (f(_scale(src)) * (args[0].astype(np.int64) - _zp(src)).astype(f)).astype(f)
+    _require_non_negative(node, real, "SQRT")
+    scaled = (np.sqrt(real) / f(_scale(out))).astype(f)
+    return _out(node, np.trunc(scaled).astype(np.int64) + _zp(out), *qm.qrange(out.type.dtype))
+
+
+def _exp(x: np.ndarray) -> np.ndarray:
+    """EXP's LUTPopulate transform, std::exp(float): the C library's expf (qcompiler/ir/libm.py)."""
+    from qcompiler.ir.libm import expf
+
+    return expf(x)
+
+
+def _squared_difference(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """SquaredDifference (int8): both inputs << 7 rescaled to twice the larger input scale, the difference
+    squared in int32 and rescaled by (2 max)^2 / (2^14 out); every multiplier from
+    QuantizeMultiplierSmallerThanOneExp (TFLite aborts unless it is below 1)."""
+    a, b, out = node.operands[0], node.operands[1], node.result
+    if out.type.dtype != "i8":
+        raise NotImplementedError(f"squared_difference on {out.type.dtype}")
+    sa, sb, so = f32_scales = [float(np.float32(_scale(v))) for v in (a, b, out)]
+    twice_max = 2.0 * max(sa, sb)
+    real_out = twice_max * twice_max / float(np.float32(np.float32(1 << 14) * np.float32(so)))
+    if not 0.0 < real_out < 1.0:
+        raise IRError(f"{node.describe()}: SQUARED_DIFFERENCE needs (2 * max input scale)^2 / (2^14 * output scale) "
+                      f"below 1, got {real_out:.4g} (scales {f32_scales}); TFLite aborts on such a model. Widen the "
+                      f"output range")
+    left_shift = 7
+    x1 = _mbqm(node, (args[0].astype(np.int64) - _zp(a)) << left_shift, *_qmult(node, sa / twice_max))
+    x2 = _mbqm(node, (args[1].astype(np.int64) - _zp(b)) << left_shift, *_qmult(node, sb / twice_max))
+    diff = x1 - x2
+    raw = _mbqm(node, diff * diff, *_qmult(node, real_out)) + _zp(out)
+    return _out(node, raw, *qm.qrange("i8"))
+
+
+def _sum(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """optimized_ops::QuantizedMeanOrSum (sum), the kernel of the BUILTIN resolver: in float32,
+    round(sum(codes) * f32(in / out) + f32(-zp_in * scale * count)) + zp_out, saturated. (BUILTIN_REF's int8 SUM in
+    ai-edge-litert 2.3 reads the int8 codes as uint8 and saturates to [0, 255]: see BUILTIN_REF_DIFFERS.)"""
+    src, out = node.operands[0], node.result
+    if out.type.dtype != "i8":
+        raise NotImplementedError(f"sum on {out.type.dtype}")
+    f = np.float32
+    x = args[0].astype(np.int64)
+    axes = tuple(_normalize_axes(node.attrs["axes"], x.ndim))
+    count = int(np.prod([x.shape[a] for a in axes])) if axes else 1
+    scale = f(f(_scale(src)) / f(_scale(out)))
+    bias = f(f(f(-_zp(src)) * scale) * f(count))
+    total = x.sum(axis=axes, keepdims=node.attrs["keepdims"]).astype(f)
+    value = qm.round_half_away((total * scale + bias).astype(f)).astype(np.int64)
+    return _out(node, value + _zp(out), *qm.qrange(out.type.dtype))
+
+
 INT_KERNELS: dict[str, IntKernel] = {
     "quantize": _requantize_or_quantize,
     "dequantize": _dequantize,
@@ -538,14 +670,25 @@ INT_KERNELS: dict[str, IntKernel] = {
     **{name: _float_op(name) for name in ("maximum", "minimum", "reduce_max", "reduce_min", "flatten", "reshape",
                                           "slice", "resize_nearest", "batch_to_space", "transpose")},
     "space_to_batch": _zero_point_op("space_to_batch"),
+    "abs": _abs,
+    "exp": _lut(_exp),
+    "rsqrt": _rsqrt,
+    "sqrt": _sqrt,
+    "squared_difference": _squared_difference,
+    "sum": _sum,
 }
 
-# Ops lower-to-int emits that have no integer kernel here yet: the interpreter simulates them (dequantize, float op,
-# quantize), close to but not bit-exact with TFLite's integer kernels (elementwise.cc's requantizing ABS/RSQRT/SQRT,
-# EXP's table, SQUARED_DIFFERENCE's left-shifted difference, SUM's QuantizedMeanOrSum). A new op goes in one of
-# INT_KERNELS or this set (tests/test_int_interpreter.py holds them to that).
-SIMULATED_OPS: frozenset[str] = frozenset({"abs", "exp", "rsqrt", "sqrt", "squared_difference", "sum"})
+# Ops lower-to-int emits that have no integer kernel here: the interpreter would simulate them (dequantize, float op,
+# quantize). A new op goes in one of INT_KERNELS or this set (tests/test_int_interpreter.py holds them to that).
+SIMULATED_OPS: frozenset[str] = frozenset()
+
+# Ops whose kernel above is not BUILTIN_REF's: ai-edge-litert 2.3's reference int8 SUM reads the int8 codes as uint8
+# (QuantizedMeanOrSum<uint8_t> on the same bytes, saturated to [0, 255]): e.g. -1 is summed as 255. `_sum` computes
+# what the BUILTIN resolver (optimized_ops::QuantizedMeanOrSum, and XNNPACK) computes instead, and is compared with it.
+BUILTIN_REF_DIFFERS: frozenset[str] = frozenset({"sum"})
 
 # Ops whose kernel above covers only some dtypes (the others raise NotImplementedError and are simulated).
 # HARD_SWISH: TFLite has no int16 kernel (lower-to-int keeps it float in 16x8 models), so there is nothing to match.
 EXACT_DTYPES: dict[str, tuple[str, ...]] = {"hard_swish": ("i8", "u8")}
+# int16 RSQRT/SQRT/SQUARED_DIFFERENCE/SUM: lower-to-int keeps them float in 16x8 models; their kernels are int8 only.
+EXACT_DTYPES.update({op: ("i8",) for op in ("rsqrt", "sqrt", "squared_difference", "sum")})

@@ -699,8 +699,32 @@ def _float64_unary(fn: Callable[[np.ndarray], np.ndarray]) -> ComputeFn:
 
 
 def _compute_sum(xs: Sequence[np.ndarray], attrs: dict) -> list[np.ndarray]:
-    axes = tuple(_normalize_axes(attrs["axes"], xs[0].ndim))
-    return [xs[0].sum(axis=axes, keepdims=attrs["keepdims"], dtype=np.float64).astype(xs[0].dtype)]
+    """Floats: accumulated one element at a time in the input's precision, in row-major order, as TFLite's SUM."""
+    x = xs[0]
+    axes = tuple(_normalize_axes(attrs["axes"], x.ndim))
+    if not np.issubdtype(x.dtype, np.floating) or not axes or x.size == 0:
+        return [x.sum(axis=axes, keepdims=attrs["keepdims"], dtype=np.float64).astype(x.dtype)]
+    kept = x.ndim - len(axes)
+    rows = np.moveaxis(x, sorted(axes), range(kept, x.ndim))
+    rows = rows.reshape(rows.shape[:kept] + (-1,))
+    total = np.cumsum(rows, axis=-1, dtype=x.dtype)[..., -1]
+    return [np.expand_dims(total, sorted(axes)) if attrs["keepdims"] else total]
+
+
+def _compute_exp(x: np.ndarray, attrs: dict) -> np.ndarray:
+    """float32: the C library's expf, bit for bit as TFLite's float EXP (qcompiler/ir/libm.py)."""
+    from qcompiler.ir.libm import expf
+
+    if x.dtype != np.float32:
+        with np.errstate(over="ignore"):
+            return np.exp(x)
+    return expf(x)
+
+
+def _float32_rsqrt(x: np.ndarray, attrs: dict) -> np.ndarray:
+    """1.f / std::sqrt(f) in the input's precision (two roundings, as TFLite's float RSQRT)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.reciprocal(np.sqrt(x))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -814,11 +838,15 @@ OPS: dict[str, OpDef] = {
         _def("div", 2, 2, {"activation": _ACTIVATION}, _infer_binary, _binary(np.divide), _FLOAT, "DIV",
              "TFLite divides int8 tensors only as uint8: a float island in integer models"),
         _def("squared_difference", 2, 2, {}, _infer_binary_plain,
-             _binary(lambda a, b: np.square(a.astype(np.float64) - b)), _OWN_NO_I16, "SQUARED_DIFFERENCE"),
-        _def("rsqrt", 1, 1, {}, _same, _float64_unary(lambda x: 1.0 / np.sqrt(x)), _OWN_NO_I16, "RSQRT"),
+             _binary(lambda a, b: np.square(np.subtract(a, b))), _OWN_NO_I16, "SQUARED_DIFFERENCE"),
+        _def("rsqrt", 1, 1, {}, _same, _unary(_float32_rsqrt), _OWN_NO_I16, "RSQRT"),
         _def("sqrt", 1, 1, {}, _same, _float64_unary(np.sqrt), _OWN_NO_I16, "SQRT"),
         _def("abs", 1, 1, {}, _same, _unary(lambda x, a: np.abs(x)), _OWN, "ABS"),
-        _def("exp", 1, 1, {}, _same, _float64_unary(np.exp), _OWN, "EXP"),
+        # keras.ops.negative / square: TFLiteConverter writes NEG and SQUARE, float-only in integer models (a
+        # DEQUANTIZE/op/QUANTIZE island); qcompiler writes them the same way, so its int8 values are the converter's
+        _def("neg", 1, 1, {}, _same, _unary(lambda x, a: -x), _FLOAT, "NEG"),
+        _def("square", 1, 1, {}, _same, _unary(lambda x, a: x * x), _FLOAT, "SQUARE"),
+        _def("exp", 1, 1, {}, _same, _unary(_compute_exp), _OWN, "EXP"),
         _def("sum", 1, 1, dict(_AXES), _infer_reduce, _compute_sum, _OWN_NO_I16, "SUM"),
     ]
 }

@@ -58,7 +58,8 @@ class QParams:
 
     def __post_init__(self) -> None:
         # float32 values held as Python floats; one numpy conversion (per-channel params have thousands)
-        object.__setattr__(self, "scale", tuple(np.asarray(self.scale, np.float32).reshape(-1).tolist()))
+        scales = np.asarray(self.scale, np.float32).reshape(-1)
+        object.__setattr__(self, "scale", tuple(scales.tolist()))
         object.__setattr__(self, "zero_point", tuple(np.asarray(self.zero_point).astype(np.int64).reshape(-1).tolist()))
         if len(self.scale) != len(self.zero_point):
             raise ValueError(f"QParams: {len(self.scale)} scales but {len(self.zero_point)} zero points")
@@ -66,7 +67,7 @@ class QParams:
             raise ValueError("QParams needs at least one scale")
         if self.axis is None and len(self.scale) != 1:
             raise ValueError("per-tensor QParams must have exactly one scale; give `axis` for per-channel")
-        if any(not s > 0 for s in self.scale):
+        if not (scales > 0).all():  # NaN too
             raise ValueError(f"QParams scales must be positive, got {self.scale}")
 
     @staticmethod

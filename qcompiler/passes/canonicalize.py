@@ -4,6 +4,8 @@
 - identity(x)                     -> x
 - reshape(x) to x's own shape     -> x
 - reshape(reshape(x))             -> reshape(x)
+- transpose(x) {perm=[0, 1, ..]}  -> x   (TensorFlow's grappler drops an identity permutation before the converter
+                                         sees it: `ops.transpose(x, [0, 1, 2])` leaves no TRANSPOSE)
 - maximum(x, 0)                   -> relu(x)
 - relu(relu(x)), relu6(relu6(x)), relu_n1_to_1(relu_n1_to_1(x)) -> one of them (TFLiteConverter keeps one: a
                                     Dense with relu6 followed by an Activation("relu6") is one FULLY_CONNECTED)
@@ -14,6 +16,9 @@
 - add(x, 0), sub(x, 0), mul(x, 1) -> x   (constants of equal elements that do not broadcast x; TensorFlow's
                                          IdentityArithmeticOpFolder, which the converter runs: a Dense with a
                                          zero bias on a rank-3 input keeps no ADD)
+- sub(x, neg(y)) -> add(x, y);  add(neg(x), y) -> sub(y, x);  add(x, neg(y)) -> sub(x, y)
+                                         (TensorFlow's SubOfNeg / AddV2OfNegLeft / AddV2OfNegRight canonicalizations,
+                                         which the converter runs; the neg stays while it has other users)
 - add(add(x, c1), c2)             -> add(x, c1 + c2)   (the converter's constant-add fusion: a rank-3 Dense's
                                          bias add and hard_sigmoid's +3 are one ADD), unless x comes from a
                                          conv2d / depthwise_conv2d / 2-D fully_connected, where fold-affine
@@ -83,6 +88,10 @@ def _collapse_check(m: Match) -> Optional[str]:
 
 def _collapse_reshapes(m: Match, rw: Rewriter) -> None:
     rw.set_operand(m.root, 0, m["x"])
+
+
+def _is_identity_transpose(node: Node) -> bool:
+    return list(node.attrs["perm"]) == list(range(len(node.attrs["perm"])))
 
 
 # ----- reductions over axes of size 1 -----
@@ -179,10 +188,33 @@ def _drop_outer_activation(m: Match, rw: Rewriter) -> None:
     rw.replace_value(m.root, m["inner"].result)
 
 
+# ----- arithmetic with a negation -----
+def _plain_check(m: Match) -> Optional[str]:
+    if m.root.attrs.get("activation", "none") != "none":
+        return f"{m.root.op} has fused activation '{m.root.attrs['activation']}'"
+    return None
+
+
+def _arith(op: str, left: str, right: str):
+    def rewrite(m: Match, rw: Rewriter) -> None:
+        rw.replace_value(m.root, rw.op(op, m[left], m[right], layer=m.root.layer))
+
+    return rewrite
+
+
+_NEG_RULES: list[Rule] = [
+    Rule("sub-of-neg", Pat("sub", "x", Pat("neg", "y")), _arith("add", "x", "y"), _plain_check),
+    Rule("add-of-neg-left", Pat("add", Pat("neg", "x"), "y"), _arith("sub", "y", "x"), _plain_check),
+    Rule("add-of-neg-right", Pat("add", "x", Pat("neg", "y")), _arith("sub", "x", "y"), _plain_check),
+]
+
+
 RULES: list[Rule] = [
     Rule("flatten-to-reshape", Pat("flatten", "x"), _flatten_to_reshape, _flatten_check),
     Rule("remove-identity", Pat("identity", "x"), _forward_operand, _drop_identity_check),
     Rule("remove-noop-reshape", Pat("reshape", "x", where=_is_noop_reshape), _forward_operand,
+         _drop_identity_check),
+    Rule("remove-identity-transpose", Pat("transpose", "x", where=_is_identity_transpose), _forward_operand,
          _drop_identity_check),
     Rule("collapse-reshapes", Pat("reshape", Pat("reshape", "x", capture="inner")), _collapse_reshapes,
          _collapse_check),
@@ -204,14 +236,15 @@ RULES: list[Rule] = [
     _identity_arithmetic("mul", 1.0, commutative=True),
     Rule("add-of-adds", Pat("add", Pat("add", "x", Const(capture="c1"), commutative=True, capture="inner"),
                             Const(capture="c2"), commutative=True), _add_of_adds, _add_of_adds_check),
+    *_NEG_RULES,
 ]
 
 
 @dataclass(frozen=True)
 class Canonicalize(RewritePass):
     name: ClassVar[str] = "canonicalize"
-    summary: ClassVar[str] = ("flatten->reshape, drop identities, no-op reshapes, reductions over size-1 axes and "
-                              "x+0/x-0/x*1, "
+    summary: ClassVar[str] = ("flatten->reshape, drop identities, no-op reshapes and transposes, reductions over "
+                              "size-1 axes and x+0/x-0/x*1, negations into add/sub, "
                               "min/max clamps->relu ops")
 
     def rules(self) -> Sequence[Rule]:

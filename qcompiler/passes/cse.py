@@ -12,7 +12,9 @@ branches, has fewer operators in the converter's model than layers.
 
 One walk in topological order: a node's key is (op, attributes, operand keys), looked up in a dict; a node whose
 key is already there has its results replaced by the first one's, so later users see the merged values and a
-chain of duplicates merges in the same walk. No recursion; linear in the nodes (plus hashing constant bytes).
+chain of duplicates merges in the same walk. No recursion; linear in the nodes. Constant data is never hashed:
+small constants are keyed by their bytes, large ones by dtype, shape and a sampled fingerprint, and compared byte
+for byte only when those collide (hashing VGG16's 220 MB of weights took longer than the rest of the compile).
 
 Not merged: constants without data (read from a digest-only dump), and a node whose result is a graph output
 when the node it would merge into also produces a graph output (the outputs would repeat one tensor).
@@ -51,6 +53,35 @@ def _constant_key(array: np.ndarray) -> Optional[Hashable]:
     return (data.dtype.str, data.shape, hashlib.blake2b(data.tobytes(), digest_size=16).digest())
 
 
+_KEYED_BY_BYTES = 4096  # constants up to this many bytes are keyed by their bytes
+_FINGERPRINT_SAMPLES = 256
+
+
+class _ConstantKeys:
+    """Keys equal exactly when two constants' dtype, shape and bytes are: small constants are keyed by their
+    bytes; a large one by (dtype, shape, a sampled fingerprint, the index among the byte-wise different arrays
+    with that fingerprint). Only arrays whose fingerprints collide are compared in full."""
+
+    def __init__(self) -> None:
+        self._large: dict[tuple, list[np.ndarray]] = {}  # (dtype, shape, fingerprint) -> distinct arrays
+
+    def key(self, array: np.ndarray) -> Optional[Hashable]:
+        if isinstance(array, ElidedArray):
+            return None
+        data = np.ascontiguousarray(array)
+        if data.nbytes <= _KEYED_BY_BYTES:
+            return (data.dtype.str, data.shape, data.tobytes())
+        flat = data.reshape(-1).view(np.uint8)
+        step = max(flat.size // _FINGERPRINT_SAMPLES, 1)
+        coarse = (data.dtype.str, data.shape, flat[::step].tobytes() + flat[-64:].tobytes())
+        distinct = self._large.setdefault(coarse, [])
+        for index, other in enumerate(distinct):
+            if other is flat or np.array_equal(other, flat):
+                return (*coarse, index)
+        distinct.append(flat)
+        return (*coarse, len(distinct) - 1)
+
+
 @dataclass(frozen=True)
 class CommonSubexpressionElimination(Pass):
     name: ClassVar[str] = "cse"
@@ -60,10 +91,11 @@ class CommonSubexpressionElimination(Pass):
 
     def run(self, graph: Graph) -> PassResult:
         value_keys: dict[int, Hashable] = {}  # id(constant value) -> its dtype, shape and bytes
+        constant_keys = _ConstantKeys()
         seen: dict[Hashable, Node] = {}
         merged: list[Node] = []
         for node in list(graph.nodes):
-            key = self._key(node, value_keys)
+            key = self._key(node, value_keys, constant_keys)
             if key is None:
                 continue
             first = seen.get(key)
@@ -85,10 +117,11 @@ class CommonSubexpressionElimination(Pass):
             counters["ops-merged"] = len(merged) - constants
         return PassResult(True, counters)
 
-    def _key(self, node: Node, value_keys: dict[int, Hashable]) -> Optional[Hashable]:
+    def _key(self, node: Node, value_keys: dict[int, Hashable], constant_keys: _ConstantKeys
+             ) -> Optional[Hashable]:
         """What identifies the node (None: never merged); records how its results compare as operands."""
         if node.op == "const":
-            data_key = _constant_key(node.attrs["value"])
+            data_key = constant_keys.key(node.attrs["value"])
             if data_key is None:
                 return None
             value_keys[id(node.result)] = ("const", data_key)  # users compare it by value

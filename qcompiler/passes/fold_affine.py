@@ -4,14 +4,19 @@ After the layer (its output channel c on the last axis; the constant a scalar or
 
     conv(x, w) + b -> mul by s   =   conv(x, w * s) + b * s
     conv(x, w) + b -> add t      =   conv(x, w) + (b + t)
+    conv(x, w) + b -> sub t      =   conv(x, w) + (b - t)           (t the second operand: x - t, not t - x)
 
 Before the layer (the mul/add may have other users: it stays for them):
 
     conv(x * s, w) + b           =   conv(x, w * s) + b                   (w scaled along its input-channel axis)
     conv(x + t, w) + b           =   conv(x, w) + (b + sum over the kernel of w * t)
+    conv(x - t, w) + b           =   conv(x, w) + (b + sum over the kernel of w * -t)
 
 The second only holds without zero padding, so only for padding="valid" (and fully_connected); a SAME
-convolution would add t at the padded border too.
+convolution would add t at the padded border too. The first holds with any padding (a zero border scales to
+zero), and the converter folds it there too (EfficientNet's input Rescaling into its SAME stem conv). A mul/add
+with several users folds into each layer among them (the converter's pattern rewrites the layer's input, not
+the mul/add); it stays for its other users and goes away when none is left.
 
 This is what TFLiteConverter's optimize pass does before quantizing, in its order and in float32 step by step, so
 the folded weights and biases equal the converter's to the bit. Its rewrites run in two greedy phases, each
@@ -50,7 +55,7 @@ from qcompiler.passes.rewriter import (Const, Match, Pat, Rewriter, RewritePass,
 
 # conv2d, depthwise_conv2d, fully_connected: OpDef.weights.affine_foldable
 LAYERS = tuple(name for name, d in OPS.items() if d.weights and d.weights.affine_foldable)
-AFFINE = ("mul", "add")
+AFFINE = ("mul", "add", "sub")  # sub: by a constant second operand only (x - c), as the converter's patterns
 
 
 def _out_axis(layer: Node) -> int:
@@ -129,7 +134,7 @@ def _set_weights(layer: Node, rw: Rewriter, weights: Optional[np.ndarray], bias:
 # after the layer
 # ----------------------------------------------------------------------------------------------------
 def _after_pattern(op: str) -> Pat:
-    return Pat(op, Pat(LAYERS, capture="layer"), Const(capture="c"), commutative=True)
+    return Pat(op, Pat(LAYERS, capture="layer"), Const(capture="c"), commutative=op != "sub")
 
 
 def _after_constant(binary: Node, layer: Node) -> tuple[Optional[np.ndarray], Optional[str]]:
@@ -142,12 +147,19 @@ def _after_constant(binary: Node, layer: Node) -> tuple[Optional[np.ndarray], Op
     reason = _layer_reason(layer) or _binary_reason(binary)
     if reason is not None:
         return None, reason
+    if binary.op == "sub" and binary.operands[0] is not result:
+        return None, f"{binary.describe()} subtracts {layer.describe()} from a constant"
     constant = next(v for v in binary.operands if v is not result)
     channels = layer.operands[1].type.shape[_out_axis(layer)]
     values = _per_channel(binary, constant, result, channels)
     if values is None:
         return None, f"%{constant.name} {constant.type} is not a scalar or one value per output channel ({channels})"
-    return values, None
+    return _signed(binary, values), None
+
+
+def _signed(binary: Node, values: np.ndarray) -> np.ndarray:
+    """A sub by c folds as an add of -c (negation is exact in float32: b + -c == b - c bit for bit)."""
+    return -values if binary.op == "sub" else values
 
 
 def _after_check(m: Match) -> Optional[str]:
@@ -162,7 +174,7 @@ def _fold_after(m: Match, rw: Rewriter) -> None:
     if binary.op == "mul":
         shape = [1] * layer.operands[1].type.rank
         shape[_out_axis(layer)] = -1
-        weights = (np.asarray(layer.operands[1].data, _F32) * c.reshape(shape)).astype(_F32)
+        weights = (np.asarray(layer.operands[1].data, _F32) * c.reshape(shape)).astype(_F32, copy=False)
         _set_weights(layer, rw, weights, (bias * c).astype(_F32) if len(layer.operands) > 2 else None)
     elif len(layer.operands) < 3 and (constant := _vector_of(binary, layer)) is not None:
         rw.graph.move_before(constant.producer, layer)  # a constant: anywhere before its new user will do
@@ -194,6 +206,8 @@ def _before_reason(m: Match) -> Optional[str]:
     """What every fold before a layer needs, or why it cannot fold; on success the constant per input channel is
     in m.memo["c"]."""
     layer, binary, x = m["layer"], m["binary"], m["x"]
+    if binary.op == "sub" and binary.operands[0] is not x:
+        return f"{binary.describe()} subtracts from a constant (only x - c folds)"
     if binary.op == "add" and layer.attrs.get("padding", "valid") != "valid":
         return f"{layer.describe()} has padding '{layer.attrs['padding']}'; its zero border would change"
     reason = _layer_reason(layer) or _binary_reason(binary)
@@ -205,7 +219,7 @@ def _before_reason(m: Match) -> Optional[str]:
     values = _per_channel(binary, m["c"], x, channels)
     if values is None:
         return f"%{m['c'].name} {m['c'].type} is not a scalar or one value per input channel ({channels})"
-    m.memo["c"] = values
+    m.memo["c"] = _signed(binary, values)
     return None
 
 

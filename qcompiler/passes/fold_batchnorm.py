@@ -108,7 +108,7 @@ def _params_check(m: Match) -> Optional[str]:
 def _scale_weights(op: str, weights: np.ndarray, inv: np.ndarray) -> np.ndarray:
     shape = [1] * weights.ndim
     shape[OPS[op].weights.out_axis] = -1
-    return (np.asarray(weights, _F32) * inv.reshape(shape)).astype(_F32)
+    return (np.asarray(weights, _F32) * inv.reshape(shape)).astype(_F32, copy=False)  # one new array, not two
 
 
 def _fold(m: Match, rw: Rewriter, kernel: RsqrtKernel) -> None:

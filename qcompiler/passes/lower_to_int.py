@@ -306,6 +306,20 @@ class ConverterPropagation(_Propagation):
         self.work = list(order)
         done: set[int] = set()
         while self.work:
+            self._drain(done)
+            # The driver drops a SAME op it meets before anything around it is known and revisits it only when a
+            # neighbour is set from its side. A graph input set backwards (by a concat/maximum user) has no
+            # producer to revisit, so another SAME user of it (a pooling the converter's op order happens to
+            # visit later) would stay without parameters: visit such ops again once the work list is empty.
+            self.work = [n for n in order if id(n) not in done and self._same_scale_waiting(n)]
+        return self.result()
+
+    def _same_scale_waiting(self, node: Node) -> bool:
+        spec = _spec_of(node, self.act_dtype, self.keep)
+        return spec.output == SAME and self._same_scale_params(node, spec) is not None
+
+    def _drain(self, done: set[int]) -> None:
+        while self.work:
             node = self.work.pop()
             if id(node) in done:
                 continue
@@ -322,7 +336,6 @@ class ConverterPropagation(_Propagation):
                 self._set_result(node, params)
             elif spec.output == FIXED:
                 self._set_result(node, self.fixed_params(spec))
-        return self.result()
 
     def _same_scale_params(self, node: Node, spec: OpQuantSpec) -> Optional[QParams]:
         operand_count = len(node.operands) + spec.param_operands  # the TFLite op's operands, as the driver counts

@@ -57,7 +57,7 @@ PASSES: dict[str, type[Pass]] = {
 # dce first as well as last: a dead user would make a producer look shared and block folding and fusion.
 # fold-constants before fold-batchnorm so batch-norm parameters computed from constants are constants.
 # fold-pad needs nothing but dce before it (a dead user would make a pad look shared).
-DEFAULT_FLOAT_PIPELINE = "dce,space-to-batch-dilation,canonicalize,cse,fold-pad,fold-constants,fold-batchnorm,fold-affine,fuse-activations,dce"
+DEFAULT_FLOAT_PIPELINE = "dce,space-to-batch-dilation,canonicalize,cse,fold-pad,fold-constants,fold-batchnorm,canonicalize,fold-affine,fuse-activations,dce"
 
 
 class PipelineError(QCompilerError, ValueError):

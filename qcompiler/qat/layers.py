@@ -23,6 +23,7 @@ from qcompiler.qat.fake_quant_ops import fake_quant, include_zero, symmetric_ran
 
 RANGE_MODES = ("ema", "fixed", "learned")
 FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
+BN_STATISTICS = ("quantized", "float")
 register = keras.saving.register_keras_serializable(package="qcompiler")
 
 
@@ -144,8 +145,11 @@ class _QuantWeights(keras.layers.Layer):
     """A float layer (Conv2D, DepthwiseConv2D or Dense), optionally the BatchNormalization after it and a fused
     ReLU/ReLU6, trained with folded, fake-quantized weights.
 
-    Training before `freeze_bn_delay` steps: the batch statistics of the float output are folded in (and update
-    the moving ones, as Keras' BatchNormalization does); after it, and at inference, the moving statistics.
+    Training before `freeze_bn_delay` steps: batch statistics are folded in (and update the moving ones, as Keras'
+    BatchNormalization does); after it, and at inference, the moving statistics. `bn_statistics="quantized"`
+    (per-channel weights): the statistics of the conv with fake-quantized weights, one conv per step;
+    "float" (and per-tensor weights, where quantization does not commute with the per-channel factor): the
+    statistics of a separate float conv, as tf.contrib.quantize, two convs per step.
     """
 
     float_class: type = keras.layers.Layer
@@ -153,7 +157,7 @@ class _QuantWeights(keras.layers.Layer):
     def __init__(self, layer: dict, batch_norm: Optional[dict] = None, activation: str = "linear",
                  activation_name: Optional[str] = None, weight_bits: int = 8, per_channel: bool = True,
                  narrow_range: bool = True, quant_delay: int = 0, freeze_bn_delay: Optional[int] = None,
-                 split_activation: Optional[str] = None, **kwargs: Any) -> None:
+                 split_activation: Optional[str] = None, bn_statistics: str = "float", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if activation not in FUSED_ACTIVATIONS:
             raise ValueError(f"fused activation must be one of {FUSED_ACTIVATIONS}, got {activation!r}")
@@ -170,6 +174,9 @@ class _QuantWeights(keras.layers.Layer):
         self.narrow_range = True
         self.quant_delay = int(quant_delay)
         self.freeze_bn_delay = None if freeze_bn_delay is None else int(freeze_bn_delay)
+        if bn_statistics not in BN_STATISTICS:
+            raise ValueError(f"bn_statistics must be one of {BN_STATISTICS}, got {bn_statistics!r}")
+        self.bn_statistics = bn_statistics
         inner = keras.layers.deserialize(self.layer_config)
         if type(inner) is not self.float_class:
             raise ValueError(f"{type(self).__name__} wraps {self.float_class.__name__}, got {type(inner).__name__}")
@@ -203,10 +210,7 @@ class _QuantWeights(keras.layers.Layer):
         bn = self.bn
         mean, variance = bn.moving_mean, bn.moving_variance
         if training and x is not None:
-            batch_mean, batch_variance = self._batch_statistics(x, kernel, bias)
-            use_batch = self._bn_not_frozen()
-            mean = ops.where(use_batch, batch_mean, mean)
-            variance = ops.where(use_batch, batch_variance, variance)
+            mean, variance = self._batch_statistics(x, kernel, bias)
         gamma = bn.gamma if bn.scale else ops.ones_like(bn.moving_mean)
         beta = bn.beta if bn.center else ops.zeros_like(bn.moving_mean)
         return fold_batch_norm(ops, kernel, bias, gamma, beta, mean, variance, bn.epsilon, self._channel_shape())
@@ -224,6 +228,11 @@ class _QuantWeights(keras.layers.Layer):
         y = self._linear(x, kernel)
         if bias is not None:
             y = y + bias
+        return self._update_statistics(y)
+
+    def _update_statistics(self, y):
+        """(mean, variance) to fold with: the batch ones of `y` before freeze_bn_delay (moving statistics updated
+        from them, as Keras' BatchNormalization does), the moving ones after."""
         axes = tuple(range(len(y.shape) - 1))
         mean, variance = ops.moments(y, axes=axes)
         bn = self.bn
@@ -233,7 +242,7 @@ class _QuantWeights(keras.layers.Layer):
         new_variance = bn.moving_variance * momentum + ops.stop_gradient(variance) * (1.0 - momentum)
         bn.moving_mean.assign(ops.where(update, new_mean, bn.moving_mean))
         bn.moving_variance.assign(ops.where(update, new_variance, bn.moving_variance))
-        return mean, variance
+        return ops.where(update, mean, bn.moving_mean), ops.where(update, variance, bn.moving_variance)
 
     def quantized_kernel(self, kernel):
         lo, hi = symmetric_range(kernel, self.per_channel, self._flat_channel_shape(kernel))
@@ -249,14 +258,45 @@ class _QuantWeights(keras.layers.Layer):
         return (-1, int(kernel.shape[-2] * kernel.shape[-1]))
 
     def call(self, x, training: Optional[bool] = None):
-        kernel, bias = self.folded_weights(x, bool(training))
         active = self.step >= self.quant_delay
+        if training and self.bn is not None and self._one_pass():
+            y = self._train_one_pass(x, active)
+        else:
+            kernel, bias = self.folded_weights(x, bool(training))
+            q_kernel = self.quantized_kernel(kernel)
+            if training and self.quant_delay > 0:
+                q_kernel = ops.where(active, q_kernel, kernel)
+            y = self._linear(x, q_kernel) + bias
         if training:
             self.step.assign_add(ops.cast(1, "int64"))
+        return self._activate(y)
+
+    def _one_pass(self) -> bool:
+        """Batch statistics from the quantized conv itself: per-channel symmetric quantization commutes with the
+        per-channel batch-norm factor (q(W * s) = s * q(W) on a grid scaled by max|W * s|), so one conv gives both
+        the statistics and the folded layer's output."""
+        return self.bn_statistics == "quantized" and self.per_channel
+
+    def _train_one_pass(self, x, active):
+        """Training with batch norm: y = conv(x, q(W)) (+ bias); statistics of y (batch ones before
+        freeze_bn_delay, which also update the moving ones; moving ones after it); then y * s + beta - mean * s
+        with s = gamma / sqrt(variance + epsilon): the folded layer conv(x, q(W * s)) + folded bias, with one conv
+        instead of tf.contrib.quantize's two (a float conv for the statistics, then the folded one)."""
+        inner, bn = self.inner, self.bn
+        kernel = inner.kernel
         q_kernel = self.quantized_kernel(kernel)
-        if training and self.quant_delay > 0:
+        if self.quant_delay > 0:
             q_kernel = ops.where(active, q_kernel, kernel)
-        y = self._linear(x, q_kernel) + bias
+        y = self._linear(x, q_kernel)
+        if inner.use_bias:
+            y = y + inner.bias
+        mean, variance = self._update_statistics(y)
+        gamma = bn.gamma if bn.scale else ops.ones_like(bn.moving_mean)
+        beta = bn.beta if bn.center else ops.zeros_like(bn.moving_mean)
+        factor = gamma / ops.sqrt(variance + bn.epsilon)
+        return y * factor + (beta - mean * factor)
+
+    def _activate(self, y):
         if self.activation_kind == "relu":
             y = ops.relu(y)
         elif self.activation_kind == "relu6":
@@ -271,7 +311,8 @@ class _QuantWeights(keras.layers.Layer):
         config.update(layer=self.layer_config, batch_norm=self.batch_norm_config, activation=self.activation_kind,
                       activation_name=self.activation_name, weight_bits=self.weight_bits,
                       per_channel=self.per_channel, narrow_range=self.narrow_range, quant_delay=self.quant_delay,
-                      freeze_bn_delay=self.freeze_bn_delay, split_activation=self.split_activation)
+                      freeze_bn_delay=self.freeze_bn_delay, split_activation=self.split_activation,
+                      bn_statistics=self.bn_statistics)
         return config
 
 

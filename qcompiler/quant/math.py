@@ -306,7 +306,7 @@ def weight_qparams(w: np.ndarray, axis: Optional[int], dtype: str = "i8", narrow
         scales, zero_points = zip(*(_range_qparams(qmin, qmax, float(lo), float(hi)) for lo, hi in zip(mins, maxs)))
     if axis is None:
         return QParams.per_tensor(float(scales[0]), zero_points[0])
-    return QParams(tuple(float(s) for s in scales), tuple(zero_points), axis % np.ndim(w))
+    return QParams(scales, zero_points, axis % np.ndim(w))
 
 
 def _channel_shape(qparams: QParams, ndim: int) -> list[int]:
@@ -394,8 +394,8 @@ def bias_qparams(bias: np.ndarray, input_scale: float, weight_qparams: Union[QPa
     elif dtype not in ("i32", "i64"):
         raise ValueError(f"bias dtype must be i32 (int8 activations) or i64 (16x8), not '{dtype}'")
     if per_channel:
-        bias_q = QParams(tuple(float(s) for s in b_scales), (0,) * b_scales.size, 0)
-        weight_q = QParams(tuple(float(s) for s in w_scales), wq.zero_point, wq.axis)
+        bias_q = QParams(b_scales, (0,) * b_scales.size, 0)
+        weight_q = QParams(w_scales, wq.zero_point, wq.axis)
     else:
         bias_q = QParams.per_tensor(float(b_scales[0]), 0)
         weight_q = QParams.per_tensor(float(w_scales[0]), wq.zero_point[0]) if wq.axis is None else \
@@ -761,7 +761,8 @@ def populate_lut_int16(fn, input_min: float, input_max: float, output_min: float
         bias = round_half_away(((interp - round_half_away((mid * inv).astype(f))) / f(2)).astype(f))
         last = round_half_away(np.asarray(np.asarray(fn(np.asarray([input_max], f)), f) * inv, f))
     table = np.concatenate([np.clip(sample - bias, -32768, 32767), np.clip(last, -32768, 32767)])
-    return table.astype(np.int16)
+    # NaN (fn overflowing to inf: inf - inf) survives std::min/max; static_cast<int16_t> of it gives 0 on x86
+    return np.where(np.isnan(table), 0, table).astype(np.int16)
 
 
 def lut_lookup_int16(x: np.ndarray, lut: np.ndarray) -> np.ndarray:
