@@ -354,6 +354,7 @@ def split_dense_biases(graph: Graph, stats: RewriteStats) -> None:
 RULES_AFTER: list[Rule] = [
     Rule("fold-mul-after", _after_pattern("mul"), _fold_after, _after_check),
     Rule("fold-add-after", _after_pattern("add"), _fold_after, _after_check),
+    Rule("fold-sub-after", _after_pattern("sub"), _fold_after, _after_check),
 ]
 # The converter merges add(add(x, c1), c2) in the same greedy phase; canonicalize's rule, applied here again
 # because fold-batchnorm makes new adds (a batch norm then hard_sigmoid's +3: one ADD).
