@@ -104,6 +104,26 @@ def calibrated_4bit_ptq(float_model, calibration: np.ndarray):
     return ptq
 
 
+def tf_keras_seed_cnn():
+    """The seed CNN in tf_keras, layer for layer as qcompiler.demo.seed_cnn (same weight order)."""
+    import tf_keras
+
+    layers = tf_keras.layers
+    inputs = tf_keras.Input((28, 28, 1))
+    h = inputs
+    for filters in (32, 64):
+        h = layers.Conv2D(filters, 3, padding="same", use_bias=False)(h)
+        h = layers.BatchNormalization(momentum=0.9)(h)
+        h = layers.Activation("relu")(h)
+        h = layers.MaxPooling2D()(h)
+    h = layers.Conv2D(64, 3, padding="same", use_bias=False)(h)
+    h = layers.BatchNormalization(momentum=0.9)(h)
+    h = layers.Activation("relu")(h)
+    h = layers.Flatten()(h)
+    h = layers.Dense(64, activation="relu")(h)
+    return tf_keras.Model(inputs, layers.Dense(10, activation="softmax")(h))
+
+
 def tfmot_row(x, y, x_test, y_test, epochs: int) -> Optional[Row]:
     try:
         import tensorflow_model_optimization as tfmot
@@ -113,20 +133,7 @@ def tfmot_row(x, y, x_test, y_test, epochs: int) -> Optional[Row]:
 
     def build():
         tf_keras.utils.set_random_seed(0)
-        layers = tf_keras.layers
-        inputs = tf_keras.Input((28, 28, 1))
-        h = inputs
-        for filters in (32, 64):
-            h = layers.Conv2D(filters, 3, padding="same", use_bias=False)(h)
-            h = layers.BatchNormalization(momentum=0.9)(h)
-            h = layers.Activation("relu")(h)
-            h = layers.MaxPooling2D()(h)
-        h = layers.Conv2D(64, 3, padding="same", use_bias=False)(h)
-        h = layers.BatchNormalization(momentum=0.9)(h)
-        h = layers.Activation("relu")(h)
-        h = layers.Flatten()(h)
-        h = layers.Dense(64, activation="relu")(h)
-        return tf_keras.Model(inputs, layers.Dense(10, activation="softmax")(h))
+        return tf_keras_seed_cnn()
 
     qat = tfmot.quantization.keras.quantize_model(build())
     qat.compile(optimizer=tf_keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy")

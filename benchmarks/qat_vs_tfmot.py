@@ -73,23 +73,11 @@ def load(dataset: str):
 
 
 def tf_keras_seed_cnn():
-    """The seed CNN in tf_keras, layer for layer as qcompiler.demo.seed_cnn (same weight order)."""
-    import tf_keras
+    """The seed CNN in tf_keras (benchmarks/accuracy_table.py), layer for layer as qcompiler.demo.seed_cnn."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from accuracy_table import tf_keras_seed_cnn as build
 
-    layers = tf_keras.layers
-    inputs = tf_keras.Input((28, 28, 1))
-    h = inputs
-    for filters in (32, 64):
-        h = layers.Conv2D(filters, 3, padding="same", use_bias=False)(h)
-        h = layers.BatchNormalization(momentum=0.9)(h)
-        h = layers.Activation("relu")(h)
-        h = layers.MaxPooling2D()(h)
-    h = layers.Conv2D(64, 3, padding="same", use_bias=False)(h)
-    h = layers.BatchNormalization(momentum=0.9)(h)
-    h = layers.Activation("relu")(h)
-    h = layers.Flatten()(h)
-    h = layers.Dense(64, activation="relu")(h)
-    return tf_keras.Model(inputs, layers.Dense(10, activation="softmax")(h))
+    return build()
 
 
 def tfmot_available() -> bool:
