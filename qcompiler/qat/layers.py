@@ -100,7 +100,7 @@ class FakeQuant(keras.layers.Layer):
         the range widens it at once, and the range then shrinks back as a moving average. A plain moving
         average lags behind activations that grow (from scratch, Adam's first steps grow them several-fold in
         tens of steps, far faster than a 0.99 average's 100-step time constant); the values outside the lagging
-        range get TF's fake-quant gradient 0 (12-56% of the logits in each of steps 1-60 of digits seed 7), and
+        range get TF's fake-quant gradient 0 (12-57% of the logits in each of steps 1-59 of digits seed 7), and
         an image whose logits all fall below the range gives no gradient at all (seed 7: every logit of every
         training image of a 2 ended below it; the model never predicted a 2, 86%; README "Against tfmot").
         With the batch always inside, training only rounds it, and the range it quantized with is the range that
