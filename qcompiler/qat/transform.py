@@ -326,7 +326,8 @@ def quantize_model(model: keras.Model, *, quant_delay: int = 0, weight_bits: int
     """A trainable copy of `model` with fake quantization on weights and activations (see the module doc).
 
     quant_delay: training steps before fake quantization starts (ranges are tracked from the first step).
-    0 (quantize from the first step) trains from scratch as well as one epoch of delay (README, "Against tfmot").
+    0 (quantize from the first step) needs no delay from scratch either: digits, 10 seeds, -0.14 +- 0.40 points
+    against tfmot (README, "Against tfmot").
     weight_bits: 2..8 (symmetric, per output channel unless per_channel=False, narrow range [-(2^(b-1)-1),
     2^(b-1)-1]; narrow_range=False is refused: only that grid has TFLite's zero point 0).
     activation_bits: 2..16 (int8 compilation needs 8).
