@@ -231,8 +231,9 @@ def _vector_before_check(m: Match, clamped: frozenset = frozenset()) -> Optional
     # scalar (a batch norm on one channel would fold in phase 1 in the converter: not modelled).
     if m["c"].type.rank != 1 or m["c"].type.shape[0] == 1:
         return f"%{m['c'].name} {m['c'].type} is not a vector (a scalar folds in the second phase)"
-    if m["binary"].op == "add" and len(m["layer"].operands) < 3:
-        return f"{m['layer'].describe()} has no bias for the add before it (the converter folds none)"
+    if m["binary"].op == "add" and not _has_nonzero_bias(m["layer"]):
+        # an all-zero bias is none: TensorFlow's identity folding removed the Dense's BiasAdd (random seed 1143)
+        return f"{m['layer'].describe()} has no (or an all-zero) bias for the add before it (the converter folds none)"
     x_producer = m["x"].producer
     if (x_producer is not None and x_producer.op == "fully_connected" and m["binary"].op == "add"
             and id(m["layer"]) in clamped):
@@ -243,6 +244,13 @@ def _vector_before_check(m: Match, clamped: frozenset = frozenset()) -> Optional
         return (f"{m['layer'].describe()} has a fused {_fused_activation(m['layer'])} (or a clamp right after "
                 "it): the converter leaves the bias of the fully_connected before it in place")
     return _before_reason(m)
+
+
+def _has_nonzero_bias(layer: Node) -> bool:
+    if len(layer.operands) < 3:
+        return False
+    bias = layer.operands[2]
+    return not (has_data(bias) and not np.any(np.asarray(bias.data)))
 
 
 def clamped_layers(graph: Graph) -> frozenset:
