@@ -23,6 +23,12 @@
                                          bias add and hard_sigmoid's +3 are one ADD), unless x comes from a
                                          conv2d / depthwise_conv2d / 2-D fully_connected, where fold-affine
                                          folds each add into the bias in turn as the converter does
+- relu/relu6/relu_n1_to_1(hard_swish(x)), hard_swish(neg(y)) -> clamp(mul(x, mul(relu6(add(x, 3)), 1/6)))
+                                         (Keras' hard_silu is that arithmetic in the TF graph; the converter's
+                                         MatchHardSwishPattern needs the outer MUL without a fused activation and
+                                         an ADD of x and 3. Its optimize pass visits ops bottom-up, so a clamp
+                                         after a single-use hard_swish fuses into the MUL first; and TensorFlow's
+                                         canonicalizer has already made neg(y) + 3 a SUB. No HARD_SWISH then.)
 """
 from __future__ import annotations
 
@@ -209,6 +215,32 @@ _NEG_RULES: list[Rule] = [
 ]
 
 
+# ----- hard_swish the converter does not match as HARD_SWISH -----
+def _hard_swish_arithmetic(rw: Rewriter, hard_swish: Node) -> Value:
+    """Keras' hard_silu as the TF graph spells it: x * (relu6(x + 3) * (1/6))."""
+    x, layer = hard_swish.operands[0], hard_swish.layer
+    shifted = rw.op("add", x, rw.const(np.float32(3.0), layer=layer, dtype="f32"), layer=layer)
+    gate = rw.op("mul", rw.op("relu6", shifted, layer=layer),
+                 rw.const(np.float32(1.0 / 6.0), layer=layer, dtype="f32"), layer=layer)
+    return rw.op("mul", x, gate, layer=layer)
+
+
+def _unfuse_hard_swish_under_clamp(m: Match, rw: Rewriter) -> None:
+    rw.set_operand(m.root, 0, _hard_swish_arithmetic(rw, m["hs"]))
+
+
+def _unfuse_hard_swish(m: Match, rw: Rewriter) -> None:
+    rw.replace_value(m.root, _hard_swish_arithmetic(rw, m.root))
+
+
+_HARD_SWISH_RULES: list[Rule] = [
+    Rule("hard-swish-under-clamp", Pat(("relu", "relu6", "relu_n1_to_1"),
+                                       Pat("hard_swish", "x", one_use=True, capture="hs")),
+         _unfuse_hard_swish_under_clamp),
+    Rule("hard-swish-of-neg", Pat("hard_swish", Pat("neg", "y")), _unfuse_hard_swish),
+]
+
+
 RULES: list[Rule] = [
     Rule("flatten-to-reshape", Pat("flatten", "x"), _flatten_to_reshape, _flatten_check),
     Rule("remove-identity", Pat("identity", "x"), _forward_operand, _drop_identity_check),
@@ -236,6 +268,7 @@ RULES: list[Rule] = [
     _identity_arithmetic("mul", 1.0, commutative=True),
     Rule("add-of-adds", Pat("add", Pat("add", "x", Const(capture="c1"), commutative=True, capture="inner"),
                             Const(capture="c2"), commutative=True), _add_of_adds, _add_of_adds_check),
+    *_HARD_SWISH_RULES,
     *_NEG_RULES,
 ]
 
