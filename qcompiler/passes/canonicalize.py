@@ -217,11 +217,13 @@ _NEG_RULES: list[Rule] = [
 # ----- hard_swish the converter does not match as HARD_SWISH -----
 def _hard_swish_arithmetic(rw: Rewriter, hard_swish: Node) -> Value:
     """Keras' hard_silu as the TF graph spells it: x * (relu6(x + 3) * (1/6))."""
-    x, layer = hard_swish.operands[0], hard_swish.layer
-    shifted = rw.op("add", x, rw.const(np.float32(3.0), layer=layer, dtype="f32"), layer=layer)
-    gate = rw.op("mul", rw.op("relu6", shifted, layer=layer),
-                 rw.const(np.float32(1.0 / 6.0), layer=layer, dtype="f32"), layer=layer)
-    return rw.op("mul", x, gate, layer=layer)
+    x, layer, name = hard_swish.operands[0], hard_swish.layer, hard_swish.result.name
+    three = rw.const(np.float32(3.0), name=f"{name}_three", layer=layer, dtype="f32")
+    shifted = rw.op("relu6", rw.op("add", x, three, name=f"{name}_add", layer=layer), name=f"{name}_relu6",
+                    layer=layer)
+    sixth = rw.const(np.float32(1.0 / 6.0), name=f"{name}_one_sixth", layer=layer, dtype="f32")
+    gate = rw.op("mul", shifted, sixth, name=f"{name}_gate", layer=layer)
+    return rw.op("mul", x, gate, name=f"{name}_mul", layer=layer)
 
 
 def _unfuse_hard_swish_under_clamp(m: Match, rw: Rewriter) -> None:

@@ -4,8 +4,8 @@
     %m = mul(%t, %half)                      ->     %r = relu(%m)
     %r = relu(%m)                                   %t = transpose(%r) {perm=[0, 2, 1, 3]}
 
-Three rules of the converter's pipeline, all pushing a transpose towards the outputs (one worklist here; each
-step only ever moves a transpose down):
+Three rules of the converter's pipeline, all pushing a transpose towards the outputs, in two phases as the
+converter runs them (TensorFlow's pass first, then TFLite's):
 - TensorFlow's MoveTransposes (kEnd, layout optimization): a layout-agnostic op whose operands are all transposes
   with the same permutation computes on the untransposed operands, whatever else uses them. Of the ops qcompiler
   has, measured on TF 2.21: relu and tanh, and add/sub/mul/div/maximum/minimum of two such transposes.
@@ -28,8 +28,10 @@ from typing import ClassVar, Optional, Sequence
 
 import numpy as np
 
-from qcompiler.ir.graph import Node, Value
-from qcompiler.passes.rewriter import Match, Pat, Rewriter, RewritePass, Rule, has_data
+from qcompiler.ir.graph import Graph, Node, Value
+from qcompiler.passes.base import PassResult
+from qcompiler.passes.rewriter import (Match, Pat, Rewriter, RewritePass, RewriteStats, Rule, apply_rules, has_data,
+                                       result_from_stats)
 
 TF_LAYOUT_AGNOSTIC_UNARY = frozenset({"relu", "tanh"})
 TFL_REORDERED_UNARY = frozenset({"relu", "relu6", "relu_n1_to_1", "sigmoid", "tanh", "exp", "square", "neg", "sqrt"})
@@ -53,29 +55,49 @@ def _inverse(perm: Sequence[int]) -> list[int]:
 
 
 # ----- unary -----
-def _unary_check(m: Match) -> Optional[str]:
+def _unary_check_tf(m: Match) -> Optional[str]:
+    if m.root.op not in TF_LAYOUT_AGNOSTIC_UNARY:
+        return f"{m.root.op} is not layout-agnostic in TF (TFLite's rule below may still move it)"
+    return None
+
+
+def _unary_check_tfl(m: Match) -> Optional[str]:
     transpose = m["t"]
-    if m.root.op in TF_LAYOUT_AGNOSTIC_UNARY or _only_use(transpose.result):
-        return None
-    return f"the transpose %{transpose.result.name} has other users and {m.root.op} is not layout-agnostic in TF"
+    if not _only_use(transpose.result):
+        return f"the transpose %{transpose.result.name} has other users"
+    return None
 
 
 def _unary_rewrite(m: Match, rw: Rewriter) -> None:
     node, transpose = m.root, m["t"]
-    inner = rw.op(node.op, transpose.operands[0], layer=node.layer, **dict(node.attrs))
+    inner = rw.op(node.op, transpose.operands[0], name=f"{node.result.name}_untransposed", layer=node.layer,
+                  **dict(node.attrs))
     rw.replace_value(node, rw.op("transpose", inner, perm=list(transpose.attrs["perm"]), layer=transpose.layer))
 
 
 # ----- binary -----
-def _binary_check(m: Match) -> Optional[str]:
+def _two_transposes_reason(m: Match, one_use: bool) -> Optional[str]:
+    ta, tb = _transpose_of(m["a"]), _transpose_of(m["b"])
+    if ta is None or tb is None:
+        return "not both operands are transposes"
+    if list(ta.attrs["perm"]) != list(tb.attrs["perm"]):
+        return "the two transposes permute differently"
+    if m["a"].type.shape != m["b"].type.shape:
+        return "the transposed operands broadcast"
+    if one_use and not (_only_use(m["a"]) or _only_use(m["b"])):
+        return "both transposes have other users"
+    return None
+
+
+def _binary_check_tf(m: Match) -> Optional[str]:
+    return _two_transposes_reason(m, one_use=False)
+
+
+def _binary_check_tfl(m: Match) -> Optional[str]:
+    if _two_transposes_reason(m, one_use=True) is None:
+        return None
     a, b, node = m["a"], m["b"], m.root
     ta, tb = _transpose_of(a), _transpose_of(b)
-    if ta is not None and tb is not None:
-        if list(ta.attrs["perm"]) != list(tb.attrs["perm"]):
-            return "the two transposes permute differently"
-        if a.type.shape != b.type.shape:
-            return "the transposed operands broadcast"
-        return None
     transpose, other = (ta, b) if ta is not None else (tb, a)
     if transpose is None:
         return "no operand is a transpose"
@@ -93,29 +115,32 @@ def _binary_check(m: Match) -> Optional[str]:
 
 def _binary_rewrite(m: Match, rw: Rewriter) -> None:
     node = m.root
-    operands, transpose = [], None
-    for value in node.operands:
-        t = _transpose_of(value)
-        if t is not None and (transpose is None or not value.is_constant):
-            transpose = transpose or t
-            operands.append(t.operands[0])
-        else:
+    transposes = [_transpose_of(v) for v in node.operands]
+    perm = list(next(t for t in transposes if t is not None).attrs["perm"])
+    operands = []
+    for value, transpose in zip(node.operands, transposes):
+        if transpose is not None:
+            operands.append(transpose.operands[0])
+        elif np.asarray(value.data).size == 1:
             operands.append(value)
-    perm = list(transpose.attrs["perm"])
-    for i, value in enumerate(node.operands):
-        if value.is_constant and np.asarray(value.data).size != 1:
-            data = np.transpose(np.asarray(value.data), _inverse(perm))
-            operands[i] = rw.const(np.ascontiguousarray(data), name=f"{value.name}_untransposed", layer=node.layer,
-                                   dtype=value.type.dtype)
-    inner = rw.op(node.op, *operands, layer=node.layer, **dict(node.attrs))
-    rw.replace_value(node, rw.op("transpose", inner, perm=perm, layer=transpose.layer))
+        else:  # a constant of the transpose's rank, transposed back
+            data = np.ascontiguousarray(np.transpose(np.asarray(value.data), _inverse(perm)))
+            operands.append(rw.const(data, name=f"{value.name}_untransposed", layer=node.layer,
+                                     dtype=value.type.dtype))
+    inner = rw.op(node.op, *operands, name=f"{node.result.name}_untransposed", layer=node.layer, **dict(node.attrs))
+    layer = next(t for t in transposes if t is not None).layer
+    rw.replace_value(node, rw.op("transpose", inner, perm=perm, layer=layer))
 
 
-RULES: list[Rule] = [
-    Rule("unary-after-transpose", Pat(tuple(sorted(TFL_REORDERED_UNARY)), Pat("transpose", "x", capture="t")),
-         _unary_rewrite, _unary_check),
-    Rule("ewise-after-transpose", Pat(EWISE_BINARY, "a", "b"), _binary_rewrite, _binary_check),
-]
+def _rules(unary_check, binary_check) -> list[Rule]:
+    return [Rule("unary-after-transpose", Pat(tuple(sorted(TFL_REORDERED_UNARY)), Pat("transpose", "x", capture="t")),
+                 _unary_rewrite, unary_check),
+            Rule("ewise-after-transpose", Pat(EWISE_BINARY, "a", "b"), _binary_rewrite, binary_check)]
+
+
+TF_RULES = _rules(_unary_check_tf, _binary_check_tf)  # TensorFlow's MoveTransposes, first
+TFL_RULES = _rules(_unary_check_tfl, _binary_check_tfl)  # then TFLite's optimize / PushTransposeThroughEwise
+RULES = TF_RULES + TFL_RULES
 
 
 @dataclass(frozen=True)
@@ -125,3 +150,9 @@ class MoveTransposes(RewritePass):
 
     def rules(self) -> Sequence[Rule]:
         return RULES
+
+    def run(self, graph: Graph) -> PassResult:
+        stats = RewriteStats()
+        for phase in (TF_RULES, TFL_RULES):
+            apply_rules(graph, phase, stats=stats)
+        return result_from_stats(stats)
