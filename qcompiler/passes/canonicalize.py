@@ -23,11 +23,12 @@
                                          bias add and hard_sigmoid's +3 are one ADD), unless x comes from a
                                          conv2d / depthwise_conv2d / 2-D fully_connected, where fold-affine
                                          folds each add into the bias in turn as the converter does
-- relu/relu6/relu_n1_to_1(hard_swish(x)) -> clamp(mul(x, mul(relu6(add(x, 3)), 1/6)))
+- relu/relu6/relu_n1_to_1(hard_swish(x)), hard_swish(neg(y)) -> clamp(mul(x, mul(relu6(add(x, 3)), 1/6)))
                                          (Keras' hard_silu is that arithmetic in the TF graph; the converter's
-                                         MatchHardSwishPattern needs the outer MUL without a fused activation. Its
-                                         optimize pass visits ops bottom-up, so a clamp after a single-use
-                                         hard_swish fuses into the MUL first: no HARD_SWISH then.)
+                                         MatchHardSwishPattern needs the outer MUL without a fused activation and
+                                         an ADD of x and 3. Its optimize pass visits ops bottom-up, so a clamp
+                                         after a single-use hard_swish fuses into the MUL first; and TensorFlow's
+                                         canonicalizer has already made neg(y) + 3 a SUB. No HARD_SWISH then.)
 """
 from __future__ import annotations
 
@@ -230,10 +231,15 @@ def _unfuse_hard_swish_under_clamp(m: Match, rw: Rewriter) -> None:
     rw.set_operand(m.root, 0, _hard_swish_arithmetic(rw, m["hs"]))
 
 
+def _unfuse_hard_swish(m: Match, rw: Rewriter) -> None:
+    rw.replace_value(m.root, _hard_swish_arithmetic(rw, m.root))
+
+
 _HARD_SWISH_RULES: list[Rule] = [
     Rule("hard-swish-under-clamp", Pat(("relu", "relu6", "relu_n1_to_1"),
                                        Pat("hard_swish", "x", one_use=True, capture="hs")),
          _unfuse_hard_swish_under_clamp),
+    Rule("hard-swish-of-neg", Pat("hard_swish", Pat("neg", "y")), _unfuse_hard_swish),
 ]
 
 
