@@ -73,6 +73,7 @@ CAMPAIGN_SEEDS = {
     1024: "a transpose moves after the Rescaling's MUL that follows it",
     1052: "x - c (a vector) before a Dense stays a SUB",
     1065: "hard_swish then a ReLU: the clamp fuses into the MUL, no HARD_SWISH",
+    1128: "an approximate GELU then a ReLU: no GELU either; x**3 is a float POW",
 }
 
 

@@ -29,6 +29,8 @@
                                          an ADD of x and 3. Its optimize pass visits ops bottom-up, so a clamp
                                          after a single-use hard_swish fuses into the MUL first; and TensorFlow's
                                          canonicalizer has already made neg(y) + 3 a SUB. No HARD_SWISH then.)
+- relu/relu6/relu_n1_to_1(gelu{approximate}(x)) -> clamp(0.5 * x * (1 + tanh(0.79788456 * (x + 0.044715 * x**3))))
+                                         (the same for GELU: the clamp fuses into the last MUL; x**3 is a POW)
 """
 from __future__ import annotations
 
@@ -235,7 +237,35 @@ def _unfuse_hard_swish(m: Match, rw: Rewriter) -> None:
     rw.replace_value(m.root, _hard_swish_arithmetic(rw, m.root))
 
 
+def _gelu_tanh_arithmetic(rw: Rewriter, gelu: Node) -> Value:
+    """tf.nn.gelu(x, approximate=True) as the TF graph spells it:
+    0.5 * x * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x**3)))."""
+    x, layer, name = gelu.operands[0], gelu.layer, gelu.result.name
+
+    def const(value: float, suffix: str) -> Value:
+        return rw.const(np.float32(value), name=f"{name}_{suffix}", layer=layer, dtype="f32")
+
+    cube = rw.op("pow", x, const(3.0, "three"), name=f"{name}_pow", layer=layer)
+    inner = rw.op("add", x, rw.op("mul", cube, const(0.044715, "coeff"), name=f"{name}_mul_1", layer=layer),
+                  name=f"{name}_add", layer=layer)
+    scaled = rw.op("mul", inner, const(0.7978845608028654, "sqrt_2_over_pi"), name=f"{name}_mul_2", layer=layer)
+    gate = rw.op("add", rw.op("tanh", scaled, name=f"{name}_tanh", layer=layer), const(1.0, "one"),
+                 name=f"{name}_add_1", layer=layer)
+    half = rw.op("mul", x, const(0.5, "half"), name=f"{name}_mul", layer=layer)
+    return rw.op("mul", half, gate, name=f"{name}_mul_3", layer=layer)
+
+
+def _unfuse_gelu_under_clamp(m: Match, rw: Rewriter) -> None:
+    rw.set_operand(m.root, 0, _gelu_tanh_arithmetic(rw, m["gelu"]))
+
+
 _HARD_SWISH_RULES: list[Rule] = [
+    # the same for an approximate GELU: MatchGeluApproximate needs its last MUL without a fused activation (seed
+    # 1128); an exact GELU there leaves tf.Erfc, which the converter cannot convert at all
+    Rule("gelu-tanh-under-clamp", Pat(("relu", "relu6", "relu_n1_to_1"),
+                                      Pat("gelu", "x", one_use=True, capture="gelu",
+                                          where=lambda n: bool(n.attrs.get("approximate")))),
+         _unfuse_gelu_under_clamp),
     Rule("hard-swish-under-clamp", Pat(("relu", "relu6", "relu_n1_to_1"),
                                        Pat("hard_swish", "x", one_use=True, capture="hs")),
          _unfuse_hard_swish_under_clamp),
