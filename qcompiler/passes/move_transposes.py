@@ -28,13 +28,14 @@ from typing import ClassVar, Optional, Sequence
 
 import numpy as np
 
+from qcompiler.backend.tflite_arena import MOVED_ABOVE_RESHAPE
 from qcompiler.ir.graph import Graph, Node, Value
 from qcompiler.passes.base import PassResult
 from qcompiler.passes.rewriter import (Match, Pat, Rewriter, RewritePass, RewriteStats, Rule, apply_rules, has_data,
                                        result_from_stats)
 
 TF_LAYOUT_AGNOSTIC_UNARY = frozenset({"relu", "tanh"})
-TFL_REORDERED_UNARY = frozenset({"relu", "relu6", "relu_n1_to_1", "sigmoid", "tanh", "exp", "square", "neg", "sqrt"})
+TFL_REORDERED_UNARY = MOVED_ABOVE_RESHAPE  # ReorderElementwiseAndMoveOperations moves them above a TRANSPOSE too
 EWISE_BINARY = ("add", "sub", "mul", "div", "maximum", "minimum")
 
 
