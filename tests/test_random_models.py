@@ -67,6 +67,26 @@ def test_random_model_with_keras_ops_matches_the_converter(seed: int) -> None:
     assert verdict.ok, f"seed {seed} ({', '.join(spec.blocks)}): {verdict.summary()}"
 
 
+# Campaign models (benchmarks/fuzz_vs_converter.py: keras.ops blocks, max depth 16) shrunk to one converter rule
+# each (docs/quantization-notes.md section 10), fixed and kept here as the numeric check of that rule.
+CAMPAIGN_DEPTH = 16
+CAMPAIGN_SEEDS = {
+    1008: "a rank-3 Dense's sigmoid/relu6 run before the tensordot RESHAPE; a transpose moves after relu/mul",
+    1024: "a transpose moves after the Rescaling's MUL that follows it",
+    1052: "x - c (a vector) before a Dense stays a SUB",
+    1065: "hard_swish then a ReLU: the clamp fuses into the MUL, no HARD_SWISH",
+    1128: "an approximate GELU then a ReLU: no GELU either; x**3 is a float POW",
+}
+
+
+@pytest.mark.parametrize("seed", sorted(CAMPAIGN_SEEDS), ids=[f"campaign-seed{s}" for s in sorted(CAMPAIGN_SEEDS)])
+def test_shrunk_campaign_model_matches_the_converter(seed: int) -> None:
+    spec = random_model(seed, blocks=BLOCKS, max_depth=CAMPAIGN_DEPTH)
+    model = spec.model
+    verdict = check(model, random_batch(model, 32, seed=1), random_batch(model, 64, seed=2))
+    assert verdict.ok, f"seed {seed} ({CAMPAIGN_SEEDS[seed]}): {verdict.summary()}"
+
+
 # ----------------------------------------------------------------------------------------------------
 # the generator itself
 # ----------------------------------------------------------------------------------------------------

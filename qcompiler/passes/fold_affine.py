@@ -24,7 +24,8 @@ visiting the ops bottom-up (MLIR's default: the last op first), which decides wh
 between them joins:
 
 1. after-folds (a layer with a single use) and, before a fully_connected, a rank-1 constant (one value per input
-   channel: FuseMulAndFullyConnected, and FuseAddAndFullyConnected, which needs the layer to have a bias and
+   channel: FuseMulAndFullyConnected, and FuseAddAndFullyConnected, which takes an add, never a sub, needs the
+   layer to have a bias and
    sums the bias with TFLite's constant folding of FULLY_CONNECTED, a Neumaier-compensated dot product);
 2. after-folds and, before any of the three layers, a scalar (FuseBinaryOpToFollowingAffineOp: the sum of an add
    accumulates into the bias one product at a time in the weights' memory order: conv2d [out,kh,kw,in]: for each
@@ -231,6 +232,8 @@ def _vector_before_check(m: Match, clamped: frozenset = frozenset()) -> Optional
     # scalar (a batch norm on one channel would fold in phase 1 in the converter: not modelled).
     if m["c"].type.rank != 1 or m["c"].type.shape[0] == 1:
         return f"%{m['c'].name} {m['c'].type} is not a vector (a scalar folds in the second phase)"
+    if m["binary"].op == "sub":  # observed: x - c (a vector) stays a SUB before the FULLY_CONNECTED (seed 1052)
+        return f"{m['binary'].describe()} is a sub: FuseAddAndFullyConnected takes an add only"
     if m["binary"].op == "add" and not _has_nonzero_bias(m["layer"]):
         # an all-zero bias is none: TensorFlow's identity folding removed the Dense's BiasAdd (random seed 1143)
         return f"{m['layer'].describe()} has no (or an all-zero) bias for the add before it (the converter folds none)"
