@@ -220,7 +220,7 @@ def plot(path: str, dataset: str, float_curve: list[float], qat_curve: list[floa
     epochs = np.arange(1, len(float_curve) + 1)
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot(epochs, np.asarray(float_curve) * 100, "o-", label="float")
-    ax.plot(epochs, np.asarray(qat_curve) * 100, "s-", label=f"QAT int8 (quant_delay {delay} epoch)")
+    ax.plot(epochs, np.asarray(qat_curve) * 100, "s-", label=f"QAT int8 (quant_delay {delay} epoch)" if delay else "QAT int8 (from step 0)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"seed CNN on {dataset}")
@@ -239,7 +239,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="digits,mnist")
     parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--quant-delay-epochs", type=int, default=1)
+    parser.add_argument("--quant-delay-epochs", type=int, default=0, help="QAT from scratch: quantize_model's "
+                        "quant_delay in epochs (0, its default: fake quantization from the first step)")
     parser.add_argument("--png", default=None, help="learning-curve PNG (of the first dataset)")
     parser.add_argument("--timing-steps", type=int, default=60,
                         help="training step times (benchmarks/qat_vs_tfmot.py's measurement); 0: none")

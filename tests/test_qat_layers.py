@@ -44,15 +44,57 @@ def test_fake_quant_passes_values_through_during_quant_delay_then_quantizes():
 
 def test_fake_quant_tracks_an_exponential_moving_average_from_the_first_batch():
     layer = FakeQuant(ema_decay=0.9)
-    a = np.array([[-1.0, 2.0]], np.float32)
-    b = np.array([[-3.0, 4.0]], np.float32)
+    a = np.array([[-3.0, 4.0]], np.float32)
+    b = np.array([[-1.0, 2.0]], np.float32)
     layer(a, training=True)
-    assert (float(layer.range_min.numpy()), float(layer.range_max.numpy())) == (-1.0, 2.0)
+    assert (float(layer.range_min.numpy()), float(layer.range_max.numpy())) == (-3.0, 4.0)
     layer(b, training=True)
-    np.testing.assert_allclose([layer.range_min.numpy(), layer.range_max.numpy()], [-1.2, 2.2], rtol=1e-6)
+    np.testing.assert_allclose([layer.range_min.numpy(), layer.range_max.numpy()], [-2.8, 3.8], rtol=1e-6)
     layer(b, training=False)  # inference does not move the range
     layer(b, training=True, observe=False)  # nor does a second use of the same quantizer
-    np.testing.assert_allclose([layer.range_min.numpy(), layer.range_max.numpy()], [-1.2, 2.2], rtol=1e-6)
+    np.testing.assert_allclose([layer.range_min.numpy(), layer.range_max.numpy()], [-2.8, 3.8], rtol=1e-6)
+
+
+def test_ema_range_widens_at_once_to_hold_a_batch_beyond_it_so_no_value_loses_its_gradient():
+    import tensorflow as tf
+
+    layer = FakeQuant(ema_decay=0.99)
+    layer(np.array([[-1.0, 1.0]], np.float32), training=True)  # the first batch: [-1, 1]
+    x = tf.constant(np.linspace(-3, 5, 33, dtype=np.float32)[None])  # grown 3-5x, as in Adam's first steps
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=True)
+    # a plain 0.99 average would sit at [-1.02, 1.04] and clip 29 of these 33 values with gradient 0
+    assert (float(layer.range_min.numpy()), float(layer.range_max.numpy())) == (-3.0, 5.0)
+    grid = qmath.fake_quant_grid(-3.0, 5.0)  # TF's nudging (0 on a level) may leave one edge value out
+    inside = (x.numpy() >= grid.nudged_min) & (x.numpy() <= grid.nudged_max)
+    np.testing.assert_array_equal(tape.gradient(y, x).numpy(), inside.astype(np.float32))
+    assert inside.sum() >= 32
+    np.testing.assert_array_equal(y.numpy(), qmath.fake_quant(x.numpy(), -3.0, 5.0, 8))
+    layer(np.array([[-1.0, 1.0]], np.float32), training=True)  # smaller batches: it shrinks as an average
+    np.testing.assert_allclose([layer.range_min.numpy(), layer.range_max.numpy()],
+                               [0.99 * -3 + 0.01 * -1, 0.99 * 5 + 0.01 * 1], rtol=1e-6)
+
+
+def test_quantized_softmax_output_keeps_the_logits_gradient_of_a_confidently_wrong_image():
+    import tensorflow as tf
+
+    inputs = keras.Input((4,))
+    logits = L.Dense(3, use_bias=False, name="logits")(inputs)
+    probs = L.Activation("softmax", name="probs")(logits)
+    model = keras.Model(inputs, FakeQuant(mode="fixed", min=0.0, max=255 / 256, name="probs_quant")(probs))
+    model.get_layer("logits").set_weights([np.array([[8.0, 0, -8], [0] * 3, [0] * 3, [0] * 3], np.float32)])
+    x, label = np.array([[1.0, 0, 0, 0]], np.float32), np.array([2])  # p(label) = e^-16 / ... ~ 1e-7
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+    kernel = model.get_layer("logits").kernel
+    with tf.GradientTape() as tape:
+        y = model(x, training=True)
+        loss = loss_fn(label, y)
+    assert float(y[0, 2]) == 0.0 and float(y[0, 0]) == 255 / 256  # the output is on the 1/256 grid
+    p = tf.nn.softmax(np.array([[8.0, 0, -8]], np.float32)).numpy()[0]
+    # the loss is the logits' cross-entropy (16 nats), not -log(1e-7) of the rounded 0 with gradient 0
+    np.testing.assert_allclose(float(loss), -np.log(p[2]), rtol=1e-4)
+    np.testing.assert_allclose(tape.gradient(loss, kernel).numpy()[0], p - [0, 0, 1], rtol=1e-4, atol=1e-6)
 
 
 def test_initial_range_starts_every_tracked_range_and_the_ema_moves_from_it():

@@ -39,7 +39,8 @@ class FakeQuant(keras.layers.Layer):
 
     Arguments:
       bits: 2..16 levels exponent; narrow_range: drop the lowest level (symmetric grids).
-      mode: "ema" (track batch min/max, `ema_decay`; the first batch sets them), "fixed" (`min`/`max` as given,
+      mode: "ema" (track batch min/max, `ema_decay`; the first batch sets them, a batch beyond them widens them
+        at once), "fixed" (`min`/`max` as given,
         the equivalent of tf.quantization.fake_quant_with_min_max_args), or "learned" (min/max trainable
         variables, started from the first batch or from `min`/`max` when given).
       per_channel: one range per index of the last axis.
@@ -88,21 +89,34 @@ class FakeQuant(keras.layers.Layer):
             self.step.assign_add(ops.cast(1, "int64"))
         lo, hi = include_zero(self.range_min, self.range_max)
         quantized = fake_quant(x, lo, hi, self.bits, self.narrow_range, self.per_channel)
-        if not training or self.quant_delay <= 0:  # inference always quantizes, as tf.contrib's eval graph
-            return quantized
-        return ops.where(active, quantized, x)
+        if training and self.quant_delay > 0:  # inference always quantizes, as tf.contrib's eval graph
+            quantized = ops.where(active, quantized, x)
+        return _keep_logits(x, quantized)
 
     def _observe(self, x) -> None:
+        """Update the range from this training batch before quantizing it (as tf.contrib.quantize).
+
+        "ema": decay * range + (1 - decay) * batch min/max, but never narrower than this batch: a batch beyond
+        the range widens it at once, and the range then shrinks back as a moving average. A plain moving
+        average lags behind activations that grow (from scratch, Adam's first steps grow them several-fold in
+        tens of steps, far faster than a 0.99 average's 100-step time constant); the values outside the lagging
+        range get TF's fake-quant gradient 0 (12-57% of the logits in each of steps 1-59 of digits seed 7), and
+        an image whose logits all fall below the range gives no gradient at all (seed 7: every logit of every
+        training image of a 2 ended below it; the model never predicted a 2, 86%; README "Against tfmot").
+        With the batch always inside, training only rounds it, and the range it quantized with is the range that
+        is stored and ships."""
         if self.mode == "fixed":
             return
         axes = tuple(range(len(x.shape) - 1)) if self.per_channel else None
         batch_min = ops.stop_gradient(ops.min(x, axis=axes))
         batch_max = ops.stop_gradient(ops.max(x, axis=axes))
         first = self.initialized < 0.5
-        if self.mode == "ema":
+        if self.mode == "ema":  # the moving average, widened at once to hold this batch (see _observe's doc)
             decay = self.ema_decay
-            new_min = ops.where(first, batch_min, decay * self.range_min + (1.0 - decay) * batch_min)
-            new_max = ops.where(first, batch_max, decay * self.range_max + (1.0 - decay) * batch_max)
+            ema_min = decay * self.range_min + (1.0 - decay) * batch_min
+            ema_max = decay * self.range_max + (1.0 - decay) * batch_max
+            new_min = ops.where(first, batch_min, ops.minimum(ema_min, batch_min))
+            new_max = ops.where(first, batch_max, ops.maximum(ema_max, batch_max))
         else:  # learned: the first batch starts the range, gradients move it afterwards
             new_min = ops.where(first, batch_min, self.range_min)
             new_max = ops.where(first, batch_max, self.range_max)
@@ -119,6 +133,23 @@ class FakeQuant(keras.layers.Layer):
                       max=self.init_max, ema_decay=self.ema_decay, per_channel=self.per_channel,
                       quant_delay=self.quant_delay)
         return config
+
+
+def _keep_logits(x, y):
+    """`y` (x fake-quantized) keeps the logits Keras attached to a softmax/sigmoid output `x`.
+
+    Keras computes a cross-entropy on a softmax/sigmoid output from its logits (`_keras_logits`), "to prevent
+    collapsing zero when training". The probability grid [0, 255/256] rounds every probability under 1/512 to an
+    exact 0, which the cross-entropy clips at 1e-7, where its gradient is 0: a confidently wrong image would stop
+    training. Passing the logits on keeps the loss that of the (fake-quantized) logits, as tfmot's training graph
+    has it (its softmax output is not quantized); the output values themselves stay on the grid."""
+    logits = getattr(x, "_keras_logits", None)
+    if logits is not None and y is not x:
+        try:
+            y._keras_logits = logits
+        except AttributeError:  # a backend tensor without attributes: the loss then reads the probabilities
+            pass
+    return y
 
 
 # ----------------------------------------------------------------------------------------------------
