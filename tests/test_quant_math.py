@@ -449,7 +449,7 @@ def test_multiply_by_quantized_multiplier_int64():
     m, shift = quantize_multiplier(0.3)
     x = np.asarray([0, 1000, -1000, 2**40, -(2**40)], np.int64)
     reduced = (m + (1 << 15)) >> 16
-    expected = [(int(v) * reduced + (1 << (14 - shift))) >> (15 - shift) for v in x]
+    expected = [(((int(v) * reduced + (1 << (14 - shift))) >> (15 - shift)) + 2**31) % 2**32 - 2**31 for v in x]
     np.testing.assert_array_equal(multiply_by_quantized_multiplier_int64(x, m, shift), expected)
 
 
@@ -472,3 +472,12 @@ def test_bias_saturates_and_weight_params_validate():
     zero = weight_qparams(np.zeros((3, 2), np.float32), axis=0)
     assert zero.scale == (float(np.float32(1e-6 / 254)),) * 3 and zero.zero_point == (0, 0, 0)
     np.testing.assert_array_equal(quantize_weights(np.zeros((3, 2), np.float32), zero), np.zeros((3, 2)))
+
+
+def test_int64_accumulator_rescale_wraps_like_the_kernels_int32_cast() -> None:
+    # 16x8 conv/depthwise/FC: static_cast<int32_t> of the rescaled int64 accumulator. A result past int32 (a tiny
+    # output scale) wraps around (BUILTIN_REF gave -32768 where a saturating rescale gives 32767 after the clamp).
+    multiplier, shift = 1 << 30, 0  # 0.5: (x * 2^14 + 2^14) >> 15 = (x + 1) >> 1
+    x = np.array([(1 << 33) + 10, 100, -((1 << 33) + 10)], np.int64)
+    result = multiply_by_quantized_multiplier_int64(x, multiplier, shift)
+    assert result.tolist() == [5, 50, -5]

@@ -566,7 +566,8 @@ def _rounding_divide_by_pot(x: np.ndarray, exponent: np.ndarray) -> np.ndarray:
 def multiply_by_quantized_multiplier_int64(x: np.ndarray, multiplier: Union[int, np.ndarray],
                                            shift: Union[int, np.ndarray]) -> np.ndarray:
     """MultiplyByQuantizedMultiplier(int64 x, ...) used with 16x8 int64 accumulators (single-rounding build):
-    the multiplier is reduced to 16 bits, result = (x * m16 + 2^(14 - shift)) >> (15 - shift)."""
+    the multiplier is reduced to 16 bits, result = (x * m16 + 2^(14 - shift)) >> (15 - shift), returned as the
+    kernel's `static_cast<int32_t>`: a result beyond int32 (a tiny output scale) wraps around, it does not saturate."""
     x = np.asarray(x, np.int64)
     m = np.asarray(multiplier, np.int64)
     s = np.asarray(shift, np.int64)
@@ -574,7 +575,7 @@ def multiply_by_quantized_multiplier_int64(x: np.ndarray, multiplier: Union[int,
         raise ValueError("multiply_by_quantized_multiplier_int64 needs |x| < 2^47 (the kernel's assumption)")
     reduced = np.where(m < 0x7FFF0000, (m + (1 << 15)) >> 16, np.int64(0x7FFF))
     total_shift = 15 - s
-    return (x * reduced + np.left_shift(np.int64(1), total_shift - 1)) >> total_shift
+    return wrap_int((x * reduced + np.left_shift(np.int64(1), total_shift - 1)) >> total_shift, 32)
 
 
 def effective_scale(input_scale: float, weight_scale: ArrayLike, output_scale: float) -> np.ndarray:
