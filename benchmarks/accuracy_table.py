@@ -347,7 +347,8 @@ def print_checks(results: list[SeedResult]) -> None:
 
 def _mean_std(values) -> str:
     values = np.asarray(values) * 100
-    return f"{values.mean():6.2f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:4.2f}"
+    mean = round(float(values.mean()), 6) + 0.0  # no "-0.00"
+    return f"{mean:6.2f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:4.2f}"
 
 
 def print_seeds(results: list[SeedResult], lows: list[str]) -> None:
@@ -363,7 +364,7 @@ def print_seeds(results: list[SeedResult], lows: list[str]) -> None:
     print("\nlow-bit rows, paired per seed (mean ± std; wins/ties/losses):")
     for setting in lows:
         low = low_name(setting)
-        for name in [n for n in names if n.startswith(("PTQ " + low, "QAT " + low))]:
+        for name in [n for n in names if n == "PTQ " + low or n.startswith(f"QAT {low} [")]:
             for reference in ("float", f"PTQ {low}"):
                 if name == reference:
                     continue
@@ -399,6 +400,19 @@ def plot(path: str, dataset: str, float_curve: list[float], qat_curve: list[floa
     print(f"learning curve written to {path}")
 
 
+def report(path: str) -> None:
+    """The multi-seed tables again, from the numbers a --json run wrote."""
+    import json
+
+    with open(path) as f:
+        document = json.load(f)
+    for entry in document["results"]:
+        print(f"\n== {entry['dataset']}: seeds {entry['seeds'][0]}..{entry['seeds'][-1]}, {entry['epochs']} epochs "
+              f"(fine-tune {entry['finetune_epochs']}), recipes {', '.join(entry['recipes'])} ==")
+        results = [SeedResult(r["accuracy"], r["sizes"], r["checks"]) for r in entry["per_seed"]]
+        print_seeds(results, entry.get("low") or ["4"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="digits,mnist")
@@ -416,7 +430,11 @@ def main() -> None:
     parser.add_argument("--timing-steps", type=int, default=60,
                         help="training step times (benchmarks/qat_vs_tfmot.py's measurement, one seed only); 0: none")
     parser.add_argument("--json", default=None, help="write every seed's numbers here")
+    parser.add_argument("--report", default=None, help="print the multi-seed tables of a --json file (no training)")
     args = parser.parse_args()
+    if args.report:
+        report(args.report)
+        return
     import keras  # noqa: F401  (initialise TF before the timers)
 
     reports = []
