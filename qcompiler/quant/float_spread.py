@@ -94,7 +94,22 @@ def _reshapes_first(node: Node) -> bool:
 def _leaves_unquantized(graph: Graph, node: Node, reason: str, own_ranges: set[int]) -> bool:
     """A float op off the driver's work list (it never quantizes, it is not a same-scale op) whose output lost
     its own range: nothing quantizes it. A graph output always is (the model's outputs are integer)."""
-    if reason.startswith(FLOAT_OPERAND) or reason == "keep-float:user":
-        return False  # on the work list (or chosen by the user): its output is quantized
+    if reason.startswith(FLOAT_OPERAND) or reason == "keep-float:user" or _moved_before_its_operand(node):
+        return False  # on the work list (or chosen by the user, or followed by a move op): it is quantized
     value = node.result
     return value.type.is_float and id(value) not in own_ranges and not graph.is_output(value)
+
+
+# TFLite's optimize pass (ReorderElementwiseAndMoveOperations) swaps a unary elementwise op with the move op
+# (reshape, transpose, squeeze, expand_dims) before it when that move op has one use: neg(reshape(x)) becomes
+# reshape(neg(x)). The move op then follows the float op and, being a same-scale op on the driver's work
+# list, quantizes the result with the parameters propagation gives it.
+_REORDERED_UNARY = frozenset({"exp", "neg", "relu", "relu_n1_to_1", "relu6", "tanh", "sqrt", "square", "sigmoid"})
+_MOVE_OPS = frozenset({"reshape", "flatten", "transpose"})
+
+
+def _moved_before_its_operand(node: Node) -> bool:
+    if node.op not in _REORDERED_UNARY:
+        return False
+    move = node.operands[0].producer
+    return move is not None and move.op in _MOVE_OPS and len(node.operands[0].uses) == 1
