@@ -52,6 +52,20 @@ def test_random_model_matches_the_converter(seed: int) -> None:
     assert verdict.ok, f"seed {seed} ({', '.join(spec.blocks)}): {verdict.summary()}"
 
 
+# Shrunk models (a seed's first k blocks) of an xfailed seed whose cause is fixed: layer seed 7's first 21 blocks
+# hold ELUs whose outputs feed concats and maximums, which the converter runs in float (docs/quantization-notes.md
+# §10, float spreading); before that rule 40-51% identical, up to 50 LSB.
+SHRUNK = [(7, 21)]
+
+
+@pytest.mark.parametrize("seed,depth", SHRUNK, ids=[f"seed{s}-depth{d}" for s, d in SHRUNK])
+def test_shrunk_random_model_matches_the_converter(seed: int, depth: int) -> None:
+    spec = random_model(seed, blocks=LAYER_BLOCKS, max_depth=MAX_DEPTH, depth=depth)
+    model = spec.model
+    verdict = check(model, random_batch(model, 32, seed=1), random_batch(model, 64, seed=2))
+    assert verdict.ok, f"seed {seed} depth {depth} ({', '.join(spec.blocks)}): {verdict.summary()}"
+
+
 # With the keras.ops blocks (BLOCKS: every block, pinned rather than available_blocks(), so that a seed's model
 # does not change when the importer learns more). Fast seeds that found bugs or pass them now: 6 and 11 hold
 # ops.negative (the converter's NEG float island), the others a mix; the campaign runs hundreds more.

@@ -93,13 +93,13 @@ class LowerToInt(Pass):
         states = propagation.run()
         _check_all_quantized(states)
         floats = float_ops(graph, set(marks.ranges), act_dtype, policy, keep)
-        params, requantized, per_user = _insert_requantizations(graph, states, floats.unquantized)
+        params, requantized, volatile = _insert_requantizations(graph, states, floats.unquantized)
         unquantized = {key: states[key][1].params for key in floats.unquantized}
         lowering = _ConstantLowering(graph, {**unquantized, **params}, marks.weight_axes, act_dtype, policy, keep)
         lowering.trained, lowering.int4, lowering.floats = marks.weight_grids, self.int4, floats
         weights = sum(lowering.lower(node) for node in list(graph.nodes))
         _retype_activations(graph, params, act_dtype)
-        islands = _isolate_float_islands(graph, act_dtype, floats, unquantized, per_user)
+        islands = _isolate_float_islands(graph, act_dtype, floats, unquantized, volatile)
         folded = _fold_trivial_requantizations(graph)
         _remove_dead_constants(graph)
         self._lower_io(graph)
@@ -429,10 +429,11 @@ States = dict[int, tuple[Value, QuantState]]  # value id -> (value, its state)
 def _insert_requantizations(graph: Graph, states: States, unquantized: set[int] = frozenset()
                             ) -> tuple[dict[int, QParams], int, set[int]]:
     """value id -> parameters for every activation, inserting the requantizing `quantize` nodes; the number
-    inserted; the ids of the copies requantized for some users (the driver's requantize ON_OUTPUT). The
+    inserted; the ids of the copies requantized after a producer that emits other parameters (the driver's
+    requantize ON_INPUT: its own QUANTIZE after the op is the volatile one, the requantize the kept one). The
     `unquantized` values stay float: no parameters, no requantization (nothing quantizes them)."""
     params: dict[int, QParams] = {}
-    per_user: set[int] = set()
+    volatile: set[int] = set()
     inserted = 0
     for value, state in list(states.values()):
         if state.params is None or id(value) in unquantized:
@@ -444,16 +445,16 @@ def _insert_requantizations(graph: Graph, states: States, unquantized: set[int] 
         if state.requant_in:
             params[id(value)] = state.requant_in[0]
             users = [(u.node, u.index) for u in value.uses]
-            params[id(_requantize(graph, value, users, outputs_too=True))] = state.params
+            requant = _requantize(graph, value, users, outputs_too=True)
+            params[id(requant)] = state.params
+            volatile.add(id(requant))
             inserted += 1
             continue
         params[id(value)] = state.params
         for target, users in state.requant_out:
-            requant = _requantize(graph, value, users)
-            params[id(requant)] = target
-            per_user.add(id(requant))
+            params[id(_requantize(graph, value, users))] = target
             inserted += 1
-    return params, inserted, per_user
+    return params, inserted, volatile
 
 
 def _requantize(graph: Graph, value: Value, users: list[tuple[Node, int]], outputs_too: bool = False) -> Value:
@@ -617,15 +618,16 @@ class FloatOpsWarning(UserWarning):
 
 
 def _isolate_float_islands(graph: Graph, act_dtype: str, floats: FloatOps, unquantized: dict[int, QParams],
-                           per_user: set[int] = frozenset()) -> list[Node]:
+                           volatile: set[int] = frozenset()) -> list[Node]:
     """Keep the float ops in float: each one's integer operands are dequantized before it and its result is
     computed in float and quantized after it for its integer users and the graph outputs (TFLiteConverter's
     DEQUANTIZE/QUANTIZE around ops without an integer kernel). Float users take the float result directly. An
     `unquantized` result (id -> the parameters propagation gave it) has integer users only behind the
-    converter's hidden RESHAPE, which quantizes with those parameters. A copy requantized for some users
-    (`per_user`) is not what a float user dequantizes: it takes the original (post-quantize's RemoveVolatileOps
-    moves the DEQUANTIZE before such a requantize). Warns with the list of ops that stayed
-    float for want of an integer kernel."""
+    converter's hidden RESHAPE, which quantizes with those parameters. A float user of a `volatile` requantize
+    (after a producer that emits other parameters) dequantizes the producer's own output instead: in the
+    converter that requantize is its volatile QUANTIZE, which post-quantize's RemoveVolatileOps skips for a
+    DEQUANTIZE. A requantize made for some users (the driver's ON_OUTPUT) is kept, and dequantized. Warns with
+    the list of ops that stayed float for want of an integer kernel."""
     islands = [n for n in graph.nodes if floats.is_float(n)]
     for node in islands:
         result = node.result
@@ -648,7 +650,7 @@ def _isolate_float_islands(graph: Graph, act_dtype: str, floats: FloatOps, unqua
         for index, operand in enumerate(node.operands):
             if operand.type.is_float or operand.type.quant is None:
                 continue
-            if id(operand) in per_user:
+            if id(operand) in volatile:
                 operand = _skip_requantize(graph, node, index)
             if id(operand) not in dequantized:
                 dequantized[id(operand)] = graph.op("dequantize", operand, name=f"{operand.name}.float",
@@ -665,8 +667,8 @@ def _isolate_float_islands(graph: Graph, act_dtype: str, floats: FloatOps, unqua
 
 
 def _skip_requantize(graph: Graph, node: Node, index: int) -> Value:
-    """Operand `index` of float op `node` is a copy requantized for some users: dequantize its source instead.
-    The requantize goes when nothing else uses it."""
+    """Operand `index` of float op `node` is a volatile requantize: dequantize its source instead. The requantize
+    goes when nothing else uses it."""
     operand = node.operands[index]
     requant = operand.producer
     source = requant.operands[0]
