@@ -31,7 +31,7 @@ GREATER_SELECT = ("ReLU(threshold>0) imports as greater + select: the converter 
 FLOAT_ELU = ("ELU's float output (no range of its own: a maximum and a concat share it) reaches a rank-3 Dense, whose "
              "hidden RESHAPE quantizes it with the parameters of whichever same-scale user the converter's driver "
              "visits first (the maximum, last in its op order); qcompiler's graph order visits the concat first. "
-             "The float ELU/concat/maximum themselves now match (depths 10 and 21 pass)")
+             "The float ELU/concat/maximum themselves now match (depth 21 passes, test_shrunk_...)")
 KNOWN_CAUSES: dict[int, str] = {7: FLOAT_ELU, 13: GREATER_SELECT}
 
 
