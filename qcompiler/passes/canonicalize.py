@@ -19,6 +19,13 @@
 - sub(x, neg(y)) -> add(x, y);  add(neg(x), y) -> sub(y, x);  add(x, neg(y)) -> sub(x, y)
                                          (TensorFlow's SubOfNeg / AddV2OfNegLeft / AddV2OfNegRight canonicalizations,
                                          which the converter runs; the neg stays while it has other users)
+- hard_swish(neg(y))              -> mul(neg(y), mul(relu6(sub(3, y)), 1/6))   (Keras' hard_silu is
+                                         x * relu6(x + 3) / 6; with x = -y, AddV2OfNegLeft turns x + 3 into 3 - y
+                                         before the converter matches HARD_SWISH, so it writes SUB (relu6 fused),
+                                         MUL by 1/6 and MUL instead)
+- square(sub(x, y))               -> squared_difference(x, y)   (TensorFlow's SquareOfSub canonicalization: the
+                                         converter writes one int8 SQUARED_DIFFERENCE, not SUB then a float
+                                         SQUARE; the sub stays while it has other users)
 - add(add(x, c1), c2)             -> add(x, c1 + c2)   (the converter's constant-add fusion: a rank-3 Dense's
                                          bias add and hard_sigmoid's +3 are one ADD), unless x comes from a
                                          conv2d / depthwise_conv2d / 2-D fully_connected, where fold-affine
@@ -209,6 +216,28 @@ _NEG_RULES: list[Rule] = [
 ]
 
 
+# ----- composite activations TensorFlow rewrites before the converter pattern-matches them -----
+def _hard_swish_of_neg(m: Match, rw: Rewriter) -> None:
+    layer, negated, y, name = m.root.layer, m["n"].result, m["y"], m.root.result.name
+    three = rw.const(np.float32(3.0), name=f"{name}_three", layer=layer, dtype="f32")
+    shifted = rw.op("relu6", rw.op("sub", three, y, name=f"{name}_sub", layer=layer), name=f"{name}_relu6",
+                    layer=layer)
+    sixth = rw.const(np.float32(1.0 / 6.0), name=f"{name}_one_sixth", layer=layer, dtype="f32")
+    gate = rw.op("mul", shifted, sixth, name=f"{name}_gate", layer=layer)
+    rw.replace_value(m.root, rw.op("mul", negated, gate, layer=layer))
+
+
+def _square_of_sub(m: Match, rw: Rewriter) -> None:
+    sub = m["sub"]
+    rw.replace_value(m.root, rw.op("squared_difference", sub.operands[0], sub.operands[1], layer=m.root.layer))
+
+
+def _square_of_sub_check(m: Match) -> Optional[str]:
+    if m["sub"].attrs.get("activation", "none") != "none":
+        return f"the sub has fused activation '{m['sub'].attrs['activation']}'"
+    return None
+
+
 RULES: list[Rule] = [
     Rule("flatten-to-reshape", Pat("flatten", "x"), _flatten_to_reshape, _flatten_check),
     Rule("remove-identity", Pat("identity", "x"), _forward_operand, _drop_identity_check),
@@ -237,6 +266,8 @@ RULES: list[Rule] = [
     Rule("add-of-adds", Pat("add", Pat("add", "x", Const(capture="c1"), commutative=True, capture="inner"),
                             Const(capture="c2"), commutative=True), _add_of_adds, _add_of_adds_check),
     *_NEG_RULES,
+    Rule("hard-swish-of-neg", Pat("hard_swish", Pat("neg", "y", capture="n")), _hard_swish_of_neg),
+    Rule("square-of-sub", Pat("square", Pat("sub", "x", "y", capture="sub")), _square_of_sub, _square_of_sub_check),
 ]
 
 
@@ -244,7 +275,8 @@ RULES: list[Rule] = [
 class Canonicalize(RewritePass):
     name: ClassVar[str] = "canonicalize"
     summary: ClassVar[str] = ("flatten->reshape, drop identities, no-op reshapes and transposes, reductions over "
-                              "size-1 axes and x+0/x-0/x*1, negations into add/sub, "
+                              "size-1 axes and x+0/x-0/x*1, negations into add/sub, hard_swish(neg) and "
+                              "square(sub) as TensorFlow rewrites them, "
                               "min/max clamps->relu ops")
 
     def rules(self) -> Sequence[Rule]:

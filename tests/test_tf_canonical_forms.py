@@ -1,0 +1,57 @@
+"""TensorFlow rewrites a few compositions before TFLiteConverter pattern-matches them, and qcompiler's canonicalize
+does the same (docs/quantization-notes.md §10): hard_swish of a negation is no HARD_SWISH (SUB/MUL/MUL), and the
+square of a difference is one SQUARED_DIFFERENCE. Small Keras models, drawn per seed, compiled by both tools on the
+same calibration data: the int8 outputs must be identical (tests/differential.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.differential import check
+
+
+def _front(rng: np.random.Generator, x, width: int):
+    """A random layer in front of the pattern, so that its operand is some computed tensor."""
+    import keras
+
+    kind = rng.integers(3)
+    if kind == 0:
+        return keras.layers.Dense(width)(x)
+    if kind == 1:
+        return keras.layers.Activation("tanh")(keras.layers.Dense(width)(x))
+    return keras.layers.BatchNormalization()(keras.layers.Dense(width, activation="relu")(x))
+
+
+def _model(pattern: str, seed: int):
+    import keras
+    from keras import ops
+
+    from tests.random_models import randomize_weights
+
+    rng = np.random.default_rng(seed)
+    rows, width = int(rng.integers(2, 6)), int(rng.integers(3, 12))
+    a, b = keras.Input((rows, width), name="a"), keras.Input((rows, width), name="b")
+    x, y = _front(rng, a, width), _front(rng, b, width)
+    shared = bool(rng.integers(2))  # the inner op (neg / sub) has another user too
+    if pattern == "hard_swish_of_neg":
+        n = ops.negative(x)
+        outputs = [keras.layers.Activation("hard_swish")(n)] + ([keras.layers.Add()([n, y])] if shared else [y])
+    elif pattern == "square_of_sub":
+        d = ops.subtract(x, y) if rng.integers(2) else ops.subtract(x, np.float32(rng.normal()))
+        outputs = [ops.square(d)] + ([keras.layers.Activation("relu")(d)] if shared else [y])
+    else:
+        raise ValueError(pattern)
+    model = keras.Model([a, b], outputs)
+    return randomize_weights(model, rng)
+
+
+@pytest.mark.parametrize("seed", [0, 4])  # 0: nothing else uses the neg / sub (a constant); 4: shared
+@pytest.mark.parametrize("pattern", ["hard_swish_of_neg", "square_of_sub"])
+def test_tensorflow_rewrite_matches_the_converter(pattern: str, seed: int) -> None:
+    model = _model(pattern, seed)
+    rng = np.random.default_rng(100 + seed)
+    calibration = [rng.standard_normal((32, *t.shape[1:])).astype(np.float32) for t in model.inputs]
+    test = [rng.standard_normal((16, *t.shape[1:])).astype(np.float32) for t in model.inputs]
+    verdict = check(model, calibration, test, check_float=False)
+    assert verdict.ok, verdict.summary()
+    assert verdict.identical == [1.0] * len(verdict.identical), verdict.summary()
