@@ -19,10 +19,6 @@
 - sub(x, neg(y)) -> add(x, y);  add(neg(x), y) -> sub(y, x);  add(x, neg(y)) -> sub(x, y)
                                          (TensorFlow's SubOfNeg / AddV2OfNegLeft / AddV2OfNegRight canonicalizations,
                                          which the converter runs; the neg stays while it has other users)
-- hard_swish(neg(y))              -> mul(neg(y), mul(relu6(sub(3, y)), 1/6))   (Keras' hard_silu is
-                                         x * relu6(x + 3) / 6; with x = -y, AddV2OfNegLeft turns x + 3 into 3 - y
-                                         before the converter matches HARD_SWISH, so it writes SUB (relu6 fused),
-                                         MUL by 1/6 and MUL instead)
 - square(sub(x, y))               -> squared_difference(x, y)   (TensorFlow's SquareOfSub canonicalization: the
                                          converter writes one int8 SQUARED_DIFFERENCE, not SUB then a float
                                          SQUARE; the sub stays while it has other users)
@@ -216,17 +212,7 @@ _NEG_RULES: list[Rule] = [
 ]
 
 
-# ----- composite activations TensorFlow rewrites before the converter pattern-matches them -----
-def _hard_swish_of_neg(m: Match, rw: Rewriter) -> None:
-    layer, negated, y, name = m.root.layer, m["n"].result, m["y"], m.root.result.name
-    three = rw.const(np.float32(3.0), name=f"{name}_three", layer=layer, dtype="f32")
-    shifted = rw.op("relu6", rw.op("sub", three, y, name=f"{name}_sub", layer=layer), name=f"{name}_relu6",
-                    layer=layer)
-    sixth = rw.const(np.float32(1.0 / 6.0), name=f"{name}_one_sixth", layer=layer, dtype="f32")
-    gate = rw.op("mul", shifted, sixth, name=f"{name}_gate", layer=layer)
-    rw.replace_value(m.root, rw.op("mul", negated, gate, layer=layer))
-
-
+# ----- a composition TensorFlow rewrites before the converter sees it -----
 def _square_of_sub(m: Match, rw: Rewriter) -> None:
     sub = m["sub"]
     rw.replace_value(m.root, rw.op("squared_difference", sub.operands[0], sub.operands[1], layer=m.root.layer))
@@ -266,7 +252,6 @@ RULES: list[Rule] = [
     Rule("add-of-adds", Pat("add", Pat("add", "x", Const(capture="c1"), commutative=True, capture="inner"),
                             Const(capture="c2"), commutative=True), _add_of_adds, _add_of_adds_check),
     *_NEG_RULES,
-    Rule("hard-swish-of-neg", Pat("hard_swish", Pat("neg", "y", capture="n")), _hard_swish_of_neg),
     Rule("square-of-sub", Pat("square", Pat("sub", "x", "y", capture="sub")), _square_of_sub, _square_of_sub_check),
 ]
 
@@ -275,8 +260,8 @@ RULES: list[Rule] = [
 class Canonicalize(RewritePass):
     name: ClassVar[str] = "canonicalize"
     summary: ClassVar[str] = ("flatten->reshape, drop identities, no-op reshapes and transposes, reductions over "
-                              "size-1 axes and x+0/x-0/x*1, negations into add/sub, hard_swish(neg) and "
-                              "square(sub) as TensorFlow rewrites them, "
+                              "size-1 axes and x+0/x-0/x*1, negations into add/sub, "
+                              "square(sub) into squared_difference, "
                               "min/max clamps->relu ops")
 
     def rules(self) -> Sequence[Rule]:
