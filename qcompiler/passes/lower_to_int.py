@@ -39,7 +39,8 @@ from qcompiler.ir.types import QParams, TensorType
 from qcompiler.passes.base import Pass, PassResult
 from qcompiler.quant import math as qmath
 from qcompiler.quant.policy import DEFAULT_POLICY, PolicyName, QuantPolicy, get_policy
-from qcompiler.quant.spec import FIXED, FLOAT_ISLAND, OWN, SAME, OpQuantSpec, float_reason, node_spec
+from qcompiler.quant.float_spread import FloatOps, float_ops
+from qcompiler.quant.spec import FIXED, FLOAT_ISLAND, OWN, SAME, OpQuantSpec, node_spec
 
 
 # Ops whose int8 kernels in ai-edge-litert 2.3 load INT4 weights (OpDef.weights.int4): CONV_2D v7 and
@@ -91,17 +92,19 @@ class LowerToInt(Pass):
         propagation = PROPAGATIONS[policy.propagation(act_dtype)](graph, marks.ranges, act_dtype, policy, keep)
         states = propagation.run()
         _check_all_quantized(states)
-        params, requantized = _insert_requantizations(graph, states)
-        lowering = _ConstantLowering(graph, params, marks.weight_axes, act_dtype, policy, keep)
-        lowering.trained, lowering.int4 = marks.weight_grids, self.int4
+        floats = float_ops(graph, set(marks.ranges), act_dtype, policy, keep)
+        params, requantized = _insert_requantizations(graph, states, floats.unquantized)
+        unquantized = {key: states[key][1].params for key in floats.unquantized}
+        lowering = _ConstantLowering(graph, {**unquantized, **params}, marks.weight_axes, act_dtype, policy, keep)
+        lowering.trained, lowering.int4, lowering.floats = marks.weight_grids, self.int4, floats
         weights = sum(lowering.lower(node) for node in list(graph.nodes))
         _retype_activations(graph, params, act_dtype)
-        islands = _isolate_float_islands(graph, act_dtype, keep)
+        islands = _isolate_float_islands(graph, act_dtype, floats, unquantized)
         folded = _fold_trivial_requantizations(graph)
         _remove_dead_constants(graph)
         self._lower_io(graph)
         notes = tuple(f"float %{n.result.name} = {n.op}" + (f" (Keras layer '{n.layer}')" if n.layer else "")
-                      + f": {float_reason(n, act_dtype, keep)}" for n in islands)
+                      + f": {floats.reasons[id(n)]}" for n in islands)
         counts = {"weights": weights, "requantize": requantized - folded, "requantize-folded": folded,
                   "fake-quant-erased": len(fake_quants), "propagated-backwards": propagation.backwards,
                   "flt-min-floor": marks.floored, "bias-adjusted": lowering.bias_adjusted, "float-ops": len(islands)}
@@ -423,12 +426,14 @@ PROPAGATIONS: dict[str, type[_Propagation]] = {"mlir-driver": ConverterPropagati
 States = dict[int, tuple[Value, QuantState]]  # value id -> (value, its state)
 
 
-def _insert_requantizations(graph: Graph, states: States) -> tuple[dict[int, QParams], int]:
-    """value id -> parameters for every activation, inserting the requantizing `quantize` nodes."""
+def _insert_requantizations(graph: Graph, states: States, unquantized: set[int] = frozenset()
+                            ) -> tuple[dict[int, QParams], int]:
+    """value id -> parameters for every activation, inserting the requantizing `quantize` nodes. The
+    `unquantized` values stay float: no parameters, no requantization (nothing quantizes them)."""
     params: dict[int, QParams] = {}
     inserted = 0
     for value, state in list(states.values()):
-        if state.params is None:
+        if state.params is None or id(value) in unquantized:
             continue
         if state.requant_in and state.requant_out:
             raise QCompilerError(f"{_describe_tensor(value)} would need its producer requantized and another "
@@ -499,10 +504,11 @@ class _ConstantLowering:
         self.bias_adjusted = 0
         self.trained: dict[tuple[int, int], tuple[int, bool]] = {}  # weights with a trained grid: (bits, narrow)
         self.int4 = True
+        self.floats = FloatOps()  # the ops that run in float
 
     def lower(self, node: Node) -> int:
         spec = _spec_of(node, self.act_dtype, self.keep)
-        if spec is None or spec is FLOAT_ISLAND:  # a float island keeps float constants
+        if spec is None or spec is FLOAT_ISLAND or self.floats.is_float(node):  # float ops keep float constants
             return 0
         lowered = 0
         if spec.weight_operand is not None and spec.weight_operand < len(node.operands):
@@ -606,18 +612,26 @@ class FloatOpsWarning(UserWarning):
     """Some ops stay float in an integer model (no integer kernel in TFLite for them)."""
 
 
-def _isolate_float_islands(graph: Graph, act_dtype: str, keep: frozenset = frozenset()) -> list[Node]:
-    """Keep the float islands in float: each one's integer operands are dequantized before it and its result,
-    which propagation gave integer parameters like any op with its own range, is computed in float and
-    quantized after it for its integer users (TFLiteConverter's DEQUANTIZE/QUANTIZE around ops without an
-    integer kernel). Warns with the list of ops that stayed float."""
-    islands = [n for n in graph.nodes if _spec_of(n, act_dtype, keep) is FLOAT_ISLAND]
+def _isolate_float_islands(graph: Graph, act_dtype: str, floats: FloatOps,
+                           unquantized: dict[int, QParams]) -> list[Node]:
+    """Keep the float ops in float: each one's integer operands are dequantized before it and its result is
+    computed in float and quantized after it for its integer users and the graph outputs (TFLiteConverter's
+    DEQUANTIZE/QUANTIZE around ops without an integer kernel). Float users take the float result directly. An
+    `unquantized` result (id -> the parameters propagation gave it) has integer users only behind the
+    converter's hidden RESHAPE, which quantizes with those parameters. Warns with the list of ops that stayed
+    float for want of an integer kernel."""
+    islands = [n for n in graph.nodes if floats.is_float(n)]
     for node in islands:
         result = node.result
-        if result.type.is_float or result.type.quant is None:  # no integer parameters (e.g. a bool result)
+        if id(result) in unquantized:
+            int_type = TensorType(result.type.shape, act_dtype, unquantized[id(result)])
+        elif result.type.is_float or result.type.quant is None:  # no integer parameters (e.g. a bool result)
             continue
-        int_type, result.type = result.type, TensorType(result.type.shape, "f32")
-        users = [(u.node, u.index) for u in result.uses if _spec_of(u.node, act_dtype, keep) is not FLOAT_ISLAND]
+        else:
+            int_type, result.type = result.type, TensorType(result.type.shape, "f32")
+        users = [(u.node, u.index) for u in result.uses if not floats.is_float(u.node)]
+        if not users and not graph.is_output(result):
+            continue
         requant = graph.add_node("quantize", [result], {}, result_types=[int_type], names=[f"{result.name}.quant"],
                                  layer=result.layer, after=node).result
         for user, index in users:
@@ -628,18 +642,34 @@ def _isolate_float_islands(graph: Graph, act_dtype: str, keep: frozenset = froze
         for index, operand in enumerate(node.operands):
             if operand.type.is_float or operand.type.quant is None:
                 continue
+            operand = _skip_requantize(graph, node, index)
             if id(operand) not in dequantized:
                 dequantized[id(operand)] = graph.op("dequantize", operand, name=f"{operand.name}.float",
                                                     layer=operand.layer, before=node)
             node.set_operand(index, dequantized[id(operand)])
-    no_kernel = [n for n in islands if float_reason(n, act_dtype, keep) == "no-integer-kernel"]
-    if no_kernel:  # the layers the user kept float are not warned about
+    no_kernel = [n for n in islands if floats.reasons[id(n)] == "no-integer-kernel"]
+    if no_kernel:  # the layers the user kept float, and what the converter keeps float, are not warned about
         listing = ", ".join(f"{n.op} at %{n.result.name}" + (f" (Keras layer '{n.layer}')" if n.layer else "")
                             for n in no_kernel)
         warnings.warn(f"{len(no_kernel)} op(s) stay float in the {act_dtype} model, with DEQUANTIZE/QUANTIZE "
                       f"around them, because TFLite has no {act_dtype} kernel for them: {listing}",
                       FloatOpsWarning, stacklevel=3)
     return islands
+
+
+def _skip_requantize(graph: Graph, node: Node, index: int) -> Value:
+    """A float op dequantizes the value a requantization (integer -> integer) was made from, not the requantized
+    copy: post-quantize's RemoveVolatileOps moves the DEQUANTIZE before the requantize. The requantize goes when
+    nothing else uses it."""
+    operand = node.operands[index]
+    requant = operand.producer
+    if requant is None or requant.op != "quantize" or requant.operands[0].type.is_float:
+        return operand
+    source = requant.operands[0]
+    node.set_operand(index, source)
+    if not operand.uses and not graph.is_output(operand):
+        graph.remove(requant)
+    return source
 
 
 def _fold_trivial_requantizations(graph: Graph) -> int:
