@@ -91,10 +91,13 @@ class LowerToInt(Pass):
         marks.ranges.update(self._input_stats_ranges(graph))
         propagation = PROPAGATIONS[policy.propagation(act_dtype)](graph, marks.ranges, act_dtype, policy, keep)
         states = propagation.run()
-        _check_all_quantized(states)
-        floats = float_ops(graph, set(marks.ranges), act_dtype, policy, keep)
+        skipped = propagation.unparameterized() if policy.converter_float(act_dtype) and isinstance(
+            propagation, ConverterPropagation) else set()
+        _check_all_quantized(states, skipped)
+        floats = float_ops(graph, set(marks.ranges), act_dtype, policy, keep, skipped)
         params, requantized = _insert_requantizations(graph, states, floats.unquantized)
-        unquantized = {key: states[key][1].params for key in floats.unquantized}
+        unquantized = {key: states[key][1].params for key in floats.unquantized
+                       if key not in floats.unparameterized}
         lowering = _ConstantLowering(graph, {**unquantized, **params}, marks.weight_axes, act_dtype, policy, keep)
         lowering.trained, lowering.int4, lowering.floats = marks.weight_grids, self.int4, floats
         weights = sum(lowering.lower(node) for node in list(graph.nodes))
@@ -311,11 +314,23 @@ class ConverterPropagation(_Propagation):
         while self.work:
             self._drain(done)
             # The driver drops a SAME op it meets before anything around it is known and revisits it only when a
-            # neighbour is set from its side. A graph input set backwards (by a concat/maximum user) has no
-            # producer to revisit, so another SAME user of it (a pooling the converter's op order happens to
-            # visit later) would stay without parameters: visit such ops again once the work list is empty.
-            self.work = [n for n in order if id(n) not in done and self._same_scale_waiting(n)]
+            # neighbour is set from its side: a value set backwards (SetOperandParams, by a concat/maximum/
+            # minimum user) requeues its producer only (AddOperandToList), never its other users. So a SAME
+            # user dropped earlier stays without parameters, and the converter leaves it in float (the
+            # `unparameterized` results below, float_spread.py). A graph input set backwards has no producer;
+            # another SAME user of it that the converter's op order visits later (a pooling; qcompiler's order
+            # differs there) gets its parameters: such ops are visited again once the work list is empty.
+            # (A graph output is revisited too: the model's outputs are integer.)
+            self.work = [n for n in order if id(n) not in done and self._same_scale_waiting(n)
+                         and (self.graph.is_output(n.result)
+                              or any(v.producer is None and id(v) in self.states for v in n.operands))]
         return self.result()
+
+    def unparameterized(self) -> set[int]:
+        """Ids of the SAME ops' results the driver left without parameters (dropped, never revisited)."""
+        return {key for key, state in self.states.items() if state.params is None
+                and (producer := self.values[key].producer) is not None
+                and _spec_of(producer, self.act_dtype, self.keep).output == SAME}
 
     def _same_scale_waiting(self, node: Node) -> bool:
         spec = _spec_of(node, self.act_dtype, self.keep)
@@ -464,8 +479,9 @@ def _requantize(graph: Graph, value: Value, users: list[tuple[Node, int]], outpu
     return requant
 
 
-def _check_all_quantized(states: States) -> None:
-    missing = [value for value, state in states.values() if state.params is None]
+def _check_all_quantized(states: States, allowed: set[int] = frozenset()) -> None:
+    """Every activation has parameters, except the `allowed` ones (which stay float)."""
+    missing = [value for value, state in states.values() if state.params is None and id(value) not in allowed]
     if missing:
         listing = ", ".join(_describe_tensor(v) for v in missing)
         raise MissingRangeError(

@@ -31,6 +31,7 @@ from qcompiler.quant.spec import FLOAT_ISLAND, float_reason, node_spec
 
 CONVERTER_KEEPS_FLOAT = "converter-keeps-float"  # reason code: the converter never quantizes the op (ELU)
 FLOAT_OPERAND = "float-operand"  # reason code: an operand is an unquantized float value
+DRIVER_SKIPPED = "driver-skipped"  # reason code: a same-scale op the QuantizationDriver never gave parameters
 
 
 @dataclass
@@ -40,6 +41,7 @@ class FloatOps:
 
     reasons: dict[int, str] = field(default_factory=dict)
     unquantized: set[int] = field(default_factory=set)
+    unparameterized: set[int] = field(default_factory=set)  # unquantized values without any parameters
 
     def is_float(self, node: Node) -> bool:
         return id(node) in self.reasons
@@ -52,17 +54,23 @@ def converter_keeps_float(op: str) -> bool:
 
 
 def float_ops(graph: Graph, own_ranges: set[int], act_dtype: str, policy: QuantPolicy,
-              keep: frozenset = frozenset()) -> FloatOps:
+              keep: frozenset = frozenset(), skipped: set[int] = frozenset()) -> FloatOps:
     """The float ops of `graph` (a float graph, before or after insert-fake-quant) once quantized with
     `act_dtype` activations. `own_ranges`: ids of the values that keep their own calibrated range (after the
-    policy's backward sharing)."""
+    policy's backward sharing). `skipped`: ids of the SAME ops' results the QuantizationDriver left without
+    parameters (lower_to_int.ConverterPropagation.unparameterized): those ops run in float, unquantized."""
     result = FloatOps()
     spreads = policy.converter_float(act_dtype)
     for node in graph.nodes:
         spec = node_spec(node, act_dtype, keep)
         if spec is None:
             continue
-        reason = _reason(node, spec, act_dtype, keep, spreads, result.unquantized)
+        if spreads and id(node.result) in skipped:
+            result.reasons[id(node)] = DRIVER_SKIPPED
+            result.unquantized.add(id(node.result))
+            result.unparameterized.add(id(node.result))
+            continue
+        reason = _reason(node, spec, act_dtype, keep, spreads, result)
         if reason is None:
             continue
         result.reasons[id(node)] = reason
@@ -71,16 +79,16 @@ def float_ops(graph: Graph, own_ranges: set[int], act_dtype: str, policy: QuantP
     return result
 
 
-def _reason(node: Node, spec, act_dtype: str, keep: frozenset, spreads: bool, unquantized: set[int]):
+def _reason(node: Node, spec, act_dtype: str, keep: frozenset, spreads: bool, floats: FloatOps):
     if spec is FLOAT_ISLAND:
         return float_reason(node, act_dtype, keep)
     if not spreads:
         return None
     if converter_keeps_float(node.op):
         return CONVERTER_KEEPS_FLOAT
-    if _reshapes_first(node):
+    if _reshapes_first(node) and id(node.operands[0]) not in floats.unparameterized:
         return None
-    floating = next((v for v in node.operands if id(v) in unquantized), None)
+    floating = next((v for v in node.operands if id(v) in floats.unquantized), None)
     return None if floating is None else f"{FLOAT_OPERAND} %{floating.name}"
 
 
