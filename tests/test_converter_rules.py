@@ -4,7 +4,9 @@ drawn per seed:
   - square_of_sub: TensorFlow's SquareOfSub makes square(x - y) one int8 SQUARED_DIFFERENCE (canonicalize);
   - same_user_dropped: a value that gets its parameters backwards from a minimum/maximum user, while a reshape
     user was dropped from the QuantizationDriver's work list before: the reshape and the op after it run in float
-    (lower-to-int, float_spread.py).
+    (lower-to-int, float_spread.py);
+  - hidden_reshape_dropped: the same for the RESHAPE of Keras' tensordot (a Dense on a rank-3 graph input that
+    also feeds a clip): the FULLY_CONNECTED runs in float.
  Small Keras models, drawn per seed, compiled by both tools on the
 same calibration data: the int8 outputs must be identical (tests/differential.py)."""
 from __future__ import annotations
@@ -47,6 +49,10 @@ def _model(pattern: str, seed: int):
         reshaped = keras.layers.Reshape((width, rows))(v)
         outputs = [merge([v, keras.layers.BatchNormalization()(v)]),
                    keras.layers.BatchNormalization()(reshaped), y]
+    elif pattern == "hidden_reshape_dropped":
+        low, high = sorted(rng.normal(size=2).astype(np.float32))
+        outputs = [ops.clip(a, low, high), keras.layers.Dense(width)(a), y] if shared else \
+            [ops.clip(a, low, high), keras.layers.Dense(width, activation="relu")(a), y]
     else:
         raise ValueError(pattern)
     model = keras.Model([a, b], outputs)
@@ -54,7 +60,7 @@ def _model(pattern: str, seed: int):
 
 
 @pytest.mark.parametrize("seed", [0, 4])  # 0: x - constant, used once; 4: x - y, shared
-@pytest.mark.parametrize("pattern", ["square_of_sub", "same_user_dropped"])
+@pytest.mark.parametrize("pattern", ["square_of_sub", "same_user_dropped", "hidden_reshape_dropped"])
 def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
     model = _model(pattern, seed)
     rng = np.random.default_rng(100 + seed)

@@ -37,6 +37,7 @@ from qcompiler.ir.graph import Graph, Node, Value
 from qcompiler.ir.ops import OPS
 from qcompiler.ir.types import QParams, TensorType
 from qcompiler.passes.base import Pass, PassResult
+from qcompiler.passes.rewriter import batched_fc_reason
 from qcompiler.quant import math as qmath
 from qcompiler.quant.policy import DEFAULT_POLICY, PolicyName, QuantPolicy, get_policy
 from qcompiler.quant.float_spread import FloatOps, float_ops
@@ -91,9 +92,9 @@ class LowerToInt(Pass):
         marks.ranges.update(self._input_stats_ranges(graph))
         propagation = PROPAGATIONS[policy.propagation(act_dtype)](graph, marks.ranges, act_dtype, policy, keep)
         states = propagation.run()
-        skipped = propagation.unparameterized() if policy.converter_float(act_dtype) and isinstance(
+        skipped = propagation.skipped() if policy.converter_float(act_dtype) and isinstance(
             propagation, ConverterPropagation) else set()
-        _check_all_quantized(states, skipped)
+        _check_all_quantized(states, {id(n.result) for n in graph.nodes if id(n) in skipped})
         floats = float_ops(graph, set(marks.ranges), act_dtype, policy, keep, skipped)
         params, requantized = _insert_requantizations(graph, states, floats.unquantized)
         unquantized = {key: states[key][1].params for key in floats.unquantized
@@ -311,6 +312,7 @@ class ConverterPropagation(_Propagation):
         self.position = {id(n): i for i, n in enumerate(order)}
         self.work = list(order)
         done: set[int] = set()
+        self.done = done
         while self.work:
             self._drain(done)
             # The driver drops a SAME op it meets before anything around it is known and revisits it only when a
@@ -326,11 +328,23 @@ class ConverterPropagation(_Propagation):
                               or any(v.producer is None and id(v) in self.states for v in n.operands))]
         return self.result()
 
-    def unparameterized(self) -> set[int]:
-        """Ids of the SAME ops' results the driver left without parameters (dropped, never revisited)."""
-        return {key for key, state in self.states.items() if state.params is None
-                and (producer := self.values[key].producer) is not None
-                and _spec_of(producer, self.act_dtype, self.keep).output == SAME}
+    def skipped(self) -> set[int]:
+        """Ids of the nodes the driver dropped and never revisited: SAME ops left without parameters, and
+        fully_connected ops on a rank > 2 input whose hidden RESHAPE (Keras' tensordot, a SAME op the converter
+        visits at the FULLY_CONNECTED's place) met an operand without parameters. They run in float."""
+        ids = {id(value.producer) for key, state in self.states.items() if state.params is None
+               and (value := self.values[key]).producer is not None
+               and _spec_of(value.producer, self.act_dtype, self.keep).output == SAME}
+        return ids | {id(n) for n in self.graph.nodes if id(n) in self.position and id(n) not in self.done
+                      and batched_fc_reason(n) is not None}
+
+    def _hidden_reshape_waits(self, node: Node) -> bool:
+        """A fully_connected on a rank > 2 input stands for the tensordot's RESHAPE before it: dropped (queued
+        again when its operand's producer sets it) while that operand has no parameters."""
+        if batched_fc_reason(node) is None:
+            return False
+        state = self.states.get(id(node.operands[0]))
+        return state is not None and state.params is None
 
     def _same_scale_waiting(self, node: Node) -> bool:
         spec = _spec_of(node, self.act_dtype, self.keep)
@@ -343,6 +357,9 @@ class ConverterPropagation(_Propagation):
                 continue
             done.add(id(node))
             spec = _spec_of(node, self.act_dtype, self.keep)
+            if self._hidden_reshape_waits(node):
+                done.discard(id(node))
+                continue
             if spec.output == SAME:
                 params = self._same_scale_params(node, spec)
                 if params is None:  # nothing known around it yet: it is queued again when something is

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from qcompiler.ir.graph import Graph, Node
 from qcompiler.ir.ops import OPS
 from qcompiler.quant.policy import QuantPolicy
-from qcompiler.quant.spec import FLOAT_ISLAND, float_reason, node_spec
+from qcompiler.quant.spec import FLOAT_ISLAND, SAME, float_reason, node_spec
 
 CONVERTER_KEEPS_FLOAT = "converter-keeps-float"  # reason code: the converter never quantizes the op (ELU)
 FLOAT_OPERAND = "float-operand"  # reason code: an operand is an unquantized float value
@@ -57,18 +57,20 @@ def float_ops(graph: Graph, own_ranges: set[int], act_dtype: str, policy: QuantP
               keep: frozenset = frozenset(), skipped: set[int] = frozenset()) -> FloatOps:
     """The float ops of `graph` (a float graph, before or after insert-fake-quant) once quantized with
     `act_dtype` activations. `own_ranges`: ids of the values that keep their own calibrated range (after the
-    policy's backward sharing). `skipped`: ids of the SAME ops' results the QuantizationDriver left without
-    parameters (lower_to_int.ConverterPropagation.unparameterized): those ops run in float, unquantized."""
+    policy's backward sharing). `skipped`: ids of the nodes the QuantizationDriver dropped for good
+    (lower_to_int.ConverterPropagation.skipped): they run in float; a SAME one's result stays unquantized, a
+    fully_connected's (its hidden RESHAPE was the dropped op) is quantized with its own range."""
     result = FloatOps()
     spreads = policy.converter_float(act_dtype)
     for node in graph.nodes:
         spec = node_spec(node, act_dtype, keep)
         if spec is None:
             continue
-        if spreads and id(node.result) in skipped:
+        if spreads and id(node) in skipped:
             result.reasons[id(node)] = DRIVER_SKIPPED
-            result.unquantized.add(id(node.result))
-            result.unparameterized.add(id(node.result))
+            if spec.output == SAME:
+                result.unquantized.add(id(node.result))
+                result.unparameterized.add(id(node.result))
             continue
         reason = _reason(node, spec, act_dtype, keep, spreads, result)
         if reason is None:
