@@ -6,7 +6,9 @@ drawn per seed:
     user was dropped from the QuantizationDriver's work list before: the reshape and the op after it run in float
     (lower-to-int, float_spread.py);
   - hidden_reshape_dropped: the same for the RESHAPE of Keras' tensordot (a Dense on a rank-3 graph input that
-    also feeds a clip): the FULLY_CONNECTED runs in float.
+    also feeds a clip): the FULLY_CONNECTED runs in float;
+  - gelu_under_clamp: an approximate GELU followed by relu/relu6 is tf.nn.gelu's arithmetic, as the converter
+    fuses the clamp into its last MUL before matching GELU (canonicalize; POW stays float).
  Small Keras models, drawn per seed, compiled by both tools on the
 same calibration data: the int8 outputs must be identical (tests/differential.py)."""
 from __future__ import annotations
@@ -53,14 +55,18 @@ def _model(pattern: str, seed: int):
         low, high = sorted(rng.normal(size=2).astype(np.float32))
         outputs = [ops.clip(a, low, high), keras.layers.Dense(width)(a), y] if shared else \
             [ops.clip(a, low, high), keras.layers.Dense(width, activation="relu")(a), y]
+    elif pattern == "gelu_under_clamp":
+        clamp = "relu6" if shared else "relu"
+        outputs = [keras.layers.Activation(clamp)(ops.gelu(x)), y]
     else:
         raise ValueError(pattern)
     model = keras.Model([a, b], outputs)
     return randomize_weights(model, rng)
 
 
-@pytest.mark.parametrize("seed", [0, 4])  # 0: x - constant, used once; 4: x - y, shared
-@pytest.mark.parametrize("pattern", ["square_of_sub", "same_user_dropped", "hidden_reshape_dropped"])
+# One drawn model per rule (the default suite's time): seed 4 shares the inner op with another user.
+@pytest.mark.parametrize("pattern, seed", [("square_of_sub", 0), ("square_of_sub", 4), ("same_user_dropped", 4),
+                                           ("hidden_reshape_dropped", 0), ("gelu_under_clamp", 4)])
 def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
     model = _model(pattern, seed)
     rng = np.random.default_rng(100 + seed)

@@ -850,6 +850,8 @@ OPS: dict[str, OpDef] = {
         # DEQUANTIZE/op/QUANTIZE island); qcompiler writes them the same way, so its int8 values are the converter's
         _def("neg", 1, 1, {}, _same, _unary(lambda x, a: -x), _FLOAT, "NEG"),
         _def("square", 1, 1, {}, _same, _unary(lambda x, a: x * x), _FLOAT, "SQUARE"),
+        # TF Pow (tf.nn.gelu(approximate=True)'s x**3, kept where the converter matches no GELU): float-only
+        _def("pow", 2, 2, {}, _infer_binary_plain, _binary(np.power), _FLOAT, "POW"),
         _def("exp", 1, 1, {}, _same, _unary(_compute_exp), _OWN, "EXP"),
         _def("sum", 1, 1, dict(_AXES), _infer_reduce, _compute_sum, _OWN_NO_I16, "SUM"),
     ]

@@ -19,6 +19,10 @@
 - sub(x, neg(y)) -> add(x, y);  add(neg(x), y) -> sub(y, x);  add(x, neg(y)) -> sub(x, y)
                                          (TensorFlow's SubOfNeg / AddV2OfNegLeft / AddV2OfNegRight canonicalizations,
                                          which the converter runs; the neg stays while it has other users)
+- relu/relu6/relu_n1_to_1(gelu(x) {approximate}) -> clamp(tf.nn.gelu's arithmetic: pow(x, 3), mul, add, mul,
+                                         tanh, add, mul, mul)   (the converter's optimize pass visits ops bottom-up,
+                                         so the clamp after a single-use approximate GELU fuses into its last MUL
+                                         before the GELU pattern is matched; POW stays a float island)
 - square(sub(x, y))               -> squared_difference(x, y)   (TensorFlow's SquareOfSub canonicalization: the
                                          converter writes one int8 SQUARED_DIFFERENCE, not SUB then a float
                                          SQUARE; the sub stays while it has other users)
@@ -213,6 +217,28 @@ _NEG_RULES: list[Rule] = [
 
 
 # ----- a composition TensorFlow rewrites before the converter sees it -----
+def _gelu_tanh_arithmetic(rw: Rewriter, gelu: Node) -> Value:
+    """tf.nn.gelu(x, approximate=True) as the TF graph spells it, in the converter's op order:
+    (0.5 * x) * (1 + tanh(0.7978846 * (x + 0.044715 * x**3)))."""
+    x, layer, name = gelu.operands[0], gelu.layer, gelu.result.name
+
+    def const(value: float, suffix: str) -> Value:
+        return rw.const(np.float32(value), name=f"{name}_{suffix}", layer=layer, dtype="f32")
+
+    cube = rw.op("pow", x, const(3.0, "three"), name=f"{name}_pow", layer=layer)
+    inner = rw.op("add", x, rw.op("mul", cube, const(0.044715, "coeff"), name=f"{name}_mul_1", layer=layer),
+                  name=f"{name}_add", layer=layer)
+    scaled = rw.op("mul", inner, const(0.7978845608028654, "sqrt_2_over_pi"), name=f"{name}_mul_2", layer=layer)
+    gate = rw.op("add", rw.op("tanh", scaled, name=f"{name}_tanh", layer=layer), const(1.0, "one"),
+                 name=f"{name}_add_1", layer=layer)
+    half = rw.op("mul", x, const(0.5, "half"), name=f"{name}_mul", layer=layer)
+    return rw.op("mul", half, gate, layer=layer)
+
+
+def _unfuse_gelu_under_clamp(m: Match, rw: Rewriter) -> None:
+    rw.set_operand(m.root, 0, _gelu_tanh_arithmetic(rw, m["gelu"]))
+
+
 def _square_of_sub(m: Match, rw: Rewriter) -> None:
     sub = m["sub"]
     rw.replace_value(m.root, rw.op("squared_difference", sub.operands[0], sub.operands[1], layer=m.root.layer))
@@ -252,6 +278,9 @@ RULES: list[Rule] = [
     Rule("add-of-adds", Pat("add", Pat("add", "x", Const(capture="c1"), commutative=True, capture="inner"),
                             Const(capture="c2"), commutative=True), _add_of_adds, _add_of_adds_check),
     *_NEG_RULES,
+    Rule("gelu-under-clamp", Pat(("relu", "relu6", "relu_n1_to_1"),
+                                 Pat("gelu", "x", one_use=True, capture="gelu", attrs={"approximate": True})),
+         _unfuse_gelu_under_clamp),
     Rule("square-of-sub", Pat("square", Pat("sub", "x", "y", capture="sub")), _square_of_sub, _square_of_sub_check),
 ]
 
