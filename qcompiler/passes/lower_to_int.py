@@ -332,11 +332,21 @@ class ConverterPropagation(_Propagation):
         """Ids of the nodes the driver dropped and never revisited: SAME ops left without parameters, and
         fully_connected ops on a rank > 2 input whose hidden RESHAPE (Keras' tensordot, a SAME op the converter
         visits at the FULLY_CONNECTED's place) met an operand without parameters. They run in float."""
-        ids = {id(value.producer) for key, state in self.states.items() if state.params is None
-               and (value := self.values[key]).producer is not None
-               and _spec_of(value.producer, self.act_dtype, self.keep).output == SAME}
-        return ids | {id(n) for n in self.graph.nodes if id(n) in self.position and id(n) not in self.done
-                      and batched_fc_reason(n) is not None}
+        ids: set[int] = set()
+        dropped: set[int] = set()  # results of the dropped SAME ops: float values, known in that sense
+        for node in self.graph.nodes:
+            if id(node) not in self.position:
+                continue
+            known = any(self.states[id(v)].params is not None or id(v) in dropped
+                        for v in node.operands if id(v) in self.states)  # else the range is just missing
+            result = self.states.get(id(node.result))
+            if (_spec_of(node, self.act_dtype, self.keep).output == SAME and result is not None
+                    and result.params is None and known and not self.graph.is_output(node.result)):
+                ids.add(id(node))
+                dropped.add(id(node.result))
+            elif batched_fc_reason(node) is not None and id(node) not in self.done and known:
+                ids.add(id(node))
+        return ids
 
     def _hidden_reshape_waits(self, node: Node) -> bool:
         """A fully_connected on a rank > 2 input stands for the tensordot's RESHAPE before it: dropped (queued
