@@ -56,8 +56,8 @@ DequantizeOptions = _schema("DequantizeOptions")
 DivOptions = _schema("DivOptions")
 ExpOptions = _schema("ExpOptions")
 NegOptions = _schema("NegOptions")
-PowOptions = _schema("PowOptions")
 SquareOptions = _schema("SquareOptions")
+PowOptions = _schema("PowOptions")
 SquaredDifferenceOptions = _schema("SquaredDifferenceOptions")
 TransposeOptions = _schema("TransposeOptions")
 FullyConnectedOptions = _schema("FullyConnectedOptions")
@@ -710,8 +710,8 @@ def _emitters() -> dict[str, Emitter]:
         "sqrt": _simple(),
         "abs": _simple(),
         "neg": _simple(BO.NegOptions, lambda n: _empty_options(NegOptions)),
-        "pow": _simple(BO.PowOptions, lambda n: _empty_options(PowOptions)),
         "square": _simple(BO.SquareOptions, lambda n: _empty_options(SquareOptions)),
+        "pow": _simple(BO.PowOptions, lambda n: _empty_options(PowOptions)),
         "exp": _simple(BO.ExpOptions, lambda n: _empty_options(ExpOptions)),
         "sum": _emit_reduce,
     }
