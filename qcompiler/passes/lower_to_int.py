@@ -37,6 +37,7 @@ from qcompiler.ir.graph import Graph, Node, Value
 from qcompiler.ir.ops import OPS
 from qcompiler.ir.types import QParams, TensorType
 from qcompiler.passes.base import Pass, PassResult
+from qcompiler.passes.rewriter import batched_fc_reason
 from qcompiler.quant import math as qmath
 from qcompiler.quant.policy import DEFAULT_POLICY, PolicyName, QuantPolicy, get_policy
 from qcompiler.quant.float_spread import FloatOps, float_ops
@@ -91,10 +92,13 @@ class LowerToInt(Pass):
         marks.ranges.update(self._input_stats_ranges(graph))
         propagation = PROPAGATIONS[policy.propagation(act_dtype)](graph, marks.ranges, act_dtype, policy, keep)
         states = propagation.run()
-        _check_all_quantized(states)
-        floats = float_ops(graph, set(marks.ranges), act_dtype, policy, keep)
+        skipped = propagation.skipped() if policy.converter_float(act_dtype) and isinstance(
+            propagation, ConverterPropagation) else set()
+        _check_all_quantized(states, {id(n.result) for n in graph.nodes if id(n) in skipped})
+        floats = float_ops(graph, set(marks.ranges), act_dtype, policy, keep, skipped)
         params, requantized, volatile = _insert_requantizations(graph, states, floats.unquantized)
-        unquantized = {key: states[key][1].params for key in floats.unquantized}
+        unquantized = {key: states[key][1].params for key in floats.unquantized
+                       if key not in floats.unparameterized}
         lowering = _ConstantLowering(graph, {**unquantized, **params}, marks.weight_axes, act_dtype, policy, keep)
         lowering.trained, lowering.int4, lowering.floats = marks.weight_grids, self.int4, floats
         weights = sum(lowering.lower(node) for node in list(graph.nodes))
@@ -308,14 +312,49 @@ class ConverterPropagation(_Propagation):
         self.position = {id(n): i for i, n in enumerate(order)}
         self.work = list(order)
         done: set[int] = set()
+        self.done = done
         while self.work:
             self._drain(done)
             # The driver drops a SAME op it meets before anything around it is known and revisits it only when a
-            # neighbour is set from its side. A graph input set backwards (by a concat/maximum user) has no
-            # producer to revisit, so another SAME user of it (a pooling the converter's op order happens to
-            # visit later) would stay without parameters: visit such ops again once the work list is empty.
-            self.work = [n for n in order if id(n) not in done and self._same_scale_waiting(n)]
+            # neighbour is set from its side: a value set backwards (SetOperandParams, by a concat/maximum/
+            # minimum user) requeues its producer only (AddOperandToList), never its other users. So a SAME
+            # user dropped earlier stays without parameters, and the converter leaves it in float (the
+            # `unparameterized` results below, float_spread.py). A graph input set backwards has no producer;
+            # another SAME user of it that the converter's op order visits later (a pooling; qcompiler's order
+            # differs there) gets its parameters: such ops are visited again once the work list is empty.
+            # (A graph output is revisited too: the model's outputs are integer.)
+            self.work = [n for n in order if id(n) not in done and self._same_scale_waiting(n)
+                         and (self.graph.is_output(n.result)
+                              or any(v.producer is None and id(v) in self.states for v in n.operands))]
         return self.result()
+
+    def skipped(self) -> set[int]:
+        """Ids of the nodes the driver dropped and never revisited: SAME ops left without parameters, and
+        fully_connected ops on a rank > 2 input whose hidden RESHAPE (Keras' tensordot, a SAME op the converter
+        visits at the FULLY_CONNECTED's place) met an operand without parameters. They run in float."""
+        ids: set[int] = set()
+        dropped: set[int] = set()  # results of the dropped SAME ops: float values, known in that sense
+        for node in self.graph.nodes:
+            if id(node) not in self.position:
+                continue
+            known = any(self.states[id(v)].params is not None or id(v) in dropped
+                        for v in node.operands if id(v) in self.states)  # else the range is just missing
+            result = self.states.get(id(node.result))
+            if (_spec_of(node, self.act_dtype, self.keep).output == SAME and result is not None
+                    and result.params is None and known and not self.graph.is_output(node.result)):
+                ids.add(id(node))
+                dropped.add(id(node.result))
+            elif batched_fc_reason(node) is not None and id(node) not in self.done and known:
+                ids.add(id(node))
+        return ids
+
+    def _hidden_reshape_waits(self, node: Node) -> bool:
+        """A fully_connected on a rank > 2 input stands for the tensordot's RESHAPE before it: dropped (queued
+        again when its operand's producer sets it) while that operand has no parameters."""
+        if batched_fc_reason(node) is None:
+            return False
+        state = self.states.get(id(node.operands[0]))
+        return state is not None and state.params is None
 
     def _same_scale_waiting(self, node: Node) -> bool:
         spec = _spec_of(node, self.act_dtype, self.keep)
@@ -328,6 +367,9 @@ class ConverterPropagation(_Propagation):
                 continue
             done.add(id(node))
             spec = _spec_of(node, self.act_dtype, self.keep)
+            if self._hidden_reshape_waits(node):
+                done.discard(id(node))
+                continue
             if spec.output == SAME:
                 params = self._same_scale_params(node, spec)
                 if params is None:  # nothing known around it yet: it is queued again when something is
@@ -469,8 +511,9 @@ def _requantize(graph: Graph, value: Value, users: list[tuple[Node, int]], outpu
     return requant
 
 
-def _check_all_quantized(states: States) -> None:
-    missing = [value for value, state in states.values() if state.params is None]
+def _check_all_quantized(states: States, allowed: set[int] = frozenset()) -> None:
+    """Every activation has parameters, except the `allowed` ones (which stay float)."""
+    missing = [value for value, state in states.values() if state.params is None and id(value) not in allowed]
     if missing:
         listing = ", ".join(_describe_tensor(v) for v in missing)
         raise MissingRangeError(

@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from qcompiler.ir.graph import Graph, Node
 from qcompiler.ir.ops import OPS
 from qcompiler.quant.policy import QuantPolicy
-from qcompiler.quant.spec import FLOAT_ISLAND, float_reason, node_spec
+from qcompiler.quant.spec import FLOAT_ISLAND, SAME, float_reason, node_spec
 
 CONVERTER_KEEPS_FLOAT = "converter-keeps-float"  # reason code: the converter never quantizes the op (ELU)
 FLOAT_OPERAND = "float-operand"  # reason code: an operand is an unquantized float value
+DRIVER_SKIPPED = "driver-skipped"  # reason code: a same-scale op the QuantizationDriver never gave parameters
 
 
 @dataclass
@@ -40,6 +41,7 @@ class FloatOps:
 
     reasons: dict[int, str] = field(default_factory=dict)
     unquantized: set[int] = field(default_factory=set)
+    unparameterized: set[int] = field(default_factory=set)  # unquantized values without any parameters
 
     def is_float(self, node: Node) -> bool:
         return id(node) in self.reasons
@@ -52,17 +54,25 @@ def converter_keeps_float(op: str) -> bool:
 
 
 def float_ops(graph: Graph, own_ranges: set[int], act_dtype: str, policy: QuantPolicy,
-              keep: frozenset = frozenset()) -> FloatOps:
+              keep: frozenset = frozenset(), skipped: set[int] = frozenset()) -> FloatOps:
     """The float ops of `graph` (a float graph, before or after insert-fake-quant) once quantized with
     `act_dtype` activations. `own_ranges`: ids of the values that keep their own calibrated range (after the
-    policy's backward sharing)."""
+    policy's backward sharing). `skipped`: ids of the nodes the QuantizationDriver dropped for good
+    (lower_to_int.ConverterPropagation.skipped): they run in float; a SAME one's result stays unquantized, a
+    fully_connected's (its hidden RESHAPE was the dropped op) is quantized with its own range."""
     result = FloatOps()
     spreads = policy.converter_float(act_dtype)
     for node in graph.nodes:
         spec = node_spec(node, act_dtype, keep)
         if spec is None:
             continue
-        reason = _reason(node, spec, act_dtype, keep, spreads, result.unquantized)
+        if spreads and id(node) in skipped:
+            result.reasons[id(node)] = DRIVER_SKIPPED
+            if spec.output == SAME:
+                result.unquantized.add(id(node.result))
+                result.unparameterized.add(id(node.result))
+            continue
+        reason = _reason(node, spec, act_dtype, keep, spreads, result)
         if reason is None:
             continue
         result.reasons[id(node)] = reason
@@ -71,16 +81,16 @@ def float_ops(graph: Graph, own_ranges: set[int], act_dtype: str, policy: QuantP
     return result
 
 
-def _reason(node: Node, spec, act_dtype: str, keep: frozenset, spreads: bool, unquantized: set[int]):
+def _reason(node: Node, spec, act_dtype: str, keep: frozenset, spreads: bool, floats: FloatOps):
     if spec is FLOAT_ISLAND:
         return float_reason(node, act_dtype, keep)
     if not spreads:
         return None
     if converter_keeps_float(node.op):
         return CONVERTER_KEEPS_FLOAT
-    if _reshapes_first(node):
+    if _reshapes_first(node) and id(node.operands[0]) not in floats.unparameterized:
         return None
-    floating = next((v for v in node.operands if id(v) in unquantized), None)
+    floating = next((v for v in node.operands if id(v) in floats.unquantized), None)
     return None if floating is None else f"{FLOAT_OPERAND} %{floating.name}"
 
 
