@@ -75,6 +75,7 @@ class Settings:
     def from_json(cls, text: str) -> "Settings":
         values = json.loads(text)
         values["modes"] = tuple(values["modes"])
+        values.setdefault("batchnorm", "random")  # runs from before the option drew the statistics at random
         return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
 
