@@ -456,8 +456,8 @@ BLOCKS: tuple[Block, ...] = (
     Block("relu-layer", any_shape, _relu_layer, 0.7),
     Block("leaky_relu-layer", any_shape, _leaky_relu, 0.3),
     Block("elu-layer", any_shape, _elu, 0.3),
-    # Keras computes these two with greater + select, which the converter runs partly in float (hybrid int8/float
-    # islands) and qcompiler cannot quantize yet: rare, so that they do not hide every other finding.
+    # Keras computes these two with greater + select (GREATER and SELECT_V2 in int8; ELU's in float): rare, so that
+    # they do not hide every other finding (the weights stay: they decide every seed's model).
     Block("relu-threshold", any_shape, _relu_threshold, 0.05),
     Block("elu-alpha", any_shape, _elu_alpha, 0.05),
     Block("softmax-layer", any_shape, _softmax, 0.2),

@@ -198,13 +198,14 @@ def _float16_weights() -> Graph:
 
 
 def _elementwise_math() -> Graph:
-    """abs, sqrt, rsqrt, exp, squared_difference, a tensor division (positive operands where needed), neg and
-    square."""
+    """abs, sqrt, rsqrt, exp, squared_difference, a tensor division (positive operands where needed), neg,
+    square and pow (x**3, as an approximate GELU's arithmetic has it)."""
     g, (x, y) = _graph((5, 7), (5, 7))
     positive = g.op("add", g.op("abs", x), g.const(np.float32(0.5).reshape(()), "half"))
     root = g.op("sqrt", positive)
     g.outputs = [g.op("rsqrt", positive), g.op("exp", y), g.op("squared_difference", x, root),
-                 g.op("div", y, root, activation="relu"), g.op("neg", x), g.op("square", y)]
+                 g.op("div", y, root, activation="relu"), g.op("neg", x), g.op("square", y),
+                 g.op("pow", y, g.const(np.float32(3.0).reshape(()), "three"))]
     return g
 
 

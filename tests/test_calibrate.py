@@ -296,6 +296,34 @@ def test_residual_block_records_the_union_with_the_add():
     assert reference("zoo", "residual_block")["conv_b"] == (own["conv_b"][0], own["residual"][1])  # relu(add)
 
 
+def test_a_rank3_dense_is_dynamic_after_the_ops_the_converter_moves_above_its_reshape():
+    """Keras' tensordot ends with a RESHAPE computed at run time; the converter moves single-use sigmoid / relu6
+    above it, so the tensor after them (the batch norm's MUL input) is dynamic and never shared (seed 1008), while
+    an abs is not moved: the fully_connected's own result is the dynamic one then, and the abs writes in place."""
+    from qcompiler.backend.tflite_arena import inplace_writes as arena_writes
+    from qcompiler.ir.parser import parse
+
+    def writes(unary: str) -> list[tuple[str, str]]:
+        weights = [[0.5] * 5] * 6
+        graph = parse(f"""graph @g(%x: f32[?,4,5]) {{
+  %w = const f32[6,5] dense<{weights}>
+  %f = fully_connected(%x, %w) : f32[?,4,6]
+  %s = sigmoid(%f) : f32[?,4,6]
+  %r = relu6(%s) : f32[?,4,6]
+  %u = {unary}(%r) : f32[?,4,6]
+  %c = const f32[6] dense<{[1.5] * 6}>
+  %m = mul(%u, %c) : f32[?,4,6]
+  %d = const f32[6] dense<{[0.5] * 6}>
+  %a = add(%m, %d) : f32[?,4,6]
+  %e = tanh(%a) : f32[?,4,6]
+  return %e
+}}""")
+        return [(a.name, y.name) for a, y in arena_writes(graph)]
+
+    assert writes("relu") == [("m", "a")]  # the mul's input %u is the RESHAPE's dynamic result
+    assert writes("abs") == [("u", "m"), ("m", "a")]  # the RESHAPE is before the abs: %u is an arena tensor
+
+
 # ----------------------------------------------------------------------------------------------------
 # calibration_statistics + minmax against the calibrator
 # ----------------------------------------------------------------------------------------------------

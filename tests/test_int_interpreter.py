@@ -105,6 +105,18 @@ def op_cases(draw, op: str, dtype: str):
             assume(_squared_difference_multiplier(in_q, inputs[1].quant, out_q) < 1.0)
         if op in ("add", "sub", "mul"):
             attrs = {"activation": activation}
+    elif op == "greater":  # a bool result; the operands at their own parameters (the same ones: exact ties)
+        other_shape = draw(st.sampled_from([(None, h, w, c), (None, 1, 1, c), ()]))
+        inputs.append(qtype(other_shape, dtype, in_q if draw(st.booleans()) else draw(qparams(dtype))))
+        graph, batch = one_op_graph(op, inputs, None, out_dtype="bool"), draw(st.integers(1, 3))
+        return graph, [random_codes(t, batch, rng) for t in inputs]
+    elif op == "select":  # (condition, if_true, if_false), the values on the result's parameters
+        batch = draw(st.integers(1, 3))
+        values = [qtype(draw(st.sampled_from([(None, h, w, c), (None, 1, 1, c)])), dtype, in_q) for _ in range(2)]
+        condition = TensorType((None, h, w, c), "bool")
+        graph = one_op_graph(op, [condition] + values, in_q, out_dtype=dtype)
+        flags = rng.integers(0, 2, size=(batch, h, w, c)).astype(bool)
+        return graph, [flags] + [random_codes(t, batch, rng) for t in values]
     elif op == "leaky_relu":
         attrs = {"alpha": float(np.float32(draw(st.floats(0.01, 0.9))))}
     elif op == "gelu":

@@ -278,7 +278,7 @@ _RULES: dict[int, Callable[[OpSig], int]] = {
 # Builtins qcompiler writes that stay version 1 for every tensor type it writes them with. Every builtin an OpDef
 # names (`tflite`) is in _RULES or here, so a new op cannot silently fall back to version 1 (tests/test_op_facts.py).
 VERSION_1_BUILTINS = frozenset({B.RESHAPE, B.ELU, B.HARD_SWISH, B.RELU_N1_TO_1, B.SELECT_V2, B.DIV,
-                               B.NEG, B.SQUARE})  # DIV, NEG, SQUARE: written in float only
+                               B.NEG, B.SQUARE, B.POW})  # DIV, NEG, SQUARE, POW: written in float only
 
 
 def has_version_rule(builtin: int) -> bool:

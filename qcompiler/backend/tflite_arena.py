@@ -18,7 +18,8 @@ sharing decisions, which this module makes on the IR graph with the runtime's ow
     output and more than 4 (`kScalarTensorBytes`), and a reference count of 1 (uses by ops, plus one if a graph
     output). The output then shares the buffer of that input's own buffer owner (`FindSharedTensor`), unless
     the data changes and the owner's reference count is above 1.
-  * a fully_connected on a rank > 2 input produces a dynamic tensor in the converter's model (never shared);
+  * a fully_connected on a rank > 2 input produces a dynamic tensor in the converter's model (never shared), after
+    the elementwise ops that the converter moves above its RESHAPE;
   * bytes are counted at batch 1: the calibrator resizes the inputs to each representative sample and qcompiler
     feeds one sample per run.
 
@@ -118,13 +119,36 @@ class _Planner:
         return len(value.uses) + sum(1 for output in self.graph.outputs if output is value)
 
 
+# Elementwise ops the converter's optimize pass moves above a RESHAPE whose result has one use
+# (ReorderElementwiseAndMoveOperations: value op of a move op -> move op of the value op); measured on TF 2.21 after
+# a rank > 2 Dense: LOGISTIC, TANH, EXP, SQUARE, NEG and the clamps move, ABS, LEAKY_RELU, SOFTMAX, ELU, GELU and
+# HARD_SWISH do not.
+MOVED_ABOVE_RESHAPE = frozenset({"relu", "relu6", "relu_n1_to_1", "sigmoid", "tanh", "exp", "square", "neg", "sqrt"})
+
+
 def _dynamic_in_converter_model(value: Value) -> bool:
-    """The result of a fully_connected on a rank > 2 input with a dynamic batch: the converter's model produces it
-    with a RESHAPE whose shape is computed at run time (SHAPE, GATHER, PACK: Keras' tensordot), so the tensor is
-    dynamic, allocated outside the arena, and never shared (found by random-model testing)."""
+    """The result of Keras' tensordot (a fully_connected on a rank > 2 input with a dynamic batch): the converter's
+    model ends it with a RESHAPE whose shape is computed at run time (SHAPE, GATHER, PACK), so the tensor is
+    dynamic, allocated outside the arena, and never shared (found by random-model testing). That RESHAPE comes
+    after the single-use chain of MOVED_ABOVE_RESHAPE ops that follow the fully_connected (a sigmoid then a relu6
+    run on the 2-D product), so the dynamic tensor is the chain's last result."""
+    if _moves_above_reshape(value):
+        return False  # the RESHAPE comes after the op that consumes `value`
+    while value.producer is not None and value.producer.op in MOVED_ABOVE_RESHAPE:
+        value = value.producer.operands[0]
+        if not _moves_above_reshape(value):
+            return False
     producer = value.producer
     return (producer is not None and producer.op == "fully_connected" and producer.operands[0].type.rank > 2
             and producer.operands[0].type.shape[0] is None)
+
+
+def _moves_above_reshape(value: Value) -> bool:
+    """`value`'s only user is an elementwise op the converter moves above the RESHAPE that would follow `value`."""
+    if len(value.uses) != 1 or value.producer is None or value.producer.graph.is_output(value):
+        return False
+    user = value.uses[0].node
+    return user.op in MOVED_ABOVE_RESHAPE and len(user.results) == 1
 
 
 def _bytes_at_batch_1(value: Value) -> int:

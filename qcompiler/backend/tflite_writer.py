@@ -58,6 +58,7 @@ DivOptions = _schema("DivOptions")
 ExpOptions = _schema("ExpOptions")
 NegOptions = _schema("NegOptions")
 SquareOptions = _schema("SquareOptions")
+PowOptions = _schema("PowOptions")
 SquaredDifferenceOptions = _schema("SquaredDifferenceOptions")
 TransposeOptions = _schema("TransposeOptions")
 FullyConnectedOptions = _schema("FullyConnectedOptions")
@@ -711,6 +712,7 @@ def _emitters() -> dict[str, Emitter]:
         "abs": _simple(),
         "neg": _simple(BO.NegOptions, lambda n: _empty_options(NegOptions)),
         "square": _simple(BO.SquareOptions, lambda n: _empty_options(SquareOptions)),
+        "pow": _simple(BO.PowOptions, lambda n: _empty_options(PowOptions)),
         "exp": _simple(BO.ExpOptions, lambda n: _empty_options(ExpOptions)),
         "sum": _emit_reduce,
     }

@@ -365,7 +365,7 @@ class Graph:
         array = np.asarray(array)
         if dtype is not None:
             array = array.astype(DTYPES[dtype], copy=False)
-        array = np.ascontiguousarray(array)
+        array = np.ascontiguousarray(array).reshape(array.shape)  # ascontiguousarray makes a scalar 1-D
         array.setflags(write=False)
         return self.add_node("const", [], {"value": array}, names=[name], layer=layer, before=before).result
 

@@ -477,6 +477,32 @@ def _concat(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
     return _out(node, joined, *_act_range(node))
 
 
+def _greater(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """ComparisonWithScaling (8-bit GREATER): each operand's centred code << 8 times its own scale as a
+    QuantizeMultiplierSmallerThanOneExp multiplier, so both sides are on one fixed-point grid; compared exactly.
+    TFLite checks that the scales are below 1."""
+    if _wide(node):
+        raise NotImplementedError("int16 GREATER compares raw codes; lower-to-int keeps it float in 16x8 models")
+    scaled = []
+    for value, codes in zip(node.operands, args):
+        scale = _scale(value)
+        if not 0.0 < scale < 1.0:
+            raise IRError(f"{node.describe()}: TFLite's int8 GREATER needs operand scales in (0, 1); "
+                          f"%{value.name} has {scale}")
+        m, s = _qmult(node, scale)
+        scaled.append(_mbqm(node, (codes.astype(np.int64) - _zp(value)) << 8, m, s))
+    return [np.greater(scaled[0], scaled[1])]
+
+
+def _select(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """SELECT_V2 on codes: a move, which needs if_true, if_false and the result to share their parameters."""
+    for v in node.operands[1:]:
+        if v.type.quant != node.result.type.quant:
+            raise IRError(f"{node.describe()}: SELECT_V2 needs both value operands to share the output's "
+                          f"parameters; %{v.name} has {v.type.quant}")
+    return [np.where(args[0], args[1], args[2]).astype(node.result.type.np_dtype)]
+
+
 def _elu(x: np.ndarray) -> np.ndarray:
     return np.where(x < 0, np.expm1(x), x)
 
@@ -667,6 +693,8 @@ INT_KERNELS: dict[str, IntKernel] = {
     "mean": _mean,
     "pad": _pad,
     "concat": _concat,
+    "greater": _greater,
+    "select": _select,
     **{name: _float_op(name) for name in ("maximum", "minimum", "reduce_max", "reduce_min", "flatten", "reshape",
                                           "slice", "resize_nearest", "batch_to_space", "transpose")},
     "space_to_batch": _zero_point_op("space_to_batch"),

@@ -108,7 +108,10 @@ def _is_integer_node(node: Node) -> bool:
     (float activations, integer weights) run in float with dequantized weights."""
     if node.op == "dequantize":
         return _is_quantized(node.operands[0].type)
-    return any(_is_quantized(v.type) for v in node.results)
+    if any(_is_quantized(v.type) for v in node.results):
+        return True
+    # a comparison of integer operands: its bool result has no parameters
+    return not any(v.type.is_float for v in node.results) and any(_is_quantized(v.type) for v in node.operands)
 
 
 def _simulate_in_float(node: Node, args: list[np.ndarray]) -> list[np.ndarray]:

@@ -743,6 +743,10 @@ _SAME_1 = QuantRule(SAME, param_operands=1)  # one int32 parameter operand (shap
 _UNIT = QuantRule(FIXED, fixed_i8=FIXED_I8_UNIT, fixed_i16=FIXED_I16_UNIT)
 _TANH = QuantRule(FIXED, fixed_i8=FIXED_I8_TANH, fixed_i16=FIXED_I16_TANH)
 _OWN_NO_I16 = QuantRule(OWN, int16=False)  # TFLite's kernel takes int8 but not int16
+_SAME_NO_I16 = QuantRule(SAME, int16=False)
+# A comparison: int8 operands at their own parameters (constants quantized on their own range) and a bool result,
+# which has no range; OWN, because nothing flows through it. int16: TFLite compares raw codes, so 16x8 keeps it float.
+_COMPARE = QuantRule(OWN, int16=False)
 _FLOAT = QuantRule(FLOAT_ONLY)
 _NOT_ACTIVATION = QuantRule(NOT_ACTIVATION)
 
@@ -774,9 +778,12 @@ OPS: dict[str, OpDef] = {
              inplace_operands=(0, 1)),
         _def("maximum", 2, 2, {}, _infer_binary, _binary(np.maximum), _SAME, "MAXIMUM"),
         _def("minimum", 2, 2, {}, _infer_binary, _binary(np.minimum), _SAME, "MINIMUM"),
-        _def("greater", 2, 2, {}, _infer_compare, lambda xs, a: [np.greater(xs[0], xs[1])], _FLOAT, "GREATER"),
+        # int8 GREATER compares its operands at their own parameters (a bool result, no range); constant operands
+        # get their own (§4.3). SELECT_V2 is same-scale over if_true/if_false and its result (the bool condition
+        # is no activation): its own calibrated range, pushed back to its operands. Both float in 16x8.
+        _def("greater", 2, 2, {}, _infer_compare, lambda xs, a: [np.greater(xs[0], xs[1])], _COMPARE, "GREATER"),
         _def("select", 3, 3, {}, _infer_select, lambda xs, a: [np.where(xs[0], xs[1], xs[2]).astype(xs[1].dtype)],
-             _FLOAT, "SELECT_V2", "(condition, if_true, if_false)"),
+             _SAME_NO_I16, "SELECT_V2", "(condition, if_true, if_false)"),
         _def("relu", 1, 1, {}, _same, _unary(lambda x, a: np.maximum(x, 0)), _OWN, "RELU"),
         _def("relu6", 1, 1, {}, _same, _unary(lambda x, a: np.clip(x, 0, 6)), _OWN, "RELU6"),
         _def("relu_n1_to_1", 1, 1, {}, _same, _unary(lambda x, a: np.clip(x, -1, 1)), _OWN_NO_I16, "RELU_N1_TO_1"),
@@ -846,6 +853,8 @@ OPS: dict[str, OpDef] = {
         # DEQUANTIZE/op/QUANTIZE island); qcompiler writes them the same way, so its int8 values are the converter's
         _def("neg", 1, 1, {}, _same, _unary(lambda x, a: -x), _FLOAT, "NEG"),
         _def("square", 1, 1, {}, _same, _unary(lambda x, a: x * x), _FLOAT, "SQUARE"),
+        # TF's Pow (the x**3 of an approximate GELU that the converter did not match): float-only POW in int8
+        _def("pow", 2, 2, {}, _infer_binary_plain, _binary(np.power), _FLOAT, "POW"),
         _def("exp", 1, 1, {}, _same, _unary(_compute_exp), _OWN, "EXP"),
         _def("sum", 1, 1, dict(_AXES), _infer_reduce, _compute_sum, _OWN_NO_I16, "SUM"),
     ]

@@ -23,6 +23,14 @@
                                          bias add and hard_sigmoid's +3 are one ADD), unless x comes from a
                                          conv2d / depthwise_conv2d / 2-D fully_connected, where fold-affine
                                          folds each add into the bias in turn as the converter does
+- relu/relu6/relu_n1_to_1(hard_swish(x)), hard_swish(neg(y)) -> clamp(mul(x, mul(relu6(add(x, 3)), 1/6)))
+                                         (Keras' hard_silu is that arithmetic in the TF graph; the converter's
+                                         MatchHardSwishPattern needs the outer MUL without a fused activation and
+                                         an ADD of x and 3. Its optimize pass visits ops bottom-up, so a clamp
+                                         after a single-use hard_swish fuses into the MUL first; and TensorFlow's
+                                         canonicalizer has already made neg(y) + 3 a SUB. No HARD_SWISH then.)
+- relu/relu6/relu_n1_to_1(gelu{approximate}(x)) -> clamp(0.5 * x * (1 + tanh(0.79788456 * (x + 0.044715 * x**3))))
+                                         (the same for GELU: the clamp fuses into the last MUL; x**3 is a POW)
 """
 from __future__ import annotations
 
@@ -209,6 +217,62 @@ _NEG_RULES: list[Rule] = [
 ]
 
 
+# ----- hard_swish the converter does not match as HARD_SWISH -----
+def _hard_swish_arithmetic(rw: Rewriter, hard_swish: Node) -> Value:
+    """Keras' hard_silu as the TF graph spells it: x * (relu6(x + 3) * (1/6))."""
+    x, layer, name = hard_swish.operands[0], hard_swish.layer, hard_swish.result.name
+    three = rw.const(np.float32(3.0), name=f"{name}_three", layer=layer, dtype="f32")
+    shifted = rw.op("relu6", rw.op("add", x, three, name=f"{name}_add", layer=layer), name=f"{name}_relu6",
+                    layer=layer)
+    sixth = rw.const(np.float32(1.0 / 6.0), name=f"{name}_one_sixth", layer=layer, dtype="f32")
+    gate = rw.op("mul", shifted, sixth, name=f"{name}_gate", layer=layer)
+    return rw.op("mul", x, gate, name=f"{name}_mul", layer=layer)
+
+
+def _unfuse_hard_swish_under_clamp(m: Match, rw: Rewriter) -> None:
+    rw.set_operand(m.root, 0, _hard_swish_arithmetic(rw, m["hs"]))
+
+
+def _unfuse_hard_swish(m: Match, rw: Rewriter) -> None:
+    rw.replace_value(m.root, _hard_swish_arithmetic(rw, m.root))
+
+
+def _gelu_tanh_arithmetic(rw: Rewriter, gelu: Node) -> Value:
+    """tf.nn.gelu(x, approximate=True) as the TF graph spells it:
+    0.5 * x * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x**3)))."""
+    x, layer, name = gelu.operands[0], gelu.layer, gelu.result.name
+
+    def const(value: float, suffix: str) -> Value:
+        return rw.const(np.float32(value), name=f"{name}_{suffix}", layer=layer, dtype="f32")
+
+    cube = rw.op("pow", x, const(3.0, "three"), name=f"{name}_pow", layer=layer)
+    inner = rw.op("add", x, rw.op("mul", cube, const(0.044715, "coeff"), name=f"{name}_mul_1", layer=layer),
+                  name=f"{name}_add", layer=layer)
+    scaled = rw.op("mul", inner, const(0.7978845608028654, "sqrt_2_over_pi"), name=f"{name}_mul_2", layer=layer)
+    gate = rw.op("add", rw.op("tanh", scaled, name=f"{name}_tanh", layer=layer), const(1.0, "one"),
+                 name=f"{name}_add_1", layer=layer)
+    half = rw.op("mul", x, const(0.5, "half"), name=f"{name}_mul", layer=layer)
+    return rw.op("mul", half, gate, name=f"{name}_mul_3", layer=layer)
+
+
+def _unfuse_gelu_under_clamp(m: Match, rw: Rewriter) -> None:
+    rw.set_operand(m.root, 0, _gelu_tanh_arithmetic(rw, m["gelu"]))
+
+
+_HARD_SWISH_RULES: list[Rule] = [
+    # the same for an approximate GELU: MatchGeluApproximate needs its last MUL without a fused activation (seed
+    # 1128); an exact GELU there leaves tf.Erfc, which the converter cannot convert at all
+    Rule("gelu-tanh-under-clamp", Pat(("relu", "relu6", "relu_n1_to_1"),
+                                      Pat("gelu", "x", one_use=True, capture="gelu",
+                                          where=lambda n: bool(n.attrs.get("approximate")))),
+         _unfuse_gelu_under_clamp),
+    Rule("hard-swish-under-clamp", Pat(("relu", "relu6", "relu_n1_to_1"),
+                                       Pat("hard_swish", "x", one_use=True, capture="hs")),
+         _unfuse_hard_swish_under_clamp),
+    Rule("hard-swish-of-neg", Pat("hard_swish", Pat("neg", "y")), _unfuse_hard_swish),
+]
+
+
 RULES: list[Rule] = [
     Rule("flatten-to-reshape", Pat("flatten", "x"), _flatten_to_reshape, _flatten_check),
     Rule("remove-identity", Pat("identity", "x"), _forward_operand, _drop_identity_check),
@@ -236,6 +300,7 @@ RULES: list[Rule] = [
     _identity_arithmetic("mul", 1.0, commutative=True),
     Rule("add-of-adds", Pat("add", Pat("add", "x", Const(capture="c1"), commutative=True, capture="inner"),
                             Const(capture="c2"), commutative=True), _add_of_adds, _add_of_adds_check),
+    *_HARD_SWISH_RULES,
     *_NEG_RULES,
 ]
 

@@ -24,7 +24,8 @@ visiting the ops bottom-up (MLIR's default: the last op first), which decides wh
 between them joins:
 
 1. after-folds (a layer with a single use) and, before a fully_connected, a rank-1 constant (one value per input
-   channel: FuseMulAndFullyConnected, and FuseAddAndFullyConnected, which needs the layer to have a bias and
+   channel: FuseMulAndFullyConnected, and FuseAddAndFullyConnected, which takes an add, never a sub, needs the
+   layer to have a bias and
    sums the bias with TFLite's constant folding of FULLY_CONNECTED, a Neumaier-compensated dot product);
 2. after-folds and, before any of the three layers, a scalar (FuseBinaryOpToFollowingAffineOp: the sum of an add
    accumulates into the bias one product at a time in the weights' memory order: conv2d [out,kh,kw,in]: for each
@@ -39,7 +40,8 @@ pass for the same reason); phase 1 folds it back where nothing else took it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import ClassVar, Optional, Sequence
 
 import numpy as np
@@ -223,22 +225,41 @@ def _before_reason(m: Match) -> Optional[str]:
     return None
 
 
-def _vector_before_check(m: Match) -> Optional[str]:
-    """Phase 1, FuseMulAndFullyConnected / FuseAddAndFullyConnected: a rank-1 constant; an add needs a bias."""
+def _vector_before_check(m: Match, clamped: frozenset = frozenset()) -> Optional[str]:
+    """Phase 1, FuseMulAndFullyConnected / FuseAddAndFullyConnected: a rank-1 constant; an add needs a bias.
+    `clamped`: ids of the layers whose clamp directly follows them when the phase starts (`clamped_layers`)."""
     # Keras' scalars (Rescaling) are rank 0 in TensorFlow's graph and may be rank 1 here: one element counts as a
     # scalar (a batch norm on one channel would fold in phase 1 in the converter: not modelled).
     if m["c"].type.rank != 1 or m["c"].type.shape[0] == 1:
         return f"%{m['c'].name} {m['c'].type} is not a vector (a scalar folds in the second phase)"
-    if m["binary"].op == "add" and len(m["layer"].operands) < 3:
-        return f"{m['layer'].describe()} has no bias for the add before it (the converter folds none)"
+    if m["binary"].op == "sub":  # observed: x - c (a vector) stays a SUB before the FULLY_CONNECTED (seed 1052)
+        return f"{m['binary'].describe()} is a sub: FuseAddAndFullyConnected takes an add only"
+    if m["binary"].op == "add" and not _has_nonzero_bias(m["layer"]):
+        # an all-zero bias is none: TensorFlow's identity folding removed the Dense's BiasAdd (random seed 1143)
+        return f"{m['layer'].describe()} has no (or an all-zero) bias for the add before it (the converter folds none)"
     x_producer = m["x"].producer
     if (x_producer is not None and x_producer.op == "fully_connected" and m["binary"].op == "add"
-            and (activation := _fused_activation(m["layer"])) is not None):
-        # observed (Dense -> Dense(relu), Dense -> BN -> Dense(relu)): the batch norm's mul/add move into the
-        # relu layer, the first Dense's bias does not; without the relu (or with tanh) it moves too
-        return (f"{m['layer'].describe()} has a fused {activation}: the converter leaves the bias of the "
-                f"fully_connected before it in place")
+            and id(m["layer"]) in clamped):
+        # observed (Dense -> Dense(relu), Dense -> BN -> Dense(relu), Dense -> Dense -> ReLU): the batch norm's
+        # mul/add move into the relu layer, the first Dense's bias does not; without the relu (or with tanh) it
+        # moves too, and so it does when a constant op separates the clamp from the layer in TensorFlow's graph
+        # (hard_sigmoid's +3, a batch norm or x * c before the ReLU), although it folds into the layer later
+        return (f"{m['layer'].describe()} has a fused {_fused_activation(m['layer'])} (or a clamp right after "
+                "it): the converter leaves the bias of the fully_connected before it in place")
     return _before_reason(m)
+
+
+def _has_nonzero_bias(layer: Node) -> bool:
+    if len(layer.operands) < 3:
+        return False
+    bias = layer.operands[2]
+    return not (has_data(bias) and not np.any(np.asarray(bias.data)))
+
+
+def clamped_layers(graph: Graph) -> frozenset:
+    """The fully_connected layers whose clamp activation is fused or directly follows them, before phase 1
+    folds anything: the ones the converter has fused a relu into when it considers the bias before them."""
+    return frozenset(id(n) for n in graph.nodes if n.op == "fully_connected" and _fused_activation(n) is not None)
 
 
 def _fused_activation(layer: Node) -> Optional[str]:
@@ -377,6 +398,9 @@ class FoldAffine(RewritePass):
     def run(self, graph) -> PassResult:
         stats = RewriteStats()
         split_dense_biases(graph, stats)
-        for phase in (PHASE_1, PHASE_2):
+        clamped = clamped_layers(graph)
+        phase_1 = [replace(r, check=partial(_vector_before_check, clamped=clamped))
+                   if r.check is _vector_before_check else r for r in PHASE_1]
+        for phase in (phase_1, PHASE_2):
             apply_rules(graph, phase, bottom_up=True, stats=stats)
         return result_from_stats(stats)

@@ -346,7 +346,7 @@ def quantize_constant(x: np.ndarray, qparams: QParams, dtype: str = "i8", narrow
     rank = x.ndim
     scaled = x / qparams.scale_array(rank).astype(np.float64) + qparams.zero_point_array(rank).astype(np.float64)
     qmin, qmax = qrange(dtype, narrow_range)
-    return np.clip(round_half_away(scaled), qmin, qmax).astype(np.dtype(_NP_INT[dtype]))
+    return np.clip(round_half_away(scaled), qmin, qmax).astype(np.dtype(_NP_INT[dtype])).reshape(x.shape)
 
 
 _NP_INT = {"i4": np.int8, "i8": np.int8, "u8": np.uint8, "i16": np.int16, "i32": np.int32, "i64": np.int64}
