@@ -729,3 +729,18 @@ def test_unwritable_directory_is_a_clear_error(tmp_path):
         write_tflite_file(_two_convs(), not_a_dir / "model.tflite")
     with pytest.raises(QCompilerError, match="does not exist"):
         write_tflite_file(_two_convs(), tmp_path / "missing" / "model.tflite")
+
+
+def test_join_bytes_equals_bytes_join():
+    """The writer's large-file join (uninitialized bytes object, filled in place) is exactly b"".join, for a large
+    result (the in-place path) and a small one, with pieces of every buffer kind and element type."""
+    from qcompiler.backend.join_bytes import LARGE, join_bytes
+
+    rng = np.random.default_rng(0)
+    big = rng.standard_normal(LARGE // 4 + 12345).astype(np.float32)
+    pieces = [b"TFL3", memoryview(big), bytes(7), np.arange(5, dtype=np.int8), bytearray(b"xyz"), b"",
+              rng.integers(-9, 9, (3, 4)).astype(np.int64), np.float16([1.5, -2.0])]
+    for chosen in (pieces, [p for p in pieces if p is not pieces[1]]):
+        out = join_bytes(chosen)
+        expected = b"".join(p.tobytes() if isinstance(p, np.ndarray) else bytes(p) for p in chosen)
+        assert type(out) is bytes and out == expected

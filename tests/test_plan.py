@@ -257,6 +257,19 @@ def test_explain_lists_ops_without_an_integer_kernel(tmp_path):
     assert "DIV" in _op_names(tflite) and "DEQUANTIZE" in _op_names(tflite)
 
 
+def test_explain_lists_the_converters_float_ops():
+    """tflite-2.21: ELU stays float (the converter never quantizes it) and so does a concat reading its output,
+    which lost its range to the concat; plain keeps both in int8."""
+    inp = keras.Input((4, 4, 2))
+    e = keras.layers.ELU(name="elu")(keras.layers.Conv2D(3, 1, name="a")(inp))
+    cat = keras.layers.Concatenate(name="cat")([e, keras.layers.Conv2D(3, 1, name="b")(inp)])
+    model = keras.Model(inp, keras.layers.Conv2D(2, 1, name="out")(cat))
+    graph = qcompiler.float_graph(model)
+    reasons = {f["op"]: f["reason"] for f in explain(graph, "i8")["float_ops"]}
+    assert reasons == {"elu": "converter-keeps-float", "concat": "float-operand %elu"}
+    assert explain(graph, "i8", policy="plain")["float_ops"] == []
+
+
 def test_cli_refusals_with_plan_and_explain(files, tmp_path, capsys):
     folder, _, _ = files
     plan_path, _ = _plan_file(folder, capsys)

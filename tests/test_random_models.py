@@ -30,9 +30,10 @@ OP_ORDER = ("a tensor reaches two same-scale ops with their own ranges (a MAXIMU
             "through MINIMUMs): the converter's QuantizationDriver gives it the parameters of the one it processes "
             "first, which follows TensorFlow's op order (the GraphDef import's reverse post-order, children by name); "
             "qcompiler follows its import order and picks the other (the input's parameters differ)")
-FLOAT_ELU = ("the converter runs ELU in float and keeps the same-scale ops after it (concatenation, reshape) in float "
-             "too: the concatenation's int8 operand is dequantized and the result quantized in float, where qcompiler "
-             "requantizes it int8 -> int8 (1 LSB on ~20% of the values)")
+FLOAT_ELU = ("ELU's float output (no range of its own: a maximum and a concat share it) reaches a rank-3 Dense, whose "
+             "hidden RESHAPE quantizes it with the parameters of whichever same-scale user the converter's driver "
+             "visits first (the maximum, last in its op order); qcompiler's graph order visits the concat first. "
+             "The float ELU/concat/maximum themselves now match (depth 21 passes, test_shrunk_...)")
 KNOWN_CAUSES: dict[int, str] = {7: FLOAT_ELU, 13: OP_ORDER}
 
 
@@ -51,6 +52,20 @@ def test_random_model_matches_the_converter(seed: int) -> None:
     if verdict.cause == "converter error":  # nothing to compare with (the fuzz campaign counts these)
         pytest.skip(f"TFLiteConverter cannot convert seed {seed}: {verdict.detail}")
     assert verdict.ok, f"seed {seed} ({', '.join(spec.blocks)}): {verdict.summary()}"
+
+
+# Shrunk models (a seed's first k blocks) of an xfailed seed whose cause is fixed: layer seed 7's first 21 blocks
+# hold ELUs whose outputs feed concats and maximums, which the converter runs in float (docs/quantization-notes.md
+# §10, float spreading); before that rule 40-51% identical, up to 50 LSB.
+SHRUNK = [(7, 21)]
+
+
+@pytest.mark.parametrize("seed,depth", SHRUNK, ids=[f"seed{s}-depth{d}" for s, d in SHRUNK])
+def test_shrunk_random_model_matches_the_converter(seed: int, depth: int) -> None:
+    spec = random_model(seed, blocks=LAYER_BLOCKS, max_depth=MAX_DEPTH, depth=depth)
+    model = spec.model
+    verdict = check(model, random_batch(model, 32, seed=1), random_batch(model, 64, seed=2))
+    assert verdict.ok, f"seed {seed} depth {depth} ({', '.join(spec.blocks)}): {verdict.summary()}"
 
 
 # With the keras.ops blocks (BLOCKS: every block, pinned rather than available_blocks(), so that a seed's model

@@ -20,7 +20,8 @@ Batch = Union[np.ndarray, list[np.ndarray]]
 
 
 def randomize_batchnorm(model: keras.Model, seed: int) -> keras.Model:
-    """Give every BatchNormalization layer (nested ones included) random, well-conditioned statistics."""
+    """Give every BatchNormalization layer (nested ones included) random statistics, drawn independently of the
+    activations (small networks stay well-conditioned; deep ones need batchnorm_from_data)."""
     rng = np.random.default_rng(seed)
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if not isinstance(layer, layers.BatchNormalization):
@@ -129,13 +130,15 @@ def keras_application_names() -> list[str]:
     return sorted(name for name in dir(apps) if name[:1].isupper() and callable(getattr(apps, name)))
 
 
-BATCHNORM_STATISTICS = ("random", "data")
+BATCHNORM_STATISTICS = ("data", "random")
 
 
-def keras_application(name: str, size: int, seed: int = 0, batchnorm: str = "random") -> keras.Model:
+def keras_application(name: str, size: int, seed: int = 0, batchnorm: str = "data") -> keras.Model:
     """keras.applications.`name` (weights=None, 1000 classes, softmax) at size x size (or the model's minimum size
-    if that is larger), with batch-norm statistics `batchnorm`: "random" (randomize_batchnorm) or "data"
-    (batchnorm_from_data on the model's own preprocessed inputs)."""
+    if that is larger), with batch-norm statistics `batchnorm`: "data" (batchnorm_from_data on the model's own
+    preprocessed inputs: each batch norm normalizes its input as a trained one does) or "random"
+    (randomize_batchnorm: statistics unrelated to the activations; deep networks then grow their activations block
+    by block and amplify float32 rounding, see batchnorm_from_data)."""
     import re
 
     if batchnorm not in BATCHNORM_STATISTICS:

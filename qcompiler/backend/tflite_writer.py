@@ -33,6 +33,7 @@ from tflite.BuiltinOptions import BuiltinOptions as BO
 from tflite.Padding import Padding
 from tflite.TensorType import TensorType as TflType
 
+from qcompiler.backend.join_bytes import join_bytes
 from qcompiler.backend.opcodes import ABSENT, OpSig, TensorSig, deprecated_builtin_code, op_version
 from qcompiler.errors import QCompilerError
 from qcompiler.files import atomic_write
@@ -805,7 +806,7 @@ class _DataRegion:
         self.offsets = [None if o is None else o - self.size for o in self.offsets]
 
     def pieces(self) -> list[Any]:
-        """The region's bytes, in file order, as buffers for `bytes.join` (the arrays' own memory)."""
+        """The region's bytes, in file order, as buffers for `join_bytes` (the arrays' own memory)."""
         out: list[Any] = [bytes(self._front)]
         for data, padding in reversed(self._vectors):
             out += [struct.pack("<I", data.size), memoryview(data), bytes(padding)]
@@ -933,7 +934,7 @@ def _serialize(w: _ModelWriter, graph: Graph, inputs: list[int], output_values: 
     Model.AddBuffers(b, buffers)
     Model.AddSignatureDefs(b, signatures)
     b.Finish(Model.End(b), file_identifier=FILE_IDENTIFIER)
-    return b"".join([memoryview(b.Bytes)[b.Head():], *region.pieces()])
+    return join_bytes([memoryview(b.Bytes)[b.Head():], *region.pieces()])
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -65,6 +65,9 @@ class QuantRule:
     fixed_i16: Optional[tuple[float, float]] = None
     param_operands: int = 0
     int16: bool = True  # TFLite has an int16 kernel too (16x8 models); else the op stays float there
+    # TFLiteConverter's MLIR quantizer quantizes the TFL op (it has the QuantizableResult trait). False for ELU:
+    # tfl.elu lacks it, so the converter keeps ELU float though TFLite has an int8 kernel (policy tflite-2.21).
+    converter_quantizes: bool = True
 
     @property
     def quantizable(self) -> bool:
@@ -743,6 +746,7 @@ _SAME_1 = QuantRule(SAME, param_operands=1)  # one int32 parameter operand (shap
 _UNIT = QuantRule(FIXED, fixed_i8=FIXED_I8_UNIT, fixed_i16=FIXED_I16_UNIT)
 _TANH = QuantRule(FIXED, fixed_i8=FIXED_I8_TANH, fixed_i16=FIXED_I16_TANH)
 _OWN_NO_I16 = QuantRule(OWN, int16=False)  # TFLite's kernel takes int8 but not int16
+_OWN_NOT_BY_CONVERTER = QuantRule(OWN, int16=False, converter_quantizes=False)  # int8 kernel; the converter: float
 _SAME_NO_I16 = QuantRule(SAME, int16=False)
 # A comparison: int8 operands at their own parameters (constants quantized on their own range) and a bool result,
 # which has no range; OWN, because nothing flows through it. int16: TFLite compares raw codes, so 16x8 keeps it float.
@@ -793,7 +797,7 @@ OPS: dict[str, OpDef] = {
         _def("tanh", 1, 1, {}, _same, _unary(lambda x, a: np.tanh(x)), _TANH, "TANH"),
         _def("softmax", 1, 1, {"beta": real(1.0)}, _same, _unary(_compute_softmax), _UNIT, "SOFTMAX",
              "on the last axis", inplace_operands=(0,)),
-        _def("elu", 1, 1, {}, _same, _unary(_elu), _OWN_NO_I16, "ELU"),
+        _def("elu", 1, 1, {}, _same, _unary(_elu), _OWN_NOT_BY_CONVERTER, "ELU"),
         _def("hard_swish", 1, 1, {}, _same, _unary(_hard_swish), _OWN_NO_I16, "HARD_SWISH"),
         _def("gelu", 1, 1, {"approximate": flag(False)}, _same, _unary(_compute_gelu), _OWN, "GELU"),
         _def("max_pool2d", 1, 1, dict(_POOL_ATTRS), _infer_pool, _compute_max_pool, _SAME, "MAX_POOL_2D"),

@@ -19,6 +19,9 @@
 - sub(x, neg(y)) -> add(x, y);  add(neg(x), y) -> sub(y, x);  add(x, neg(y)) -> sub(x, y)
                                          (TensorFlow's SubOfNeg / AddV2OfNegLeft / AddV2OfNegRight canonicalizations,
                                          which the converter runs; the neg stays while it has other users)
+- square(sub(x, y))               -> squared_difference(x, y)   (TensorFlow's SquareOfSub canonicalization: the
+                                         converter writes one int8 SQUARED_DIFFERENCE, not SUB then a float
+                                         SQUARE; the sub stays while it has other users)
 - add(add(x, c1), c2)             -> add(x, c1 + c2)   (the converter's constant-add fusion: a rank-3 Dense's
                                          bias add and hard_sigmoid's +3 are one ADD), unless x comes from a
                                          conv2d / depthwise_conv2d / 2-D fully_connected, where fold-affine
@@ -259,6 +262,17 @@ def _unfuse_gelu_under_clamp(m: Match, rw: Rewriter) -> None:
     rw.set_operand(m.root, 0, _gelu_tanh_arithmetic(rw, m["gelu"]))
 
 
+def _square_of_sub(m: Match, rw: Rewriter) -> None:
+    sub = m["sub"]
+    rw.replace_value(m.root, rw.op("squared_difference", sub.operands[0], sub.operands[1], layer=m.root.layer))
+
+
+def _square_of_sub_check(m: Match) -> Optional[str]:
+    if m["sub"].attrs.get("activation", "none") != "none":
+        return f"the sub has fused activation '{m['sub'].attrs['activation']}'"
+    return None
+
+
 _HARD_SWISH_RULES: list[Rule] = [
     # the same for an approximate GELU: MatchGeluApproximate needs its last MUL without a fused activation (seed
     # 1128); an exact GELU there leaves tf.Erfc, which the converter cannot convert at all
@@ -302,6 +316,7 @@ RULES: list[Rule] = [
                             Const(capture="c2"), commutative=True), _add_of_adds, _add_of_adds_check),
     *_HARD_SWISH_RULES,
     *_NEG_RULES,
+    Rule("square-of-sub", Pat("square", Pat("sub", "x", "y", capture="sub")), _square_of_sub, _square_of_sub_check),
 ]
 
 
@@ -310,6 +325,7 @@ class Canonicalize(RewritePass):
     name: ClassVar[str] = "canonicalize"
     summary: ClassVar[str] = ("flatten->reshape, drop identities, no-op reshapes and transposes, reductions over "
                               "size-1 axes and x+0/x-0/x*1, negations into add/sub, "
+                              "square(sub) into squared_difference, "
                               "min/max clamps->relu ops")
 
     def rules(self) -> Sequence[Rule]:

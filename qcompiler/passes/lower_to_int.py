@@ -37,9 +37,11 @@ from qcompiler.ir.graph import Graph, Node, Value
 from qcompiler.ir.ops import OPS
 from qcompiler.ir.types import QParams, TensorType
 from qcompiler.passes.base import Pass, PassResult
+from qcompiler.passes.rewriter import batched_fc_reason
 from qcompiler.quant import math as qmath
 from qcompiler.quant.policy import DEFAULT_POLICY, PolicyName, QuantPolicy, get_policy
-from qcompiler.quant.spec import FIXED, FLOAT_ISLAND, OWN, SAME, OpQuantSpec, float_reason, node_spec
+from qcompiler.quant.float_spread import FloatOps, float_ops
+from qcompiler.quant.spec import FIXED, FLOAT_ISLAND, OWN, SAME, OpQuantSpec, node_spec
 
 
 # Ops whose int8 kernels in ai-edge-litert 2.3 load INT4 weights (OpDef.weights.int4): CONV_2D v7 and
@@ -90,18 +92,23 @@ class LowerToInt(Pass):
         marks.ranges.update(self._input_stats_ranges(graph))
         propagation = PROPAGATIONS[policy.propagation(act_dtype)](graph, marks.ranges, act_dtype, policy, keep)
         states = propagation.run()
-        _check_all_quantized(states)
-        params, requantized = _insert_requantizations(graph, states)
-        lowering = _ConstantLowering(graph, params, marks.weight_axes, act_dtype, policy, keep)
-        lowering.trained, lowering.int4 = marks.weight_grids, self.int4
+        skipped = propagation.skipped() if policy.converter_float(act_dtype) and isinstance(
+            propagation, ConverterPropagation) else set()
+        _check_all_quantized(states, {id(n.result) for n in graph.nodes if id(n) in skipped})
+        floats = float_ops(graph, set(marks.ranges), act_dtype, policy, keep, skipped)
+        params, requantized, volatile = _insert_requantizations(graph, states, floats.unquantized)
+        unquantized = {key: states[key][1].params for key in floats.unquantized
+                       if key not in floats.unparameterized}
+        lowering = _ConstantLowering(graph, {**unquantized, **params}, marks.weight_axes, act_dtype, policy, keep)
+        lowering.trained, lowering.int4, lowering.floats = marks.weight_grids, self.int4, floats
         weights = sum(lowering.lower(node) for node in list(graph.nodes))
         _retype_activations(graph, params, act_dtype)
-        islands = _isolate_float_islands(graph, act_dtype, keep)
+        islands = _isolate_float_islands(graph, act_dtype, floats, unquantized, volatile)
         folded = _fold_trivial_requantizations(graph)
         _remove_dead_constants(graph)
         self._lower_io(graph)
         notes = tuple(f"float %{n.result.name} = {n.op}" + (f" (Keras layer '{n.layer}')" if n.layer else "")
-                      + f": {float_reason(n, act_dtype, keep)}" for n in islands)
+                      + f": {floats.reasons[id(n)]}" for n in islands)
         counts = {"weights": weights, "requantize": requantized - folded, "requantize-folded": folded,
                   "fake-quant-erased": len(fake_quants), "propagated-backwards": propagation.backwards,
                   "flt-min-floor": marks.floored, "bias-adjusted": lowering.bias_adjusted, "float-ops": len(islands)}
@@ -305,14 +312,49 @@ class ConverterPropagation(_Propagation):
         self.position = {id(n): i for i, n in enumerate(order)}
         self.work = list(order)
         done: set[int] = set()
+        self.done = done
         while self.work:
             self._drain(done)
             # The driver drops a SAME op it meets before anything around it is known and revisits it only when a
-            # neighbour is set from its side. A graph input set backwards (by a concat/maximum user) has no
-            # producer to revisit, so another SAME user of it (a pooling the converter's op order happens to
-            # visit later) would stay without parameters: visit such ops again once the work list is empty.
-            self.work = [n for n in order if id(n) not in done and self._same_scale_waiting(n)]
+            # neighbour is set from its side: a value set backwards (SetOperandParams, by a concat/maximum/
+            # minimum user) requeues its producer only (AddOperandToList), never its other users. So a SAME
+            # user dropped earlier stays without parameters, and the converter leaves it in float (the
+            # `unparameterized` results below, float_spread.py). A graph input set backwards has no producer;
+            # another SAME user of it that the converter's op order visits later (a pooling; qcompiler's order
+            # differs there) gets its parameters: such ops are visited again once the work list is empty.
+            # (A graph output is revisited too: the model's outputs are integer.)
+            self.work = [n for n in order if id(n) not in done and self._same_scale_waiting(n)
+                         and (self.graph.is_output(n.result)
+                              or any(v.producer is None and id(v) in self.states for v in n.operands))]
         return self.result()
+
+    def skipped(self) -> set[int]:
+        """Ids of the nodes the driver dropped and never revisited: SAME ops left without parameters, and
+        fully_connected ops on a rank > 2 input whose hidden RESHAPE (Keras' tensordot, a SAME op the converter
+        visits at the FULLY_CONNECTED's place) met an operand without parameters. They run in float."""
+        ids: set[int] = set()
+        dropped: set[int] = set()  # results of the dropped SAME ops: float values, known in that sense
+        for node in self.graph.nodes:
+            if id(node) not in self.position:
+                continue
+            known = any(self.states[id(v)].params is not None or id(v) in dropped
+                        for v in node.operands if id(v) in self.states)  # else the range is just missing
+            result = self.states.get(id(node.result))
+            if (_spec_of(node, self.act_dtype, self.keep).output == SAME and result is not None
+                    and result.params is None and known and not self.graph.is_output(node.result)):
+                ids.add(id(node))
+                dropped.add(id(node.result))
+            elif batched_fc_reason(node) is not None and id(node) not in self.done and known:
+                ids.add(id(node))
+        return ids
+
+    def _hidden_reshape_waits(self, node: Node) -> bool:
+        """A fully_connected on a rank > 2 input stands for the tensordot's RESHAPE before it: dropped (queued
+        again when its operand's producer sets it) while that operand has no parameters."""
+        if batched_fc_reason(node) is None:
+            return False
+        state = self.states.get(id(node.operands[0]))
+        return state is not None and state.params is None
 
     def _same_scale_waiting(self, node: Node) -> bool:
         spec = _spec_of(node, self.act_dtype, self.keep)
@@ -325,6 +367,9 @@ class ConverterPropagation(_Propagation):
                 continue
             done.add(id(node))
             spec = _spec_of(node, self.act_dtype, self.keep)
+            if self._hidden_reshape_waits(node):
+                done.discard(id(node))
+                continue
             if spec.output == SAME:
                 params = self._same_scale_params(node, spec)
                 if params is None:  # nothing known around it yet: it is queued again when something is
@@ -423,12 +468,17 @@ PROPAGATIONS: dict[str, type[_Propagation]] = {"mlir-driver": ConverterPropagati
 States = dict[int, tuple[Value, QuantState]]  # value id -> (value, its state)
 
 
-def _insert_requantizations(graph: Graph, states: States) -> tuple[dict[int, QParams], int]:
-    """value id -> parameters for every activation, inserting the requantizing `quantize` nodes."""
+def _insert_requantizations(graph: Graph, states: States, unquantized: set[int] = frozenset()
+                            ) -> tuple[dict[int, QParams], int, set[int]]:
+    """value id -> parameters for every activation, inserting the requantizing `quantize` nodes; the number
+    inserted; the ids of the copies requantized after a producer that emits other parameters (the driver's
+    requantize ON_INPUT: its own QUANTIZE after the op is the volatile one, the requantize the kept one). The
+    `unquantized` values stay float: no parameters, no requantization (nothing quantizes them)."""
     params: dict[int, QParams] = {}
+    volatile: set[int] = set()
     inserted = 0
     for value, state in list(states.values()):
-        if state.params is None:
+        if state.params is None or id(value) in unquantized:
             continue
         if state.requant_in and state.requant_out:
             raise QCompilerError(f"{_describe_tensor(value)} would need its producer requantized and another "
@@ -437,14 +487,16 @@ def _insert_requantizations(graph: Graph, states: States) -> tuple[dict[int, QPa
         if state.requant_in:
             params[id(value)] = state.requant_in[0]
             users = [(u.node, u.index) for u in value.uses]
-            params[id(_requantize(graph, value, users, outputs_too=True))] = state.params
+            requant = _requantize(graph, value, users, outputs_too=True)
+            params[id(requant)] = state.params
+            volatile.add(id(requant))
             inserted += 1
             continue
         params[id(value)] = state.params
         for target, users in state.requant_out:
             params[id(_requantize(graph, value, users))] = target
             inserted += 1
-    return params, inserted
+    return params, inserted, volatile
 
 
 def _requantize(graph: Graph, value: Value, users: list[tuple[Node, int]], outputs_too: bool = False) -> Value:
@@ -459,8 +511,9 @@ def _requantize(graph: Graph, value: Value, users: list[tuple[Node, int]], outpu
     return requant
 
 
-def _check_all_quantized(states: States) -> None:
-    missing = [value for value, state in states.values() if state.params is None]
+def _check_all_quantized(states: States, allowed: set[int] = frozenset()) -> None:
+    """Every activation has parameters, except the `allowed` ones (which stay float)."""
+    missing = [value for value, state in states.values() if state.params is None and id(value) not in allowed]
     if missing:
         listing = ", ".join(_describe_tensor(v) for v in missing)
         raise MissingRangeError(
@@ -499,10 +552,11 @@ class _ConstantLowering:
         self.bias_adjusted = 0
         self.trained: dict[tuple[int, int], tuple[int, bool]] = {}  # weights with a trained grid: (bits, narrow)
         self.int4 = True
+        self.floats = FloatOps()  # the ops that run in float
 
     def lower(self, node: Node) -> int:
         spec = _spec_of(node, self.act_dtype, self.keep)
-        if spec is None or spec is FLOAT_ISLAND:  # a float island keeps float constants
+        if spec is None or spec is FLOAT_ISLAND or self.floats.is_float(node):  # float ops keep float constants
             return 0
         lowered = 0
         if spec.weight_operand is not None and spec.weight_operand < len(node.operands):
@@ -606,18 +660,29 @@ class FloatOpsWarning(UserWarning):
     """Some ops stay float in an integer model (no integer kernel in TFLite for them)."""
 
 
-def _isolate_float_islands(graph: Graph, act_dtype: str, keep: frozenset = frozenset()) -> list[Node]:
-    """Keep the float islands in float: each one's integer operands are dequantized before it and its result,
-    which propagation gave integer parameters like any op with its own range, is computed in float and
-    quantized after it for its integer users (TFLiteConverter's DEQUANTIZE/QUANTIZE around ops without an
-    integer kernel). Warns with the list of ops that stayed float."""
-    islands = [n for n in graph.nodes if _spec_of(n, act_dtype, keep) is FLOAT_ISLAND]
+def _isolate_float_islands(graph: Graph, act_dtype: str, floats: FloatOps, unquantized: dict[int, QParams],
+                           volatile: set[int] = frozenset()) -> list[Node]:
+    """Keep the float ops in float: each one's integer operands are dequantized before it and its result is
+    computed in float and quantized after it for its integer users and the graph outputs (TFLiteConverter's
+    DEQUANTIZE/QUANTIZE around ops without an integer kernel). Float users take the float result directly. An
+    `unquantized` result (id -> the parameters propagation gave it) has integer users only behind the
+    converter's hidden RESHAPE, which quantizes with those parameters. A float user of a `volatile` requantize
+    (after a producer that emits other parameters) dequantizes the producer's own output instead: in the
+    converter that requantize is its volatile QUANTIZE, which post-quantize's RemoveVolatileOps skips for a
+    DEQUANTIZE. A requantize made for some users (the driver's ON_OUTPUT) is kept, and dequantized. Warns with
+    the list of ops that stayed float for want of an integer kernel."""
+    islands = [n for n in graph.nodes if floats.is_float(n)]
     for node in islands:
         result = node.result
-        if result.type.is_float or result.type.quant is None:  # no integer parameters (e.g. a bool result)
+        if id(result) in unquantized:
+            int_type = TensorType(result.type.shape, act_dtype, unquantized[id(result)])
+        elif result.type.is_float or result.type.quant is None:  # no integer parameters (e.g. a bool result)
             continue
-        int_type, result.type = result.type, TensorType(result.type.shape, "f32")
-        users = [(u.node, u.index) for u in result.uses if _spec_of(u.node, act_dtype, keep) is not FLOAT_ISLAND]
+        else:
+            int_type, result.type = result.type, TensorType(result.type.shape, "f32")
+        users = [(u.node, u.index) for u in result.uses if not floats.is_float(u.node)]
+        if not users and not graph.is_output(result):
+            continue
         requant = graph.add_node("quantize", [result], {}, result_types=[int_type], names=[f"{result.name}.quant"],
                                  layer=result.layer, after=node).result
         for user, index in users:
@@ -628,18 +693,32 @@ def _isolate_float_islands(graph: Graph, act_dtype: str, keep: frozenset = froze
         for index, operand in enumerate(node.operands):
             if operand.type.is_float or operand.type.quant is None:
                 continue
+            if id(operand) in volatile:
+                operand = _skip_requantize(graph, node, index)
             if id(operand) not in dequantized:
                 dequantized[id(operand)] = graph.op("dequantize", operand, name=f"{operand.name}.float",
                                                     layer=operand.layer, before=node)
             node.set_operand(index, dequantized[id(operand)])
-    no_kernel = [n for n in islands if float_reason(n, act_dtype, keep) == "no-integer-kernel"]
-    if no_kernel:  # the layers the user kept float are not warned about
+    no_kernel = [n for n in islands if floats.reasons[id(n)] == "no-integer-kernel"]
+    if no_kernel:  # the layers the user kept float, and what the converter keeps float, are not warned about
         listing = ", ".join(f"{n.op} at %{n.result.name}" + (f" (Keras layer '{n.layer}')" if n.layer else "")
                             for n in no_kernel)
         warnings.warn(f"{len(no_kernel)} op(s) stay float in the {act_dtype} model, with DEQUANTIZE/QUANTIZE "
                       f"around them, because TFLite has no {act_dtype} kernel for them: {listing}",
                       FloatOpsWarning, stacklevel=3)
     return islands
+
+
+def _skip_requantize(graph: Graph, node: Node, index: int) -> Value:
+    """Operand `index` of float op `node` is a volatile requantize: dequantize its source instead. The requantize
+    goes when nothing else uses it."""
+    operand = node.operands[index]
+    requant = operand.producer
+    source = requant.operands[0]
+    node.set_operand(index, source)
+    if not operand.uses and not graph.is_output(operand):
+        graph.remove(requant)
+    return source
 
 
 def _fold_trivial_requantizations(graph: Graph) -> int:

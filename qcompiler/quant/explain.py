@@ -7,14 +7,18 @@ table's quant rules (`OpDef.quant` through `node_spec`) and the same sharing rul
     fixed-range:OP              the integer kernel fixes the output range (softmax, logistic, tanh)
     keep-float:user             the op stays float: its Keras layer was kept float (--keep-float, a plan entry)
     no-integer-kernel           the op stays float: TFLite has no integer kernel for it in this mode
+    converter-keeps-float       the op stays float: the converter never quantizes it (ELU; policy tflite-2.21)
+    float-operand %v            the op stays float: %v is a float op's output that nothing quantizes (it lost its
+                                range to backward sharing), as in the converter (qcompiler/quant/float_spread.py)
 """
 from __future__ import annotations
 
 from typing import Optional
 
 from qcompiler.ir.graph import Graph, Node, Value
+from qcompiler.quant.float_spread import float_ops as converter_float_ops
 from qcompiler.quant.policy import DEFAULT_POLICY, get_policy
-from qcompiler.quant.spec import FIXED, SAME, float_reason, node_spec
+from qcompiler.quant.spec import FIXED, SAME, node_spec
 
 
 def explain(graph: Graph, act_dtype: str = "i8", policy: str = DEFAULT_POLICY,
@@ -29,13 +33,14 @@ def explain(graph: Graph, act_dtype: str = "i8", policy: str = DEFAULT_POLICY,
     kept = calibrated_values(graph, share_backwards=get_policy(policy).shares_backwards(act_dtype),
                              act_dtype=act_dtype, keep_float=keep)
     backward = _backward_sharer(graph, own - kept, act_dtype, keep)
+    floats = converter_float_ops(graph, kept, act_dtype, get_policy(policy), keep)
     for value in graph.inputs:
         if id(value) in backward:
             tensors.append(_entry(value, *backward[id(value)]))
     for node in graph.nodes:
         if node.op in _PASS_THROUGH:
             continue
-        reason = float_reason(node, act_dtype, keep)
+        reason = floats.reasons.get(id(node))
         if reason is not None:
             float_ops.append({"tensor": node.result.name, "op": node.op, "layer": node.layer, "reason": reason})
         spec = node_spec(node, act_dtype, keep)

@@ -46,6 +46,11 @@ class QuantPolicy:
       int16, where an all-zero tensor then gets scale FLT_MIN/32767 instead of the plain degenerate-range rule.
     bias_adjustment: a bias too large for int32 at scale input*weight widens that channel's weight scale
       (SetBiasParamsWithAdjustments in int8, AdjustWeightsForBiasScale in 16x8) instead of saturating.
+    converter_float_i8: int8 ops stay float where TFLiteConverter's MLIR quantizer leaves them float: an op it
+      never quantizes (QuantRule.converter_quantizes: ELU) is a float island, and float spreads from a float op
+      whose output lost its range to backward sharing (RemoveRedundantStatsOps) and so gets no QUANTIZE: its
+      users run in float too (qcompiler/quant/float_spread.py). Otherwise every op with an integer kernel runs
+      in integers and every float island's output is quantized.
     widen_degenerate_ranges: a calibrated range that collapses to a point (all-zero data) becomes a unit-wide
       range around the value; otherwise it is kept as the converter keeps it (a scale of ~1e-8). Both warn.
     """
@@ -61,6 +66,7 @@ class QuantPolicy:
     flt_min_floor: bool
     bias_adjustment: bool
     widen_degenerate_ranges: bool
+    converter_float_i8: bool
 
     def propagation(self, activations: str) -> Propagation:
         return self.propagation_i16 if activations == "i16" else self.propagation_i8
@@ -68,15 +74,18 @@ class QuantPolicy:
     def shares_backwards(self, activations: str) -> bool:
         return self.backward_sharing_i16 if activations == "i16" else self.backward_sharing_i8
 
+    def converter_float(self, activations: str) -> bool:
+        return activations == "i8" and self.converter_float_i8
+
 
 TFLITE_2_21 = QuantPolicy(
     name="tflite-2.21",
     summary="TFLiteConverter 2.21 bit for bit: MLIR driver propagation (int8), older quantizer (16x8), TF rsqrt, "
-            "in-place range unions, FLT_MIN floor, bias adjustment",
+            "in-place range unions, FLT_MIN floor, bias adjustment, the converter's float ops",
     propagation_i8="mlir-driver", propagation_i16="forward",
     backward_sharing_i8=True, backward_sharing_i16=False,
     rsqrt="tensorflow", inplace_range_unions=True, flt_min_floor=True, bias_adjustment=True,
-    widen_degenerate_ranges=False)
+    widen_degenerate_ranges=False, converter_float_i8=True)
 
 PLAIN = QuantPolicy(
     name="plain",
@@ -85,7 +94,7 @@ PLAIN = QuantPolicy(
     propagation_i8="forward", propagation_i16="forward",
     backward_sharing_i8=False, backward_sharing_i16=False,
     rsqrt="f32", inplace_range_unions=False, flt_min_floor=False, bias_adjustment=False,
-    widen_degenerate_ranges=True)
+    widen_degenerate_ranges=True, converter_float_i8=False)
 
 POLICIES: dict[str, QuantPolicy] = {p.name: p for p in (TFLITE_2_21, PLAIN)}
 PolicyName = Literal["tflite-2.21", "plain"]

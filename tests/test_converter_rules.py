@@ -1,0 +1,77 @@
+"""Converter rules found by random-model testing (docs/quantization-notes.md §10), each checked on small Keras models
+drawn per seed:
+
+  - square_of_sub: TensorFlow's SquareOfSub makes square(x - y) one int8 SQUARED_DIFFERENCE (canonicalize);
+  - same_user_dropped: a value that gets its parameters backwards from a minimum/maximum user, while a reshape
+    user was dropped from the QuantizationDriver's work list before: the reshape and the op after it run in float
+    (lower-to-int, float_spread.py);
+  - hidden_reshape_dropped: the same for the RESHAPE of Keras' tensordot (a Dense on a rank-3 graph input that
+    also feeds a clip): the FULLY_CONNECTED runs in float;
+  - gelu_under_clamp: an approximate GELU followed by relu/relu6 is tf.nn.gelu's arithmetic, as the converter
+    fuses the clamp into its last MUL before matching GELU (canonicalize; POW stays float).
+ Small Keras models, drawn per seed, compiled by both tools on the
+same calibration data: the int8 outputs must be identical (tests/differential.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.differential import check
+
+
+def _front(rng: np.random.Generator, x, width: int):
+    """A random layer in front of the pattern, so that its operand is some computed tensor."""
+    import keras
+
+    kind = rng.integers(3)
+    if kind == 0:
+        return keras.layers.Dense(width)(x)
+    if kind == 1:
+        return keras.layers.Activation("tanh")(keras.layers.Dense(width)(x))
+    return keras.layers.BatchNormalization()(keras.layers.Dense(width, activation="relu")(x))
+
+
+def _model(pattern: str, seed: int):
+    import keras
+    from keras import ops
+
+    from tests.random_models import randomize_weights
+
+    rng = np.random.default_rng(seed)
+    rows, width = int(rng.integers(2, 6)), int(rng.integers(3, 12))
+    a, b = keras.Input((rows, width), name="a"), keras.Input((rows, width), name="b")
+    x, y = _front(rng, a, width), _front(rng, b, width)
+    shared = bool(rng.integers(2))  # the sub has another user too
+    if pattern == "square_of_sub":
+        d = ops.subtract(x, y) if rng.integers(2) else ops.subtract(x, np.float32(rng.normal()))
+        outputs = [ops.square(d)] + ([keras.layers.Activation("relu")(d)] if shared else [y])
+    elif pattern == "same_user_dropped":
+        v = keras.layers.Add()([keras.layers.Softmax()(x), x]) if shared else keras.layers.Dense(width)(x)
+        merge = keras.layers.Minimum() if rng.integers(2) else keras.layers.Maximum()
+        reshaped = keras.layers.Reshape((width, rows))(v)
+        outputs = [merge([v, keras.layers.BatchNormalization()(v)]),
+                   keras.layers.BatchNormalization()(reshaped), y]
+    elif pattern == "hidden_reshape_dropped":
+        low, high = sorted(rng.normal(size=2).astype(np.float32))
+        outputs = [ops.clip(a, low, high), keras.layers.Dense(width)(a), y] if shared else \
+            [ops.clip(a, low, high), keras.layers.Dense(width, activation="relu")(a), y]
+    elif pattern == "gelu_under_clamp":
+        clamp = "relu6" if shared else "relu"
+        outputs = [keras.layers.Activation(clamp)(ops.gelu(x)), y]
+    else:
+        raise ValueError(pattern)
+    model = keras.Model([a, b], outputs)
+    return randomize_weights(model, rng)
+
+
+# One drawn model per rule (the default suite's time): seed 4 shares the inner op with another user.
+@pytest.mark.parametrize("pattern, seed", [("square_of_sub", 0), ("square_of_sub", 4), ("same_user_dropped", 4),
+                                           ("hidden_reshape_dropped", 0), ("gelu_under_clamp", 4)])
+def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
+    model = _model(pattern, seed)
+    rng = np.random.default_rng(100 + seed)
+    calibration = [rng.standard_normal((32, *t.shape[1:])).astype(np.float32) for t in model.inputs]
+    test = [rng.standard_normal((16, *t.shape[1:])).astype(np.float32) for t in model.inputs]
+    verdict = check(model, calibration, test, check_float=False)
+    assert verdict.ok, verdict.summary()
+    assert verdict.identical == [1.0] * len(verdict.identical), verdict.summary()
