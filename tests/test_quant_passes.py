@@ -256,7 +256,9 @@ def test_lower_to_int_refuses_an_add_that_tflite_aborts_on():
   %a.q = fake_quant(%a) {max=%MAX, min=0.0} : f32[?,4]  # layer bn
   return %a.q
 }"""
-    ok = run_passes(parse(text.replace("%MAX", "4.0")), "lower-to-int")
-    assert ok.nodes[-1].result.type.dtype == "i8"
+    from qcompiler.backend.tflite_writer import write_tflite
+
+    assert write_tflite(run_passes(parse(text.replace("%MAX", "4.0")), "lower-to-int"))
+    degenerate = run_passes(parse(text.replace("%MAX", "0.0")), "lower-to-int")
     with pytest.raises(QCompilerError, match=r"Keras layer 'bn'.*TFLite's ADD kernel needs .* below 1"):
-        run_passes(parse(text.replace("%MAX", "0.0")), "lower-to-int")
+        write_tflite(degenerate)

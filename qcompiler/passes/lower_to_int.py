@@ -106,7 +106,6 @@ class LowerToInt(Pass):
         islands = _isolate_float_islands(graph, act_dtype, floats, unquantized, volatile)
         folded = _fold_trivial_requantizations(graph)
         _remove_dead_constants(graph)
-        _check_add_multipliers(graph)
         self._lower_io(graph)
         notes = tuple(f"float %{n.result.name} = {n.op}" + (f" (Keras layer '{n.layer}')" if n.layer else "")
                       + f": {floats.reasons[id(n)]}" for n in islands)
@@ -648,33 +647,6 @@ class _ConstantLowering:
 
 def _changed(scales: tuple[float, ...], before: tuple[float, ...]) -> int:
     return int(np.count_nonzero(np.asarray(scales) != np.asarray(before)))
-
-
-_ADD_LEFT_SHIFT = {"i8": 20, "i16": 15}  # TFLite's ADD/SUB: the inputs are shifted left before rescaling
-
-
-def _check_add_multipliers(graph: Graph) -> None:
-    """TFLite's integer ADD/SUB rescale the output by 2 max(input scales) / (2^shift * output scale) with
-    QuantizeMultiplierSmallerThanOneExp, which aborts the process (allocate_tensors) unless that is below 1: such
-    a model is refused here with what to do instead of written. It happens when a degenerate range (a dead
-    activation's [0, 0]) is pushed back into an add's output (random seed 1183)."""
-    for node in graph.nodes:
-        out = node.result if node.op in ("add", "sub") else None
-        if out is None or out.type.quant is None or out.type.dtype not in _ADD_LEFT_SHIFT:
-            continue
-        scales = [float(np.float32(v.type.quant.scale[0])) for v in node.operands if v.type.quant is not None]
-        if len(scales) != 2:
-            continue
-        out_scale = float(np.float32(out.type.quant.scale[0]))
-        shift = _ADD_LEFT_SHIFT[out.type.dtype]
-        multiplier = 2 * max(scales) / float(np.float32((1 << shift) * np.float32(out_scale)))
-        if not multiplier < 1.0:
-            raise QCompilerError(
-                f"{node.describe()}: output %{out.name} has scale {out_scale:.4g} against input scales "
-                f"{', '.join(f'{s:.4g}' for s in scales)}; TFLite's {node.op.upper()} kernel needs 2 * max input "
-                f"scale / (2^{_ADD_LEFT_SHIFT[out.type.dtype]} * output scale) below 1 (got {multiplier:.4g}) and "
-                "aborts the process otherwise. The output range is degenerate (calibration saw a constant): "
-                "calibrate with data that exercises this layer, or keep it in float (keep_float)")
 
 
 def _retype_activations(graph: Graph, params: dict[int, QParams], act_dtype: str) -> None:
