@@ -262,3 +262,5 @@ def test_lower_to_int_refuses_an_add_that_tflite_aborts_on():
     degenerate = run_passes(parse(text.replace("%MAX", "0.0")), "lower-to-int")
     with pytest.raises(QCompilerError, match=r"Keras layer 'bn'.*TFLite's ADD kernel needs .* below 1"):
         write_tflite(degenerate)
+    sub = run_passes(parse(text.replace("%MAX", "0.0").replace("add(", "sub(")), "lower-to-int")
+    assert write_tflite(sub)  # TFLite's SUB takes a multiplier >= 1 (random seed 17 runs one)
