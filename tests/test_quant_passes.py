@@ -243,3 +243,24 @@ def test_int16_activations_get_symmetric_parameters() -> None:
     LowerToInt(io="int16").run(graph)
     assert graph.value("h").type == TensorType((None, 3), "i16", QParams.per_tensor(3.0 / 32767, 0))
     assert graph.find("fully_connected")[0].operands[1].type.dtype == "i8"
+
+
+def test_lower_to_int_refuses_an_add_that_tflite_aborts_on():
+    """TFLite's ADD aborts in allocate_tensors unless 2 max(input scales) / (2^20 output scale) < 1: an add whose
+    output range is degenerate (random seed 1183: a dead ReLU's [0, 0] pushed back into it) is refused with the
+    layer named, not written."""
+    text = """graph @g(%x: f32[?,4]) {
+  %x.q = fake_quant(%x) {max=3.0, min=-1.0} : f32[?,4]
+  %c = const f32[4] dense<[0.5, 1.0, -1.0, 2.0]>
+  %a = add(%x.q, %c) : f32[?,4]  # layer bn
+  %a.q = fake_quant(%a) {max=%MAX, min=0.0} : f32[?,4]  # layer bn
+  return %a.q
+}"""
+    from qcompiler.backend.tflite_writer import write_tflite
+
+    assert write_tflite(run_passes(parse(text.replace("%MAX", "4.0")), "lower-to-int"))
+    degenerate = run_passes(parse(text.replace("%MAX", "0.0")), "lower-to-int")
+    with pytest.raises(QCompilerError, match=r"Keras layer 'bn'.*TFLite's ADD kernel needs .* below 1"):
+        write_tflite(degenerate)
+    sub = run_passes(parse(text.replace("%MAX", "0.0").replace("add(", "sub(")), "lower-to-int")
+    assert write_tflite(sub)  # TFLite's SUB takes a multiplier >= 1 (random seed 17 runs one)

@@ -495,7 +495,34 @@ def _check_mixed_types(node: Node) -> None:
                            "depthwise_conv2d and fully_connected. Dequantize the operand first, or keep it float")
 
 
+_ADD_LEFT_SHIFT = {"i8": 20, "i16": 15}  # TFLite's ADD: the inputs are shifted left before rescaling
+
+
+def _check_add_multiplier(node: Node) -> None:
+    """TFLite's integer ADD rescales the output by 2 max(input scales) / (2^shift * output scale) with
+    QuantizeMultiplierSmallerThanOneExp, which aborts the process (allocate_tensors) unless that is below 1: such
+    a model is refused here with what to do instead of written. It happens when a degenerate range (a dead
+    activation's [0, 0]) is pushed back into an add's output (random seed 1183). SUB takes such a multiplier
+    (measured: a [0, 0] sub output allocates under BUILTIN_REF; random seed 17 writes one)."""
+    out = node.result
+    shift = _ADD_LEFT_SHIFT.get(out.type.dtype)
+    scales = [float(np.float32(v.type.quant.scale[0])) for v in node.operands if v.type.quant is not None]
+    if node.op != "add" or out.type.quant is None or shift is None or len(scales) != 2:
+        return
+    out_scale = float(np.float32(out.type.quant.scale[0]))
+    multiplier = 2 * max(scales) / float(np.float32((1 << shift) * np.float32(out_scale)))
+    if multiplier < 1.0:
+        return
+    raise BackendError(
+        f"{node.describe()}: output %{out.name} has scale {out_scale:.4g} against input scales "
+        f"{', '.join(f'{s:.4g}' for s in scales)}; TFLite's ADD kernel needs 2 * max input scale / "
+        f"(2^{shift} * output scale) below 1 (got {multiplier:.4g}) and aborts the process otherwise. The output "
+        "range is degenerate (calibration saw a constant): calibrate with data that exercises this layer, or keep "
+        "it in float (keep_float)")
+
+
 def _emit_arith(w: _ModelWriter, node: Node) -> None:
+    _check_add_multiplier(node)
     inputs = [w.tensor_of(v) for v in node.operands]
     builtin = builtin_code(node.op)
 

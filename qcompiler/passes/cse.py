@@ -45,11 +45,17 @@ def _frozen(value: Any) -> Hashable:
     return (type(value).__name__, value)
 
 
+def _contiguous(array: np.ndarray) -> np.ndarray:
+    """`array` C-contiguous with its own shape: np.ascontiguousarray makes a rank-0 array 1-D, so a scalar and a
+    one-element vector would get the same key and be merged (a [1] conv bias replaced by a rank-0 constant)."""
+    return np.ascontiguousarray(array).reshape(np.shape(array))
+
+
 def _constant_key(array: np.ndarray) -> Optional[Hashable]:
     """dtype, shape and a digest of the bytes; None for an array without data."""
     if isinstance(array, ElidedArray):
         return None
-    data = np.ascontiguousarray(array)
+    data = _contiguous(array)
     return (data.dtype.str, data.shape, hashlib.blake2b(data.tobytes(), digest_size=16).digest())
 
 
@@ -68,7 +74,7 @@ class _ConstantKeys:
     def key(self, array: np.ndarray) -> Optional[Hashable]:
         if isinstance(array, ElidedArray):
             return None
-        data = np.ascontiguousarray(array)
+        data = _contiguous(array)
         if data.nbytes <= _KEYED_BY_BYTES:
             return (data.dtype.str, data.shape, data.tobytes())
         flat = data.reshape(-1).view(np.uint8)
