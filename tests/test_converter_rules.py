@@ -7,6 +7,8 @@ drawn per seed:
     (lower-to-int, float_spread.py);
   - hidden_reshape_dropped: the same for the RESHAPE of Keras' tensordot (a Dense on a rank-3 graph input that
     also feeds a clip): the FULLY_CONNECTED runs in float;
+  - hidden_reshape_shared: two Dense layers on one rank-3 graph input share one tensordot RESHAPE (the converter's
+    CSE keeps the first); a clip between them sets the input's parameters before the driver visits it: both int8;
   - gelu_under_clamp: an approximate GELU followed by relu/relu6 is tf.nn.gelu's arithmetic, as the converter
     fuses the clamp into its last MUL before matching GELU (canonicalize; POW stays float).
  Small Keras models, drawn per seed, compiled by both tools on the
@@ -55,6 +57,12 @@ def _model(pattern: str, seed: int):
         low, high = sorted(rng.normal(size=2).astype(np.float32))
         outputs = [ops.clip(a, low, high), keras.layers.Dense(width)(a), y] if shared else \
             [ops.clip(a, low, high), keras.layers.Dense(width, activation="relu")(a), y]
+    elif pattern == "hidden_reshape_shared":  # the first Dense's tensordot RESHAPE serves the last one (CSE)
+        # Names that sort as Keras runs the layers: TensorFlow's graph import order (an open cause, docs §10)
+        # then agrees with qcompiler's, and only the shared RESHAPE is tested.
+        low, high = sorted(rng.normal(size=2).astype(np.float32))
+        outputs = [keras.layers.Dense(width, name="a_dense")(a), ops.clip(a, low, high),
+                   keras.layers.Dense(width + 1, name="z_dense")(a), y]
     elif pattern == "gelu_under_clamp":
         clamp = "relu6" if shared else "relu"
         outputs = [keras.layers.Activation(clamp)(ops.gelu(x)), y]
@@ -66,7 +74,8 @@ def _model(pattern: str, seed: int):
 
 # One drawn model per rule (the default suite's time): seed 4 shares the inner op with another user.
 @pytest.mark.parametrize("pattern, seed", [("square_of_sub", 0), ("square_of_sub", 4), ("same_user_dropped", 4),
-                                           ("hidden_reshape_dropped", 0), ("gelu_under_clamp", 4)])
+                                           ("hidden_reshape_dropped", 0), ("hidden_reshape_shared", 0),
+                                           ("gelu_under_clamp", 4)])
 def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
     model = _model(pattern, seed)
     rng = np.random.default_rng(100 + seed)

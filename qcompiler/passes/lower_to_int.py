@@ -296,6 +296,19 @@ class _Propagation(ABC):
         """value id -> (value, its state) for every activation."""
 
 
+def _hidden_reshapes(order: list[Node]) -> dict[int, Node]:
+    """fully_connected ops on a rank > 2 input -> the first such op on the same operand. Keras' tensordot
+    RESHAPEs of one tensor (and their SHAPE/GATHER/PACK shape computations) are identical ops, which the
+    converter's CSE merges into the first one: one RESHAPE, visited by the driver at that op's place, decides
+    for all of them whether they run in int8 (random seed 1088: the Dense on a graph input after a concat of it)."""
+    first: dict[int, Node] = {}
+    reshape_of: dict[int, Node] = {}
+    for node in order:
+        if batched_fc_reason(node) is not None:
+            reshape_of[id(node)] = first.setdefault(id(node.operands[0]), node)
+    return reshape_of
+
+
 class ConverterPropagation(_Propagation):
     """The MLIR quantizer's QuantizationDriver (tfl_quantization_driver.cc), restricted to activations.
 
@@ -310,7 +323,8 @@ class ConverterPropagation(_Propagation):
     def run(self) -> dict[int, tuple[Value, QuantState]]:
         order = [n for n in self.graph.nodes if _spec_of(n, self.act_dtype, self.keep) is not None]
         self.position = {id(n): i for i, n in enumerate(order)}
-        self.work = list(order)
+        self.reshape_of = _hidden_reshapes(order)
+        self.work = [n for n in order if self.reshape_of.get(id(n), n) is n]
         done: set[int] = set()
         self.done = done
         while self.work:
@@ -344,7 +358,7 @@ class ConverterPropagation(_Propagation):
                     and result.params is None and known and not self.graph.is_output(node.result)):
                 ids.add(id(node))
                 dropped.add(id(node.result))
-            elif batched_fc_reason(node) is not None and id(node) not in self.done and known:
+            elif batched_fc_reason(node) is not None and id(self.reshape_of[id(node)]) not in self.done and known:
                 ids.add(id(node))
         return ids
 
