@@ -481,3 +481,10 @@ def test_int64_accumulator_rescale_wraps_like_the_kernels_int32_cast() -> None:
     x = np.array([(1 << 33) + 10, 100, -((1 << 33) + 10)], np.int64)
     result = multiply_by_quantized_multiplier_int64(x, multiplier, shift)
     assert result.tolist() == [5, 50, -5]
+
+
+def test_single_rounding_rescale_wraps_like_the_kernels_int32_cast() -> None:
+    # a multiplier >= 1 on a large int32 accumulator: TFLite's static_cast<int32_t> wraps (16x8 FULLY_CONNECTED,
+    # found by Hypothesis: 32767 where BUILTIN_REF gives -32768)
+    result = multiply_by_quantized_multiplier(np.asarray([2**31 - 1, 100]), 1 << 30, 2)  # x * 2.0
+    assert result.tolist() == [-2, 200]

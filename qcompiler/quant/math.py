@@ -538,7 +538,7 @@ def multiply_by_quantized_multiplier(x: np.ndarray, multiplier: Union[int, np.nd
     if single_rounding:
         total_shift = 31 - s
         rounding = np.left_shift(np.int64(1), total_shift - 1)
-        return (x * m + rounding) >> total_shift
+        return wrap_int((x * m + rounding) >> total_shift, 32)  # the kernel's static_cast<int32_t>: wraps
     if np.any(s > 0):
         shifted = x << (np.maximum(s, 0) & 31)  # x86 shifts int32 by the count modulo 32 (shift > 31: not saturated)
         shifted = ((shifted + 2**31) & (2**32 - 1)) - 2**31  # int32 wrap-around of x * (1 << left_shift)
