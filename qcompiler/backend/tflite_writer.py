@@ -40,6 +40,7 @@ from qcompiler.files import atomic_write
 from qcompiler.ir.graph import Graph, Node, Value
 from qcompiler.ir.ops import OPS
 from qcompiler.ir.types import QParams, TensorType
+from qcompiler.quant import math as qm
 
 
 def _schema(name: str) -> ModuleType:
@@ -495,9 +496,6 @@ def _check_mixed_types(node: Node) -> None:
                            "depthwise_conv2d and fully_connected. Dequantize the operand first, or keep it float")
 
 
-_ADD_LEFT_SHIFT = {"i8": 20, "i16": 15}  # TFLite's ADD: the inputs are shifted left before rescaling
-
-
 def _check_add_multiplier(node: Node) -> None:
     """TFLite's integer ADD rescales the output by 2 max(input scales) / (2^shift * output scale) with
     QuantizeMultiplierSmallerThanOneExp, which aborts the process (allocate_tensors) unless that is below 1: such
@@ -505,14 +503,16 @@ def _check_add_multiplier(node: Node) -> None:
     activation's [0, 0]) is pushed back into an add's output (random seed 1183). SUB takes such a multiplier
     (measured: a [0, 0] sub output allocates under BUILTIN_REF; random seed 17 writes one)."""
     out = node.result
-    shift = _ADD_LEFT_SHIFT.get(out.type.dtype)
+    if node.op != "add" or out.type.quant is None or out.type.dtype not in ("i8", "i16"):
+        return
     scales = [float(np.float32(v.type.quant.scale[0])) for v in node.operands if v.type.quant is not None]
-    if node.op != "add" or out.type.quant is None or shift is None or len(scales) != 2:
+    if len(scales) != 2:
         return
     out_scale = float(np.float32(out.type.quant.scale[0]))
-    multiplier = 2 * max(scales) / float(np.float32((1 << shift) * np.float32(out_scale)))
+    _, multiplier = qm.add_output_multiplier(scales, out_scale, out.type.dtype)
     if multiplier < 1.0:
         return
+    shift = qm.add_left_shift(out.type.dtype)
     raise BackendError(
         f"{node.describe()}: output %{out.name} has scale {out_scale:.4g} against input scales "
         f"{', '.join(f'{s:.4g}' for s in scales)}; TFLite's ADD kernel needs 2 * max input scale / "

@@ -147,11 +147,11 @@ def _fully_connected(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]
 def _add_sub(sign: int) -> IntKernel:
     def kernel(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
         a, b, out = node.operands[0], node.operands[1], node.result
-        left_shift = 15 if out.type.dtype == "i16" else 20
-        twice_max = 2 * max(_scale(a), _scale(b))
+        left_shift = qm.add_left_shift(out.type.dtype)
+        twice_max, real_out = qm.add_output_multiplier((_scale(a), _scale(b)), _scale(out), out.type.dtype)
         m1, s1 = qm.quantize_multiplier(_scale(a) / twice_max)
         m2, s2 = qm.quantize_multiplier(_scale(b) / twice_max)
-        mo, so = qm.quantize_multiplier(twice_max / float(np.float32((1 << left_shift) * np.float32(_scale(out)))))
+        mo, so = qm.quantize_multiplier(real_out)
         x1 = _mbqm(node, (args[0].astype(np.int64) - _zp(a)) << left_shift, m1, s1)
         x2 = _mbqm(node, (args[1].astype(np.int64) - _zp(b)) << left_shift, m2, s2)
         raw = _mbqm(node, x1 + sign * x2, mo, so)

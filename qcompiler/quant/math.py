@@ -578,6 +578,18 @@ def multiply_by_quantized_multiplier_int64(x: np.ndarray, multiplier: Union[int,
     return wrap_int((x * reduced + np.left_shift(np.int64(1), total_shift - 1)) >> total_shift, 32)
 
 
+def add_left_shift(dtype: str) -> int:
+    """How far TFLite's integer ADD/SUB shift their inputs left before rescaling: 15 for int16, else 20."""
+    return 15 if dtype == "i16" else 20
+
+
+def add_output_multiplier(input_scales: Sequence[float], output_scale: float, dtype: str) -> tuple[float, float]:
+    """TFLite's integer ADD/SUB Prepare: (twice the larger input scale, the output's real multiplier
+    2 max(input scales) / (2^left_shift * output scale)), the product in float32 as the kernel computes it."""
+    twice_max = 2 * max(input_scales)
+    return twice_max, twice_max / float(np.float32((1 << add_left_shift(dtype)) * np.float32(output_scale)))
+
+
 def effective_scale(input_scale: float, weight_scale: ArrayLike, output_scale: float) -> np.ndarray:
     """Real multiplier of conv/depthwise/FC per output channel, as the kernels compute it
     (PopulateConvolutionQuantizationParams): double(in) * double(w[c]) / double(out) from the float32 scales."""
