@@ -10,7 +10,10 @@ drawn per seed:
   - hidden_reshape_shared: two Dense layers on one rank-3 graph input share one tensordot RESHAPE (the converter's
     CSE keeps the first); a clip between them sets the input's parameters before the driver visits it: both int8;
   - gelu_under_clamp: an approximate GELU followed by relu/relu6 is tf.nn.gelu's arithmetic, as the converter
-    fuses the clamp into its last MUL before matching GELU (canonicalize; POW stays float).
+    fuses the clamp into its last MUL before matching GELU (canonicalize; POW stays float);
+  - unread_input: a graph input that reaches an output through an identity Reshape/Dropout/linear Activation only is that
+    output itself, float32 in and out (canonicalize, lower-to-int's unread_inputs_float); with another user it
+    is int8 (random seed 1201).
  Small Keras models, drawn per seed, compiled by both tools on the
 same calibration data: the int8 outputs must be identical (tests/differential.py)."""
 from __future__ import annotations
@@ -66,6 +69,11 @@ def _model(pattern: str, seed: int):
     elif pattern == "gelu_under_clamp":
         clamp = "relu6" if shared else "relu"
         outputs = [keras.layers.Activation(clamp)(ops.gelu(x)), y]
+    elif pattern == "unread_input":  # b reaches an output through an identity only (and, shared, a Dense too)
+        kind = int(rng.integers(3))
+        passed = [keras.layers.Reshape((rows, width)), keras.layers.Dropout(0.5),
+                  keras.layers.Activation("linear")][kind](b)
+        outputs = [x, passed] + ([y] if shared else [])
     else:
         raise ValueError(pattern)
     model = keras.Model([a, b], outputs)
@@ -75,7 +83,7 @@ def _model(pattern: str, seed: int):
 # One drawn model per rule (the default suite's time): seed 4 shares the inner op with another user.
 @pytest.mark.parametrize("pattern, seed", [("square_of_sub", 0), ("square_of_sub", 4), ("same_user_dropped", 4),
                                            ("hidden_reshape_dropped", 0), ("hidden_reshape_shared", 0),
-                                           ("gelu_under_clamp", 4)])
+                                           ("gelu_under_clamp", 4), ("unread_input", 0), ("unread_input", 4)])
 def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
     model = _model(pattern, seed)
     rng = np.random.default_rng(100 + seed)

@@ -1,7 +1,8 @@
 """canonicalize: one spelling per computation, so later passes and the backend see fewer forms.
 
 - flatten(x)                      -> reshape(x) {shape=[-1, prod(x.shape[1:])]}
-- identity(x)                     -> x
+- identity(x)                     -> x   (also between a graph input and a graph output: the output is the
+                                         input, as in the converter's model; two outputs stay two tensors)
 - reshape(x) to x's own shape     -> x
 - reshape(reshape(x))             -> reshape(x)
 - transpose(x) {perm=[0, 1, ..]}  -> x   (TensorFlow's grappler drops an identity permutation before the converter
@@ -52,9 +53,12 @@ def _drop_identity_check(m: Match) -> Optional[str]:
 
 
 def _output_alias_reason(node: Node, source: Value) -> Optional[str]:
+    """Two graph outputs stay two tensors. A graph output may become a graph input itself, as in the
+    converter's model (an identity Reshape between them leaves no op; tflite-2.21 then keeps that input float,
+    lower-to-int's `unread_inputs_float`)."""
     graph = node.graph
-    if graph.is_output(node.result) and (source.producer is None or graph.is_output(source)):
-        return "it keeps a graph output distinct from a graph input or another output"
+    if graph.is_output(node.result) and graph.is_output(source):
+        return "it keeps two graph outputs distinct"
     return None
 
 

@@ -96,6 +96,8 @@ class LowerToInt(Pass):
             propagation, ConverterPropagation) else set()
         _check_all_quantized(states, {id(n.result) for n in graph.nodes if id(n) in skipped})
         floats = float_ops(graph, set(marks.ranges), act_dtype, policy, keep, skipped)
+        unread = _unread_inputs(graph) if policy.unread_inputs_float else set()
+        floats.unquantized |= unread
         params, requantized, volatile = _insert_requantizations(graph, states, floats.unquantized)
         unquantized = {key: states[key][1].params for key in floats.unquantized
                        if key not in floats.unparameterized}
@@ -111,7 +113,8 @@ class LowerToInt(Pass):
                       + f": {floats.reasons[id(n)]}" for n in islands)
         counts = {"weights": weights, "requantize": requantized - folded, "requantize-folded": folded,
                   "fake-quant-erased": len(fake_quants), "propagated-backwards": propagation.backwards,
-                  "flt-min-floor": marks.floored, "bias-adjusted": lowering.bias_adjusted, "float-ops": len(islands)}
+                  "flt-min-floor": marks.floored, "bias-adjusted": lowering.bias_adjusted, "float-ops": len(islands),
+                  "float-inputs": len(unread)}
         return PassResult(True, {k: v for k, v in counts.items() if v}, notes)
 
     # ----- ranges ---------------------------------------------------------------------------------
@@ -523,6 +526,12 @@ def _requantize(graph: Graph, value: Value, users: list[tuple[Node, int]], outpu
     if outputs_too:
         graph.outputs = [requant if v is value else v for v in graph.outputs]
     return requant
+
+
+def _unread_inputs(graph: Graph) -> set[int]:
+    """Ids of the float graph inputs that no op reads (only graph outputs are them): the converter never
+    quantizes them, and they stay float32 in and out (QuantPolicy.unread_inputs_float; random seed 1201)."""
+    return {id(v) for v in graph.inputs if v.type.is_float and not v.uses}
 
 
 def _check_all_quantized(states: States, allowed: set[int] = frozenset()) -> None:

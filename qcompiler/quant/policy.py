@@ -51,6 +51,10 @@ class QuantPolicy:
       whose output lost its range to backward sharing (RemoveRedundantStatsOps) and so gets no QUANTIZE: its
       users run in float too (qcompiler/quant/float_spread.py). Otherwise every op with an integer kernel runs
       in integers and every float island's output is quantized.
+    unread_inputs_float: a graph input that no op reads (it only reaches graph outputs, e.g. through an identity
+      Reshape that canonicalize removed) stays float32, in and out, whatever the I/O type: the converter's
+      quantizer gives no QUANTIZE to a value that only the return reads, and its ModifyIONodes retypes only an
+      input whose one use is a QUANTIZE. Otherwise such an input is quantized like any other.
     widen_degenerate_ranges: a calibrated range that collapses to a point (all-zero data) becomes a unit-wide
       range around the value; otherwise it is kept as the converter keeps it (a scale of ~1e-8). Both warn.
     """
@@ -67,6 +71,7 @@ class QuantPolicy:
     bias_adjustment: bool
     widen_degenerate_ranges: bool
     converter_float_i8: bool
+    unread_inputs_float: bool
 
     def propagation(self, activations: str) -> Propagation:
         return self.propagation_i16 if activations == "i16" else self.propagation_i8
@@ -81,11 +86,12 @@ class QuantPolicy:
 TFLITE_2_21 = QuantPolicy(
     name="tflite-2.21",
     summary="TFLiteConverter 2.21 bit for bit: MLIR driver propagation (int8), older quantizer (16x8), TF rsqrt, "
-            "in-place range unions, FLT_MIN floor, bias adjustment, the converter's float ops",
+            "in-place range unions, FLT_MIN floor, bias adjustment, the converter's float ops, float pass-through "
+            "inputs",
     propagation_i8="mlir-driver", propagation_i16="forward",
     backward_sharing_i8=True, backward_sharing_i16=False,
     rsqrt="tensorflow", inplace_range_unions=True, flt_min_floor=True, bias_adjustment=True,
-    widen_degenerate_ranges=False, converter_float_i8=True)
+    widen_degenerate_ranges=False, converter_float_i8=True, unread_inputs_float=True)
 
 PLAIN = QuantPolicy(
     name="plain",
@@ -94,7 +100,7 @@ PLAIN = QuantPolicy(
     propagation_i8="forward", propagation_i16="forward",
     backward_sharing_i8=False, backward_sharing_i16=False,
     rsqrt="f32", inplace_range_unions=False, flt_min_floor=False, bias_adjustment=False,
-    widen_degenerate_ranges=True, converter_float_i8=False)
+    widen_degenerate_ranges=True, converter_float_i8=False, unread_inputs_float=False)
 
 POLICIES: dict[str, QuantPolicy] = {p.name: p for p in (TFLITE_2_21, PLAIN)}
 PolicyName = Literal["tflite-2.21", "plain"]
