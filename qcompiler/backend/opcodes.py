@@ -278,7 +278,8 @@ _RULES: dict[int, Callable[[OpSig], int]] = {
 # Builtins qcompiler writes that stay version 1 for every tensor type it writes them with. Every builtin an OpDef
 # names (`tflite`) is in _RULES or here, so a new op cannot silently fall back to version 1 (tests/test_op_facts.py).
 VERSION_1_BUILTINS = frozenset({B.RESHAPE, B.ELU, B.HARD_SWISH, B.RELU_N1_TO_1, B.SELECT_V2, B.DIV,
-                               B.NEG, B.SQUARE, B.POW})  # DIV, NEG, SQUARE, POW: written in float only
+                               B.NEG, B.SQUARE, B.POW,  # DIV, NEG, SQUARE, POW: written in float only
+                               B.SHAPE, B.STRIDED_SLICE, B.PACK})  # on int32 shapes only (a Keras Flatten's)
 
 
 def has_version_rule(builtin: int) -> bool:

@@ -20,6 +20,14 @@ sharing decisions, which this module makes on the IR graph with the runtime's ow
     the data changes and the owner's reference count is above 1.
   * a fully_connected on a rank > 2 input produces a dynamic tensor in the converter's model (never shared), after
     the elementwise ops that the converter moves above its RESHAPE;
+  * a Keras Flatten/Reshape layer on an unknown batch is a RESHAPE whose target is computed at run time (SHAPE,
+    STRIDED_SLICE, PACK; `runtime_batch_reshape`). Its SHAPE op reads the input too (one more reference). Its
+    Prepare cannot size the output, so TFLite prepares and allocates the ops after it only once it ran; if its
+    output does not alias its input (a graph input, a graph output, or an input whose own buffer owner became
+    dynamic), the kernel makes the output dynamic, and `CalculateAllocations` drops every sharing planned
+    onto that buffer: no later kernel writes in place into it, along the whole chain planned on it (random seeds
+    2142, 1213). Otherwise it aliases its input, and a later in-place kernel may write into the buffer even though
+    a tensor along the chain has other readers: TFLite checks the reference count of the chain's first tensor only.
   * bytes are counted at batch 1: the calibrator resizes the inputs to each representative sample and qcompiler
     feeds one sample per run.
 
@@ -68,6 +76,13 @@ def shareable_operands(op: str) -> tuple[int, ...]:
     return tuple(i for i in range(MAX_SHARABLE_INPUTS) if flags & (INPUT0_SHARED << i))
 
 
+def runtime_batch_reshape(node: Node) -> bool:
+    """A reshape the converter writes with a target computed at run time: a Keras Flatten or Reshape layer (whose
+    TensorFlow graph packs the input's batch, ops.shape(x)[0], with the other dimensions) on an unknown batch."""
+    return (node.op == "flatten" or node.op == "reshape" and node.attrs["runtime_batch"]) and \
+        node.operands[0].type.shape[0] is None
+
+
 def inplace_writes(graph: Graph) -> list[tuple[Value, Value]]:
     """(input, output) pairs of a float graph where TFLite writes `output`'s values into `input`'s buffer when the
     converter's calibrator runs it: the converter records `input` with the union of both ranges."""
@@ -87,6 +102,7 @@ class _Planner:
         self.graph = graph
         self.inputs = {id(v) for v in graph.inputs}
         self.owner: dict[int, Value] = {}
+        self.dynamic: set[int] = set()  # outputs of runtime-shaped reshapes that TFLite makes dynamic
 
     def identify(self, node: Node) -> Optional[Value]:
         """The operand whose buffer `node`'s result takes, or None."""
@@ -99,12 +115,15 @@ class _Planner:
             if index < len(node.operands) and self._can_share(node.operands[index], node.result, changed):
                 chosen = node.operands[index]
                 break
-        if chosen is None:
+        root = None if chosen is None else self.owner.get(id(chosen), chosen)
+        if root is not None and changed and self._refcount(root) > 1:
+            root = None
+        if root is not None:
+            self.owner[id(node.result)] = root  # planned; dropped later if the root is dynamic
+        if root is None or id(root) in self.dynamic:
+            if runtime_batch_reshape(node):
+                self.dynamic.add(id(node.result))
             return None
-        root = self.owner.get(id(chosen), chosen)
-        if changed and self._refcount(root) > 1:
-            return None
-        self.owner[id(node.result)] = root
         return chosen
 
     def _can_share(self, operand: Value, result: Value, changed: bool) -> bool:
@@ -116,7 +135,8 @@ class _Planner:
                 and not _dynamic_in_converter_model(operand))
 
     def _refcount(self, value: Value) -> int:
-        return len(value.uses) + sum(1 for output in self.graph.outputs if output is value)
+        shape_reads = sum(1 for use in value.uses if use.index == 0 and runtime_batch_reshape(use.node))
+        return len(value.uses) + shape_reads + sum(1 for output in self.graph.outputs if output is value)
 
 
 # Elementwise ops the converter's optimize pass moves above a RESHAPE whose result has one use

@@ -34,6 +34,7 @@ from tflite.Padding import Padding
 from tflite.TensorType import TensorType as TflType
 
 from qcompiler.backend.join_bytes import join_bytes
+from qcompiler.backend.tflite_arena import runtime_batch_reshape
 from qcompiler.backend.opcodes import ABSENT, OpSig, TensorSig, deprecated_builtin_code, op_version
 from qcompiler.errors import QCompilerError
 from qcompiler.files import atomic_write
@@ -72,12 +73,15 @@ Model = _schema("Model")
 MulOptions = _schema("MulOptions")
 Operator = _schema("Operator")
 OperatorCode = _schema("OperatorCode")
+PackOptions = _schema("PackOptions")
 PadOptions = _schema("PadOptions")
 BatchToSpaceNDOptions = _schema("BatchToSpaceNDOptions")
 SpaceToBatchNDOptions = _schema("SpaceToBatchNDOptions")
 Pool2DOptions = _schema("Pool2DOptions")
 QuantizationParameters = _schema("QuantizationParameters")
 QuantizeOptions = _schema("QuantizeOptions")
+ShapeOptions = _schema("ShapeOptions")
+StridedSliceOptions = _schema("StridedSliceOptions")
 ReducerOptions = _schema("ReducerOptions")
 ReshapeOptions = _schema("ReshapeOptions")
 ResizeNearestNeighborOptions = _schema("ResizeNearestNeighborOptions")
@@ -247,6 +251,10 @@ class _ModelWriter:
         index = self._add_tensor(value.name, value.type, of_value=True)
         self._value_tensor[id(value)] = index
         return index
+
+    def scratch_tensor_of_type(self, name: str, t: TensorType) -> int:
+        """A tensor the backend adds, of type `t` (e.g. the shape a Keras Flatten computes at run time)."""
+        return self._add_tensor(name, t)
 
     def scratch_tensor(self, like: Value, suffix: str) -> int:
         """An intermediate the backend adds (e.g. before an unfusable activation), typed like `like`."""
@@ -600,9 +608,46 @@ def _reshape_target(node: Node) -> list[int]:
     return [-1, int(np.prod(rest))]
 
 
+def _emit_runtime_shape(w: _ModelWriter, node: Node, target: list[int]) -> int:
+    """SHAPE, STRIDED_SLICE (the batch) and PACK with the other dimensions: the target as the converter computes it
+    for a Keras Flatten/Reshape layer. It matters beyond looks: the RESHAPE's output shape is then unknown when
+    TFLite prepares it, and when that output cannot alias its input (a graph input), TFLite makes it a dynamic
+    tensor, which no later kernel overwrites in place (qcompiler/backend/tflite_arena.py; random seed 2142)."""
+    x, name = node.operands[0], node.result.name
+    shape = w.scratch_tensor_of_type(f"{name}/input_shape", TensorType((x.type.rank,), "i32"))
+    w.emit(B.SHAPE, [w.tensor_of(x)], [shape], BO.ShapeOptions, _single_options(ShapeOptions, "AddOutType",
+                                                                                 TflType.INT32))
+    batch = w.scratch_tensor_of_type(f"{name}/batch", TensorType((), "i32"))
+
+    def slice_options(b: flatbuffers.Builder) -> int:
+        StridedSliceOptions.Start(b)
+        StridedSliceOptions.AddShrinkAxisMask(b, 1)
+        return StridedSliceOptions.End(b)
+
+    one = w.int32_const([1], f"{name}/one")
+    w.emit(B.STRIDED_SLICE, [shape, w.int32_const([0], f"{name}/zero"), one, one], [batch],
+           BO.StridedSliceOptions, slice_options)
+    dims = [w.add_const(np.asarray(d, np.int32), f"{name}/dim{i}", TensorType((), "i32"))
+            for i, d in enumerate(target[1:], 1)]
+    packed = w.scratch_tensor_of_type(f"{name}/shape", TensorType((len(target),), "i32"))
+
+    def pack_options(b: flatbuffers.Builder) -> int:
+        PackOptions.Start(b)
+        PackOptions.AddValuesCount(b, len(target))
+        PackOptions.AddAxis(b, 0)
+        return PackOptions.End(b)
+
+    w.emit(B.PACK, [batch, *dims], [packed], BO.PackOptions, pack_options)
+    return packed
+
+
 def _emit_reshape(w: _ModelWriter, node: Node) -> None:
     # The batch stays -1 in the target so that resizing the input's batch reshapes correctly.
     target = _reshape_target(node)
+    if runtime_batch_reshape(node):
+        inputs = [w.tensor_of(node.operands[0]), _emit_runtime_shape(w, node, target)]
+        w.emit(builtin_code(node.op), inputs, [w.result_tensor(node.result)])
+        return
     inputs = [w.tensor_of(node.operands[0]), w.int32_const(target, f"{node.result.name}/shape")]
     out = w.result_tensor(node.result)
 

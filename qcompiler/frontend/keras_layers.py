@@ -305,7 +305,8 @@ def _reshape(ctx: LayerContext, xs: Sequence[Value]) -> Value:
         total = int(np.prod(_static_dims(ctx, x, range(1, x.type.rank))))
         known = int(np.prod([d for d in target if d != -1]))
         target[target.index(-1)] = total // known
-    return ctx.op("reshape", xs[0], shape=[-1, *target])
+    # Keras' Reshape layer builds its target from the input's batch at run time (ops.shape(x)[0])
+    return ctx.op("reshape", xs[0], shape=[-1, *target], runtime_batch=True)
 
 
 def _merge(op: str) -> Converter:

@@ -807,8 +807,11 @@ OPS: dict[str, OpDef] = {
         _def("reduce_min", 1, 1, dict(_AXES), _infer_reduce, _compute_reduce_min, _SAME_1, "REDUCE_MIN"),
         _def("flatten", 1, 1, {}, _infer_flatten, lambda xs, a: [xs[0].reshape(xs[0].shape[0], math.prod(xs[0].shape[1:]))], _SAME_1,
              "RESHAPE", "keep the batch axis, flatten the rest", shares_input_buffer=True),
-        _def("reshape", 1, 1, {"shape": ints(minimum=-1)}, _infer_reshape, _compute_reshape, _SAME_1, "RESHAPE",
-             "target shape; a leading -1 is the batch", shares_input_buffer=True),
+        _def("reshape", 1, 1, {"shape": ints(minimum=-1), "runtime_batch": flag(False)}, _infer_reshape,
+             _compute_reshape, _SAME_1, "RESHAPE",
+             "target shape; a leading -1 is the batch. runtime_batch: a Keras Flatten/Reshape layer, whose target "
+             "TensorFlow builds from the input's batch at run time (SHAPE, STRIDED_SLICE, PACK before the RESHAPE "
+             "in the converter's model, when the batch is unknown)", shares_input_buffer=True),
         _def("concat", 1, None, {"axis": integer(), "activation": _ACTIVATION}, _infer_concat,
              lambda xs, a: [apply_activation(np.concatenate(xs, axis=a["axis"]), a["activation"])], _SAME,
              "CONCATENATION", tflite_fuses_activation=False),

@@ -77,7 +77,8 @@ def _flatten_check(m: Match) -> Optional[str]:
 def _flatten_to_reshape(m: Match, rw: Rewriter) -> None:
     x = m["x"]
     size = int(np.prod(x.type.shape[1:]))
-    rw.replace_value(m.root, rw.op("reshape", x, shape=[-1, size], layer=m.root.layer))
+    # Keras' Flatten builds its target from the input's batch at run time, as the Reshape layer does
+    rw.replace_value(m.root, rw.op("reshape", x, shape=[-1, size], runtime_batch=True, layer=m.root.layer))
 
 
 # ----- reshapes -----
