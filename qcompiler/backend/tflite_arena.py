@@ -85,14 +85,31 @@ def runtime_batch_reshape(node: Node) -> bool:
 
 def inplace_writes(graph: Graph) -> list[tuple[Value, Value]]:
     """(input, output) pairs of a float graph where TFLite writes `output`'s values into `input`'s buffer when the
-    converter's calibrator runs it: the converter records `input` with the union of both ranges."""
+    converter's calibrator runs it: the converter records `input` with the union of both ranges. The buffer may
+    hold other tensors too (aliases along the sharing chain, e.g. the input of a Flatten whose output the kernel
+    overwrites): each one computed before the write that an op reads after it is logged with the written values
+    as well, and comes as a pair of its own (random seed 1213: a GlobalMaxPool after the ADD reads the Rescaling output)."""
     planner = _Planner(graph)
-    writes = []
+    order = {id(node): i for i, node in enumerate(graph.nodes)}
+    writes: list[tuple[Value, Value, int]] = []
     for node in graph.nodes:
         shared = planner.identify(node)
         if shared is not None and not kernel_flags(node.op) & DATA_UNMODIFIED:
-            writes.append((shared, node.result))
-    return writes
+            writes.append((shared, node.result, order[id(node)]))
+    aliases: dict[int, list[Value]] = {}
+    for value in graph.values():
+        root = planner.owner.get(id(value))
+        if root is not None and id(root) not in planner.dynamic:
+            aliases.setdefault(id(root), [root]).append(value)
+    pairs = []
+    for shared, result, position in writes:
+        pairs.append((shared, result))
+        root = planner.owner[id(result)]
+        for alias in aliases.get(id(root), []):
+            made_before = alias.producer is None or order.get(id(alias.producer), position) < position
+            if alias is not shared and made_before and any(order[id(use.node)] > position for use in alias.uses):
+                pairs.append((alias, result))
+    return pairs
 
 
 class _Planner:
