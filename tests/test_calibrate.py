@@ -215,6 +215,31 @@ def _softmax(into_conv: bool) -> Callable[[_Builder], Graph]:
     return build
 
 
+def _softmax_chain(runtime_batch: bool) -> Callable[[_Builder], Graph]:
+    """x -> reshape (a Keras Flatten with runtime_batch: SHAPE/STRIDED_SLICE/PACK in the .tflite) -> softmax ->
+    softmax -> reshape -> sub, the second softmax read again after the sub. With a constant target every kernel
+    of the chain writes into the flat tensor's buffer (TFLite checks the chain root's reference count only), so
+    the sub overwrites the second softmax's values before its other reader, which then computes from them (no
+    range union describes that: test_the_chain_root_decides below). A Keras Flatten of a graph input is a
+    dynamic tensor: nothing is shared along that chain (random seed 2142)."""
+    def build(b: _Builder) -> Graph:
+        flat = b.g.op("reshape", b.x, shape=[-1, 144], runtime_batch=runtime_batch, name="flat")
+        s2 = b.g.op("softmax", b.g.op("softmax", flat, name="s1"), name="s2")
+        r = b.g.op("reshape", s2, shape=[-1, 2, 72], name="r")
+        y = b.g.op("sub", r, b.g.const(np.linspace(-1, 1, 72).astype(np.float32), "k"), name="y")
+        return b.done(b.fc("out", y, 3), b.fc("out2", s2, 3))
+    return build
+
+
+def _flatten_then_add(b: _Builder) -> Graph:
+    """conv -> Rescaling mul -> Flatten -> add, and a global max pool of the mul's output after the add: the add
+    writes into the buffer the Flatten shares with the mul's output, which the pool reads afterwards (seed 1213)."""
+    m = b.g.op("mul", b.conv("a", 1.0), b.g.const(np.array(2.0, np.float32), "scale"), name="m")
+    flat = b.g.op("reshape", m, shape=[-1, 144], runtime_batch=True, name="flat")
+    y = b.g.op("add", flat, b.g.const(np.linspace(2, 5, 144).astype(np.float32), "k"), name="y")
+    return b.done(b.fc("out", y, 3), b.g.op("reduce_max", m, axes=[1, 2], name="g"))
+
+
 # name -> (builder, expected in-place (input, output) pairs)
 PROBES: dict[str, tuple[Callable[[_Builder], Graph], list[tuple[str, str]]]] = {
     "add": (_binary("add"), [("a", "y")]),
@@ -241,6 +266,7 @@ PROBES: dict[str, tuple[Callable[[_Builder], Graph], list[tuple[str, str]]]] = {
     "add of two values per sample": (_tiny_add(2), [("a", "y")]),
     "softmax -> graph output": (_softmax(False), []),
     "softmax -> conv": (_softmax(True), [("a", "s")]),
+    "Keras Flatten of a graph input -> softmax chain -> reshape -> sub": (_softmax_chain(True), []),
 }
 
 
@@ -287,6 +313,27 @@ def test_own_ranges_plus_inplace_unions_equal_the_calibrators_record(kind: str, 
     if kind == "probe":  # each union matters here: it changes the recorded range
         for a, y in inplace_writes(graph):
             assert theirs[a.name] != recorded(*own[a.name]), (a.name, y.name)
+
+
+def test_the_chain_root_decides():
+    """TFLite checks the reference count of the sharing chain's first tensor only: with a constant reshape target
+    the sub writes into the buffer the second softmax (three readers) shares with the flat tensor (one), and that
+    softmax's later reader sees the sub's values: the calibrator records them for it."""
+    graph = _softmax_chain(False)(_Builder(seed=3))
+    assert [(a.name, y.name) for a, y in inplace_writes(graph)] == [("flat", "s1"), ("s1", "s2"), ("r", "y"),
+                                                                    ("s2", "y")]
+
+
+def test_an_inplace_write_reaches_the_aliases_read_after_it():
+    """mul -> Keras Flatten (aliases the mul's output) -> add in place, then a max pool of the mul's output: the pool
+    reads the add's values, so the calibrator records the mul's output with the union (random seed 1213). The
+    pool's own result is computed from the overwritten values, which own ranges cannot reproduce: not compared."""
+    graph = _flatten_then_add(_Builder(seed=4))
+    x = np.random.default_rng(7).normal(0, 2, (SAMPLES, 6, 6, 4)).astype(np.float32)
+    assert [(a.name, y.name) for a, y in inplace_writes(graph)] == [("a", "m"), ("flat", "y"), ("m", "y")]
+    own, theirs = own_ranges(graph, [x]), tf_calibrator_ranges(graph, [x])
+    union = recorded(min(own["m"][0], own["y"][0]), max(own["m"][1], own["y"][1]))
+    assert theirs["m"] == union != recorded(*own["m"])
 
 
 def test_residual_block_records_the_union_with_the_add():

@@ -14,6 +14,9 @@ drawn per seed:
   - unread_input: a graph input that reaches an output through an identity Reshape/Dropout/linear Activation only is that
     output itself, float32 in and out (canonicalize, lower-to-int's unread_inputs_float); with another user it
     is int8 (random seed 1201).
+The Keras Flatten rules (a run-time target: a dynamic tensor on a graph input, an alias otherwise) are checked
+against TF's own calibrator in tests/test_calibrate.py: drawn Keras models hit the converter's op order (a reader
+placed before the in-place ADD) or TFLite overwriting an aliased buffer at batch > 1 in either model.
  Small Keras models, drawn per seed, compiled by both tools on the
 same calibration data: the int8 outputs must be identical (tests/differential.py)."""
 from __future__ import annotations

@@ -91,6 +91,8 @@ CAMPAIGN_SEEDS = {
     1052: "x - c (a vector) before a Dense stays a SUB",
     1065: "hard_swish then a ReLU: the clamp fuses into the MUL, no HARD_SWISH",
     1128: "an approximate GELU then a ReLU: no GELU either; x**3 is a float POW",
+    1201: "a graph input reaching an output through an identity Reshape only stays float32, in and out",
+    1213: "an ADD after a Keras Flatten writes into the Rescaling's buffer, which a GlobalMaxPool reads later",
 }
 
 
