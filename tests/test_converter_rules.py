@@ -13,7 +13,8 @@ drawn per seed:
     fuses the clamp into its last MUL before matching GELU (canonicalize; POW stays float);
   - unread_input: a graph input that reaches an output through an identity Reshape/Dropout/linear Activation only is that
     output itself, float32 in and out (canonicalize, lower-to-int's unread_inputs_float); with another user it
-    is int8 (random seed 1201).
+    is int8 (random seed 1201);
+  - abs_of_abs: abs(abs(x)) is one ABS, also when the inner one has another user (canonicalize; seed 2115).
 The Keras Flatten rules (a run-time target: a dynamic tensor on a graph input, an alias otherwise) are checked
 against TF's own calibrator in tests/test_calibrate.py: drawn Keras models hit the converter's op order (a reader
 placed before the in-place ADD) or TFLite overwriting an aliased buffer at batch > 1 in either model.
@@ -77,6 +78,9 @@ def _model(pattern: str, seed: int):
         passed = [keras.layers.Reshape((rows, width)), keras.layers.Dropout(0.5),
                   keras.layers.Activation("linear")][kind](b)
         outputs = [x, passed] + ([y] if shared else [])
+    elif pattern == "abs_of_abs":  # TensorFlow folds the idempotent tf.Abs applied twice
+        inner = ops.abs(x)
+        outputs = [ops.abs(inner)] + ([keras.layers.Activation("tanh")(inner)] if shared else [y])
     else:
         raise ValueError(pattern)
     model = keras.Model([a, b], outputs)
@@ -86,7 +90,8 @@ def _model(pattern: str, seed: int):
 # One drawn model per rule (the default suite's time): seed 4 shares the inner op with another user.
 @pytest.mark.parametrize("pattern, seed", [("square_of_sub", 0), ("square_of_sub", 4), ("same_user_dropped", 4),
                                            ("hidden_reshape_dropped", 0), ("hidden_reshape_shared", 0),
-                                           ("gelu_under_clamp", 4), ("unread_input", 0), ("unread_input", 4)])
+                                           ("gelu_under_clamp", 4), ("unread_input", 0), ("unread_input", 4),
+                                           ("abs_of_abs", 4)])
 def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
     model = _model(pattern, seed)
     rng = np.random.default_rng(100 + seed)
