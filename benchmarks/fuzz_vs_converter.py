@@ -129,7 +129,7 @@ def run_campaign(first: int, count: int, jobs: int, calibrate_with: str, timeout
 # the report
 # ----------------------------------------------------------------------------------------------------
 CAUSE_ORDER = ("generator error", "import error", "compile error", "converter error", "keras error", "float32 mismatch",
-               "I/O quant mismatch", "<99% identical", ">1 LSB", "size > converter + 1%", "runtime error", "crash")
+               "float32 TFLite overwrite (converter too)", "I/O quant mismatch", "<99% identical", ">1 LSB", "size > converter + 1%", "runtime error", "crash")
 
 
 def report(rows: list[dict], calibrate_with: str, seconds: float, max_depth: Optional[int] = None) -> str:
