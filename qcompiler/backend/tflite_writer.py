@@ -178,6 +178,7 @@ class _ModelWriter:
         self._buffer_index: dict[tuple, int] = {}  # small constants: (dtype, bytes) -> buffer index
         self._large_buffers: dict[tuple, list[int]] = {}  # (dtype, size, fingerprint) -> buffer indices
         self._opcode_index: dict[int, int] = {}
+        self._shared_consts: dict[tuple, int] = {}  # shared_int32_const: (shape, bytes) -> tensor index
         self._value_tensor: dict[int, int] = {}  # id(Value) -> tensor index; lookup only, never iterated
         # IR value names are unique already and keep their spelling; tensors the backend adds get fresh names.
         self._names: set[str] = set(value_names)
@@ -226,6 +227,16 @@ class _ModelWriter:
         else:
             data = array.astype(array.dtype.newbyteorder("<"), copy=False).reshape(-1).view(np.uint8)
         return self._add_tensor(name, t, self._add_buffer(t.dtype, data), of_value)
+
+    def shared_int32_const(self, values: "int | Sequence[int]") -> int:
+        """One int32 constant tensor per value (a scalar for an int) for the whole model: the small operands of the
+        shape computations the backend adds (e.g. a Keras Flatten's), named after their values."""
+        array = np.asarray(values, np.int32)
+        key = (array.shape, array.tobytes())
+        if key not in self._shared_consts:
+            name = "c" + "_".join(str(v) for v in array.reshape(-1))
+            self._shared_consts[key] = self.add_const(array, name, TensorType(array.shape, "i32"))
+        return self._shared_consts[key]
 
     def int32_const(self, values: Sequence[int] | np.ndarray, name: str) -> int:
         return self.add_const(np.asarray(values, dtype=np.int32), name)
@@ -467,7 +478,10 @@ def _emit_depthwise(w: _ModelWriter, node: Node) -> None:
 
 
 def _emit_fully_connected(w: _ModelWriter, node: Node) -> None:
-    inputs = [w.tensor_of(v) for v in node.operands]
+    # An all-zero bias is none, as in the converter's model (TensorFlow folds a BiasAdd of zeros away): a Keras
+    # Dense's freshly initialised bias costs no tensor (4 bytes per unit; the zoo's seed_mlp).
+    operands = node.operands[:2] if len(node.operands) > 2 and _all_zero(node.operands[2]) else node.operands
+    inputs = [w.tensor_of(v) for v in operands]
     if len(inputs) == 2:
         inputs.append(-1)  # optional bias left out; TFLite's kernel accepts it from version 1
     keep = node.operands[0].type.rank > 2
@@ -477,6 +491,10 @@ def _emit_fully_connected(w: _ModelWriter, node: Node) -> None:
     w.emit_with_activation(node, lambda fused, out: w.emit(
         builtin_code(node.op), inputs, [out], BO.FullyConnectedOptions, _fc_options(fused, keep, asymmetric),
         keep_num_dims=keep, asymmetric_quantize_inputs=asymmetric))
+
+
+def _all_zero(value: Value) -> bool:
+    return value.is_constant and value.data is not None and not np.any(np.asarray(value.data))
 
 
 def _is_hybrid(node: Node) -> bool:
@@ -614,22 +632,21 @@ def _emit_runtime_shape(w: _ModelWriter, node: Node, target: list[int]) -> int:
     TFLite prepares it, and when that output cannot alias its input (a graph input), TFLite makes it a dynamic
     tensor, which no later kernel overwrites in place (qcompiler/backend/tflite_arena.py; random seed 2142)."""
     x, name = node.operands[0], node.result.name
-    shape = w.scratch_tensor_of_type(f"{name}/input_shape", TensorType((x.type.rank,), "i32"))
+    shape = w.scratch_tensor_of_type(f"{name}/s", TensorType((x.type.rank,), "i32"))
     w.emit(B.SHAPE, [w.tensor_of(x)], [shape], BO.ShapeOptions, _single_options(ShapeOptions, "AddOutType",
                                                                                  TflType.INT32))
-    batch = w.scratch_tensor_of_type(f"{name}/batch", TensorType((), "i32"))
+    batch = w.scratch_tensor_of_type(f"{name}/b", TensorType((), "i32"))
 
     def slice_options(b: flatbuffers.Builder) -> int:
         StridedSliceOptions.Start(b)
         StridedSliceOptions.AddShrinkAxisMask(b, 1)
         return StridedSliceOptions.End(b)
 
-    one = w.int32_const([1], f"{name}/one")
-    w.emit(B.STRIDED_SLICE, [shape, w.int32_const([0], f"{name}/zero"), one, one], [batch],
-           BO.StridedSliceOptions, slice_options)
-    dims = [w.add_const(np.asarray(d, np.int32), f"{name}/dim{i}", TensorType((), "i32"))
-            for i, d in enumerate(target[1:], 1)]
-    packed = w.scratch_tensor_of_type(f"{name}/shape", TensorType((len(target),), "i32"))
+    one = w.shared_int32_const([1])
+    w.emit(B.STRIDED_SLICE, [shape, w.shared_int32_const([0]), one, one], [batch], BO.StridedSliceOptions,
+           slice_options)
+    dims = [w.shared_int32_const(d) for d in target[1:]]
+    packed = w.scratch_tensor_of_type(f"{name}/p", TensorType((len(target),), "i32"))
 
     def pack_options(b: flatbuffers.Builder) -> int:
         PackOptions.Start(b)
