@@ -35,9 +35,9 @@ from qcompiler.ir.ops import OPS
 _KERAS_OP_NAME = re.compile(r"^([a-z][a-z0-9]*(?:_[a-z][a-z0-9]*)*)(?:_(\d+))?$")
 
 
-# keras.ops calls the frontend translates (frontend/keras_ops.py OPERATIONS, by Keras' snake_case operation name)
-# -> the TensorFlow op type their TF backend creates (the first op of the call: its name is what sorts). A node
-# whose layer is such a name (plus Keras' `_N` suffix) came from a keras.ops call, named outside any layer scope.
+# keras.ops calls the frontend translates (frontend/keras_ops.py OPERATIONS, by Keras' snake_case operation name,
+# which names the node's layer, plus Keras' `_N` suffix) -> the TensorFlow op type their TF backend creates (the
+# first op of the call: its name is what sorts); others are capitalized. Graph.op_calls says which layers are calls.
 KERAS_OPS_TF_NAMES: dict[str, str] = {
     "abs": "Abs", "absolute": "Abs", "add": "Add", "cast": "Cast", "clip": "clip_by_value", "concatenate": "concat",
     "divide": "truediv", "elu": "Elu", "exp": "Exp", "expand_dims": "ExpandDims", "gelu": "Gelu",
@@ -50,13 +50,16 @@ KERAS_OPS_TF_NAMES: dict[str, str] = {
 }
 
 
-def _tf_scope(model: str, layer: Optional[str]) -> str:
-    """The TensorFlow name prefix of the ops a Keras layer (or keras.ops call) creates in the converter's graph."""
+def _tf_scope(model: str, layer: Optional[str], op_calls: set[str] = frozenset()) -> str:
+    """The TensorFlow name prefix of the ops a Keras layer (or keras.ops call, `op_calls`) creates in the
+    converter's graph."""
     if layer is None:
         return f"{model}_1/"
     match = _KERAS_OP_NAME.match(layer)
-    if match and match.group(1) in KERAS_OPS_TF_NAMES:  # a keras.ops call: TensorFlow's op type, e.g. Minimum
-        return f"{model}_1/{KERAS_OPS_TF_NAMES[match.group(1)]}" + (f"_{match.group(2)}" if match.group(2) else "")
+    if layer in op_calls and match:  # a keras.ops call: TensorFlow's op type, e.g. Minimum
+        base = match.group(1)
+        tf_name = KERAS_OPS_TF_NAMES.get(base, "".join(part.capitalize() for part in base.split("_")))
+        return f"{model}_1/{tf_name}" + (f"_{match.group(2)}" if match.group(2) else "")
     return f"{model}_1/{layer}_1/"
 
 
@@ -66,14 +69,37 @@ def _resource_root(model: str, layer: Optional[str], index: int) -> str:
     return f"{scope}{index:06d}_readvariableop_resource"
 
 
+class _HiddenReshape:
+    """The RESHAPE of Keras' tensordot in front of a fully_connected on a rank > 2 input: a vertex of its own. It
+    reads the input (through TRANSPOSE and SHAPE) and the tensordot's shape constants, not the kernel, so it is
+    reached apart from the FULLY_CONNECTED (which the kernel's resource reaches), usually much earlier."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+
+def _batched_fc(node: Node) -> bool:
+    return node.op == "fully_connected" and node.operands[0].type.rank > 2
+
+
 def converter_op_order(graph: Graph) -> dict[int, int]:
-    """node id -> its position in the converter's op order (TensorFlow's reverse post-order by name)."""
+    """node id -> its position in the converter's op order (TensorFlow's reverse post-order by name). A
+    fully_connected on a rank > 2 input takes its hidden RESHAPE's position: that SAME op is what the driver
+    meets for it (lower_to_int.ConverterPropagation)."""
     model = graph.name
     names: dict[int, str] = {}
+    hidden: dict[int, _HiddenReshape] = {}
     for index, node in enumerate(graph.nodes):
-        names[id(node)] = f"{_tf_scope(model, node.layer)}{index:08d}"
+        names[id(node)] = f"{_tf_scope(model, node.layer, graph.op_calls)}{index:08d}"
+        if _batched_fc(node):
+            hidden[id(node)] = reshape = _HiddenReshape(node)
+            names[id(reshape)] = f"{_tf_scope(model, node.layer, graph.op_calls)}Tensordot{index:08d}"
+
+    def entry(node: Node) -> object:  # where an edge into `node` from its activation operand arrives
+        return hidden.get(id(node), node)
+
     # the source's successors: inputs, one resource argument per weighted op, one Const per other constant use
-    roots: list[tuple[str, list[Node]]] = [(value.name, value.users) for value in graph.inputs]
+    roots: list[tuple[str, list[object]]] = [(value.name, [entry(u) for u in value.users]) for value in graph.inputs]
     for index, node in enumerate(graph.nodes):
         if node.op == "const":
             continue
@@ -85,34 +111,43 @@ def converter_op_order(graph: Graph) -> dict[int, int]:
             if operand_index in weights:
                 roots.append((_resource_root(model, node.layer, index), [node]))
             else:
-                roots.append((f"{_tf_scope(model, node.layer)}Const{index:08d}_{operand_index}", [node]))
-    return _reverse_post_order(roots, names)
+                roots.append((f"{_tf_scope(model, node.layer, graph.op_calls)}Const{index:08d}_{operand_index}", [entry(node)]))
+        if id(node) in hidden:  # the tensordot's shape constants
+            roots.append((f"{_tf_scope(model, node.layer, graph.op_calls)}Tensordot/Const{index:08d}", [hidden[id(node)]]))
+
+    def successors(vertex: object) -> list[object]:
+        if isinstance(vertex, _HiddenReshape):
+            return [vertex.node]
+        return [entry(u) for v in vertex.results for u in v.users]  # type: ignore[attr-defined]
+
+    finished = _reverse_post_order(roots, names, successors)
+    rank = {id(v): i for i, v in enumerate(reversed(finished))}
+    return {id(node): rank[id(hidden.get(id(node), node))] for node in graph.nodes if id(node) in rank}
 
 
-def _reverse_post_order(roots: list[tuple[str, list[Node]]], names: dict[int, str]) -> dict[int, int]:
+def _reverse_post_order(roots: list[tuple[str, list[object]]], names: dict[int, str], successors) -> list[object]:
     """tensorflow/core/graph/algorithm.cc DFSFromHelper from the source node, successors sorted by name (pushed in
-    ascending order, so the largest is explored first), then reversed."""
-    finished: list[Node] = []
+    ascending order, so the largest is explored first): the vertices in finishing order (reverse it for the
+    reverse post-order)."""
+    finished: list[object] = []
     visited: set[int] = set()
     # a root (an argument or Const, not an IR node) is its list of users, explored when it is popped
     stack: list[tuple[object, bool]] = [(users, False) for _, users in sorted(roots, key=lambda r: r[0])]
     while stack:
         item, leave = stack.pop()
         if leave:
-            finished.append(item)  # type: ignore[arg-type]
+            finished.append(item)
             continue
-        if isinstance(item, list):  # a root (not an IR node): explore its users
-            for child in sorted(item, key=lambda n: names[id(n)]):
+        if isinstance(item, list):  # a root: explore its users
+            for child in sorted(item, key=lambda v: names[id(v)]):
                 if id(child) not in visited:
                     stack.append((child, False))
             continue
-        node = item
-        if id(node) in visited:
+        if id(item) in visited:
             continue
-        visited.add(id(node))
-        stack.append((node, True))
-        children = [u for v in node.results for u in v.users]
-        for child in sorted(children, key=lambda n: names[id(n)]):
+        visited.add(id(item))
+        stack.append((item, True))
+        for child in sorted(successors(item), key=lambda v: names[id(v)]):
             if id(child) not in visited:
                 stack.append((child, False))
-    return {id(node): rank for rank, node in enumerate(reversed(finished))}
+    return finished
