@@ -10,7 +10,10 @@ drawn per seed:
   - hidden_reshape_shared: two Dense layers on one rank-3 graph input share one tensordot RESHAPE (the converter's
     CSE keeps the first); a clip between them sets the input's parameters before the driver visits it: both int8;
   - gelu_under_clamp: an approximate GELU followed by relu/relu6 is tf.nn.gelu's arithmetic, as the converter
-    fuses the clamp into its last MUL before matching GELU (canonicalize; POW stays float).
+    fuses the clamp into its last MUL before matching GELU (canonicalize; POW stays float);
+  - op_order: a graph input read by a Maximum and a Concatenate (each with its own range, and own-range layers
+    between) takes the parameters of the one the QuantizationDriver visits first, which follows TensorFlow's
+    import order, decided here by layer names drawn at random (quant/op_order.py).
  Small Keras models, drawn per seed, compiled by both tools on the
 same calibration data: the int8 outputs must be identical (tests/differential.py)."""
 from __future__ import annotations
@@ -66,16 +69,24 @@ def _model(pattern: str, seed: int):
     elif pattern == "gelu_under_clamp":
         clamp = "relu6" if shared else "relu"
         outputs = [keras.layers.Activation(clamp)(ops.gelu(x)), y]
+    elif pattern == "op_order":
+        names = ["".join(rng.choice(list("abcmxz"), 3)) + f"_{i}" for i in range(4)]
+        r = keras.layers.Rescaling(float(rng.uniform(0.5, 2.0)), name=names[0])(a)
+        m = keras.layers.Maximum(name=names[1])([a, r])
+        wide = keras.layers.Rescaling(float(rng.uniform(2.0, 4.0)), name=names[3])(r)  # the concat's range differs
+        c = keras.layers.Concatenate(name=names[2])([a, wide])
+        outputs = [m, c, y]
     else:
         raise ValueError(pattern)
     model = keras.Model([a, b], outputs)
     return randomize_weights(model, rng)
 
 
-# One drawn model per rule (the default suite's time): seed 4 shares the inner op with another user.
+# One drawn model per rule (the default suite's time): seed 4 shares the inner op with another user; op_order seeds
+# 5 and 8 draw names that put the concat before the maximum (qcompiler's graph order gave the input the other one).
 @pytest.mark.parametrize("pattern, seed", [("square_of_sub", 0), ("square_of_sub", 4), ("same_user_dropped", 4),
                                            ("hidden_reshape_dropped", 0), ("hidden_reshape_shared", 0),
-                                           ("gelu_under_clamp", 4)])
+                                           ("gelu_under_clamp", 4), ("op_order", 5), ("op_order", 8)])
 def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
     model = _model(pattern, seed)
     rng = np.random.default_rng(100 + seed)
