@@ -82,11 +82,12 @@ def _model(pattern: str, seed: int):
     return randomize_weights(model, rng)
 
 
-# One drawn model per rule (the default suite's time): seed 4 shares the inner op with another user; op_order seeds
-# 5 and 8 draw names that put the concat before the maximum (qcompiler's graph order gave the input the other one).
+# One drawn model per rule (the default suite's time): seed 4 shares the inner op with another user. op_order: with
+# seed 0's names the concat's parameters win, with seed 5's the maximum's (qcompiler's former graph order gave the
+# input the concat's there: an I/O mismatch).
 @pytest.mark.parametrize("pattern, seed", [("square_of_sub", 0), ("square_of_sub", 4), ("same_user_dropped", 4),
                                            ("hidden_reshape_dropped", 0), ("hidden_reshape_shared", 0),
-                                           ("gelu_under_clamp", 4), ("op_order", 5), ("op_order", 8)])
+                                           ("gelu_under_clamp", 4), ("op_order", 0), ("op_order", 5)])
 def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
     model = _model(pattern, seed)
     rng = np.random.default_rng(100 + seed)
