@@ -325,7 +325,7 @@ class ConverterPropagation(_Propagation):
         order = [n for n in self.graph.nodes if _spec_of(n, self.act_dtype, self.keep) is not None]
         if self.policy.op_order == "tf-import":  # the converter's op order (TensorFlow's graph import)
             rank = converter_op_order(self.graph)
-            order.sort(key=lambda n: rank[id(n)])
+            order.sort(key=lambda n: rank.get(id(n), 0))
         self.position = {id(n): i for i, n in enumerate(order)}
         self.reshape_of = _hidden_reshapes(order)
         self.work = [n for n in order if self.reshape_of.get(id(n), n) is n]

@@ -50,17 +50,28 @@ KERAS_OPS_TF_NAMES: dict[str, str] = {
 }
 
 
-def _tf_scope(model: str, layer: Optional[str], op_calls: set[str] = frozenset()) -> str:
-    """The TensorFlow name prefix of the ops a Keras layer (or keras.ops call, `op_calls`) creates in the
-    converter's graph."""
-    if layer is None:
-        return f"{model}_1/"
-    match = _KERAS_OP_NAME.match(layer)
-    if layer in op_calls and match:  # a keras.ops call: TensorFlow's op type, e.g. Minimum
-        base = match.group(1)
-        tf_name = KERAS_OPS_TF_NAMES.get(base, "".join(part.capitalize() for part in base.split("_")))
-        return f"{model}_1/{tf_name}" + (f"_{match.group(2)}" if match.group(2) else "")
-    return f"{model}_1/{layer}_1/"
+def _tf_scopes(graph: Graph) -> dict[Optional[str], str]:
+    """node.layer -> the TensorFlow name prefix of the ops that Keras layer (or keras.ops call) creates in the
+    converter's graph: `<model>_1/<layer>_1/`, or for a keras.ops call (`Graph.op_calls`) its TensorFlow op type,
+    numbered per type in call order as TensorFlow uniquifies names (`Minimum`, `Minimum_1`, ...; Keras' own
+    `_N` suffix counts every model built in the process)."""
+    model = graph.name
+    scopes: dict[Optional[str], str] = {None: f"{model}_1/"}
+    calls_of: dict[str, int] = {}
+    for node in graph.nodes:
+        layer = node.layer
+        if layer in scopes:
+            continue
+        match = _KERAS_OP_NAME.match(layer)
+        if layer in graph.op_calls and match:
+            base = match.group(1)
+            tf_name = KERAS_OPS_TF_NAMES.get(base, "".join(part.capitalize() for part in base.split("_")))
+            count = calls_of.get(tf_name, 0)
+            calls_of[tf_name] = count + 1
+            scopes[layer] = f"{model}_1/{tf_name}" + (f"_{count}" if count else "")
+        else:
+            scopes[layer] = f"{model}_1/{layer}_1/"
+    return scopes
 
 
 def _resource_root(model: str, layer: Optional[str], index: int) -> str:
@@ -87,13 +98,14 @@ def converter_op_order(graph: Graph) -> dict[int, int]:
     fully_connected on a rank > 2 input takes its hidden RESHAPE's position: that SAME op is what the driver
     meets for it (lower_to_int.ConverterPropagation)."""
     model = graph.name
+    scope = _tf_scopes(graph)
     names: dict[int, str] = {}
     hidden: dict[int, _HiddenReshape] = {}
     for index, node in enumerate(graph.nodes):
-        names[id(node)] = f"{_tf_scope(model, node.layer, graph.op_calls)}{index:08d}"
+        names[id(node)] = f"{scope[node.layer]}{index:08d}"
         if _batched_fc(node):
             hidden[id(node)] = reshape = _HiddenReshape(node)
-            names[id(reshape)] = f"{_tf_scope(model, node.layer, graph.op_calls)}Tensordot{index:08d}"
+            names[id(reshape)] = f"{scope[node.layer]}Tensordot{index:08d}"
 
     def entry(node: Node) -> object:  # where an edge into `node` from its activation operand arrives
         return hidden.get(id(node), node)
@@ -111,9 +123,9 @@ def converter_op_order(graph: Graph) -> dict[int, int]:
             if operand_index in weights:
                 roots.append((_resource_root(model, node.layer, index), [node]))
             else:
-                roots.append((f"{_tf_scope(model, node.layer, graph.op_calls)}Const{index:08d}_{operand_index}", [entry(node)]))
+                roots.append((f"{scope[node.layer]}Const{index:08d}_{operand_index}", [entry(node)]))
         if id(node) in hidden:  # the tensordot's shape constants
-            roots.append((f"{_tf_scope(model, node.layer, graph.op_calls)}Tensordot/Const{index:08d}", [hidden[id(node)]]))
+            roots.append((f"{scope[node.layer]}Tensordot/Const{index:08d}", [hidden[id(node)]]))
 
     def successors(vertex: object) -> list[object]:
         if isinstance(vertex, _HiddenReshape):
