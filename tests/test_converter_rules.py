@@ -14,7 +14,10 @@ drawn per seed:
   - unread_input: a graph input that reaches an output through an identity Reshape/Dropout/linear Activation only is that
     output itself, float32 in and out (canonicalize, lower-to-int's unread_inputs_float); with another user it
     is int8 (random seed 1201);
-  - abs_of_abs: abs(abs(x)) is one ABS, also when the inner one has another user (canonicalize; seed 2115).
+  - abs_of_abs: abs(abs(x)) is one ABS, also when the inner one has another user (canonicalize; seed 2115);
+  - op_order: a graph input read by a Maximum and a Concatenate (each with its own range, and own-range layers
+    between) takes the parameters of the one the QuantizationDriver visits first, which follows TensorFlow's
+    import order, decided here by layer names drawn at random (quant/op_order.py).
 The Keras Flatten rules (a run-time target: a dynamic tensor on a graph input, an alias otherwise) are checked
 against TF's own calibrator in tests/test_calibrate.py: drawn Keras models hit the converter's op order (a reader
 placed before the in-place ADD) or TFLite overwriting an aliased buffer at batch > 1 in either model.
@@ -81,17 +84,26 @@ def _model(pattern: str, seed: int):
     elif pattern == "abs_of_abs":  # TensorFlow folds the idempotent tf.Abs applied twice
         inner = ops.abs(x)
         outputs = [ops.abs(inner)] + ([keras.layers.Activation("tanh")(inner)] if shared else [y])
+    elif pattern == "op_order":
+        names = ["".join(rng.choice(list("abcmxz"), 3)) + f"_{i}" for i in range(4)]
+        r = keras.layers.Rescaling(float(rng.uniform(0.5, 2.0)), name=names[0])(a)
+        m = keras.layers.Maximum(name=names[1])([a, r])
+        wide = keras.layers.Rescaling(float(rng.uniform(2.0, 4.0)), name=names[3])(r)  # the concat's range differs
+        c = keras.layers.Concatenate(name=names[2])([a, wide])
+        outputs = [m, c, y]
     else:
         raise ValueError(pattern)
     model = keras.Model([a, b], outputs)
     return randomize_weights(model, rng)
 
 
-# One drawn model per rule (the default suite's time): seed 4 shares the inner op with another user.
+# One drawn model per rule (the default suite's time): seed 4 shares the inner op with another user. op_order: with
+# seed 0's names the concat's parameters win, with seed 5's the maximum's (qcompiler's former graph order gave the
+# input the concat's there: an I/O mismatch).
 @pytest.mark.parametrize("pattern, seed", [("square_of_sub", 0), ("square_of_sub", 4), ("same_user_dropped", 4),
                                            ("hidden_reshape_dropped", 0), ("hidden_reshape_shared", 0),
                                            ("gelu_under_clamp", 4), ("unread_input", 0), ("unread_input", 4),
-                                           ("abs_of_abs", 4)])
+                                           ("abs_of_abs", 4), ("op_order", 0), ("op_order", 5)])
 def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
     model = _model(pattern, seed)
     rng = np.random.default_rng(100 + seed)

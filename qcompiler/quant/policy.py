@@ -19,6 +19,7 @@ from typing import Literal
 from qcompiler.errors import QCompilerError
 
 Propagation = Literal["mlir-driver", "forward"]
+OpOrder = Literal["graph", "tf-import"]
 RsqrtKernel = Literal["tensorflow", "f32"]
 
 DEFAULT_POLICY = "tflite-2.21"
@@ -55,6 +56,10 @@ class QuantPolicy:
       Reshape that canonicalize removed) stays float32, in and out, whatever the I/O type: the converter's
       quantizer gives no QUANTIZE to a value that only the return reads, and its ModifyIONodes retypes only an
       input whose one use is a QUANTIZE. Otherwise such an input is quantized like any other.
+    op_order: the order in which "mlir-driver" propagation meets the ops: "graph" (qcompiler's node order) or
+      "tf-import" (the converter's: TensorFlow's GraphDef import, a reverse post-order with successors by name,
+      qcompiler/quant/op_order.py). It decides which same-scale user's parameters a shared tensor takes, which
+      same-scale ops the driver drops, and where it requantizes.
     widen_degenerate_ranges: a calibrated range that collapses to a point (all-zero data) becomes a unit-wide
       range around the value; otherwise it is kept as the converter keeps it (a scale of ~1e-8). Both warn.
     """
@@ -72,6 +77,7 @@ class QuantPolicy:
     widen_degenerate_ranges: bool
     converter_float_i8: bool
     unread_inputs_float: bool
+    op_order: OpOrder = "graph"
 
     def propagation(self, activations: str) -> Propagation:
         return self.propagation_i16 if activations == "i16" else self.propagation_i8
@@ -91,7 +97,7 @@ TFLITE_2_21 = QuantPolicy(
     propagation_i8="mlir-driver", propagation_i16="forward",
     backward_sharing_i8=True, backward_sharing_i16=False,
     rsqrt="tensorflow", inplace_range_unions=True, flt_min_floor=True, bias_adjustment=True,
-    widen_degenerate_ranges=False, converter_float_i8=True, unread_inputs_float=True)
+    widen_degenerate_ranges=False, converter_float_i8=True, unread_inputs_float=True, op_order="tf-import")
 
 PLAIN = QuantPolicy(
     name="plain",
