@@ -23,6 +23,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from qcompiler.ir.layout import copy_into
+
 LARGE = 4 << 20  # bytes; below this the faults cost little
 _PAGE = mmap.PAGESIZE
 MADV_POPULATE_WRITE = 23  # <linux/mman.h>; not in Python 3.11's mmap module
@@ -48,11 +50,13 @@ _C = _c_functions()
 
 
 def join_bytes(pieces: Sequence[Any]) -> bytes:
-    """`b"".join(pieces)` (pieces: bytes, bytearray, memoryview or anything with the buffer protocol, C-contiguous)."""
-    views = [np.frombuffer(p, np.uint8) for p in pieces]  # their raw bytes, whatever their element type
+    """`b"".join(pieces)` (pieces: bytes, bytearray, memoryview or anything with the buffer protocol, C-contiguous),
+    where a numpy array that is not C-contiguous (a lazily transposed kernel, qcompiler/ir/layout.py) stands for
+    its values in C order: they are copied into the result in that order, without an intermediate copy."""
+    views = [p if isinstance(p, np.ndarray) and not p.flags.c_contiguous else _raw(p) for p in pieces]
     total = sum(v.nbytes for v in views)
     if _C is None or total < LARGE:
-        return b"".join(views)
+        return b"".join(v if v.flags.c_contiguous else _raw(np.ascontiguousarray(v)) for v in views)
     new_bytes, madvise = _C
     out = new_bytes(None, total)
     address = ctypes.cast(out, ctypes.c_void_p).value
@@ -62,6 +66,12 @@ def join_bytes(pieces: Sequence[Any]) -> bytes:
     target = np.ctypeslib.as_array((ctypes.c_ubyte * total).from_address(address))
     position = 0
     for view in views:
-        target[position:position + view.size] = view
-        position += view.size
+        copy_into(target[position:position + view.nbytes], view)
+        position += view.nbytes
     return out
+
+
+def _raw(piece: Any) -> np.ndarray:
+    """A C-contiguous piece's raw bytes, whatever its element type."""
+    return np.frombuffer(piece, np.uint8) if not isinstance(piece, np.ndarray) or piece.ndim else \
+        piece.reshape(1).view(np.uint8)

@@ -61,7 +61,7 @@ def rsqrt(x: np.ndarray, kernel: RsqrtKernel) -> np.ndarray:
         raise QCompilerError(f"fold-batchnorm{{rsqrt=tensorflow}} needs TensorFlow ({err}); install it or run "
                              "fold-batchnorm{rsqrt=f32} (weights may then differ from the converter's in the "
                              "last bit)") from None
-    return np.asarray(tf.math.rsqrt(tf.constant(x)), _F32)
+    return np.asarray(tf.raw_ops.Rsqrt(x=x))  # the kernel tf.math.rsqrt runs, without its Python layers
 
 
 def _bn_pattern(source) -> Pat:
