@@ -36,6 +36,7 @@ import platform
 import signal
 import subprocess
 import sys
+import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +71,7 @@ class Settings:
     warm_up: bool = True  # both tools compile a tiny model before anything is timed
     always_convert: bool = False  # run the converter even where qcompiler failed
     batchnorm: str = "data"  # batch-norm statistics: "data" or "random" (tests/zoo.py keras_application)
+    compile_repeats: int = 1  # compiles per tool, alternating; the seconds shown are each tool's median
 
     @classmethod
     def from_json(cls, text: str) -> "Settings":
@@ -359,15 +361,22 @@ def measure_mode(rec: Recorder, mode: str, model, calibration: np.ndarray, x: np
     compile_mode = "float32" if mode == "float32" else "int8"
     outputs: dict[str, list[np.ndarray]] = {}
     io: dict[str, list] = {}
-    for tool, compile_fn in COMPILERS.items():
-        if tool == "converter" and "qcompiler" not in entry and not settings.always_convert:
-            entry["converter_skipped"] = True  # qcompiler failed: nothing to compare with, save the time
-            continue
-        with rec.step(f"{mode}: {tool} compile"):
-            start = time.perf_counter()
-            data = compile_fn(model, compile_mode, calibration)
-            entry[tool] = {"seconds": round(time.perf_counter() - start, 3), "bytes": len(data)}
-            (tmp / f"{mode}-{tool}.tflite").write_bytes(data)
+    seconds: dict[str, list[float]] = {}
+    for repeat in range(settings.compile_repeats):  # the tools in turn, so a change of load hits both
+        for tool, compile_fn in COMPILERS.items():
+            if tool == "converter" and "qcompiler" not in entry and not settings.always_convert:
+                entry["converter_skipped"] = True  # qcompiler failed: nothing to compare with, save the time
+                continue
+            if repeat and tool not in seconds:  # failed the first time
+                continue
+            with rec.step(f"{mode}: {tool} compile"):
+                start = time.perf_counter()
+                data = compile_fn(model, compile_mode, calibration)
+                seconds.setdefault(tool, []).append(time.perf_counter() - start)
+                entry[tool] = {"seconds": round(statistics.median(seconds[tool]), 3), "bytes": len(data)}
+                if len(seconds[tool]) > 1:
+                    entry[tool]["seconds_each"] = [round(t, 3) for t in seconds[tool]]
+                (tmp / f"{mode}-{tool}.tflite").write_bytes(data)
     compiled = [tool for tool in TOOLS if tool in entry]
     run_models(rec, mode, compiled, entry, tmp, inputs_path, outputs, io)
     if compiled and settings.latency_runs > 0:
@@ -572,7 +581,10 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int, not_
         f"{LATENCY_ROUND_SECONDS * 1000:.0f} ms, up to 100) single-threaded "
         "batch-1 invocations with the default resolver (XNNPACK), both tools' models invoked in turn, in CPU time "
         "of the invoking thread (time descheduled by other processes left out). "
-        "Speed-up = converter time / qcompiler time. Size and latency in the int8 table are qcompiler / converter.",
+        "Speed-up = converter time / qcompiler time"
+        + (f" (compile times: each tool's median of {settings.compile_repeats} compiles, the tools in turn)"
+           if settings.compile_repeats > 1 else "")
+        + ". Size and latency in the int8 table are qcompiler / converter.",
         "", *summary(rows), "",
         *([f"Not measured in this run: {', '.join(not_measured)}.", ""] if not_measured else []),
         *overview(rows, settings), "",
@@ -794,12 +806,16 @@ def write_outputs(rows: list[dict], header: dict, settings: Settings, jobs: int,
         atomic_write(json_path, json.dumps(document, indent=1).encode())
 
 
+# settings that may differ between runs whose rows go in one table
+_COMPARABLE_ANYWAY = ("modes", "timeout", "always_convert", "compile_repeats")
+
+
 def previous_rows(path: Path, settings: Settings, names: list[str]) -> list[dict]:
     """The rows of an earlier run (`--update`) for the models not measured again; its settings must be ours."""
     document = json.loads(path.read_text())
     theirs = asdict(Settings.from_json(json.dumps(document["settings"])))
     ours = asdict(settings)
-    different = [key for key in ours if key not in ("modes", "timeout", "always_convert") and theirs[key] != ours[key]]
+    different = [key for key in ours if key not in _COMPARABLE_ANYWAY and theirs[key] != ours[key]]
     if different:
         raise SystemExit(f"--update {path}: measured with other settings ({', '.join(different)}); "
                          "use the same options or start a new file")
@@ -815,7 +831,7 @@ def merge_documents(documents: list[dict]) -> dict:
     last = documents[-1]
     for document in documents[:-1]:
         ours, theirs = document["settings"], last["settings"]
-        different = [k for k in ours if k not in ("modes", "timeout", "always_convert") and ours[k] != theirs.get(k)]
+        different = [k for k in ours if k not in _COMPARABLE_ANYWAY and ours[k] != theirs.get(k)]
         if different:
             raise SystemExit(f"cannot merge runs with different settings ({', '.join(different)})")
     rows: dict[str, dict] = {}
@@ -871,6 +887,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "EfficientNets then amplify float32 rounding beyond 1e-5, Keras' own float32 included: "
                              "README, float32 error of deep EfficientNets)")
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per model")
+    parser.add_argument("--compile-repeats", type=int, default=1,
+                        help="compile with each tool this many times, in turn; the table shows each tool's median "
+                             "(the speed-up is the ratio of the medians), the JSON every time (seconds_each)")
     parser.add_argument("--always-convert", action="store_true",
                         help="run the converter in a mode even where qcompiler failed (default: skip it)")
     parser.add_argument("--jobs", type=int, default=1, help="models measured at once (timings need --jobs 1)")
@@ -903,7 +922,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     names = [n for n in names if n not in set(args.skip.split(","))]
     settings = Settings(size=args.size, samples=args.samples, eval_samples=args.eval_samples,
                         latency_runs=args.latency_runs, seed=args.seed, modes=modes, timeout=args.timeout,
-                        always_convert=args.always_convert, batchnorm=args.batchnorm)
+                        always_convert=args.always_convert, batchnorm=args.batchnorm,
+                        compile_repeats=args.compile_repeats)
     header = machine()
     started = time.perf_counter()
     kept = previous_rows(args.update, settings, names) if args.update is not None else []

@@ -58,10 +58,10 @@ def test_interpreter_failure_is_a_step_crash(tmp_path):
         run_tflite_isolated(model, inputs, timeout=120)
 
 
-@pytest.mark.slow  # a process that imports TensorFlow and runs the converter 3 times: ~20 s on an idle 2-core machine
+@pytest.mark.slow  # a process that imports TensorFlow and runs the converter 6 times: ~30 s on an idle 2-core machine
 def test_toy_model_row(tmp_path):
     settings = Settings(size=16, samples=8, eval_samples=4, latency_runs=1, timeout=600,
-                        warm_up=False)
+                        warm_up=False, compile_repeats=2)
     row = run_isolated(BUILDER + "toy_classifier", settings, tmp_path)
     assert row["failures"] == [], row["failures"]
     assert row["step"] == "done"
@@ -71,6 +71,7 @@ def test_toy_model_row(tmp_path):
     for tool in ("qcompiler", "converter"):
         assert float32[tool]["max_error_rel"] < 1e-5
         assert float32[tool]["bytes"] > 0 and float32[tool]["seconds"] > 0 and float32[tool]["latency_ms"] > 0
+        assert len(float32[tool]["seconds_each"]) == 2  # compile_repeats: the median of both is shown
     assert float32["qcompiler"]["ops"] == float32["converter"]["ops"]
     assert float32["qcompiler"]["op_types"] == float32["converter"]["op_types"]
 

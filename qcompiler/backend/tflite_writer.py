@@ -201,8 +201,8 @@ class _ModelWriter:
         return len(self.tensors) - 1
 
     def _add_buffer(self, dtype: str, data: np.ndarray) -> int:
-        """The index of a buffer holding `data` (flat uint8), added unless an identical one exists."""
-        if data.size <= _HASHED_BUFFER_LIMIT:
+        """The index of a buffer holding `data` (see `_fingerprint`), added unless an identical one exists."""
+        if data.nbytes <= _HASHED_BUFFER_LIMIT:
             key = (dtype, data.tobytes())
             if key not in self._buffer_index:
                 self.buffers.append(data)
