@@ -125,26 +125,25 @@ def test_cse_merges_equal_constants_across_layouts():
     assert first.operands[1] is second.operands[1]
 
 
-def test_large_keras_kernels_are_written_transposed():
-    """Kernels past the frontend's numpy-transpose limit stay views of the Keras variables (HWIO / [in, out]) and
-    are transposed on the way into the file: the model computes what Keras does, and the variables are
-    untouched (the views are read-only)."""
+def test_keras_kernels_are_written_transposed():
+    """Conv2D/Dense kernels stay views of the Keras variables (HWIO / [in, out]) and are transposed on the way into
+    the file, small and large (past the writer's block-copy size): the model computes what Keras does, and the
+    variables are untouched (the views are read-only)."""
     import keras
 
     import qcompiler
-    from qcompiler.frontend.keras_layers import _NUMPY_TRANSPOSE_LIMIT
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((4, 4, 40))
-    x = keras.layers.Conv2D(1700, 2, name="wide_conv")(inputs)  # 2*2*40*1700 = 272,000 values
+    x = keras.layers.Conv2D(1700, 2, name="wide_conv")(inputs)  # 2*2*40*1700 values: 1 MiB
+    x = keras.layers.Conv2D(8, 3, padding="same", name="small_conv")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(40, name="dense")(keras.layers.Dense(600, name="big_dense")(x))
+    outputs = keras.layers.Dense(40, name="dense")(keras.layers.Dense(600, name="wide_dense")(x))
     model = keras.Model(inputs, outputs)
-    assert model.get_layer("wide_conv").kernel.shape.num_elements() > _NUMPY_TRANSPOSE_LIMIT
     before = [np.array(v) for v in model.weights]
     graph = qcompiler.float_graph(model)
-    kernels = [v.data for v in graph.values() if v.is_constant and v.data.ndim >= 2 and v.data.size > 1 << 18]
-    assert kernels and all(not k.flags.c_contiguous and not k.flags.writeable for k in kernels)
+    kernels = [v.data for v in graph.values() if v.is_constant and v.data.ndim >= 2]
+    assert len(kernels) == 4 and all(not k.flags.c_contiguous and not k.flags.writeable for k in kernels)
     x = _random(2, 4, 4, 40, seed=7)
     (got,) = run_tflite(qcompiler.compile(model), [x])
     np.testing.assert_allclose(got, np.asarray(model(x)), rtol=1e-4, atol=1e-4)

@@ -1,7 +1,7 @@
 """Memory layouts of constant arrays: C-contiguous, or a permutation of a C-contiguous array (a lazy transpose).
 
-A Keras kernel is stored HWIO (Dense: [in, out]) and TFLite wants OHWI ([out, in]). For a large kernel the
-frontend keeps `variable.transpose(perm)`, a view of the weights in their Keras layout, instead of copying it
+A Keras kernel is stored HWIO (Dense: [in, out]) and TFLite wants OHWI ([out, in]). The frontend keeps
+`variable.transpose(perm)`, a view of the weights in their Keras layout, instead of copying it
 into the TFLite layout: the TFLite writer copies it into the output file in that layout anyway, so the values
 are moved once instead of twice (on the benchmark VM a fresh 4 KiB page costs ~2 µs to map, more than copying
 it: VGG16's 218 MB of transposed kernels took ~0.1 s of CPU in page faults alone). Numpy computes on such a view
@@ -17,6 +17,7 @@ import numpy as np
 # Rows of the source matrix copied per step of a transposing copy: a 16-row block of a [4608, 4096] matrix is
 # 256 KiB, read once in cache while its columns become 16-float runs of the destination rows.
 _BLOCK_ROWS = 16
+_SMALL = 1 << 18  # bytes; arrays up to this size are copied by numpy in one call
 
 
 def is_permuted_contiguous(array: np.ndarray) -> bool:
@@ -50,8 +51,8 @@ def copy_into(target: np.ndarray, array: np.ndarray) -> None:
         target[:] = np.frombuffer(array, np.uint8) if array.ndim else array.reshape(1).view(np.uint8)
         return
     out = target.view(array.dtype).reshape(array.shape)
-    matrix = transposed_matrix(array)
-    if matrix is None:
+    matrix = transposed_matrix(array) if array.nbytes > _SMALL else None
+    if matrix is None:  # numpy's strided copy: fast enough in cache
         np.copyto(out, array)
         return
     out_matrix = out.reshape(matrix.shape)
