@@ -48,6 +48,18 @@ def test_join_bytes_copies_permuted_arrays_in_c_order():
         assert join_bytes(pieces) == expected
 
 
+def test_join_bytes_fills_a_very_large_result_in_two_halves():
+    """From PARALLEL bytes on, two threads each map and fill about half: the result is still b"".join's."""
+    from qcompiler.backend.join_bytes import PARALLEL
+
+    half = _random(PARALLEL // 4 // 512 // 2 + 7, 512)
+    pieces = [b"TFL3", half.T, bytes(9), half, b"", half[:, :100].T, b"end"]
+    expected = b"".join(np.ascontiguousarray(p).tobytes() if isinstance(p, np.ndarray) else p for p in pieces)
+    assert sum(len(np.ascontiguousarray(p).tobytes()) if isinstance(p, np.ndarray) else len(p)
+               for p in pieces) >= PARALLEL
+    assert join_bytes(pieces) == expected
+
+
 def test_graph_keeps_a_permuted_constant_and_copies_a_strided_one():
     g = Graph("layout")
     kernel = _random(3, 3, 4, 8)
