@@ -160,3 +160,16 @@ def test_keras_kernels_are_written_transposed():
     (got,) = run_tflite(qcompiler.compile(model), [x])
     np.testing.assert_allclose(got, np.asarray(model(x)), rtol=1e-4, atol=1e-4)
     assert all(np.array_equal(b, np.array(v)) for b, v in zip(before, model.weights))
+
+
+@pytest.mark.parametrize("shape, perm", [((3, 3, 64, 512), (3, 0, 1, 2)), ((1, 1, 1024, 300), (3, 0, 1, 2)),
+                                         ((700, 400), (1, 0)), ((3, 3, 4, 8), (3, 0, 1, 2))])
+def test_multiply_is_numpys_product_in_the_arrays_layout(shape, perm):
+    """fold-batchnorm's product (by two threads from 1 MiB): the same float32 bits as `w * inv`, in w's layout."""
+    from qcompiler.ir.layout import multiply
+
+    w = _random(*shape).transpose(perm)
+    inv = _random(w.shape[0], seed=1).reshape([-1] + [1] * (w.ndim - 1))
+    got, want = multiply(w, inv), w * inv
+    assert got.dtype == np.float32 and got.strides == want.strides
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
