@@ -171,5 +171,6 @@ def test_multiply_is_numpys_product_in_the_arrays_layout(shape, perm):
     w = _random(*shape).transpose(perm)
     inv = _random(w.shape[0], seed=1).reshape([-1] + [1] * (w.ndim - 1))
     got, want = multiply(w, inv), w * inv
-    assert got.dtype == np.float32 and got.strides == want.strides
+    assert got.dtype == np.float32
+    assert [s for s, n in zip(got.strides, w.shape) if n > 1] == [s for s, n in zip(want.strides, w.shape) if n > 1]
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
