@@ -56,6 +56,7 @@ DEFAULT_KERNELS_MARK = " †"  # int8 values compared with the default kernels: 
 LATENCY_PER_ROUND = 5  # invocations per model per latency round (at least); the fastest counts
 LATENCY_ROUND_SECONDS = 0.05  # fast models get more invocations per round, up to this much time per model
 TOOLS = ("qcompiler", "converter")
+FAST_EXECUTOR = "fast"  # int8 modes also time qcompiler with this calibration executor (entry["qcompiler_fast"])
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,13 @@ def qcompiler_compile(model, mode: str, calibration: Optional[np.ndarray]) -> by
     return qcompiler.compile(model, mode="int8", calibration_data=calibration)
 
 
+def qcompiler_compile_fast(model, mode: str, calibration: Optional[np.ndarray]) -> bytes:
+    """int8 with the fast calibration executor (XNNPACK): timed only, beside the default (exact) compile."""
+    import qcompiler
+
+    return qcompiler.compile(model, mode="int8", calibration_data=calibration, executor=FAST_EXECUTOR)
+
+
 def converter_compile(model, mode: str, calibration: Optional[np.ndarray]) -> bytes:
     from qcompiler.demo import converter_float32, converter_int8
 
@@ -147,6 +155,7 @@ def warm_up() -> None:
     for compile_fn in COMPILERS.values():
         for mode in ("float32", "int8"):
             compile_fn(model, mode, samples)
+    qcompiler_compile_fast(model, "int8", samples)
 
 
 # ---------------------------------------------------------------- the interpreter, in a process of its own
@@ -368,6 +377,12 @@ def measure_mode(rec: Recorder, mode: str, model, calibration: np.ndarray, x: np
             data = compile_fn(model, compile_mode, calibration)
             entry[tool] = {"seconds": round(time.perf_counter() - start, 3), "bytes": len(data)}
             (tmp / f"{mode}-{tool}.tflite").write_bytes(data)
+        if tool == "qcompiler" and compile_mode == "int8" and "qcompiler" in entry:
+            # timed between the default compile and the converter's, so drift of the machine's load favours neither
+            with rec.step(f"{mode}: qcompiler compile (executor={FAST_EXECUTOR})"):
+                start = time.perf_counter()
+                data = qcompiler_compile_fast(model, compile_mode, calibration)
+                entry["qcompiler_fast"] = {"seconds": round(time.perf_counter() - start, 3), "bytes": len(data)}
     compiled = [tool for tool in TOOLS if tool in entry]
     run_models(rec, mode, compiled, entry, tmp, inputs_path, outputs, io)
     if compiled and settings.latency_runs > 0:
@@ -572,7 +587,9 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int, not_
         f"{LATENCY_ROUND_SECONDS * 1000:.0f} ms, up to 100) single-threaded "
         "batch-1 invocations with the default resolver (XNNPACK), both tools' models invoked in turn, in CPU time "
         "of the invoking thread (time descheduled by other processes left out). "
-        "Speed-up = converter time / qcompiler time. Size and latency in the int8 table are qcompiler / converter.",
+        f"Speed-up = converter time / qcompiler time, int8 with the default (exact) calibration executor and "
+        f"with `executor=\"{FAST_EXECUTOR}\"` (exact / {FAST_EXECUTOR}), each compiled in the same process. "
+        "Size and latency in the int8 table are qcompiler / converter.",
         "", *summary(rows), "",
         *([f"Not measured in this run: {', '.join(not_measured)}.", ""] if not_measured else []),
         *overview(rows, settings), "",
@@ -594,7 +611,8 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int, not_
                   "logits: `classifier_activation=None`; outputs: the softmax model. "
                   "identical = share of equal int8 values, LSB = largest difference, I/O q = input and output scale "
                   "and zero point equal.", "",
-                  "| model | mode | compile s (qc / conv) | speed-up | ops (qc / conv) | size | latency "
+                  f"| model | mode | compile s (qc / qc {FAST_EXECUTOR} / conv) | speed-up (exact / {FAST_EXECUTOR}) "
+                  "| ops (qc / conv) | size | latency "
                   "| identical | max LSB | I/O q |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         measured = [row for row in rows if any(_compiled(row, mode) for mode in int8_modes)]
@@ -629,7 +647,7 @@ def overview(rows: list[dict], settings: Settings) -> list[str]:
     """One line per model: the figures the acceptance criteria name, and the first failure."""
     modes = shown_modes(rows, settings)
     columns = {"float32": "float32: speed-up, ops (qc / conv), qc error",
-               "logits": "int8 logits: speed-up, identical, LSB", "outputs": "int8 outputs: identical, LSB"}
+               "logits": f"int8 logits: speed-up (exact / {FAST_EXECUTOR}), identical, LSB", "outputs": "int8 outputs: identical, LSB"}
     lines = ["## Overview", "", "| model | " + " | ".join(columns[m] for m in modes) + " | I/O q (logits / outputs) "
              "| first failure |", "|---|" + "---|" * (len(modes) + 2)]
     for row in rows:
@@ -644,7 +662,7 @@ def overview(rows: list[dict], settings: Settings) -> list[str]:
                 identical += DEFAULT_KERNELS_MARK if entry.get("kernels") == "default" and "identical_pct" in entry \
                     else ""
                 parts = [identical, str(entry.get("max_lsb", "—"))]
-                parts = [_fmt_speedup(entry), *parts] if mode == "logits" else parts
+                parts = [_fmt_speedups(entry), *parts] if mode == "logits" else parts
             cells.append(", ".join(parts) if _has(entry, "seconds") else "—")
         io = " / ".join({True: "equal", False: "differ"}.get(row.get(m, {}).get("io_equal"), "—")
                         for m in ("logits", "outputs") if m in modes)
@@ -699,7 +717,10 @@ def summary(rows: list[dict]) -> list[str]:
         f"float32 error ≤ 1e-5·max|ref|: {count('float32', lambda e: e['qcompiler']['max_error_rel'] <= 1e-5)}; "
         f"float32 ops ≤ converter's: {count('float32', lambda e: e['qcompiler']['ops'] <= e['converter']['ops'])}; "
         f"float32 ≥ 50x faster: {count('float32', lambda e: _speedup(e) >= 50)}; "
-        f"int8 logits ≥ 5x faster: {count('logits', lambda e: _speedup(e) >= 5)}.",
+        f"int8 ≥ 5x faster (default executor): logits {count('logits', lambda e: _speedup(e) >= 5)}, "
+        f"outputs {count('outputs', lambda e: _speedup(e) >= 5)}; ≥ 10x faster with `executor=\"{FAST_EXECUTOR}\"`: "
+        f"logits {count('logits', lambda e: _speedup_fast(e) >= 10)}, "
+        f"outputs {count('outputs', lambda e: _speedup_fast(e) >= 10)}.",
         f"int8 with equal I/O quantization, ≥ 99% identical and ≤ 1 LSB: logits {count('logits', int8_ok)}, "
         f"outputs {count('outputs', int8_ok)}; 100% identical: logits "
         f"{count('logits', lambda e: e['identical_pct'] == 100.0)}, outputs "
@@ -719,6 +740,10 @@ def _safe(test: Callable[[dict], bool], row: dict) -> bool:
 
 def _speedup(entry: dict) -> float:
     return entry["converter"]["seconds"] / entry["qcompiler"]["seconds"]
+
+
+def _speedup_fast(entry: dict) -> float:
+    return entry["converter"]["seconds"] / entry["qcompiler_fast"]["seconds"]
 
 
 def _ratio(entry: dict, key: str) -> float:
@@ -748,7 +773,9 @@ def int8_line(row: dict, mode: str) -> str:
     identical += DEFAULT_KERNELS_MARK if entry.get("kernels") == "default" and "identical_pct" in entry else ""
     lsb = str(entry["max_lsb"]) if "max_lsb" in entry else "—"
     io = {True: "equal", False: f"**differ** ({entry.get('io_difference', '')})"}.get(entry.get("io_equal"), "—")
-    return (f"| {row['model']} | {mode} | {_pair(entry, 'seconds', '.2f')} | {_fmt_speedup(entry)} "
+    seconds = " / ".join(format(entry[t]["seconds"], ".2f") if "seconds" in entry.get(t, {}) else "—"
+                         for t in ("qcompiler", "qcompiler_fast", "converter"))
+    return (f"| {row['model']} | {mode} | {seconds} | {_fmt_speedups(entry)} "
             f"| {_pair(entry, 'ops', 'd')} | {size} | {latency} | {identical} | {lsb} | {io} |")
 
 
@@ -766,6 +793,12 @@ def _has(entry: dict, key: str) -> bool:
 
 def _fmt_speedup(entry: dict) -> str:
     return f"{_speedup(entry):.1f}x" if _has(entry, "seconds") else "—"
+
+
+def _fmt_speedups(entry: dict) -> str:
+    """'12.3x / 20.1x': the default executor's and the fast executor's speed-up ('—' where not measured)."""
+    fast = f"{_speedup_fast(entry):.1f}x" if _has(entry, "seconds") and "qcompiler_fast" in entry else "—"
+    return f"{_fmt_speedup(entry)} / {fast}"
 
 
 def grouped_failures(failures: list[str]) -> list[str]:

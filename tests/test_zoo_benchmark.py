@@ -76,6 +76,7 @@ def test_toy_model_row(tmp_path):
 
     logits = row["logits"]
     assert logits["values"] == 4 * 10
+    assert logits["qcompiler_fast"]["seconds"] > 0 and logits["qcompiler_fast"]["bytes"] > 0  # timed only
     assert logits["identical_pct"] == 100.0 and logits["max_lsb"] == 0
     assert logits["qcompiler"]["op_types"] == logits["converter"]["op_types"]
     ours, theirs = logits["io"]["qcompiler"], logits["io"]["converter"]
