@@ -373,16 +373,18 @@ def measure_mode(rec: Recorder, mode: str, model, calibration: np.ndarray, x: np
             entry["converter_skipped"] = True  # qcompiler failed: nothing to compare with, save the time
             continue
         with rec.step(f"{mode}: {tool} compile"):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             data = compile_fn(model, compile_mode, calibration)
-            entry[tool] = {"seconds": round(time.perf_counter() - start, 3), "bytes": len(data)}
+            entry[tool] = {"seconds": round(time.perf_counter() - start, 3), "bytes": len(data),
+                           "cpu_seconds": round(time.process_time() - cpu, 3)}
             (tmp / f"{mode}-{tool}.tflite").write_bytes(data)
         if tool == "qcompiler" and compile_mode == "int8" and "qcompiler" in entry:
             # timed between the default compile and the converter's, so drift of the machine's load favours neither
             with rec.step(f"{mode}: qcompiler compile (executor={FAST_EXECUTOR})"):
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 data = qcompiler_compile_fast(model, compile_mode, calibration)
-                entry["qcompiler_fast"] = {"seconds": round(time.perf_counter() - start, 3), "bytes": len(data)}
+                entry["qcompiler_fast"] = {"seconds": round(time.perf_counter() - start, 3), "bytes": len(data),
+                                           "cpu_seconds": round(time.process_time() - cpu, 3)}
     compiled = [tool for tool in TOOLS if tool in entry]
     run_models(rec, mode, compiled, entry, tmp, inputs_path, outputs, io)
     if compiled and settings.latency_runs > 0:
@@ -588,7 +590,8 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int, not_
         "batch-1 invocations with the default resolver (XNNPACK), both tools' models invoked in turn, in CPU time "
         "of the invoking thread (time descheduled by other processes left out). "
         f"Speed-up = converter time / qcompiler time, int8 with the default (exact) calibration executor and "
-        f"with `executor=\"{FAST_EXECUTOR}\"` (exact / {FAST_EXECUTOR}), each compiled in the same process. "
+        f"with `executor=\"{FAST_EXECUTOR}\"` (exact / {FAST_EXECUTOR}), each compiled in the same process. CPU speed-up: the same in CPU seconds of all the process's "
+        "threads, steadier than wall time on a loaded machine (a compile's many threads get more of a shared CPU). "
         "Size and latency in the int8 table are qcompiler / converter.",
         "", *summary(rows), "",
         *([f"Not measured in this run: {', '.join(not_measured)}.", ""] if not_measured else []),
@@ -612,9 +615,9 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int, not_
                   "identical = share of equal int8 values, LSB = largest difference, I/O q = input and output scale "
                   "and zero point equal.", "",
                   f"| model | mode | compile s (qc / qc {FAST_EXECUTOR} / conv) | speed-up (exact / {FAST_EXECUTOR}) "
-                  "| ops (qc / conv) | size | latency "
+                  "| CPU speed-up | ops (qc / conv) | size | latency "
                   "| identical | max LSB | I/O q |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         measured = [row for row in rows if any(_compiled(row, mode) for mode in int8_modes)]
         lines += [int8_line(row, mode) for row in measured for mode in int8_modes if _compiled(row, mode)]
         lines += ["", *_left_out(rows, measured)]
@@ -737,6 +740,15 @@ def summary(rows: list[dict]) -> list[str]:
         lines.append(
             f"int8 compile ≥ 5x faster than the converter (default executor): {per_mode(lambda e: _speedup(e) >= 5)}; "
             f"≥ 10x faster with `executor=\"{FAST_EXECUTOR}\"`: {per_mode(lambda e: _speedup_fast(e) >= 10)}.")
+        timed = [row for row in rows if any(_has(row.get(m, {}), "cpu_seconds") for m in int8)]
+        if timed:
+            cpu = lambda m, test: (f"{m} {sum(1 for row in timed if _safe(test, row.get(m, {})))}"  # noqa: E731
+                                   f"/{sum(1 for row in timed if _has(row.get(m, {}), 'cpu_seconds'))}")
+            lines.append(
+                "The same in CPU seconds (all threads of the process; the models measured with CPU time): ≥ 5x "
+                + ", ".join(cpu(m, lambda e: _speedup(e, "cpu_seconds") >= 5) for m in int8) + "; ≥ 10x with "
+                f"`executor=\"{FAST_EXECUTOR}\"` "
+                + ", ".join(cpu(m, lambda e: _speedup_fast(e, "cpu_seconds") >= 10) for m in int8) + ".")
     return lines
 
 
@@ -747,12 +759,12 @@ def _safe(test: Callable[[dict], bool], row: dict) -> bool:
         return False
 
 
-def _speedup(entry: dict) -> float:
-    return entry["converter"]["seconds"] / entry["qcompiler"]["seconds"]
+def _speedup(entry: dict, key: str = "seconds") -> float:
+    return entry["converter"][key] / entry["qcompiler"][key]
 
 
-def _speedup_fast(entry: dict) -> float:
-    return entry["converter"]["seconds"] / entry["qcompiler_fast"]["seconds"]
+def _speedup_fast(entry: dict, key: str = "seconds") -> float:
+    return entry["converter"][key] / entry["qcompiler_fast"][key]
 
 
 def _ratio(entry: dict, key: str) -> float:
@@ -784,7 +796,7 @@ def int8_line(row: dict, mode: str) -> str:
     io = {True: "equal", False: f"**differ** ({entry.get('io_difference', '')})"}.get(entry.get("io_equal"), "—")
     seconds = " / ".join(format(entry[t]["seconds"], ".2f") if "seconds" in entry.get(t, {}) else "—"
                          for t in ("qcompiler", "qcompiler_fast", "converter"))
-    return (f"| {row['model']} | {mode} | {seconds} | {_fmt_speedups(entry)} "
+    return (f"| {row['model']} | {mode} | {seconds} | {_fmt_speedups(entry)} | {_fmt_speedups(entry, 'cpu_seconds')} "
             f"| {_pair(entry, 'ops', 'd')} | {size} | {latency} | {identical} | {lsb} | {io} |")
 
 
@@ -804,10 +816,13 @@ def _fmt_speedup(entry: dict) -> str:
     return f"{_speedup(entry):.1f}x" if _has(entry, "seconds") else "—"
 
 
-def _fmt_speedups(entry: dict) -> str:
-    """'12.3x / 20.1x': the default executor's and the fast executor's speed-up ('—' where not measured)."""
-    fast = f"{_speedup_fast(entry):.1f}x" if _has(entry, "seconds") and "qcompiler_fast" in entry else "—"
-    return f"{_fmt_speedup(entry)} / {fast}"
+def _fmt_speedups(entry: dict, key: str = "seconds") -> str:
+    """'12.3x / 20.1x': the default executor's and the fast executor's speed-up ('—' where not measured), in wall
+    seconds or (key="cpu_seconds") in CPU seconds of all the process's threads."""
+    if not _has(entry, key):
+        return "—"
+    fast = f"{_speedup_fast(entry, key):.1f}x" if key in entry.get("qcompiler_fast", {}) else "—"
+    return f"{_speedup(entry, key):.1f}x / {fast}"
 
 
 def grouped_failures(failures: list[str]) -> list[str]:
