@@ -10,7 +10,10 @@ drawn per seed:
   - hidden_reshape_shared: two Dense layers on one rank-3 graph input share one tensordot RESHAPE (the converter's
     CSE keeps the first); a clip between them sets the input's parameters before the driver visits it: both int8;
   - gelu_under_clamp: an approximate GELU followed by relu/relu6 is tf.nn.gelu's arithmetic, as the converter
-    fuses the clamp into its last MUL before matching GELU (canonicalize; POW stays float).
+    fuses the clamp into its last MUL before matching GELU (canonicalize; POW stays float);
+  - unary_after_flatten: tanh/sigmoid/relu after a Flatten used only there computes before the RESHAPE
+    (TFLite's ReorderElementwiseAndMoveOperations, move-transposes): a relu then fuses into the op before, and
+    the tanh/sigmoid output is requantized before the RESHAPE for a maximum after it.
  Small Keras models, drawn per seed, compiled by both tools on the
 same calibration data: the int8 outputs must be identical (tests/differential.py)."""
 from __future__ import annotations
@@ -63,6 +66,11 @@ def _model(pattern: str, seed: int):
         low, high = sorted(rng.normal(size=2).astype(np.float32))
         outputs = [keras.layers.Dense(width, name="a_dense")(a), ops.clip(a, low, high),
                    keras.layers.Dense(width + 1, name="z_dense")(a), y]
+    elif pattern == "unary_after_flatten":
+        act = ("tanh", "sigmoid", "relu")[int(rng.integers(3))]
+        t = keras.layers.Activation(act)(keras.layers.Flatten()(x))
+        other = keras.layers.Dense(rows * width)(keras.layers.Flatten()(y))
+        outputs = [keras.layers.Maximum()([t, other]), keras.layers.Dense(3)(t)] if shared else [t, other]
     elif pattern == "gelu_under_clamp":
         clamp = "relu6" if shared else "relu"
         outputs = [keras.layers.Activation(clamp)(ops.gelu(x)), y]
@@ -75,7 +83,8 @@ def _model(pattern: str, seed: int):
 # One drawn model per rule (the default suite's time): seed 4 shares the inner op with another user.
 @pytest.mark.parametrize("pattern, seed", [("square_of_sub", 0), ("square_of_sub", 4), ("same_user_dropped", 4),
                                            ("hidden_reshape_dropped", 0), ("hidden_reshape_shared", 0),
-                                           ("gelu_under_clamp", 4)])
+                                           ("gelu_under_clamp", 4), ("unary_after_flatten", 0),
+                                           ("unary_after_flatten", 4)])
 def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
     model = _model(pattern, seed)
     rng = np.random.default_rng(100 + seed)
