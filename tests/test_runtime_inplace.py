@@ -121,6 +121,7 @@ def test_generated_graphs_run_as_the_interpreter(seed: int) -> None:
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore::qcompiler.backend.tflite_writer.InPlaceOverwriteWarning")
 def test_generated_graphs_hit_the_runtime_rule() -> None:
     """The generated graphs are worth testing: in several, the graph's own order would clobber a tensor."""
     from qcompiler.backend import tflite_writer
@@ -137,3 +138,24 @@ def test_generated_graphs_hit_the_runtime_rule() -> None:
     finally:
         tflite_writer.safe_operator_order = original
     assert hit >= 3
+
+
+def test_a_write_no_order_can_save_is_reported() -> None:
+    """The SUB's result and the softmax it overwrites meet in one ADD: no order helps, the writer warns."""
+    from qcompiler.backend.tflite_writer import InPlaceOverwriteWarning
+
+    g = parse("""
+graph @unsaved(%x: f32[?,12]) {
+  %x0 = relu(%x) : f32[?,12]
+  %s1 = softmax(%x0) : f32[?,12]
+  %s2 = softmax(%s1) : f32[?,12]
+  %r = reshape(%s2) {shape=[-1, 3, 4]} : f32[?,3,4]
+  %c = const f32[] dense<0.5>
+  %d = sub(%r, %c) : f32[?,3,4]
+  %f = reshape(%d) {shape=[-1, 12]} : f32[?,12]
+  %y = add(%f, %s2) : f32[?,12]
+  return %y
+}
+""")
+    with pytest.warns(InPlaceOverwriteWarning, match="%s2"):
+        write_tflite(g)

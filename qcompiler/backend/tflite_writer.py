@@ -21,6 +21,7 @@ import functools
 import importlib
 import os
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -35,7 +36,8 @@ from tflite.Padding import Padding
 from tflite.TensorType import TensorType as TflType
 
 from qcompiler.backend.join_bytes import join_bytes
-from qcompiler.backend.tflite_arena import RuntimeOp, RuntimeTensors, kernel_flags, safe_operator_order
+from qcompiler.backend.tflite_arena import (RuntimeOp, RuntimeTensors, clobbered_reads, kernel_flags,
+                                            safe_operator_order)
 from qcompiler.backend.opcodes import ABSENT, OpSig, TensorSig, deprecated_builtin_code, op_version
 from qcompiler.errors import QCompilerError
 from qcompiler.files import atomic_write
@@ -1015,8 +1017,22 @@ def _order_for_runtime(w: _ModelWriter, inputs: Sequence[int], outputs: Sequence
     tensors = RuntimeTensors(
         tuple(int(np.prod(t.shape, dtype=np.int64)) * DTYPES[t.dtype].itemsize for t in w.tensors),
         frozenset(i for i, t in enumerate(w.tensors) if t.buffer != 0), frozenset(inputs), frozenset(outputs))
+    if not clobbered_reads(ops, tensors):
+        return
     order = safe_operator_order(ops, tensors)
     w.operators = [w.operators[i] for i in order]
+    left = clobbered_reads([ops[i] for i in order], tensors)
+    if left:
+        names = sorted({w.tensors[tensor].name for _, _, tensor in left})
+        warnings.warn(InPlaceOverwriteWarning(
+            f"TFLite's arena planner will overwrite {', '.join('%' + n for n in names)} in place before an op that "
+            "needs the overwritten value reads it, and no operator order avoids it (that op also needs the "
+            "writing op's result): the model computes wrong values there. Keep the two apart (e.g. compute the "
+            "reshape on a copy) or run the model with experimental_preserve_all_tensors"), stacklevel=3)
+
+
+class InPlaceOverwriteWarning(UserWarning):
+    """A written model in which TFLite's runtime overwrites a tensor that is still to be read (no order helps)."""
 
 
 @functools.lru_cache(maxsize=1)
