@@ -13,7 +13,12 @@ drawn per seed:
     fuses the clamp into its last MUL before matching GELU (canonicalize; POW stays float);
   - op_order: a graph input read by a Maximum and a Concatenate (each with its own range, and own-range layers
     between) takes the parameters of the one the QuantizationDriver visits first, which follows TensorFlow's
-    import order, decided here by layer names drawn at random (quant/op_order.py).
+    import order, decided here by layer names drawn at random (quant/op_order.py);
+  - unary_after_flatten: tanh/sigmoid/relu after a Flatten used only there computes before the RESHAPE
+    (TFLite's ReorderElementwiseAndMoveOperations, move-transposes): a relu then fuses into the op before, and
+    the tanh/sigmoid output is requantized before the RESHAPE for a maximum after it;
+  - abs_of_abs: abs(abs(x)) is one ABS and neg(neg(y)) is y, even when the inner abs has another user
+    (TensorFlow's Idempotent / Involution folds; canonicalize).
  Small Keras models, drawn per seed, compiled by both tools on the
 same calibration data: the int8 outputs must be identical (tests/differential.py)."""
 from __future__ import annotations
@@ -66,6 +71,17 @@ def _model(pattern: str, seed: int):
         low, high = sorted(rng.normal(size=2).astype(np.float32))
         outputs = [keras.layers.Dense(width, name="a_dense")(a), ops.clip(a, low, high),
                    keras.layers.Dense(width + 1, name="z_dense")(a), y]
+    elif pattern == "unary_after_flatten":
+        act = ("tanh", "sigmoid", "relu")[int(rng.integers(3))]
+        t = keras.layers.Activation(act)(keras.layers.Flatten()(x))
+        other = keras.layers.Dense(rows * width)(keras.layers.Flatten()(y))
+        outputs = [keras.layers.Maximum()([t, other]), keras.layers.Dense(3)(t)] if shared else [t, other]
+    elif pattern == "abs_of_abs":
+        inner = ops.abs(x)
+        # the outer abs takes the minimum's parameters: a second ABS would requantize the inner one's
+        outputs = [keras.layers.Minimum()([ops.abs(inner), keras.layers.Dense(width)(y)]),
+                   ops.negative(ops.negative(y))]
+        outputs += [ops.multiply(inner, np.float32(2.0))] if shared else []
     elif pattern == "gelu_under_clamp":
         clamp = "relu6" if shared else "relu"
         outputs = [keras.layers.Activation(clamp)(ops.gelu(x)), y]
@@ -87,7 +103,10 @@ def _model(pattern: str, seed: int):
 # input the concat's there: an I/O mismatch).
 @pytest.mark.parametrize("pattern, seed", [("square_of_sub", 0), ("square_of_sub", 4), ("same_user_dropped", 4),
                                            ("hidden_reshape_dropped", 0), ("hidden_reshape_shared", 0),
-                                           ("gelu_under_clamp", 4), ("op_order", 0), ("op_order", 5)])
+                                           ("gelu_under_clamp", 4), ("op_order", 0), ("op_order", 5),
+                                           ("unary_after_flatten", 4),
+                                           pytest.param("unary_after_flatten", 0, marks=pytest.mark.slow),
+                                           ("abs_of_abs", 4)])
 def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
     model = _model(pattern, seed)
     rng = np.random.default_rng(100 + seed)
