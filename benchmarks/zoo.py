@@ -21,7 +21,10 @@ default resolver (XNNPACK), both tools' models loaded in one process and invoked
 fill 50 ms, up to 100), in CPU time of the invoking thread (with one thread the interpreter runs on the caller, so
 time spent descheduled by other processes does not count: on the shared 2-core machine wall-clock medians vary
 fivefold, e.g. EfficientNetB0 3 to 23 ms for either tool, while the thread's CPU time stays within a few
-percent). The wall-clock figure is kept beside it (`latency_wall_ms`).
+percent). The wall-clock figure is kept beside it (`latency_wall_ms`). That is measured in `--latency-processes`
+fresh processes (load order alternating) and the median over them kept, the ratio as the median of the per-process
+ratios: one process's ratio is steady, but it moves by up to ±10% from one process to the next, a model against a
+copy of itself included (where the interpreter's buffers land in memory), so one process cannot resolve 5%.
 Compile times are measured after both tools have compiled a tiny model in the same process (imports, first-call
 costs). Both tools are timed in the same process one after the other, so the speed-ups hold on a busy machine
 better than the absolute seconds do; `--jobs 2` halves the wall time on two cores at the cost of noisier seconds.
@@ -64,7 +67,8 @@ class Settings:
     size: int = 96
     samples: int = 20
     eval_samples: int = 4
-    latency_runs: int = 5  # rounds of LATENCY_PER_ROUND invocations
+    latency_runs: int = 5  # rounds of LATENCY_PER_ROUND invocations, in each latency process
+    latency_processes: int = 7  # fresh processes the latency is measured in (median over them)
     seed: int = 0
     modes: tuple[str, ...] = MODES
     timeout: float = 1200.0  # seconds per model
@@ -77,6 +81,7 @@ class Settings:
         values = json.loads(text)
         values["modes"] = tuple(values["modes"])
         values.setdefault("batchnorm", "random")  # runs from before the option drew the statistics at random
+        values.setdefault("latency_processes", 1)  # runs from before the option measured in one process
         return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
 
@@ -280,6 +285,31 @@ def latency_isolated(model_paths: list[Path], inputs_path: Path, runs: int,
     return json.loads(result_path.read_text())
 
 
+def latency_in_processes(model_paths: list[Path], inputs_path: Path, runs: int, processes: int,
+                         timeout: float = 1200.0) -> dict:
+    """Latency measured in `processes` fresh processes (the models' load order alternating), each as
+    `latency_isolated`. Why: within one process the models' ratio is steady (interquartile range of the rounds
+    ±1%), but from one process to the next it moves by up to ±10%, the same .tflite loaded twice included
+    (InceptionV3 against a copy of itself: 0.89x to 1.10x in 8 processes; where the interpreter's buffers land in
+    memory decides it, not the model), so one process cannot tell 5% apart. Returns per clock ("cpu", "wall") the
+    median over the processes per model, "cpu_processes" (every process's figure per model) and, for two models,
+    "cpu_ratio": the median over the processes of the first model's time / the second's."""
+    per_process: list[dict[str, list[float]]] = []
+    for k in range(max(1, processes)):
+        order = list(range(len(model_paths)))
+        if k % 2:
+            order.reverse()
+        result = latency_isolated([model_paths[i] for i in order], inputs_path, runs, timeout)
+        per_process.append({clock: [result[clock][order.index(i)] for i in range(len(model_paths))]
+                            for clock in ("cpu", "wall")})
+    summary: dict[str, Any] = {clock: [float(np.median([p[clock][i] for p in per_process]))
+                                       for i in range(len(model_paths))] for clock in ("cpu", "wall")}
+    summary["cpu_processes"] = [[p["cpu"][i] for p in per_process] for i in range(len(model_paths))]
+    if len(model_paths) == 2:
+        summary["cpu_ratio"] = float(np.median([p["cpu"][0] / p["cpu"][1] for p in per_process]))
+    return summary
+
+
 def describe_exit(code: int) -> str:
     if code < 0:
         try:
@@ -389,16 +419,16 @@ def measure_mode(rec: Recorder, mode: str, model, calibration: np.ndarray, x: np
     run_models(rec, mode, compiled, entry, tmp, inputs_path, outputs, io)
     if compiled and settings.latency_runs > 0:
         with rec.step(f"{mode}: latency"):
-            # twice, the models loaded in one order then the other: the model loaded first runs a few percent
-            # faster in the same process (VGG16 int8, the same two files: 0.92-0.97x first, 1.03-1.09x second)
+            # in several processes, the load order alternating: the model loaded first runs a few percent faster
+            # in the same process (VGG16 int8, the same two files: 0.92-0.97x first, 1.03-1.09x second)
             paths = [tmp / f"{mode}-{tool}.tflite" for tool in compiled]
-            latency = latency_isolated(paths, inputs_path, settings.latency_runs)
-            swapped = latency_isolated(paths[::-1], inputs_path, settings.latency_runs)
+            latency = latency_in_processes(paths, inputs_path, settings.latency_runs, settings.latency_processes)
             for k, tool in enumerate(compiled):
-                for clock, key in (("cpu", "latency_ms"), ("wall", "latency_wall_ms")):
-                    orders = [latency[clock][k], swapped[clock][len(compiled) - 1 - k]]
-                    entry[tool][key] = float(np.mean(orders))
-                    entry[tool][f"{key}_orders"] = orders
+                entry[tool]["latency_ms"] = latency["cpu"][k]
+                entry[tool]["latency_wall_ms"] = latency["wall"][k]
+                entry[tool]["latency_processes_ms"] = latency["cpu_processes"][k]
+            if "cpu_ratio" in latency:
+                entry["latency_ratio"] = latency["cpu_ratio"]
     if mode == "float32" and outputs:
         with rec.step("float32: error against Keras"):
             reference = np.asarray(model(x, training=False), np.float32)
@@ -590,10 +620,12 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int, not_
            "preprocessed inputs)")
         + f", 1000 classes; int8 calibrated on the same {settings.samples} "
         f"samples by both tools; values compared on {settings.eval_samples} other samples under BUILTIN_REF; latency "
-        f"is the median over {settings.latency_runs} rounds of the fastest of {LATENCY_PER_ROUND} (or as many as fill "
+        f"is the median over {settings.latency_processes} fresh processes (load order alternating; the ratio: the median "
+        f"of the per-process ratios; rows marked \"1 proc.\" were measured in one) of each process's median over "
+        f"{settings.latency_runs} rounds of the fastest of {LATENCY_PER_ROUND} (or as many as fill "
         f"{LATENCY_ROUND_SECONDS * 1000:.0f} ms, up to 100) single-threaded "
-        "batch-1 invocations with the default resolver (XNNPACK), both tools' models invoked in turn (measured in "
-        "both load orders and averaged, where the row has `latency_ms_orders`), in CPU time "
+        "batch-1 invocations with the default resolver (XNNPACK), both tools' models invoked in turn (rows with `latency_ms_orders` were "
+        "measured in one process per load order and averaged), in CPU time "
         "of the invoking thread (time descheduled by other processes left out). "
         f"Speed-up = converter time / qcompiler time, int8 with the default (exact) calibration executor and "
         f"with `executor=\"{FAST_EXECUTOR}\"` (exact / {FAST_EXECUTOR}), each compiled in the same process. CPU speed-up: the same in CPU seconds of all the process's "
@@ -721,7 +753,7 @@ def summary(rows: list[dict]) -> list[str]:
     both = lambda e: all("ops" in e[t] for t in TOOLS)  # noqa: E731
     int8_ok = lambda e: e["identical_pct"] >= 99.0 and e["max_lsb"] <= 1 and e["io_equal"]  # noqa: E731
     size_ok = lambda e: _ratio(e, "bytes") <= 1.01  # noqa: E731
-    latency_ok = lambda e: _ratio(e, "latency_ms") <= 1.05  # noqa: E731
+    latency_ok = lambda e: _latency_ratio(e) <= 1.05  # noqa: E731
     bar = lambda e: int8_ok(e) and size_ok(e) and latency_ok(e)  # noqa: E731
     modes = [m for m in MODES if any(m in row for row in rows)]
     int8 = [m for m in ("logits", "outputs") if m in modes]
@@ -777,6 +809,12 @@ def _ratio(entry: dict, key: str) -> float:
     return entry["qcompiler"][key] / entry["converter"][key]
 
 
+def _latency_ratio(entry: dict) -> float:
+    """qcompiler's latency / the converter's: the median of the per-process ratios where several processes measured
+    it (`latency_in_processes`), else the ratio of the two figures."""
+    return entry["latency_ratio"] if "latency_ratio" in entry else _ratio(entry, "latency_ms")
+
+
 def _pair(entry: dict, key: str, fmt: str) -> str:
     values = [format(entry[t][key], fmt) if key in entry.get(t, {}) else "—" for t in TOOLS]
     return " / ".join(values)
@@ -787,15 +825,17 @@ def float_line(row: dict) -> str:
     size = "x".join(str(d) for d in row.get("input", [])[:2]) or "—"
     params = f"{row['params'] / 1e6:.1f}M" if "params" in row else "—"
     kib = " / ".join(f"{entry[t]['bytes'] / 1024:,.0f}" if t in entry else "—" for t in TOOLS)
+    latency = (f" ({_latency_ratio(entry):.2f}x{'' if 'latency_ratio' in entry else ', 1 proc.'})"
+               if _has(entry, "latency_ms") else "")
     return (f"| {row['model']} | {size} | {params} | {_pair(entry, 'seconds', '.2f')} | {_fmt_speedup(entry)} "
-            f"| {_pair(entry, 'ops', 'd')} | {kib} | {_pair(entry, 'latency_ms', '.2f')} "
+            f"| {_pair(entry, 'ops', 'd')} | {kib} | {_pair(entry, 'latency_ms', '.2f')}{latency} "
             f"| {_pair(entry, 'max_error_rel', '.1e')} |")
 
 
 def int8_line(row: dict, mode: str) -> str:
     entry = row.get(mode, {})
     size = f"{_ratio(entry, 'bytes'):.3f}x" if _has(entry, "bytes") else "—"
-    latency = f"{_ratio(entry, 'latency_ms'):.2f}x" if _has(entry, "latency_ms") else "—"
+    latency = f"{_latency_ratio(entry):.2f}x" if _has(entry, "latency_ms") else "—"
     identical = percent(entry["identical_pct"]) if "identical_pct" in entry else "—"
     identical += DEFAULT_KERNELS_MARK if entry.get("kernels") == "default" and "identical_pct" in entry else ""
     lsb = str(entry["max_lsb"]) if "max_lsb" in entry else "—"
@@ -862,7 +902,7 @@ def previous_rows(path: Path, settings: Settings, names: list[str]) -> list[dict
     document = json.loads(path.read_text())
     theirs = asdict(Settings.from_json(json.dumps(document["settings"])))
     ours = asdict(settings)
-    different = [key for key in ours if key not in ("modes", "timeout", "always_convert") and theirs[key] != ours[key]]
+    different = [key for key in ours if key not in ("modes", "timeout", "always_convert", "latency_processes") and theirs[key] != ours[key]]
     if different:
         raise SystemExit(f"--update {path}: measured with other settings ({', '.join(different)}); "
                          "use the same options or start a new file")
@@ -878,7 +918,7 @@ def merge_documents(documents: list[dict]) -> dict:
     last = documents[-1]
     for document in documents[:-1]:
         ours, theirs = document["settings"], last["settings"]
-        different = [k for k in ours if k not in ("modes", "timeout", "always_convert") and ours[k] != theirs.get(k)]
+        different = [k for k in ours if k not in ("modes", "timeout", "always_convert", "latency_processes") and ours[k] != theirs.get(k)]
         if different:
             raise SystemExit(f"cannot merge runs with different settings ({', '.join(different)})")
     rows: dict[str, dict] = {}
@@ -925,6 +965,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--latency-runs", type=int, default=5,
                         help=f"latency rounds; each keeps the fastest of {LATENCY_PER_ROUND} invocations "
                              f"(more for fast models, up to {LATENCY_ROUND_SECONDS * 1000:.0f} ms)")
+    parser.add_argument("--latency-processes", type=int, default=7,
+                        help="fresh processes the latency is measured in; the median over them counts")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batchnorm", choices=("data", "random"), default="data",
@@ -965,7 +1007,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"not in keras.applications: {', '.join(unknown)} (available: {', '.join(available)})")
     names = [n for n in names if n not in set(args.skip.split(","))]
     settings = Settings(size=args.size, samples=args.samples, eval_samples=args.eval_samples,
-                        latency_runs=args.latency_runs, seed=args.seed, modes=modes, timeout=args.timeout,
+                        latency_runs=args.latency_runs, latency_processes=args.latency_processes, seed=args.seed, modes=modes, timeout=args.timeout,
                         always_convert=args.always_convert, batchnorm=args.batchnorm)
     header = machine()
     started = time.perf_counter()
