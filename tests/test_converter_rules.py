@@ -10,7 +10,15 @@ drawn per seed:
   - hidden_reshape_shared: two Dense layers on one rank-3 graph input share one tensordot RESHAPE (the converter's
     CSE keeps the first); a clip between them sets the input's parameters before the driver visits it: both int8;
   - gelu_under_clamp: an approximate GELU followed by relu/relu6 is tf.nn.gelu's arithmetic, as the converter
-    fuses the clamp into its last MUL before matching GELU (canonicalize; POW stays float).
+    fuses the clamp into its last MUL before matching GELU (canonicalize; POW stays float);
+  - op_order: a graph input read by a Maximum and a Concatenate (each with its own range, and own-range layers
+    between) takes the parameters of the one the QuantizationDriver visits first, which follows TensorFlow's
+    import order, decided here by layer names drawn at random (quant/op_order.py);
+  - unary_after_flatten: tanh/sigmoid/relu after a Flatten used only there computes before the RESHAPE
+    (TFLite's ReorderElementwiseAndMoveOperations, move-transposes): a relu then fuses into the op before, and
+    the tanh/sigmoid output is requantized before the RESHAPE for a maximum after it;
+  - abs_of_abs: abs(abs(x)) is one ABS and neg(neg(y)) is y, even when the inner abs has another user
+    (TensorFlow's Idempotent / Involution folds; canonicalize).
  Small Keras models, drawn per seed, compiled by both tools on the
 same calibration data: the int8 outputs must be identical (tests/differential.py)."""
 from __future__ import annotations
@@ -63,19 +71,42 @@ def _model(pattern: str, seed: int):
         low, high = sorted(rng.normal(size=2).astype(np.float32))
         outputs = [keras.layers.Dense(width, name="a_dense")(a), ops.clip(a, low, high),
                    keras.layers.Dense(width + 1, name="z_dense")(a), y]
+    elif pattern == "unary_after_flatten":
+        act = ("tanh", "sigmoid", "relu")[int(rng.integers(3))]
+        t = keras.layers.Activation(act)(keras.layers.Flatten()(x))
+        other = keras.layers.Dense(rows * width)(keras.layers.Flatten()(y))
+        outputs = [keras.layers.Maximum()([t, other]), keras.layers.Dense(3)(t)] if shared else [t, other]
+    elif pattern == "abs_of_abs":
+        inner = ops.abs(x)
+        # the outer abs takes the minimum's parameters: a second ABS would requantize the inner one's
+        outputs = [keras.layers.Minimum()([ops.abs(inner), keras.layers.Dense(width)(y)]),
+                   ops.negative(ops.negative(y))]
+        outputs += [ops.multiply(inner, np.float32(2.0))] if shared else []
     elif pattern == "gelu_under_clamp":
         clamp = "relu6" if shared else "relu"
         outputs = [keras.layers.Activation(clamp)(ops.gelu(x)), y]
+    elif pattern == "op_order":
+        names = ["".join(rng.choice(list("abcmxz"), 3)) + f"_{i}" for i in range(4)]
+        r = keras.layers.Rescaling(float(rng.uniform(0.5, 2.0)), name=names[0])(a)
+        m = keras.layers.Maximum(name=names[1])([a, r])
+        wide = keras.layers.Rescaling(float(rng.uniform(2.0, 4.0)), name=names[3])(r)  # the concat's range differs
+        c = keras.layers.Concatenate(name=names[2])([a, wide])
+        outputs = [m, c, y]
     else:
         raise ValueError(pattern)
     model = keras.Model([a, b], outputs)
     return randomize_weights(model, rng)
 
 
-# One drawn model per rule (the default suite's time): seed 4 shares the inner op with another user.
+# One drawn model per rule (the default suite's time): seed 4 shares the inner op with another user. op_order: with
+# seed 0's names the concat's parameters win, with seed 5's the maximum's (qcompiler's former graph order gave the
+# input the concat's there: an I/O mismatch).
 @pytest.mark.parametrize("pattern, seed", [("square_of_sub", 0), ("square_of_sub", 4), ("same_user_dropped", 4),
                                            ("hidden_reshape_dropped", 0), ("hidden_reshape_shared", 0),
-                                           ("gelu_under_clamp", 4)])
+                                           ("gelu_under_clamp", 4), ("op_order", 0), ("op_order", 5),
+                                           ("unary_after_flatten", 4),
+                                           pytest.param("unary_after_flatten", 0, marks=pytest.mark.slow),
+                                           ("abs_of_abs", 4)])
 def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
     model = _model(pattern, seed)
     rng = np.random.default_rng(100 + seed)

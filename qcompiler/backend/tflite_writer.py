@@ -17,9 +17,11 @@ and quantization tables are written once and shared, which flatbuffers allows.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -34,13 +36,15 @@ from tflite.Padding import Padding
 from tflite.TensorType import TensorType as TflType
 
 from qcompiler.backend.join_bytes import join_bytes
+from qcompiler.backend.tflite_arena import (RuntimeOp, RuntimeTensors, clobbered_reads, kernel_flags,
+                                            safe_operator_order)
 from qcompiler.backend.opcodes import ABSENT, OpSig, TensorSig, deprecated_builtin_code, op_version
 from qcompiler.errors import QCompilerError
 from qcompiler.files import atomic_write
 from qcompiler.ir.graph import Graph, Node, Value
 from qcompiler.ir.layout import is_permuted_contiguous
 from qcompiler.ir.ops import OPS
-from qcompiler.ir.types import QParams, TensorType
+from qcompiler.ir.types import DTYPES, QParams, TensorType
 from qcompiler.quant import math as qm
 
 
@@ -1024,10 +1028,52 @@ def write_tflite(graph: Graph, description: str = "qcompiler", extra_outputs: Se
                 raise BackendError(f"{node.describe()} cannot be written as TFLite: {type(err).__name__}: {err}") \
                     from err
     outputs = [w.tensor_of(v) for v in output_values]
+    _order_for_runtime(w, inputs, outputs)
     try:
         return _serialize(w, graph, inputs, output_values, outputs, description)
     except (OverflowError, struct.error, ValueError) as err:
         raise BackendError(f"graph @{graph.name} cannot be written as TFLite: {type(err).__name__}: {err}") from err
+
+
+def _order_for_runtime(w: _ModelWriter, inputs: Sequence[int], outputs: Sequence[int]) -> None:
+    """Reorder the operators (a topological order still) so that TFLite's arena planner never lets an op write
+    in place into a buffer another tensor still needs (`tflite_arena.safe_operator_order`): its planner checks
+    only the reference count of the buffer's first owner, so a SUB after a RESHAPE of a SOFTMAX output that
+    SOFTMAX wrote in place overwrites that output while other ops still have to read it (random-model seed
+    2142: float32 outputs off by 269 times their size)."""
+    flags = _builtin_flags()
+    ops = [RuntimeOp(flags.get(w.opcodes[op.opcode][0], 0), tuple(op.inputs), tuple(op.outputs))
+           for op in w.operators]
+    tensors = RuntimeTensors(
+        tuple(int(np.prod(t.shape, dtype=np.int64)) * DTYPES[t.dtype].itemsize for t in w.tensors),
+        frozenset(i for i, t in enumerate(w.tensors) if t.buffer != 0), frozenset(inputs), frozenset(outputs))
+    if not clobbered_reads(ops, tensors):
+        return
+    order = safe_operator_order(ops, tensors)
+    w.operators = [w.operators[i] for i in order]
+    left = clobbered_reads([ops[i] for i in order], tensors)
+    if left:
+        names = sorted({w.tensors[tensor].name for _, _, tensor in left})
+        warnings.warn(InPlaceOverwriteWarning(
+            f"TFLite's arena planner will overwrite {', '.join('%' + n for n in names)} in place before an op that "
+            "needs the overwritten value reads it, and no operator order avoids it (that op also needs the "
+            "writing op's result): the model computes wrong values there. Keep the two apart (e.g. compute the "
+            "reshape on a copy) or run the model with experimental_preserve_all_tensors"), stacklevel=3)
+
+
+class InPlaceOverwriteWarning(UserWarning):
+    """A written model in which TFLite's runtime overwrites a tensor that is still to be read (no order helps)."""
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_flags() -> dict[int, int]:
+    """The inplace_operator flags of each builtin kernel the writer emits, from the op table."""
+    flags: dict[int, int] = {}
+    for name, definition in OPS.items():
+        if definition.tflite is not None:
+            code = getattr(B, definition.tflite)
+            flags[code] = flags.get(code, 0) | kernel_flags(name)
+    return flags
 
 
 # Flatbuffers address with 32-bit offsets: a model and its buffers must stay under 2 GiB.

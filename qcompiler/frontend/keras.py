@@ -235,6 +235,7 @@ class _Importer:
                                             f"its configuration cannot be translated ({type(err).__name__}: {err})") \
                     from err
         else:  # a keras.ops operation: its constant arguments matter too
+            self.graph.op_calls.add(op.name)
             values = {id(t): v for t, v in zip(_call_tensors(node), args)}
             value = emit_operation(ctx, node, substitute_tensors(_split_arguments(node)[0], values))
         _rename(self.graph, value, ctx.base)

@@ -212,6 +212,9 @@ class Graph:
         self._by_name: Optional[dict[str, Value]] = None  # name -> value, built on the first `value()` call
         self._names: set[str] = set()
         self._counter = 0
+        # node.layer names that are keras.ops calls, not layers (the Keras frontend fills it): TensorFlow names
+        # their ops outside any layer scope, which orders them differently (qcompiler/quant/op_order.py)
+        self.op_calls: set[str] = set()
 
     # ----- the node order -----------------------------------------------------------------------
     @property
@@ -505,6 +508,7 @@ class Graph:
         """
         copy = Graph(self.name)
         copy._names, copy._counter = set(self._names), self._counter
+        copy.op_calls = set(self.op_calls)
         value_map: dict[int, Value] = {}
         for value in self.inputs:
             value_map[id(value)] = Value(value.name, value.type)

@@ -41,6 +41,7 @@ from qcompiler.passes.rewriter import batched_fc_reason
 from qcompiler.quant import math as qmath
 from qcompiler.quant.policy import DEFAULT_POLICY, PolicyName, QuantPolicy, get_policy
 from qcompiler.quant.float_spread import FloatOps, float_ops
+from qcompiler.quant.op_order import converter_op_order
 from qcompiler.quant.spec import FIXED, FLOAT_ISLAND, OWN, SAME, OpQuantSpec, node_spec
 
 
@@ -322,6 +323,9 @@ class ConverterPropagation(_Propagation):
 
     def run(self) -> dict[int, tuple[Value, QuantState]]:
         order = [n for n in self.graph.nodes if _spec_of(n, self.act_dtype, self.keep) is not None]
+        if self.policy.op_order == "tf-import":  # the converter's op order (TensorFlow's graph import)
+            rank = converter_op_order(self.graph)
+            order.sort(key=lambda n: rank.get(id(n), 0))
         self.position = {id(n): i for i, n in enumerate(order)}
         self.reshape_of = _hidden_reshapes(order)
         self.work = [n for n in order if self.reshape_of.get(id(n), n) is n]

@@ -19,6 +19,7 @@ from typing import Literal
 from qcompiler.errors import QCompilerError
 
 Propagation = Literal["mlir-driver", "forward"]
+OpOrder = Literal["graph", "tf-import"]
 RsqrtKernel = Literal["tensorflow", "f32"]
 
 DEFAULT_POLICY = "tflite-2.21"
@@ -51,6 +52,10 @@ class QuantPolicy:
       whose output lost its range to backward sharing (RemoveRedundantStatsOps) and so gets no QUANTIZE: its
       users run in float too (qcompiler/quant/float_spread.py). Otherwise every op with an integer kernel runs
       in integers and every float island's output is quantized.
+    op_order: the order in which "mlir-driver" propagation meets the ops: "graph" (qcompiler's node order) or
+      "tf-import" (the converter's: TensorFlow's GraphDef import, a reverse post-order with successors by name,
+      qcompiler/quant/op_order.py). It decides which same-scale user's parameters a shared tensor takes, which
+      same-scale ops the driver drops, and where it requantizes.
     widen_degenerate_ranges: a calibrated range that collapses to a point (all-zero data) becomes a unit-wide
       range around the value; otherwise it is kept as the converter keeps it (a scale of ~1e-8). Both warn.
     """
@@ -67,6 +72,7 @@ class QuantPolicy:
     bias_adjustment: bool
     widen_degenerate_ranges: bool
     converter_float_i8: bool
+    op_order: OpOrder = "graph"
 
     def propagation(self, activations: str) -> Propagation:
         return self.propagation_i16 if activations == "i16" else self.propagation_i8
@@ -85,7 +91,7 @@ TFLITE_2_21 = QuantPolicy(
     propagation_i8="mlir-driver", propagation_i16="forward",
     backward_sharing_i8=True, backward_sharing_i16=False,
     rsqrt="tensorflow", inplace_range_unions=True, flt_min_floor=True, bias_adjustment=True,
-    widen_degenerate_ranges=False, converter_float_i8=True)
+    widen_degenerate_ranges=False, converter_float_i8=True, op_order="tf-import")
 
 PLAIN = QuantPolicy(
     name="plain",
