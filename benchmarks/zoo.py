@@ -1027,14 +1027,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"not in keras.applications: {', '.join(unknown)} (available: {', '.join(available)})")
     names = [n for n in names if n not in set(args.skip.split(","))]
     settings = Settings(size=args.size, samples=args.samples, eval_samples=args.eval_samples,
-<<<<<<< HEAD
-                        latency_runs=args.latency_runs, seed=args.seed, modes=modes, timeout=args.timeout,
-                        always_convert=args.always_convert, batchnorm=args.batchnorm,
-                        compile_repeats=args.compile_repeats)
-=======
-                        latency_runs=args.latency_runs, latency_processes=args.latency_processes, seed=args.seed, modes=modes, timeout=args.timeout,
-                        always_convert=args.always_convert, batchnorm=args.batchnorm)
->>>>>>> main
+                        latency_runs=args.latency_runs, latency_processes=args.latency_processes, seed=args.seed,
+                        modes=modes, timeout=args.timeout, always_convert=args.always_convert,
+                        batchnorm=args.batchnorm, compile_repeats=args.compile_repeats)
     header = machine()
     started = time.perf_counter()
     kept = previous_rows(args.update, settings, names) if args.update is not None else []
