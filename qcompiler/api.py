@@ -310,12 +310,13 @@ def quantize(model_or_graph: Union[ModelLike, Graph], mode: str = "int8", calibr
     observer can be tried without running the data again.
     """
     _check_model(model_or_graph, "quantize")
+    verify_each = _verify_each(options)
     _check_options("quantize", mode, options)
     if mode not in CALIBRATED_MODES:
         raise QCompilerError(f"quantize() takes a calibrated mode {CALIBRATED_MODES}, not '{mode}'")
     graph, unverified = _graph_of(model_or_graph)
     return run_passes(graph, _passes(mode, calibration_data, trained=_has_trained_ranges(graph), **options),
-                      verify_input=unverified)
+                      verify_input=unverified, verify_each=verify_each)
 
 
 def calibration_statistics(graph: Graph, calibration_data: Any, batch_size: int = 32,
@@ -347,15 +348,28 @@ def calibration_statistics(graph: Graph, calibration_data: Any, batch_size: int 
 def compile(model_or_path: Union[ModelLike, Graph], mode: str = "float32", calibration_data: Any = None,
             **options: Any) -> bytes:
     """Compile a Keras model (or an IR graph) to TFLite flatbuffer bytes: runs the pipeline `pipeline_for(mode,
-    ...)` prints, then the TFLite writer. See `quantize` for the options; `policy` applies to every mode."""
+    ...)` prints, then the TFLite writer. See `quantize` for the options; `policy` applies to every mode.
+    The graph is verified after the last pass; `verify_each=True` verifies it after every pass (debugging)."""
     from qcompiler.backend.tflite_writer import write_tflite
 
     _check_model(model_or_path, "compile")
+    verify_each = _verify_each(options)
     _check_options("compile", mode, options)
     graph, unverified = _graph_of(model_or_path)
     trained = mode in CALIBRATED_MODES and _has_trained_ranges(graph)  # a QAT model: its own ranges
     return write_tflite(run_passes(graph, _passes(mode, calibration_data, trained=trained, **options),
-                                   verify_input=unverified))
+                                   verify_input=unverified, verify_each=verify_each))
+
+
+def _verify_each(options: dict) -> bool:
+    """compile/quantize option `verify_each` (default False): verify the graph after every pass that changed it,
+    so that a pass leaving a broken graph is named, instead of once after the last pass (the import is verified
+    either way). For debugging a pass; off by default because verifying is a large share of a float32 compile
+    (MobileNet: about a sixth)."""
+    verify_each = options.pop("verify_each", False)
+    if not isinstance(verify_each, (bool, np.bool_)):
+        raise TypeError(f"verify_each must be True or False, got {type(verify_each).__name__} {verify_each!r}")
+    return bool(verify_each)
 
 
 def _pair(values: Optional[Sequence[float]], what: str) -> Optional[tuple[float, float]]:

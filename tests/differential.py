@@ -54,7 +54,8 @@ class Verdict:
                 f"{self.size_ratio:.3f}x {self.detail}")
 
 
-def run(models: Sequence[bytes], keras_model, arrays: list[np.ndarray]) -> tuple[list[list[np.ndarray]], str]:
+def run(models: Sequence[bytes], keras_model, arrays: list[np.ndarray],
+        preserve_all_tensors: Sequence[bool] = ()) -> tuple[list[list[np.ndarray]], str]:
     """Outputs of each model in the Keras order, all with the same kernels: the reference kernels, or the default
     ones (XNNPACK) for all of them when one model holds an op the reference resolver lacks (ai-edge-litert's
     BUILTIN_REF has no ELU and no TILE version 3, which the converter writes for int8 UpSampling2D).
@@ -63,9 +64,17 @@ def run(models: Sequence[bytes], keras_model, arrays: list[np.ndarray]) -> tuple
     ReLU: scale 2e-6/255) gives both tools' models alike, and ai-edge-litert 2.x then aborts the process in
     allocate_tensors (a double free). Such models run with TFLite's builtin kernels without XNNPACK instead (not
     always: those can differ from XNNPACK by a few LSB between two equivalent models, measured on layer seed 18).
+
+    `preserve_all_tensors[i]`: run model i without in-place buffer sharing. TFLite's arena planner lets an op
+    write in place through a RESHAPE into a buffer that another tensor still needs (it checks only the buffer
+    owner's reference count), which corrupts some converter models when run on a batch (seed 2142: the
+    converter's LEAKY_RELU after SOFTMAX, SOFTMAX and RESHAPE/SUB reads the SUB's values, 220 LSB off); the
+    reference is what the converter's ops compute, so check() runs its model so. qcompiler's writer orders its
+    ops so that this never happens (backend/tflite_arena.py safe_operator_order) and runs as users run it.
     """
+    preserve = list(preserve_all_tensors) + [False] * (len(models) - len(preserve_all_tensors))
     try:
-        return [_run_in_keras_order(m, keras_model, arrays) for m in models], "reference"
+        return [_run_in_keras_order(m, keras_model, arrays, p) for m, p in zip(models, preserve)], "reference"
     except ValueError as err:
         if "Didn't find op for builtin opcode" not in str(err):
             raise
@@ -77,7 +86,7 @@ def run(models: Sequence[bytes], keras_model, arrays: list[np.ndarray]) -> tuple
     try:  # run_tflite names the resolver; give it the fallback for these calls
         tflite_run.OpResolverType = type("Resolver", (), {"BUILTIN_REF": resolver})
         kernels = "builtin (no XNNPACK: a degenerate range)" if degenerate else "default"
-        return [_run_in_keras_order(m, keras_model, arrays) for m in models], kernels
+        return [_run_in_keras_order(m, keras_model, arrays, p) for m, p in zip(models, preserve)], kernels
     finally:
         tflite_run.OpResolverType = OpResolverType
 
@@ -174,7 +183,7 @@ def check(model, calibration: Sequence[np.ndarray], test: Sequence[np.ndarray], 
     quantized = [qmath.quantize(a, QParams.per_tensor(*d["quantization"]), "i8") if d["dtype"] == np.int8 else a
                  for a, d in zip(test, ref_io[0])]
     try:
-        (got, expected), kernels = run([ours, reference], model, quantized)
+        (got, expected), kernels = run([ours, reference], model, quantized, preserve_all_tensors=(False, True))
     except RuntimeError as err:  # a kernel's Prepare refused the model (e.g. a dead HARD_SWISH, layer seed 46)
         failing = [name for name, m in (("ours", ours), ("the converter's", reference)) if _fails_to_run(m, model, quantized)]
         return _fail(verdict, "runtime error", RuntimeError(f"{' and '.join(failing) or 'a model'} model fails to run: {err}"))

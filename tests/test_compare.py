@@ -23,8 +23,8 @@ def models(tmp_path_factory) -> dict[str, Path]:
     paths = {"a.qir": print_graph(graph, full_constants=True).encode(), "a.tflite": write_tflite(graph)}
     weights = next(n for n in graph.nodes if n.op == "const" and n.result.type.dtype == "i8"
                    and n.result.uses and n.result.uses[0].node.op == "fully_connected")
-    values = np.array(weights.attrs["value"])
-    flat = values.reshape(-1)
+    values = np.array(weights.attrs["value"], order="C")  # a copy whose reshape(-1) is a view (kernels may be
+    flat = values.reshape(-1)                               # lazily transposed: qcompiler/ir/layout.py)
     flat[7] = flat[7] + 1 if flat[7] < 127 else flat[7] - 1
     values.setflags(write=False)
     weights.attrs["value"] = values

@@ -88,3 +88,12 @@ def test_compile_without_output_says_what_to_give(saved, capsys):
     model, _, _ = saved
     code, _, err = _run(["compile", str(model)], capsys)
     assert code == 2 and "compile needs an output file: -o MODEL.tflite" in err
+
+
+def test_verify_each_is_a_debug_option_with_the_same_result():
+    """compile verifies once after the last pass by default; verify_each=True verifies after every pass: the same
+    bytes. A wrong type is a TypeError, not an unknown option."""
+    model = residual_block()
+    assert qcompiler.compile(model, verify_each=True) == qcompiler.compile(model)
+    with pytest.raises(TypeError, match="verify_each must be True or False"):
+        qcompiler.compile(model, verify_each="yes")

@@ -14,14 +14,19 @@ drawn per seed:
   - unread_input: a graph input that reaches an output through an identity Reshape/Dropout/linear Activation only is that
     output itself, float32 in and out (canonicalize, lower-to-int's unread_inputs_float); with another user it
     is int8 (random seed 1201);
-  - abs_of_abs: abs(abs(x)) is one ABS, also when the inner one has another user (canonicalize; seed 2115);
   - op_order: a graph input read by a Maximum and a Concatenate (each with its own range, and own-range layers
     between) takes the parameters of the one the QuantizationDriver visits first, which follows TensorFlow's
-    import order, decided here by layer names drawn at random (quant/op_order.py).
+    import order, decided here by layer names drawn at random (quant/op_order.py);
+  - unary_after_flatten: tanh/sigmoid/relu after a Flatten used only there computes before the RESHAPE
+    (TFLite's ReorderElementwiseAndMoveOperations, move-transposes): a relu then fuses into the op before, and
+    the tanh/sigmoid output is requantized before the RESHAPE for a maximum after it;
+  - abs_of_abs: abs(abs(x)) is one ABS and neg(neg(y)) is y, even when the inner abs has another user
+    (TensorFlow's Idempotent / Involution folds; canonicalize).
 The Keras Flatten rules (a run-time target: a dynamic tensor on a graph input, an alias otherwise) are checked
 against TF's own calibrator in tests/test_calibrate.py: drawn Keras models hit the converter's op order (a reader
 placed before the in-place ADD) or TFLite overwriting an aliased buffer at batch > 1 in either model.
- Small Keras models, drawn per seed, compiled by both tools on the
+
+Small Keras models, drawn per seed, compiled by both tools on the
 same calibration data: the int8 outputs must be identical (tests/differential.py)."""
 from __future__ import annotations
 
@@ -73,6 +78,17 @@ def _model(pattern: str, seed: int):
         low, high = sorted(rng.normal(size=2).astype(np.float32))
         outputs = [keras.layers.Dense(width, name="a_dense")(a), ops.clip(a, low, high),
                    keras.layers.Dense(width + 1, name="z_dense")(a), y]
+    elif pattern == "unary_after_flatten":
+        act = ("tanh", "sigmoid", "relu")[int(rng.integers(3))]
+        t = keras.layers.Activation(act)(keras.layers.Flatten()(x))
+        other = keras.layers.Dense(rows * width)(keras.layers.Flatten()(y))
+        outputs = [keras.layers.Maximum()([t, other]), keras.layers.Dense(3)(t)] if shared else [t, other]
+    elif pattern == "abs_of_abs":
+        inner = ops.abs(x)
+        # the outer abs takes the minimum's parameters: a second ABS would requantize the inner one's
+        outputs = [keras.layers.Minimum()([ops.abs(inner), keras.layers.Dense(width)(y)]),
+                   ops.negative(ops.negative(y))]
+        outputs += [ops.multiply(inner, np.float32(2.0))] if shared else []
     elif pattern == "gelu_under_clamp":
         clamp = "relu6" if shared else "relu"
         outputs = [keras.layers.Activation(clamp)(ops.gelu(x)), y]
@@ -81,9 +97,6 @@ def _model(pattern: str, seed: int):
         passed = [keras.layers.Reshape((rows, width)), keras.layers.Dropout(0.5),
                   keras.layers.Activation("linear")][kind](b)
         outputs = [x, passed] + ([y] if shared else [])
-    elif pattern == "abs_of_abs":  # TensorFlow folds the idempotent tf.Abs applied twice
-        inner = ops.abs(x)
-        outputs = [ops.abs(inner)] + ([keras.layers.Activation("tanh")(inner)] if shared else [y])
     elif pattern == "op_order":
         names = ["".join(rng.choice(list("abcmxz"), 3)) + f"_{i}" for i in range(4)]
         r = keras.layers.Rescaling(float(rng.uniform(0.5, 2.0)), name=names[0])(a)
@@ -103,7 +116,9 @@ def _model(pattern: str, seed: int):
 @pytest.mark.parametrize("pattern, seed", [("square_of_sub", 0), ("square_of_sub", 4), ("same_user_dropped", 4),
                                            ("hidden_reshape_dropped", 0), ("hidden_reshape_shared", 0),
                                            ("gelu_under_clamp", 4), ("unread_input", 0), ("unread_input", 4),
-                                           ("abs_of_abs", 4), ("op_order", 0), ("op_order", 5)])
+                                           ("op_order", 0), ("op_order", 5), ("unary_after_flatten", 4),
+                                           pytest.param("unary_after_flatten", 0, marks=pytest.mark.slow),
+                                           ("abs_of_abs", 4)])
 def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
     model = _model(pattern, seed)
     rng = np.random.default_rng(100 + seed)

@@ -103,7 +103,8 @@ def _run_both(name: str, executor: Optional[str] = None) -> tuple[list[np.ndarra
     return _run_in_keras_order(ours, model, quantized), _run_in_keras_order(reference, model, quantized)
 
 
-def _run_in_keras_order(model_bytes: bytes, keras_model, arrays: list[np.ndarray]) -> list[np.ndarray]:
+def _run_in_keras_order(model_bytes: bytes, keras_model, arrays: list[np.ndarray],
+                        preserve_all_tensors: bool = False) -> list[np.ndarray]:
     """run_tflite with inputs given in the Keras order (it feeds the flatbuffer's order)."""
     from ai_edge_litert.interpreter import Interpreter
 
@@ -111,7 +112,8 @@ def _run_in_keras_order(model_bytes: bytes, keras_model, arrays: list[np.ndarray
     file_inputs = [d["index"] for d in interp.get_input_details()]
     file_outputs = [d["index"] for d in interp.get_output_details()]
     keras_inputs, keras_outputs = ([d["index"] for d in details] for details in _io_details(model_bytes, keras_model))
-    results = run_tflite(model_bytes, [arrays[keras_inputs.index(i)] for i in file_inputs])
+    results = run_tflite(model_bytes, [arrays[keras_inputs.index(i)] for i in file_inputs],
+                         preserve_all_tensors=preserve_all_tensors)
     return [results[file_outputs.index(i)] for i in keras_outputs]
 
 

@@ -388,6 +388,30 @@ def test_round_half_away():
     assert round_half_away(np.float64(2.0**52 + 1)) == 2.0**52 + 1
 
 
+@pytest.mark.parametrize("shape, axis", [((300, 3, 3, 80), 0), ((1, 3, 3, 40000), 3), ((7, 30000), 0),
+                                         ((5, 4, 3, 2), 1), ((200000,), None), ((1, 1), 0)])
+def test_quantize_weights_blockwise_equals_the_whole_array_expression(shape, axis):
+    """quantize_weights works block by block (WEIGHT_BLOCK elements); the values must be those of the one-line
+    formula over the whole array, ties (x.5 after scaling) included, whichever axis and block boundaries."""
+    rng = np.random.default_rng(sum(shape))
+    w = (rng.standard_normal(shape) * rng.uniform(1e-3, 2.0, shape[axis or 0])
+         .reshape([-1 if i == (axis or 0) else 1 for i in range(len(shape))])).astype(np.float32)
+
+    def inverse_scales(params: QParams) -> np.ndarray:  # f32(1 / scale) per channel, f32(127 / max|w|) per tensor
+        if params.axis is None:
+            return np.float32(np.float32(127) / np.float32(np.abs(w).max()))
+        shape = [-1 if i == params.axis else 1 for i in range(w.ndim)]
+        return (1.0 / np.asarray(params.scale, np.float64)).astype(np.float32).reshape(shape)
+
+    inv = np.broadcast_to(inverse_scales(weight_qparams(w, axis)), w.shape).reshape(-1)
+    flat = w.reshape(-1)
+    flat[1::5] = (np.round(flat[1::5] * inv[1::5] * 2) / 2 / inv[1::5]).astype(np.float32)  # near or on ties
+    inv = inverse_scales(weight_qparams(w, axis))
+    expected = np.clip(round_half_away((w * inv).astype(np.float32)), -127, 127).astype(np.int8)
+    assert w.size < 10 or np.any(np.abs((w * inv).astype(np.float32) % 1) == 0.5)  # some exact ties
+    np.testing.assert_array_equal(quantize_weights(w, weight_qparams(w, axis)), expected)
+
+
 def test_quantize_multiplier_known_values():
     assert quantize_multiplier(0.5) == (1 << 30, 0)
     assert quantize_multiplier(1.0) == (1 << 30, 1)

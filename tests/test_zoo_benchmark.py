@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 
+from benchmarks import zoo
 from benchmarks.zoo import (Recorder, Settings, StepCrash, compare_int8, grouped_failures, io_difference, markdown,
                             merge_documents, merge_rows, op_differences, percent, run_isolated, run_models,
                             run_tflite_isolated)
@@ -58,10 +59,10 @@ def test_interpreter_failure_is_a_step_crash(tmp_path):
         run_tflite_isolated(model, inputs, timeout=120)
 
 
-@pytest.mark.slow  # a process that imports TensorFlow and runs the converter 3 times: ~20 s on an idle 2-core machine
+@pytest.mark.slow  # a process that imports TensorFlow and runs the converter 6 times: ~30 s on an idle 2-core machine
 def test_toy_model_row(tmp_path):
-    settings = Settings(size=16, samples=8, eval_samples=4, latency_runs=1, timeout=600,
-                        warm_up=False)
+    settings = Settings(size=16, samples=8, eval_samples=4, latency_runs=1, latency_processes=2, timeout=600,
+                        warm_up=False, compile_repeats=2)
     row = run_isolated(BUILDER + "toy_classifier", settings, tmp_path)
     assert row["failures"] == [], row["failures"]
     assert row["step"] == "done"
@@ -71,11 +72,15 @@ def test_toy_model_row(tmp_path):
     for tool in ("qcompiler", "converter"):
         assert float32[tool]["max_error_rel"] < 1e-5
         assert float32[tool]["bytes"] > 0 and float32[tool]["seconds"] > 0 and float32[tool]["latency_ms"] > 0
+        assert len(float32[tool]["seconds_each"]) == 2  # compile_repeats: the median of both is shown
+        assert len(float32[tool]["latency_processes_ms"]) == 2
+    assert float32["latency_ratio"] > 0
     assert float32["qcompiler"]["ops"] == float32["converter"]["ops"]
     assert float32["qcompiler"]["op_types"] == float32["converter"]["op_types"]
 
     logits = row["logits"]
     assert logits["values"] == 4 * 10
+    assert logits["qcompiler_fast"]["seconds"] > 0 and logits["qcompiler_fast"]["bytes"] > 0  # timed only
     assert logits["identical_pct"] == 100.0 and logits["max_lsb"] == 0
     assert logits["qcompiler"]["op_types"] == logits["converter"]["op_types"]
     ours, theirs = logits["io"]["qcompiler"], logits["io"]["converter"]
@@ -125,6 +130,29 @@ def test_report_helpers():
         other = document("d3", ["float32"], [])
         other["settings"]["samples"] = 5
         merge_documents([other, document("d4", ["float32"], [])])
+
+
+def test_latency_in_processes_alternates_the_load_order_and_takes_medians(monkeypatch, tmp_path):
+    """Each process's figures go back to their model whatever the load order; the ratio is the median of the
+    per-process ratios, not the ratio of the medians."""
+    a, b = tmp_path / "a.tflite", tmp_path / "b.tflite"
+    cpu = {a: iter([10.0, 12.0, 11.0]), b: iter([10.0, 10.0, 12.0])}  # per process: ratios 1.0, 1.2, 11/12
+    orders = []
+
+    def fake(paths, inputs_path, runs, timeout=1200.0):
+        orders.append(paths)
+        times = [next(cpu[path]) for path in paths]
+        return {"cpu": times, "wall": [2 * t for t in times]}
+
+    monkeypatch.setattr(zoo, "latency_isolated", fake)
+    result = zoo.latency_in_processes([a, b], tmp_path / "x.npy", runs=1, processes=3)
+    assert orders == [[a, b], [b, a], [a, b]]
+    assert result["cpu_processes"] == [[10.0, 12.0, 11.0], [10.0, 10.0, 12.0]]
+    assert result["cpu"] == [11.0, 10.0] and result["wall"] == [22.0, 20.0]
+    assert result["cpu_ratio"] == 1.0
+    entry = {"qcompiler": {"latency_ms": 11.0}, "converter": {"latency_ms": 10.0}}
+    assert zoo._latency_ratio(entry) == 1.1
+    assert zoo._latency_ratio(dict(entry, latency_ratio=result["cpu_ratio"])) == 1.0
 
 
 @pytest.mark.parametrize("head", ["dense", "activation"])

@@ -8,11 +8,13 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 
 def run_tflite(model: bytes, inputs: Sequence[np.ndarray],
-               resolver: Optional[OpResolverType] = None) -> list[np.ndarray]:
+               resolver: Optional[OpResolverType] = None, preserve_all_tensors: bool = False) -> list[np.ndarray]:
     """Feed raw arrays (already in the model's input dtypes) and return raw outputs, batch resized. The resolver
-    is BUILTIN_REF unless given (looked up at call time: tests/differential.py swaps it for the default one)."""
+    is BUILTIN_REF unless given (looked up at call time: tests/differential.py swaps it for the default one).
+    `preserve_all_tensors`: no tensor shares another's buffer (the arena planner's in-place writes are off)."""
     resolver = OpResolverType.BUILTIN_REF if resolver is None else resolver
-    interp = Interpreter(model_content=model, experimental_op_resolver_type=resolver)
+    interp = Interpreter(model_content=model, experimental_op_resolver_type=resolver,
+                         experimental_preserve_all_tensors=preserve_all_tensors)
     details = interp.get_input_details()
     for detail, array in zip(details, inputs):
         interp.resize_tensor_input(detail["index"], list(array.shape))

@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 import platform
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from qcompiler.ir.layout import copy_into
+
 LARGE = 4 << 20  # bytes; below this the faults cost little
+PARALLEL = 32 << 20  # bytes; from this size two threads fill the result
 _PAGE = mmap.PAGESIZE
 MADV_POPULATE_WRITE = 23  # <linux/mman.h>; not in Python 3.11's mmap module
 
@@ -48,20 +53,49 @@ _C = _c_functions()
 
 
 def join_bytes(pieces: Sequence[Any]) -> bytes:
-    """`b"".join(pieces)` (pieces: bytes, bytearray, memoryview or anything with the buffer protocol, C-contiguous)."""
-    views = [np.frombuffer(p, np.uint8) for p in pieces]  # their raw bytes, whatever their element type
+    """`b"".join(pieces)` (pieces: bytes, bytearray, memoryview or anything with the buffer protocol, C-contiguous),
+    where a numpy array that is not C-contiguous (a lazily transposed kernel, qcompiler/ir/layout.py) stands for
+    its values in C order: they are copied into the result in that order, without an intermediate copy."""
+    views = [p if isinstance(p, np.ndarray) and not p.flags.c_contiguous else _raw(p) for p in pieces]
     total = sum(v.nbytes for v in views)
     if _C is None or total < LARGE:
-        return b"".join(views)
+        return b"".join(v if v.flags.c_contiguous else _raw(np.ascontiguousarray(v)) for v in views)
     new_bytes, madvise = _C
     out = new_bytes(None, total)
     address = ctypes.cast(out, ctypes.c_void_p).value
-    start, end = -(-address // _PAGE) * _PAGE, (address + total) // _PAGE * _PAGE
-    if end > start:
-        madvise(start, end - start, MADV_POPULATE_WRITE)  # if refused (EINVAL before Linux 5.14), just slower
     target = np.ctypeslib.as_array((ctypes.c_ubyte * total).from_address(address))
-    position = 0
+    placed, position = [], 0
     for view in views:
-        target[position:position + view.size] = view
-        position += view.size
+        placed.append((position, view))
+        position += view.nbytes
+    halves = _halves(placed, total) if total >= PARALLEL and (os.cpu_count() or 1) > 1 else [(0, total, placed)]
+
+    def fill(start: int, end: int, items: list) -> None:
+        first, last = -(-(address + start) // _PAGE) * _PAGE, (address + end) // _PAGE * _PAGE
+        if last > first:  # if refused (EINVAL before Linux 5.14), just slower
+            madvise(first, last - first, MADV_POPULATE_WRITE)
+        for at, view in items:
+            copy_into(target[at:at + view.nbytes], view)
+
+    if len(halves) == 1:
+        fill(*halves[0])
+        return out
+    # Two threads, each mapping and filling its half: madvise and numpy's copies release the GIL, so the page
+    # faults and the copying of a large file run on two cores (VGG16's 218 MB: ~0.1 s instead of ~0.2 s of wall)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for done in [pool.submit(fill, *half) for half in halves]:
+            done.result()
     return out
+
+
+def _halves(placed: list, total: int) -> list[tuple[int, int, list]]:
+    """The pieces split at the piece boundary nearest the middle: two (start, end, pieces) ranges."""
+    split = next((i for i, (at, _) in enumerate(placed) if at >= total // 2), len(placed))
+    cut = placed[split][0] if split < len(placed) else total
+    return [(0, cut, placed[:split]), (cut, total, placed[split:])]
+
+
+def _raw(piece: Any) -> np.ndarray:
+    """A C-contiguous piece's raw bytes, whatever its element type."""
+    return np.frombuffer(piece, np.uint8) if not isinstance(piece, np.ndarray) or piece.ndim else \
+        piece.reshape(1).view(np.uint8)

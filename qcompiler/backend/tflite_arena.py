@@ -37,7 +37,8 @@ writes a tensor the IR has no value for; such ops are left out.
 """
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -191,3 +192,161 @@ def _moves_above_reshape(value: Value) -> bool:
 def _bytes_at_batch_1(value: Value) -> int:
     elements = int(np.prod([1 if d is None else d for d in value.type.shape], dtype=np.int64))
     return elements * value.type.np_dtype.itemsize
+
+
+# ----------------------------------------------------------------------------------------------------
+# the runtime's own plan of a written model, and the order of its operators
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RuntimeOp:
+    """An operator as the arena planner sees it: its kernel's inplace_operator flags and tensor indices
+    (-1: an omitted optional input)."""
+    flags: int
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class RuntimeTensors:
+    """What the planner knows of the tensors: bytes at batch 1, which are constants (read-only, never shared),
+    and the model's inputs and outputs."""
+    nbytes: tuple[int, ...]
+    constant: frozenset[int]
+    inputs: frozenset[int]
+    outputs: frozenset[int]
+
+
+def runtime_buffer_owners(ops: Sequence[RuntimeOp], tensors: RuntimeTensors) -> dict[int, tuple[int, bool]]:
+    """`ArenaPlanner::IdentifyInPlaceTensors` of TF 2.21 on a written model: output tensor -> (the tensor whose
+    buffer it uses, whether its kernel changes the data there). Reference counts are per tensor (one per op
+    input, one for a model input or output) and the final check looks only at the buffer's first owner
+    (`FindSharedTensor`), not at the tensors in between. The result is the same for every topological order
+    of `ops`: an op's decision depends only on its operands' decisions."""
+    refcount = [0] * len(tensors.nbytes)
+    for index in (*tensors.outputs, *tensors.inputs):
+        refcount[index] += 1
+    for op in ops:
+        for index in op.inputs:
+            if index >= 0:
+                refcount[index] += 1
+    owners: dict[int, tuple[int, bool]] = {}
+    for op in ops:
+        if not op.flags or not op.outputs:
+            continue
+        changed = not op.flags & DATA_UNMODIFIED
+        out = op.outputs[0]
+        for position in range(min(MAX_SHARABLE_INPUTS, len(op.inputs))):
+            index = op.inputs[position]
+            if index < 0 or not op.flags & (INPUT0_SHARED << position):
+                continue
+            if _runtime_can_share(index, out, changed, refcount, tensors):
+                root = owners.get(index, (index, False))[0]
+                if not (changed and refcount[root] > 1):
+                    owners[out] = (root, changed)
+                break
+    return owners
+
+
+def _runtime_can_share(index: int, out: int, changed: bool, refcount: list[int], tensors: RuntimeTensors) -> bool:
+    """`ArenaPlanner::InputTensorCanBeShared` (constants live outside the read-write arena)."""
+    if changed and (tensors.nbytes[index] != tensors.nbytes[out] or tensors.nbytes[index] <= SCALAR_TENSOR_BYTES
+                    or refcount[index] > 1):
+        return False
+    return index not in tensors.inputs and out not in tensors.outputs and index not in tensors.constant
+
+
+def clobbered_reads(ops: Sequence[RuntimeOp], tensors: RuntimeTensors) -> list[tuple[int, int, int]]:
+    """(writer, reader, tensor) positions in `ops` where TFLite computes a wrong result: op `writer` writes its
+    output in place into a buffer that another tensor still uses (the runtime checked only the buffer owner's
+    reference count, e.g. through a RESHAPE of a SOFTMAX output that was itself written in place), and op `reader`,
+    later in the order, reads `tensor` from that buffer."""
+    owners = runtime_buffer_owners(ops, tensors)
+    group: dict[int, list[int]] = {}
+    for tensor, (root, _) in owners.items():
+        group.setdefault(root, [root]).append(tensor)
+    readers: dict[int, list[int]] = {}
+    for position, op in enumerate(ops):
+        for index in set(op.inputs):
+            if index >= 0:
+                readers.setdefault(index, []).append(position)
+    producer = {index: position for position, op in enumerate(ops) for index in op.outputs}
+    found = []
+    for position, op in enumerate(ops):
+        entry = owners.get(op.outputs[0]) if op.outputs else None
+        if entry is None or not entry[1]:
+            continue
+        for tensor in group[entry[0]]:  # the tensors in the buffer when the op writes it
+            if tensor != op.outputs[0] and producer.get(tensor, -1) < position:
+                found += [(position, later, tensor) for later in readers.get(tensor, ()) if later > position]
+    return sorted(found)
+
+
+def safe_operator_order(ops: Sequence[RuntimeOp], tensors: RuntimeTensors) -> list[int]:
+    """A topological order of `ops` (indices, as close to the given order as possible) in which no in-place
+    write clobbers a tensor that is read later (`clobbered_reads`), wherever an order can avoid it: every op
+    that reads another tensor of the written buffer, and does not need the write's result, runs before the
+    write. Writes whose clobbered readers need their result stay as they are (no order helps them)."""
+    writers = sorted({writer for writer, _, _ in clobbered_reads(ops, tensors)})
+    if not writers:
+        return list(range(len(ops)))
+    producer = {index: position for position, op in enumerate(ops) for index in op.outputs}
+    preds = [{producer[i] for i in op.inputs if i in producer} for op in ops]
+    readers: dict[int, set[int]] = {}
+    for position, op in enumerate(ops):
+        for index in op.inputs:
+            readers.setdefault(index, set()).add(position)
+    owners = runtime_buffer_owners(ops, tensors)
+    group: dict[int, list[int]] = {}
+    for tensor, (root, _) in owners.items():
+        group.setdefault(root, [root]).append(tensor)
+    extra: list[set[int]] = [set() for _ in ops]
+    for writer in writers:
+        out = ops[writer].outputs[0]
+        after = _descendants(writer, ops, producer)
+        before = {reader for tensor in group[owners[out][0]] if tensor != out and producer.get(tensor) not in after
+                  for reader in readers.get(tensor, ()) if reader != writer}
+        if before and not before & after:
+            candidate = [set(e) for e in extra]
+            candidate[writer] |= before
+            if _topological(preds, candidate) is not None:
+                extra = candidate
+    order = _topological(preds, extra)
+    return order if order is not None else list(range(len(ops)))
+
+
+def _descendants(position: int, ops: Sequence[RuntimeOp], producer: dict[int, int]) -> set[int]:
+    """Positions of the ops that read `position`'s results, directly or not (with `position` itself)."""
+    users: dict[int, list[int]] = {}
+    for p, op in enumerate(ops):
+        for index in op.inputs:
+            if index in producer:
+                users.setdefault(producer[index], []).append(p)
+    found, stack = {position}, [position]
+    while stack:
+        for user in users.get(stack.pop(), ()):
+            if user not in found:
+                found.add(user)
+                stack.append(user)
+    return found
+
+
+def _topological(preds: Sequence[set[int]], extra: Sequence[set[int]]) -> Optional[list[int]]:
+    """Kahn's order taking the lowest ready position first; None if the constraints form a cycle."""
+    import heapq
+
+    waiting = [len(p | e) for p, e in zip(preds, extra)]
+    users: list[list[int]] = [[] for _ in preds]
+    for position, (p, e) in enumerate(zip(preds, extra)):
+        for before in p | e:
+            users[before].append(position)
+    ready = [p for p, n in enumerate(waiting) if n == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        position = heapq.heappop(ready)
+        order.append(position)
+        for user in users[position]:
+            waiting[user] -= 1
+            if waiting[user] == 0:
+                heapq.heappush(ready, user)
+    return order if len(order) == len(preds) else None

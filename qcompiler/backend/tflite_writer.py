@@ -17,9 +17,11 @@ and quantization tables are written once and shared, which flatbuffers allows.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -34,13 +36,15 @@ from tflite.Padding import Padding
 from tflite.TensorType import TensorType as TflType
 
 from qcompiler.backend.join_bytes import join_bytes
-from qcompiler.backend.tflite_arena import runtime_batch_reshape
+from qcompiler.backend.tflite_arena import (RuntimeOp, RuntimeTensors, clobbered_reads, kernel_flags,
+                                            runtime_batch_reshape, safe_operator_order)
 from qcompiler.backend.opcodes import ABSENT, OpSig, TensorSig, deprecated_builtin_code, op_version
 from qcompiler.errors import QCompilerError
 from qcompiler.files import atomic_write
 from qcompiler.ir.graph import Graph, Node, Value
+from qcompiler.ir.layout import is_permuted_contiguous
 from qcompiler.ir.ops import OPS
-from qcompiler.ir.types import QParams, TensorType
+from qcompiler.ir.types import DTYPES, QParams, TensorType
 from qcompiler.quant import math as qm
 
 
@@ -172,7 +176,9 @@ class _ModelWriter:
 
     def __init__(self, value_names: Iterable[str]) -> None:
         self.tensors: list[_Tensor] = []
-        self.buffers: list[np.ndarray] = [_NO_DATA]  # flat uint8 views of the constants' little-endian data
+        # flat uint8 views of the constants' little-endian data, or a large array with permuted axes
+        # (a lazily transposed kernel, qcompiler/ir/layout.py), copied into the file in C order
+        self.buffers: list[np.ndarray] = [_NO_DATA]
         self.operators: list[_Operator] = []
         self.opcodes: list[list[int]] = []  # [builtin code, version], in order of first use
         self._buffer_index: dict[tuple, int] = {}  # small constants: (dtype, bytes) -> buffer index
@@ -203,16 +209,16 @@ class _ModelWriter:
         return len(self.tensors) - 1
 
     def _add_buffer(self, dtype: str, data: np.ndarray) -> int:
-        """The index of a buffer holding `data` (flat uint8), added unless an identical one exists."""
-        if data.size <= _HASHED_BUFFER_LIMIT:
+        """The index of a buffer holding `data` (see `_fingerprint`), added unless an identical one exists."""
+        if data.nbytes <= _HASHED_BUFFER_LIMIT:
             key = (dtype, data.tobytes())
             if key not in self._buffer_index:
                 self.buffers.append(data)
                 self._buffer_index[key] = len(self.buffers) - 1
             return self._buffer_index[key]
-        candidates = self._large_buffers.setdefault((dtype, data.size, _fingerprint(data)), [])
+        candidates = self._large_buffers.setdefault((dtype, data.nbytes, _fingerprint(data)), [])
         for index in candidates:
-            if np.array_equal(self.buffers[index], data):
+            if _same_bytes(self.buffers[index], data):
                 return index
         self.buffers.append(data)
         candidates.append(len(self.buffers) - 1)
@@ -220,12 +226,16 @@ class _ModelWriter:
 
     def add_const(self, array: np.ndarray, name: str, t: Optional[TensorType] = None, of_value: bool = False
                   ) -> int:
-        array = np.ascontiguousarray(array)
-        t = t or TensorType(array.shape, array.dtype)
+        t = t or TensorType(np.shape(array), np.asarray(array).dtype)
         if t.dtype == "i4":
-            data = _pack_int4(array)
+            data = _pack_int4(np.ascontiguousarray(array))
         else:
-            data = array.astype(array.dtype.newbyteorder("<"), copy=False).reshape(-1).view(np.uint8)
+            array = np.asarray(array)
+            array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+            if array.nbytes > _HASHED_BUFFER_LIMIT and is_permuted_contiguous(array):
+                data = array if not array.flags.c_contiguous else array.reshape(-1).view(np.uint8)
+            else:
+                data = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
         return self._add_tensor(name, t, self._add_buffer(t.dtype, data), of_value)
 
     def shared_int32_const(self, values: "int | Sequence[int]") -> int:
@@ -313,9 +323,32 @@ _NO_DATA = np.zeros(0, np.uint8)
 
 
 def _fingerprint(data: np.ndarray) -> bytes:
-    """A few hundred evenly spaced bytes and both ends of `data`: equal arrays have equal fingerprints."""
-    step = max(data.size // _FINGERPRINT_SAMPLES, 1)
-    return data[::step].tobytes() + data[-64:].tobytes()
+    """A few hundred evenly spaced bytes and both ends of `data` (a buffer: flat uint8, or an array with permuted
+    axes standing for its bytes in C order): equal bytes have equal fingerprints."""
+    step = max(data.nbytes // _FINGERPRINT_SAMPLES, 1)
+    if _is_flat(data):
+        return data[::step].tobytes() + data[-64:].tobytes()
+    positions = np.concatenate([np.arange(0, data.nbytes, step), np.arange(max(data.nbytes - 64, 0), data.nbytes)])
+    elements = data[np.unravel_index(positions // data.itemsize, data.shape)]  # C order, whatever the layout
+    return elements.view(np.uint8).reshape(-1, data.itemsize)[np.arange(positions.size),
+                                                               positions % data.itemsize].tobytes()
+
+
+def _is_flat(data: np.ndarray) -> bool:
+    return data.dtype == np.uint8 and data.ndim == 1 and data.flags.c_contiguous
+
+
+def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two buffers (see `_fingerprint`) hold the same bytes in C order."""
+    if a.nbytes != b.nbytes:
+        return False
+    if _is_flat(a) and _is_flat(b):
+        return np.array_equal(a, b)
+    ref, other = (b, a) if _is_flat(b) else (a, b)  # ref has permuted axes: compare in its shape
+    unsigned = np.dtype(f"u{ref.itemsize}")
+    if _is_flat(other) or other.shape != ref.shape or other.itemsize != ref.itemsize:
+        other = np.ascontiguousarray(other).reshape(-1).view(np.uint8).view(unsigned).reshape(ref.shape)
+    return bool(np.array_equal(ref.view(unsigned), other.view(unsigned)))
 
 
 def _pack_int4(array: np.ndarray) -> np.ndarray:
@@ -881,12 +914,12 @@ class _DataRegion:
         self.offsets: list[Optional[int]] = []
         self._vectors: list[tuple[np.ndarray, int]] = []  # (data, padding after it), in writing order
         written = 0  # bytes from the end of the file
-        for data in buffers:
-            if not data.size:
+        for data in buffers:  # flat uint8, or an array with permuted axes (its bytes in C order)
+            if not data.nbytes:
                 self.offsets.append(None)
                 continue
-            padding = -(written + data.size) % BUFFER_ALIGNMENT  # makes the data start 16-byte aligned
-            written += padding + data.size + 4  # + the uint32 length before the data
+            padding = -(written + data.nbytes) % BUFFER_ALIGNMENT  # makes the data start 16-byte aligned
+            written += padding + data.nbytes + 4  # + the uint32 length before the data
             self._vectors.append((data, padding))
             self.offsets.append(written)
         # Leading padding keeps the region a multiple of the alignment, and no offset 0 (AddData would skip it).
@@ -898,7 +931,7 @@ class _DataRegion:
         """The region's bytes, in file order, as buffers for `join_bytes` (the arrays' own memory)."""
         out: list[Any] = [bytes(self._front)]
         for data, padding in reversed(self._vectors):
-            out += [struct.pack("<I", data.size), memoryview(data), bytes(padding)]
+            out += [struct.pack("<I", data.nbytes), memoryview(data) if _is_flat(data) else data, bytes(padding)]
         return out
 
 
@@ -1056,10 +1089,52 @@ def write_tflite(graph: Graph, description: str = "qcompiler", extra_outputs: Se
                 raise BackendError(f"{node.describe()} cannot be written as TFLite: {type(err).__name__}: {err}") \
                     from err
     outputs = [w.tensor_of(v) for v in output_values]
+    _order_for_runtime(w, inputs, outputs)
     try:
         return _serialize(w, graph, inputs, output_values, outputs, description)
     except (OverflowError, struct.error, ValueError) as err:
         raise BackendError(f"graph @{graph.name} cannot be written as TFLite: {type(err).__name__}: {err}") from err
+
+
+def _order_for_runtime(w: _ModelWriter, inputs: Sequence[int], outputs: Sequence[int]) -> None:
+    """Reorder the operators (a topological order still) so that TFLite's arena planner never lets an op write
+    in place into a buffer another tensor still needs (`tflite_arena.safe_operator_order`): its planner checks
+    only the reference count of the buffer's first owner, so a SUB after a RESHAPE of a SOFTMAX output that
+    SOFTMAX wrote in place overwrites that output while other ops still have to read it (random-model seed
+    2142: float32 outputs off by 269 times their size)."""
+    flags = _builtin_flags()
+    ops = [RuntimeOp(flags.get(w.opcodes[op.opcode][0], 0), tuple(op.inputs), tuple(op.outputs))
+           for op in w.operators]
+    tensors = RuntimeTensors(
+        tuple(int(np.prod(t.shape, dtype=np.int64)) * DTYPES[t.dtype].itemsize for t in w.tensors),
+        frozenset(i for i, t in enumerate(w.tensors) if t.buffer != 0), frozenset(inputs), frozenset(outputs))
+    if not clobbered_reads(ops, tensors):
+        return
+    order = safe_operator_order(ops, tensors)
+    w.operators = [w.operators[i] for i in order]
+    left = clobbered_reads([ops[i] for i in order], tensors)
+    if left:
+        names = sorted({w.tensors[tensor].name for _, _, tensor in left})
+        warnings.warn(InPlaceOverwriteWarning(
+            f"TFLite's arena planner will overwrite {', '.join('%' + n for n in names)} in place before an op that "
+            "needs the overwritten value reads it, and no operator order avoids it (that op also needs the "
+            "writing op's result): the model computes wrong values there. Keep the two apart (e.g. compute the "
+            "reshape on a copy) or run the model with experimental_preserve_all_tensors"), stacklevel=3)
+
+
+class InPlaceOverwriteWarning(UserWarning):
+    """A written model in which TFLite's runtime overwrites a tensor that is still to be read (no order helps)."""
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_flags() -> dict[int, int]:
+    """The inplace_operator flags of each builtin kernel the writer emits, from the op table."""
+    flags: dict[int, int] = {}
+    for name, definition in OPS.items():
+        if definition.tflite is not None:
+            code = getattr(B, definition.tflite)
+            flags[code] = flags.get(code, 0) | kernel_flags(name)
+    return flags
 
 
 # Flatbuffers address with 32-bit offsets: a model and its buffers must stay under 2 GiB.

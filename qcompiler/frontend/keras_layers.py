@@ -50,20 +50,52 @@ Converter = Callable[[LayerContext, Sequence[Value]], Value]
 ActivationFn = Callable[[LayerContext, Value], Value]
 
 
-# Kernels up to this many values are transposed by numpy, larger ones by the Keras backend.
-_NUMPY_TRANSPOSE_LIMIT = 1 << 18
-
-
 def _weights(variable: Any, perm: Optional[Sequence[int]] = None) -> np.ndarray:
-    """A weight as float32 numpy, its axes permuted by `perm` (e.g. HWIO -> OHWI). A large kernel is transposed
-    in the Keras backend, ~10x faster than numpy's strided copy (VGG16's fc1: 66 ms against 600 ms); a small one
-    by numpy, which takes microseconds where a TensorFlow op takes ~0.3 ms (and far more on a loaded machine:
-    MobileNetV2's 52 kernels took 0.8 s). The variable is read with `np.asarray` (the variable's `__array__`, one
-    copy owned by numpy): `keras.ops.convert_to_numpy` (`np.array` of the variable) took 0.5 s for VGG19's fc1."""
-    if perm is None or math.prod(variable.shape) <= _NUMPY_TRANSPOSE_LIMIT:
-        array = np.asarray(variable, np.float32)
-        return array if perm is None else np.ascontiguousarray(array.transpose(perm))
-    return np.asarray(keras.ops.transpose(variable, perm), np.float32)
+    """A weight as read-only float32 numpy, its axes permuted by `perm` (e.g. HWIO -> OHWI).
+
+    A TensorFlow variable is read with one ReadVariableOp and viewed without a copy (`_variable_array`), and a
+    permuted kernel is that view transposed, not a copy (a lazy transpose, qcompiler/ir/layout.py): its values
+    are moved once, by the writer into the output file in TFLite's layout (or by a batch-norm fold into its
+    product), instead of twice (a transposed copy in fresh memory, then the file). On the benchmark VM mapping
+    fresh memory costs more than copying it (~2 µs a 4 KiB page); VGG16's import took 0.02 s instead of 0.1-0.2 s
+    of CPU (TensorFlow's transposes, for kernels over 2^18 values; numpy's below)."""
+    array = _variable_array(variable)
+    return array if perm is None else array.transpose(perm)
+
+
+def _variable_tensor(variable: Any) -> Any:
+    """The current value of a Keras variable as a TensorFlow eager tensor (one ReadVariableOp, no copy: the
+    tensor shares the variable's buffer, and TensorFlow copies the buffer before any later assignment writes to
+    it), or None where the variable is not a TensorFlow resource variable (another backend, a plain array)."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    value = getattr(variable, "value", None)
+    if not isinstance(value, tf.Variable) or not tf.executing_eagerly():
+        return None
+    return tf.raw_ops.ReadVariableOp(resource=value.handle, dtype=value.dtype)
+
+
+def _variable_array(variable: Any) -> np.ndarray:
+    """A Keras variable's value as read-only float32 numpy: for a TensorFlow variable a view of the tensor
+    `_variable_tensor` reads (no copy; `np.asarray(variable)` copied and went through Keras' and TensorFlow's
+    Python layers, ~70 us a variable against ~10 us), otherwise `np.asarray`."""
+    tensor = _variable_tensor(variable)
+    if tensor is None:
+        return _read_only(np.asarray(variable, np.float32))
+    return _as_float32(tensor)
+
+
+def _as_float32(tensor: Any) -> np.ndarray:
+    array = np.asarray(tensor)  # an eager tensor's __array__ without a dtype: a view of its buffer
+    return _read_only(array if array.dtype == np.float32 else array.astype(np.float32))
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """Weights are constants: a view of a TensorFlow buffer must never be written through."""
+    array.flags.writeable = False
+    return array
 
 
 def _check_channels_last(ctx: LayerContext) -> None:

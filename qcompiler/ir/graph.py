@@ -361,14 +361,17 @@ class Graph:
     def const(self, array: np.ndarray, name: Optional[str] = None, layer: Optional[str] = None,
               before: Optional[Node] = None, dtype: Optional[str] = None) -> Value:
         """A constant holding `array` (as `dtype`). The array is kept, not copied, when it already has that dtype
-        and is contiguous (a folded 100 MB weight is not copied again), and it is made read-only: hand over an
-        array nothing else writes to."""
+        and is contiguous or a contiguous array with permuted axes (a folded 100 MB weight is not copied again; a
+        kernel transposed lazily stays a view, see qcompiler/ir/layout.py), and it is made read-only: hand over
+        an array nothing else writes to."""
+        from qcompiler.ir.layout import is_permuted_contiguous
         from qcompiler.ir.types import DTYPES
 
         array = np.asarray(array)
         if dtype is not None:
             array = array.astype(DTYPES[dtype], copy=False)
-        array = np.ascontiguousarray(array).reshape(array.shape)  # ascontiguousarray makes a scalar 1-D
+        if not is_permuted_contiguous(array):
+            array = np.ascontiguousarray(array).reshape(array.shape)  # ascontiguousarray makes a scalar 1-D
         array.setflags(write=False)
         return self.add_node("const", [], {"value": array}, names=[name], layer=layer, before=before).result
 

@@ -10,8 +10,8 @@
 - maximum(x, 0)                   -> relu(x)
 - relu(relu(x)), relu6(relu6(x)), relu_n1_to_1(relu_n1_to_1(x)) -> one of them (TFLiteConverter keeps one: a
                                     Dense with relu6 followed by an Activation("relu6") is one FULLY_CONNECTED)
-- abs(abs(x))                     -> abs(x)   (TensorFlow folds an idempotent op applied twice, tf.Abs included,
-                                         whatever else uses the inner one: random seed 2115)
+- abs(abs(x)) -> abs(x);  neg(neg(x)) -> x   (TensorFlow's folds of its Idempotent and Involution ops, whatever
+                                         else uses the inner op: two ops.abs leave one ABS, random seed 2115)
 - minimum(relu(x), 6)             -> relu6(x)
 - clamp(x, -1, 1) (min of max)    -> relu_n1_to_1(x)
 - mean/sum/reduce_max/reduce_min over axes of size 1 -> x (keepdims) or reshape(x) (GlobalAveragePooling2D
@@ -317,6 +317,7 @@ RULES: list[Rule] = [
     *[Rule(f"{op}-of-{op}", Pat(op, Pat(op, "x", one_use=True, capture="inner")), _drop_outer_activation,
            _drop_outer_check) for op in ("relu", "relu6", "relu_n1_to_1")],
     Rule("abs-of-abs", Pat("abs", Pat("abs", "x", capture="inner")), _drop_outer_activation, _drop_outer_check),
+    Rule("neg-of-neg", Pat("neg", Pat("neg", "x")), _forward_operand, _drop_identity_check),
     _identity_arithmetic("add", 0.0, commutative=True),
     _identity_arithmetic("sub", 0.0, commutative=False),
     _identity_arithmetic("mul", 1.0, commutative=True),

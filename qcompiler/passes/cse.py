@@ -74,17 +74,20 @@ class _ConstantKeys:
     def key(self, array: np.ndarray) -> Optional[Hashable]:
         if isinstance(array, ElidedArray):
             return None
-        data = _contiguous(array)
-        if data.nbytes <= _KEYED_BY_BYTES:
+        if array.nbytes <= _KEYED_BY_BYTES:
+            data = _contiguous(array)
             return (data.dtype.str, data.shape, data.tobytes())
-        flat = data.reshape(-1).view(np.uint8)
-        step = max(flat.size // _FINGERPRINT_SAMPLES, 1)
-        coarse = (data.dtype.str, data.shape, flat[::step].tobytes() + flat[-64:].tobytes())
+        # a large array is compared in C order, in whatever layout it has (a lazily transposed kernel is not
+        # copied: qcompiler/ir/layout.py), as unsigned integers of its item size: bit for bit
+        values = np.asarray(array).view(np.dtype(f"u{array.itemsize}"))
+        step = max(values.size // _FINGERPRINT_SAMPLES, 1)
+        sample = values.flat[::step].tobytes() + values.flat[-16:].tobytes()
+        coarse = (array.dtype.str, array.shape, sample)
         distinct = self._large.setdefault(coarse, [])
         for index, other in enumerate(distinct):
-            if other is flat or np.array_equal(other, flat):
+            if other is values or np.array_equal(other, values):
                 return (*coarse, index)
-        distinct.append(flat)
+        distinct.append(values)
         return (*coarse, len(distinct) - 1)
 
 

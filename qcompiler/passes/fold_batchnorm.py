@@ -30,6 +30,7 @@ from typing import ClassVar, Literal, Optional, Sequence
 import numpy as np
 
 from qcompiler.errors import QCompilerError
+from qcompiler.ir.layout import multiply
 from qcompiler.ir.ops import OPS
 from qcompiler.passes.rewriter import (Const, Match, Pat, Rewriter, RewritePass, Rule, Var, batched_fc_reason, has_data,
                                        single_use_reason)
@@ -61,7 +62,7 @@ def rsqrt(x: np.ndarray, kernel: RsqrtKernel) -> np.ndarray:
         raise QCompilerError(f"fold-batchnorm{{rsqrt=tensorflow}} needs TensorFlow ({err}); install it or run "
                              "fold-batchnorm{rsqrt=f32} (weights may then differ from the converter's in the "
                              "last bit)") from None
-    return np.asarray(tf.math.rsqrt(tf.constant(x)), _F32)
+    return np.asarray(tf.raw_ops.Rsqrt(x=x))  # the kernel tf.math.rsqrt runs, without its Python layers
 
 
 def _bn_pattern(source) -> Pat:
@@ -108,7 +109,7 @@ def _params_check(m: Match) -> Optional[str]:
 def _scale_weights(op: str, weights: np.ndarray, inv: np.ndarray) -> np.ndarray:
     shape = [1] * weights.ndim
     shape[OPS[op].weights.out_axis] = -1
-    return (np.asarray(weights, _F32) * inv.reshape(shape)).astype(_F32, copy=False)  # one new array, not two
+    return multiply(np.asarray(weights, _F32), inv.reshape(shape))  # one new array, in the weights' layout
 
 
 def _fold(m: Match, rw: Rewriter, kernel: RsqrtKernel) -> None:

@@ -61,7 +61,8 @@ class PassManager:
                  print_ir_after: Iterable[str] = (), timing: bool = False, stream: Optional[TextIO] = None,
                  registry: Mapping[str, type[Pass]] = PASSES, verify_input: bool = True) -> None:
         """`verify_input=False` skips verifying the graph before the first pass: for a graph that was verified
-        already (qcompiler.compile chains several pipelines on one graph)."""
+        already (qcompiler.compile chains several pipelines on one graph). `verify_each=False` verifies once,
+        after the last pass, instead of after every pass that changed the graph (what qcompiler.compile does)."""
         self.passes = _to_passes(pipeline, registry)
         self.verify_each = verify_each
         self.verify_input = verify_input
@@ -83,7 +84,7 @@ class PassManager:
     def run(self, graph: Graph) -> Graph:
         """Run every pass in order on `graph` (in place); returns it."""
         self.records = []
-        if self.verify_each and self.verify_input:
+        if self.verify_input:  # with or without verify_each: an invalid input is not blamed on a pass
             self._verify(graph, None, [])
         done: list[str] = []
         for p in self.passes:

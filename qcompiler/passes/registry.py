@@ -30,6 +30,7 @@ from qcompiler.passes.fuse_activations import FuseActivations
 from qcompiler.passes.insert_fake_quant import InsertFakeQuant
 from qcompiler.passes.insert_missing_fake_quant import InsertMissingFakeQuant
 from qcompiler.passes.lower_to_int import LowerToInt
+from qcompiler.passes.move_reshapes import MoveReshapes
 from qcompiler.passes.move_transposes import MoveTransposes
 from qcompiler.passes.quantize_weights import QuantizeWeights
 from qcompiler.passes.space_to_batch_dilation import SpaceToBatchDilation
@@ -50,6 +51,7 @@ PASSES: dict[str, type[Pass]] = {
     "insert-fake-quant": InsertFakeQuant,
     "insert-missing-fake-quant": InsertMissingFakeQuant,
     "lower-to-int": LowerToInt,
+    "move-reshapes": MoveReshapes,
     "move-transposes": MoveTransposes,
     "quantize-weights": QuantizeWeights,
     "space-to-batch-dilation": SpaceToBatchDilation,
@@ -59,7 +61,8 @@ PASSES: dict[str, type[Pass]] = {
 # dce first as well as last: a dead user would make a producer look shared and block folding and fusion.
 # fold-constants before fold-batchnorm so batch-norm parameters computed from constants are constants.
 # fold-pad needs nothing but dce before it (a dead user would make a pad look shared).
-DEFAULT_FLOAT_PIPELINE = "dce,space-to-batch-dilation,canonicalize,move-transposes,cse,fold-pad,fold-constants,fold-batchnorm,canonicalize,fold-affine,fuse-activations,dce"
+# move-reshapes after fuse-activations: the converter moves a reshape after a relu once its fusions are done.
+DEFAULT_FLOAT_PIPELINE = "dce,space-to-batch-dilation,canonicalize,move-transposes,cse,fold-pad,fold-constants,fold-batchnorm,canonicalize,fold-affine,fuse-activations,move-reshapes,dce"
 
 
 class PipelineError(QCompilerError, ValueError):

@@ -1,0 +1,73 @@
+"""move-reshapes: a reshape used only by a unary elementwise op moves after it, as TFLiteConverter moves it.
+
+    %f = reshape(%x) {shape=[-1, 60]}          %t = tanh(%x)
+    %t = tanh(%f)                      ->      %f = reshape(%t) {shape=[-1, 60]}
+
+TFLite's optimize pass (ReorderElementwiseAndMoveOperations: the value ops relu, relu6, relu_n1_to_1, sigmoid,
+tanh, exp, square, neg, sqrt of a move op with one use; its move ops are reshape, transpose, squeeze,
+expand_dims and depth_to_space, of which move-transposes handles the transpose). Measured on TF 2.21, it runs
+after the activation fusions: a relu moved above a Flatten stays a RELU after a CONV_2D, DEPTHWISE_CONV_2D,
+AVERAGE_POOL_2D or ADD, and fuses only into a FULLY_CONNECTED on a 2-D input (FuseFullyConnectedAndReluX,
+which the last phase of that pass still applies); it is not moved again above the run-time RESHAPE of Keras'
+tensordot. So this pass comes after fuse-activations.
+
+Why it matters for int8: the op computes before the reshape, so the reshape shares its parameters, and a fixed
+range op (tanh, sigmoid) is requantized before the reshape for a same-scale op after it (random seed 2116:
+TANH, QUANTIZE, RESHAPE, QUANTIZE for two MAXIMUMs with different ranges, where qcompiler had refused a tanh
+output needing both its producer requantized and a second copy).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Optional, Sequence
+
+from qcompiler.backend.tflite_arena import MOVED_ABOVE_RESHAPE
+from qcompiler.passes.fuse_activations import CLAMP_ACTIVATIONS
+from qcompiler.passes.rewriter import Match, Pat, Rewriter, RewritePass, Rule, single_use_reason
+
+MOVE_OPS = ("flatten", "reshape")
+
+
+def _unary_check(m: Match) -> Optional[str]:
+    return single_use_reason(m["move"])
+
+
+def _unary_rewrite(m: Match, rw: Rewriter) -> None:
+    node, move = m.root, m["move"]
+    inner = rw.op(node.op, move.operands[0], name=f"{node.result.name}_unreshaped", layer=node.layer,
+                  **dict(node.attrs))
+    rw.replace_value(node, rw.op(move.op, inner, layer=move.layer, **dict(move.attrs)))
+
+
+def _fc_check(m: Match) -> Optional[str]:
+    producer = m["producer"]
+    if (reason := single_use_reason(producer)) is not None:
+        return reason
+    if producer.attrs["activation"] != "none":
+        return f"fully_connected already has activation '{producer.attrs['activation']}'"
+    if producer.operands[0].type.rank > 2:
+        return "a fully_connected on a rank > 2 input ends with Keras' run-time RESHAPE in the converter's model"
+    return None
+
+
+def _fc_fuse(m: Match, rw: Rewriter) -> None:
+    producer = m["producer"]
+    rw.set_attr(producer, "activation", m.root.op)
+    rw.replace_value(m.root, producer.result)
+
+
+RULES = [
+    Rule("unary-after-reshape", Pat(tuple(sorted(MOVED_ABOVE_RESHAPE)), Pat(MOVE_OPS, "x", capture="move")),
+         _unary_rewrite, _unary_check),
+    Rule("clamp-into-fully-connected", Pat(CLAMP_ACTIVATIONS, Pat("fully_connected", capture="producer")),
+         _fc_fuse, _fc_check),
+]
+
+
+@dataclass(frozen=True)
+class MoveReshapes(RewritePass):
+    name: ClassVar[str] = "move-reshapes"
+    summary: ClassVar[str] = "move reshapes after the unary elementwise op that follows them (the converter's rule)"
+
+    def rules(self) -> Sequence[Rule]:
+        return RULES
