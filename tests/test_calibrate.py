@@ -40,9 +40,16 @@ SPAN_TOLERANCE = 1e-5
 # the reference: TF's calibrator
 # ----------------------------------------------------------------------------------------------------
 def tf_calibrator_ranges(plain: Graph, arrays: list[np.ndarray]) -> dict[str, tuple[float, float]]:
-    """Tensor name -> (min, max) recorded by TF's calibrator on our float .tflite, one sample per step."""
+    """Tensor name -> (min, max) recorded by TF's calibrator on our float .tflite, one sample per step. The model
+    keeps the graph's operator order, as the converter's model does: the writer's reordering that keeps TFLite's
+    runtime from overwriting a buffer still to be read (`_order_for_runtime`) would hide the in-place unions the
+    converter's calibrator records."""
+    from unittest import mock
+
     import tflite
     from tensorflow.lite.python.optimize import calibrator
+
+    from qcompiler.backend import tflite_writer
 
     def samples():
         for i in range(len(arrays[0])):
@@ -50,7 +57,9 @@ def tf_calibrator_ranges(plain: Graph, arrays: list[np.ndarray]) -> dict[str, tu
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        calibrated = calibrator.Calibrator(write_tflite(plain)).calibrate(samples)
+        with mock.patch.object(tflite_writer, "_order_for_runtime", lambda *args: None):
+            model = write_tflite(plain)
+        calibrated = calibrator.Calibrator(model).calibrate(samples)
     subgraph = tflite.Model.GetRootAsModel(calibrated, 0).Subgraphs(0)
     ranges = {}
     for i in range(subgraph.TensorsLength()):
