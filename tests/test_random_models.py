@@ -152,3 +152,18 @@ def test_cse_keeps_random_models_outputs(seed: int) -> None:
     for got, want in zip(interpret(graph, inputs), interpret(reference, inputs)):
         np.testing.assert_array_equal(got, want)
     assert first is graph
+
+
+def test_keras_reference_without_onednn_matches_keras() -> None:
+    """The fallback reference (the saved model in a process with oneDNN off, for layers oneDNN rejects: seeds 1175
+    and 2078) gives Keras' outputs of a two-output model."""
+    import keras
+
+    from tests.differential import _keras_outputs_without_onednn
+
+    x = keras.Input((5, 5, 1))
+    y = keras.layers.DepthwiseConv2D(1)(x)  # a 1-channel depthwise conv: what oneDNN rejected in those seeds
+    model = keras.Model(x, [keras.layers.Flatten()(y), keras.layers.Dense(3)(keras.layers.Flatten()(x))])
+    batch = [np.random.default_rng(0).standard_normal((4, 5, 5, 1)).astype(np.float32)]
+    for theirs, ours in zip(_keras_outputs_without_onednn(model, batch), model.predict(batch[0], verbose=0)):
+        np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-6)
