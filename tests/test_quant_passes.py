@@ -149,6 +149,25 @@ def test_a_tensor_no_rule_reaches_is_an_error() -> None:
         LowerToInt().run(graph)
 
 
+def test_fixed_range_result_needing_both_requantizes_for_integer_users_is_an_error() -> None:
+    # sigmoid emits 1/256 but %cat (visited first) gave %l its parameters, and the integer %acat wants others:
+    # the converter inserts no requantize there and its quantizer fails (same-scale concat operand mismatch).
+    graph = parse("""graph @g(%x: f32[?,4]) {
+      %x.q = fake_quant(%x) {max=2.0, min=-2.0} : f32[?,4]
+      %l = sigmoid(%x.q) : f32[?,4]  # layer sig
+      %l.q = fake_quant(%l) {max=0.99609375, min=0.0} : f32[?,4]  # layer sig
+      %r = relu(%x.q) : f32[?,4]  # layer r
+      %r.q = fake_quant(%r) {max=2.0, min=0.0} : f32[?,4]  # layer r
+      %cat = concat(%r.q, %l.q) {axis=1} : f32[?,8]  # layer cat
+      %cat.q = fake_quant(%cat) {max=2.0, min=0.0} : f32[?,8]  # layer cat
+      %acat = concat(%x.q, %l.q) {axis=1} : f32[?,8]  # layer acat
+      %acat.q = fake_quant(%acat) {max=3.0, min=-1.0} : f32[?,8]  # layer acat
+      return %acat.q, %cat.q
+    }""")
+    with pytest.raises(QCompilerError, match=r"%l \(Keras layer 'sig'\).*integer users; the converter fails"):
+        LowerToInt().run(graph)
+
+
 def test_compile_with_default_ranges_only_runs() -> None:
     model = ZOO["seed_mlp"]()
     with pytest.warns(DefaultRangesWarning):

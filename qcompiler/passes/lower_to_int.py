@@ -99,7 +99,7 @@ class LowerToInt(Pass):
         floats = float_ops(graph, set(marks.ranges), act_dtype, policy, keep, skipped)
         unread = _unread_inputs(graph) if policy.unread_inputs_float else set()
         floats.unquantized |= unread
-        params, requantized, volatile = _insert_requantizations(graph, states, floats.unquantized)
+        params, requantized, volatile = _insert_requantizations(graph, states, floats.unquantized, floats)
         unquantized = {key: states[key][1].params for key in floats.unquantized
                        if key not in floats.unparameterized}
         lowering = _ConstantLowering(graph, {**unquantized, **params}, marks.weight_axes, act_dtype, policy, keep)
@@ -489,12 +489,13 @@ PROPAGATIONS: dict[str, type[_Propagation]] = {"mlir-driver": ConverterPropagati
 States = dict[int, tuple[Value, QuantState]]  # value id -> (value, its state)
 
 
-def _insert_requantizations(graph: Graph, states: States, unquantized: set[int] = frozenset()
-                            ) -> tuple[dict[int, QParams], int, set[int]]:
+def _insert_requantizations(graph: Graph, states: States, unquantized: set[int] = frozenset(),
+                            floats: Optional[FloatOps] = None) -> tuple[dict[int, QParams], int, set[int]]:
     """value id -> parameters for every activation, inserting the requantizing `quantize` nodes; the number
     inserted; the ids of the copies requantized after a producer that emits other parameters (the driver's
     requantize ON_INPUT: its own QUANTIZE after the op is the volatile one, the requantize the kept one). The
-    `unquantized` values stay float: no parameters, no requantization (nothing quantizes them)."""
+    `unquantized` values stay float: no parameters, no requantization (nothing quantizes them); `floats`: the ops
+    that run in float."""
     params: dict[int, QParams] = {}
     volatile: set[int] = set()
     inserted = 0
@@ -502,9 +503,18 @@ def _insert_requantizations(graph: Graph, states: States, unquantized: set[int] 
         if state.params is None or id(value) in unquantized:
             continue
         if state.requant_in and state.requant_out:
-            raise QCompilerError(f"{_describe_tensor(value)} would need its producer requantized and another "
-                                 "copy for some users; the converter gives up here too. Insert a layer between "
-                                 "them (e.g. an Activation('linear')) or keep the ops apart")
+            # The driver's RequantizeOpResult returns when a value's requantizations mix positions (ON_INPUT for
+            # its producer, ON_OUTPUT for some users): no requantize at all. The producer (a fixed-range
+            # LOGISTIC/TANH) writes the value with the parameters its SAME user gave it first (random seed 3118).
+            # That is a valid model only if the users that wanted a copy run in float (they dequantize it);
+            # an integer one breaks its same-scale constraint and the converter's quantizer fails.
+            if not all(floats is not None and floats.is_float(user) for _, users in state.requant_out
+                       for user, _ in users):
+                raise QCompilerError(f"{_describe_tensor(value)} would need its producer requantized and another "
+                                     "copy for some integer users; the converter fails here too. Insert a layer "
+                                     "between them (e.g. an Activation('linear')) or keep the ops apart")
+            params[id(value)] = state.params
+            continue
         if state.requant_in:
             params[id(value)] = state.requant_in[0]
             users = [(u.node, u.index) for u in value.uses]
