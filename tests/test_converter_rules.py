@@ -20,6 +20,10 @@ drawn per seed:
   - unary_after_flatten: tanh/sigmoid/relu after a Flatten used only there computes before the RESHAPE
     (TFLite's ReorderElementwiseAndMoveOperations, move-transposes): a relu then fuses into the op before, and
     the tanh/sigmoid output is requantized before the RESHAPE for a maximum after it;
+  - gelu_of_neg: an approximate GELU of neg(y) is tf.nn.gelu's arithmetic (TensorFlow makes neg(y) + t a SUB,
+    so no GELU matches; canonicalize);
+  - clamp_after_reshape: a relu/relu6 after a keras.ops.reshape (a constant shape) moves above it and fuses into
+    its one-use producer (move-reshapes); after a Flatten/Reshape layer the producer's SHAPE user blocks that;
   - abs_of_abs: abs(abs(x)) is one ABS and neg(neg(y)) is y, even when the inner abs has another user
     (TensorFlow's Idempotent / Involution folds; canonicalize).
 The Keras Flatten rules (a run-time target: a dynamic tensor on a graph input, an alias otherwise) are checked
@@ -92,6 +96,14 @@ def _model(pattern: str, seed: int):
     elif pattern == "gelu_under_clamp":
         clamp = "relu6" if shared else "relu"
         outputs = [keras.layers.Activation(clamp)(ops.gelu(x)), y]
+    elif pattern == "gelu_of_neg":  # random seed 3107
+        n = ops.negative(x)
+        outputs = [ops.gelu(n), y] + ([ops.multiply(n, np.float32(2.0))] if shared else [])
+    elif pattern == "clamp_after_reshape":  # random seed 3159 (an AVERAGE_POOL_2D there)
+        s = keras.layers.Add()([x, y])
+        clamp = ("relu", "relu6")[int(rng.integers(2))]
+        outputs = [keras.layers.Activation(clamp)(ops.reshape(s, (-1, width, rows)))]
+        outputs += [keras.layers.Dense(3)(s)] if shared else []
     elif pattern == "unread_input":  # b reaches an output through an identity only (and, shared, a Dense too)
         kind = int(rng.integers(3))
         passed = [keras.layers.Reshape((rows, width)), keras.layers.Dropout(0.5),
@@ -118,7 +130,8 @@ def _model(pattern: str, seed: int):
                                            ("gelu_under_clamp", 4), ("unread_input", 0), ("unread_input", 4),
                                            ("op_order", 0), ("op_order", 5), ("unary_after_flatten", 4),
                                            pytest.param("unary_after_flatten", 0, marks=pytest.mark.slow),
-                                           ("abs_of_abs", 4)])
+                                           ("abs_of_abs", 4), ("gelu_of_neg", 0), ("clamp_after_reshape", 0),
+                                           ("clamp_after_reshape", 4)])
 def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
     model = _model(pattern, seed)
     rng = np.random.default_rng(100 + seed)

@@ -37,6 +37,7 @@
                                          canonicalizer has already made neg(y) + 3 a SUB. No HARD_SWISH then.)
 - relu/relu6/relu_n1_to_1(gelu{approximate}(x)) -> clamp(0.5 * x * (1 + tanh(0.79788456 * (x + 0.044715 * x**3))))
                                          (the same for GELU: the clamp fuses into the last MUL; x**3 is a POW)
+- gelu{approximate}(neg(y))       -> the same arithmetic (neg(y) + t is a SUB, so no GELU match)
 """
 from __future__ import annotations
 
@@ -269,6 +270,10 @@ def _unfuse_gelu_under_clamp(m: Match, rw: Rewriter) -> None:
     rw.set_operand(m.root, 0, _gelu_tanh_arithmetic(rw, m["gelu"]))
 
 
+def _unfuse_gelu(m: Match, rw: Rewriter) -> None:
+    rw.replace_value(m.root, _gelu_tanh_arithmetic(rw, m.root))
+
+
 def _square_of_sub(m: Match, rw: Rewriter) -> None:
     sub = m["sub"]
     rw.replace_value(m.root, rw.op("squared_difference", sub.operands[0], sub.operands[1], layer=m.root.layer))
@@ -291,6 +296,10 @@ _HARD_SWISH_RULES: list[Rule] = [
                                        Pat("hard_swish", "x", one_use=True, capture="hs")),
          _unfuse_hard_swish_under_clamp),
     Rule("hard-swish-of-neg", Pat("hard_swish", Pat("neg", "y")), _unfuse_hard_swish),
+    # gelu(neg(y)): TensorFlow's canonicalizer makes neg(y) + 0.044715 * y'**3 a SUB (add-of-neg below), so
+    # MatchGeluApproximate finds no ADD of x: POW (float), MUL, SUB, MUL, TANH, ADD, MUL, MUL (random seed 3107)
+    Rule("gelu-tanh-of-neg", Pat("gelu", Pat("neg", "y"), where=lambda n: bool(n.attrs.get("approximate"))),
+         _unfuse_gelu),
 ]
 
 

@@ -11,6 +11,12 @@ AVERAGE_POOL_2D or ADD, and fuses only into a FULLY_CONNECTED on a 2-D input (Fu
 which the last phase of that pass still applies); it is not moved again above the run-time RESHAPE of Keras'
 tensordot. So this pass comes after fuse-activations.
 
+Why the relu stays after a Flatten (or Keras Reshape layer): the RESHAPE's shape is computed at run time from
+the SHAPE of its input, so the producer keeps two users (SHAPE and the moved RELU) and the fused-activation
+patterns, which need one use, do not apply. A reshape with a constant shape (keras.ops.reshape, runtime_batch
+false) leaves the producer one user, and the moved clamp fuses into it like fuse-activations fuses it
+(measured: CONV_2D / AVERAGE_POOL_2D + ops.reshape + relu -> CONV_2D {relu}, RESHAPE; random seed 3159).
+
 Why it matters for int8: the op computes before the reshape, so the reshape shares its parameters, and a fixed
 range op (tanh, sigmoid) is requantized before the reshape for a same-scale op after it (random seed 2116:
 TANH, QUANTIZE, RESHAPE, QUANTIZE for two MAXIMUMs with different ranges, where qcompiler had refused a tanh
@@ -22,7 +28,9 @@ from dataclasses import dataclass
 from typing import ClassVar, Optional, Sequence
 
 from qcompiler.backend.tflite_arena import MOVED_ABOVE_RESHAPE
-from qcompiler.passes.fuse_activations import CLAMP_ACTIVATIONS
+from qcompiler.ir.graph import Node
+from qcompiler.ir.ops import OPS
+from qcompiler.passes.fuse_activations import CLAMP_ACTIVATIONS, FUSING_OPS
 from qcompiler.passes.rewriter import Match, Pat, Rewriter, RewritePass, Rule, single_use_reason
 
 MOVE_OPS = ("flatten", "reshape")
@@ -32,8 +40,26 @@ def _unary_check(m: Match) -> Optional[str]:
     return single_use_reason(m["move"])
 
 
+def _fusing_producer(node: Node, move: Node) -> Optional[Node]:
+    """The producer that a clamp `node` moved above the constant-shape reshape `move` fuses into, or None."""
+    if node.op not in CLAMP_ACTIVATIONS or move.op != "reshape" or move.attrs.get("runtime_batch", False):
+        return None  # a run-time shaped reshape's SHAPE is a second user of the producer
+    producer = move.operands[0].producer
+    if producer is None or producer.op not in FUSING_OPS or not OPS[producer.op].tflite_fuses_activation:
+        return None
+    if single_use_reason(producer) is not None or producer.attrs["activation"] != "none":
+        return None
+    if producer.op == "fully_connected" and producer.operands[0].type.rank > 2:
+        return None  # Keras' tensordot: its run-time RESHAPE stays between the product and the clamp
+    return producer
+
+
 def _unary_rewrite(m: Match, rw: Rewriter) -> None:
     node, move = m.root, m["move"]
+    if (producer := _fusing_producer(node, move)) is not None:
+        rw.set_attr(producer, "activation", node.op)
+        rw.replace_value(node, rw.op(move.op, producer.result, layer=move.layer, **dict(move.attrs)))
+        return
     inner = rw.op(node.op, move.operands[0], name=f"{node.result.name}_unreshaped", layer=node.layer,
                   **dict(node.attrs))
     rw.replace_value(node, rw.op(move.op, inner, layer=move.layer, **dict(move.attrs)))
