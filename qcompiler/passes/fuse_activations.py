@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Optional, Sequence
 
+from qcompiler.ir.graph import Node
 from qcompiler.ir.ops import OPS
 from qcompiler.passes.rewriter import Match, Pat, Rewriter, RewritePass, Rule, single_use_reason
 
@@ -24,8 +25,8 @@ CLAMP_ACTIVATIONS = ("relu", "relu6", "relu_n1_to_1")
 FUSING_OPS = tuple(sorted(name for name, d in OPS.items() if d.fusable_activation))
 
 
-def _check(m: Match) -> Optional[str]:
-    producer = m["producer"]
+def producer_fuse_reason(producer: Node) -> Optional[str]:
+    """Why an activation cannot fuse into `producer` (None: it can)."""
     if (reason := single_use_reason(producer)) is not None:
         return reason
     if producer.attrs["activation"] != "none":
@@ -33,7 +34,12 @@ def _check(m: Match) -> Optional[str]:
     return None
 
 
-def _fuse(m: Match, rw: Rewriter) -> None:
+def _check(m: Match) -> Optional[str]:
+    return producer_fuse_reason(m["producer"])
+
+
+def fuse_into_producer(m: Match, rw: Rewriter) -> None:
+    """The matched activation (root) becomes the fused activation of the captured `producer`."""
     producer = m["producer"]
     rw.set_attr(producer, "activation", m.root.op)
     rw.replace_value(m.root, producer.result)
@@ -50,4 +56,5 @@ class FuseActivations(RewritePass):
     def rules(self) -> Sequence[Rule]:
         activations = CLAMP_ACTIVATIONS + (("tanh",) if self.tanh else ())
         producers = [op for op in FUSING_OPS if OPS[op].tflite_fuses_activation or self.concat]
-        return [Rule("fuse-activation", Pat(activations, Pat(producers, capture="producer")), _fuse, _check)]
+        return [Rule("fuse-activation", Pat(activations, Pat(producers, capture="producer")), fuse_into_producer,
+                     _check)]

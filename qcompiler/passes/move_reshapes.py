@@ -30,7 +30,7 @@ from typing import ClassVar, Optional, Sequence
 from qcompiler.backend.tflite_arena import MOVED_ABOVE_RESHAPE
 from qcompiler.ir.graph import Node
 from qcompiler.ir.ops import OPS
-from qcompiler.passes.fuse_activations import CLAMP_ACTIVATIONS, FUSING_OPS
+from qcompiler.passes.fuse_activations import CLAMP_ACTIVATIONS, FUSING_OPS, fuse_into_producer, producer_fuse_reason
 from qcompiler.passes.rewriter import Match, Pat, Rewriter, RewritePass, Rule, single_use_reason
 
 MOVE_OPS = ("flatten", "reshape")
@@ -40,6 +40,15 @@ def _unary_check(m: Match) -> Optional[str]:
     return single_use_reason(m["move"])
 
 
+def _clamp_fuse_reason(producer: Node) -> Optional[str]:
+    """Why a clamp moved above a reshape cannot fuse into `producer` (None: it can)."""
+    if (reason := producer_fuse_reason(producer)) is not None:
+        return reason
+    if producer.op == "fully_connected" and producer.operands[0].type.rank > 2:
+        return "a fully_connected on a rank > 2 input ends with Keras' run-time RESHAPE in the converter's model"
+    return None
+
+
 def _fusing_producer(node: Node, move: Node) -> Optional[Node]:
     """The producer that a clamp `node` moved above the constant-shape reshape `move` fuses into, or None."""
     if node.op not in CLAMP_ACTIVATIONS or move.op != "reshape" or move.attrs.get("runtime_batch", False):
@@ -47,11 +56,7 @@ def _fusing_producer(node: Node, move: Node) -> Optional[Node]:
     producer = move.operands[0].producer
     if producer is None or producer.op not in FUSING_OPS or not OPS[producer.op].tflite_fuses_activation:
         return None
-    if single_use_reason(producer) is not None or producer.attrs["activation"] != "none":
-        return None
-    if producer.op == "fully_connected" and producer.operands[0].type.rank > 2:
-        return None  # Keras' tensordot: its run-time RESHAPE stays between the product and the clamp
-    return producer
+    return producer if _clamp_fuse_reason(producer) is None else None
 
 
 def _unary_rewrite(m: Match, rw: Rewriter) -> None:
@@ -66,27 +71,14 @@ def _unary_rewrite(m: Match, rw: Rewriter) -> None:
 
 
 def _fc_check(m: Match) -> Optional[str]:
-    producer = m["producer"]
-    if (reason := single_use_reason(producer)) is not None:
-        return reason
-    if producer.attrs["activation"] != "none":
-        return f"fully_connected already has activation '{producer.attrs['activation']}'"
-    if producer.operands[0].type.rank > 2:
-        return "a fully_connected on a rank > 2 input ends with Keras' run-time RESHAPE in the converter's model"
-    return None
-
-
-def _fc_fuse(m: Match, rw: Rewriter) -> None:
-    producer = m["producer"]
-    rw.set_attr(producer, "activation", m.root.op)
-    rw.replace_value(m.root, producer.result)
+    return _clamp_fuse_reason(m["producer"])
 
 
 RULES = [
     Rule("unary-after-reshape", Pat(tuple(sorted(MOVED_ABOVE_RESHAPE)), Pat(MOVE_OPS, "x", capture="move")),
          _unary_rewrite, _unary_check),
     Rule("clamp-into-fully-connected", Pat(CLAMP_ACTIVATIONS, Pat("fully_connected", capture="producer")),
-         _fc_fuse, _fc_check),
+         fuse_into_producer, _fc_check),
 ]
 
 
