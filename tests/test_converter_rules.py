@@ -24,6 +24,9 @@ drawn per seed:
     so no GELU matches; canonicalize);
   - clamp_after_reshape: a relu/relu6 after a keras.ops.reshape (a constant shape) moves above it and fuses into
     its one-use producer (move-reshapes); after a Flatten/Reshape layer the producer's SHAPE user blocks that;
+  - binary_after_reshape: a batch norm, a Rescaling and a minimum by constants after a keras.ops.reshape (an
+    identity on the dynamic batch too, which the converter keeps) compute before the RESHAPE
+    (MoveBinaryOpConstBeforeReshape; move-binary-reshapes): the RESHAPE ends the chain;
   - abs_of_abs: abs(abs(x)) is one ABS and neg(neg(y)) is y, even when the inner abs has another user
     (TensorFlow's Idempotent / Involution folds; canonicalize).
 The Keras Flatten rules (a run-time target: a dynamic tensor on a graph input, an alias otherwise) are checked
@@ -104,6 +107,13 @@ def _model(pattern: str, seed: int):
         clamp = ("relu", "relu6")[int(rng.integers(2))]
         outputs = [keras.layers.Activation(clamp)(ops.reshape(s, (-1, width, rows)))]
         outputs += [keras.layers.Dense(3)(s)] if shared else []
+    elif pattern == "binary_after_reshape":  # random seeds 2161 (identity ops.reshape), 1157 (a Rescaling)
+        target = (-1, rows, width) if rng.integers(2) else (-1, rows, 1, width)
+        r = ops.reshape(x, target)
+        chain = ops.minimum(r, rng.normal(size=(width,)).astype(np.float32))
+        chain = keras.layers.BatchNormalization()(chain)
+        chain = keras.layers.Rescaling(float(rng.uniform(0.5, 2.0)), offset=float(rng.normal()))(chain)
+        outputs = [chain, y] + ([ops.abs(r)] if shared else [])  # another user: the reshape stays
     elif pattern == "unread_input":  # b reaches an output through an identity only (and, shared, a Dense too)
         kind = int(rng.integers(3))
         passed = [keras.layers.Reshape((rows, width)), keras.layers.Dropout(0.5),
@@ -131,7 +141,8 @@ def _model(pattern: str, seed: int):
                                            ("op_order", 0), ("op_order", 5), ("unary_after_flatten", 4),
                                            pytest.param("unary_after_flatten", 0, marks=pytest.mark.slow),
                                            ("abs_of_abs", 4), ("gelu_of_neg", 0), ("clamp_after_reshape", 0),
-                                           ("clamp_after_reshape", 4)])
+                                           ("clamp_after_reshape", 4), ("binary_after_reshape", 0),
+                                           ("binary_after_reshape", 4)])
 def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
     model = _model(pattern, seed)
     rng = np.random.default_rng(100 + seed)

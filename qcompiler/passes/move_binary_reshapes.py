@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Optional, Sequence
 
 from qcompiler.ir.graph import Value
-from qcompiler.passes.rewriter import Const, Match, Pat, Rewriter, RewritePass, Rule, has_data, single_use_reason
+from qcompiler.passes.rewriter import Const, Match, Pat, Rewriter, RewritePass, Rule, single_use_reason
 
 # the binary ops of TFLite's MoveBinaryOpConstBeforeReshape patterns that qcompiler has
 BINARY_OPS = ("add", "div", "greater", "maximum", "minimum", "mul", "sub")
@@ -52,8 +52,6 @@ def _check(m: Match) -> Optional[str]:
         return "the reshape's shape is computed at run time (a Flatten or Reshape layer), not a constant"
     if (reason := single_use_reason(reshape)) is not None:
         return reason
-    if not has_data(constant):
-        return f"the constant %{constant.name} has no data"
     if not (is_tail_of_shape(constant, reshape.result) and is_tail_of_shape(constant, source)):
         return (f"the constant's shape {constant.type} is not a tail of both {source.type} and "
                 f"{reshape.result.type}")
