@@ -27,6 +27,10 @@ drawn per seed:
   - binary_after_reshape: a batch norm, a Rescaling and a minimum by constants after a keras.ops.reshape (an
     identity on the dynamic batch too, which the converter keeps) compute before the RESHAPE
     (MoveBinaryOpConstBeforeReshape; move-binary-reshapes): the RESHAPE ends the chain;
+  - fixed_range_before_tensordot_reshape: a sigmoid/tanh Dense on a rank-3 input without a bias computes before the
+    tensordot's RESHAPE (ReorderElementwiseAndMoveOperations), so the driver's requantize of its result for a
+    Maximum feeds that RESHAPE; the Maximum runs in float (after an ELU) and dequantizes the requantized copy
+    (lower-to-int); with a bias the ADD follows the RESHAPE and the float Maximum reads the sigmoid directly;
   - abs_of_abs: abs(abs(x)) is one ABS and neg(neg(y)) is y, even when the inner abs has another user
     (TensorFlow's Idempotent / Involution folds; canonicalize).
 The Keras Flatten rules (a run-time target: a dynamic tensor on a graph input, an alias otherwise) are checked
@@ -114,6 +118,12 @@ def _model(pattern: str, seed: int):
         chain = keras.layers.BatchNormalization()(chain)
         chain = keras.layers.Rescaling(float(rng.uniform(0.5, 2.0)), offset=float(rng.normal()))(chain)
         outputs = [chain, y] + ([ops.abs(r)] if shared else [])  # another user: the reshape stays
+    elif pattern == "fixed_range_before_tensordot_reshape":  # random seed 1280
+        e = keras.layers.ELU()(a)  # float in the converter's model: the maximum after it runs in float
+        act = ("sigmoid", "tanh")[int(rng.integers(2))]
+        # without a bias the activation follows the tensordot's RESHAPE and moves above it; with one, the ADD does
+        d = keras.layers.Dense(width, activation=act, use_bias=shared)(e)
+        outputs = [keras.layers.Maximum()([d, e]), y]
     elif pattern == "unread_input":  # b reaches an output through an identity only (and, shared, a Dense too)
         kind = int(rng.integers(3))
         passed = [keras.layers.Reshape((rows, width)), keras.layers.Dropout(0.5),
@@ -142,7 +152,8 @@ def _model(pattern: str, seed: int):
                                            pytest.param("unary_after_flatten", 0, marks=pytest.mark.slow),
                                            ("abs_of_abs", 4), ("gelu_of_neg", 0), ("clamp_after_reshape", 0),
                                            ("clamp_after_reshape", 4), ("binary_after_reshape", 0),
-                                           ("binary_after_reshape", 4)])
+                                           ("binary_after_reshape", 4), ("fixed_range_before_tensordot_reshape", 0),
+                                           ("fixed_range_before_tensordot_reshape", 4)])
 def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
     model = _model(pattern, seed)
     rng = np.random.default_rng(100 + seed)
