@@ -114,7 +114,9 @@ def _model(pattern: str, seed: int):
     elif pattern == "binary_after_reshape":  # random seeds 2161 (identity ops.reshape), 1157 (a Rescaling)
         target = (-1, rows, width) if rng.integers(2) else (-1, rows, 1, width)
         r = ops.reshape(x, target)
-        chain = ops.minimum(r, rng.normal(size=(width,)).astype(np.float32))
+        unary = (None, "tanh", "relu")[int(rng.integers(3))]  # moved above the reshape first, then the chain
+        first = r if unary is None or shared else keras.layers.Activation(unary)(r)
+        chain = ops.minimum(first, rng.normal(size=(width,)).astype(np.float32))
         chain = keras.layers.BatchNormalization()(chain)
         chain = keras.layers.Rescaling(float(rng.uniform(0.5, 2.0)), offset=float(rng.normal()))(chain)
         outputs = [chain, y] + ([ops.abs(r)] if shared else [])  # another user: the reshape stays
@@ -151,7 +153,7 @@ def _model(pattern: str, seed: int):
                                            ("op_order", 0), ("op_order", 5), ("unary_after_flatten", 4),
                                            pytest.param("unary_after_flatten", 0, marks=pytest.mark.slow),
                                            ("abs_of_abs", 4), ("gelu_of_neg", 0), ("clamp_after_reshape", 0),
-                                           ("clamp_after_reshape", 4), ("binary_after_reshape", 0),
+                                           ("clamp_after_reshape", 4), ("binary_after_reshape", 1),
                                            ("binary_after_reshape", 4), ("fixed_range_before_tensordot_reshape", 0),
                                            ("fixed_range_before_tensordot_reshape", 4)])
 def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
