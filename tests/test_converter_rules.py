@@ -27,6 +27,8 @@ drawn per seed:
   - binary_after_reshape: a batch norm, a Rescaling and a minimum by constants after a keras.ops.reshape (an
     identity on the dynamic batch too, which the converter keeps) compute before the RESHAPE
     (MoveBinaryOpConstBeforeReshape; move-binary-reshapes): the RESHAPE ends the chain;
+  - binary_of_two_reshapes: add/subtract/multiply/maximum/minimum of two keras.ops.reshape of one shape computes
+    before them (MoveBinaryOpBeforeReshape; move-binary-reshapes), a Rescaling after it too;
   - fixed_range_before_tensordot_reshape: a sigmoid/tanh Dense on a rank-3 input without a bias computes before the
     tensordot's RESHAPE (ReorderElementwiseAndMoveOperations), so the driver's requantize of its result for a
     Maximum feeds that RESHAPE; the Maximum runs in float (after an ELU) and dequantizes the requantized copy
@@ -120,6 +122,13 @@ def _model(pattern: str, seed: int):
         chain = keras.layers.BatchNormalization()(chain)
         chain = keras.layers.Rescaling(float(rng.uniform(0.5, 2.0)), offset=float(rng.normal()))(chain)
         outputs = [chain, y] + ([ops.abs(r)] if shared else [])  # another user: the reshape stays
+    elif pattern == "binary_of_two_reshapes":
+        target = (-1, width, rows) if rng.integers(2) else (-1, rows * width)
+        op = ("add", "subtract", "multiply", "maximum", "minimum")[int(rng.integers(5))]
+        r1, r2 = ops.reshape(x, target), ops.reshape(y, target)
+        m = getattr(ops, op)(r1, r2)
+        outputs = [keras.layers.Rescaling(float(rng.uniform(0.5, 2.0)), offset=float(rng.normal()))(m)]
+        outputs += [ops.abs(r1)] if shared else []  # another user: an add keeps its reshapes, a maximum not
     elif pattern == "fixed_range_before_tensordot_reshape":  # random seed 1280
         e = keras.layers.ELU()(a)  # float in the converter's model: the maximum after it runs in float
         act = ("sigmoid", "tanh")[int(rng.integers(2))]
@@ -154,7 +163,8 @@ def _model(pattern: str, seed: int):
                                            pytest.param("unary_after_flatten", 0, marks=pytest.mark.slow),
                                            ("abs_of_abs", 4), ("gelu_of_neg", 0), ("clamp_after_reshape", 0),
                                            ("clamp_after_reshape", 4), ("binary_after_reshape", 1),
-                                           ("binary_after_reshape", 4), ("fixed_range_before_tensordot_reshape", 0),
+                                           ("binary_after_reshape", 4), ("binary_of_two_reshapes", 0),
+                                           ("binary_of_two_reshapes", 4), ("fixed_range_before_tensordot_reshape", 0),
                                            ("fixed_range_before_tensordot_reshape", 4)])
 def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
     model = _model(pattern, seed)

@@ -17,6 +17,11 @@ greater, ...): `op(reshape(input, constant shape), constant)` becomes `reshape(o
 The pattern fires again on the moved reshape, so a chain of such ops (a batch norm's MUL and ADD, a Rescaling, a
 clamp by constants) ends with the reshape.
 
+And MoveBinaryOpBeforeReshape: `op(reshape(a), reshape(b))` with constant shapes becomes `reshape(op(a, b))` when
+the two reshapes give one shape from one shape (each a tail of the other, both sides) and a, b have one element
+type; for add/sub/mul/div each reshape has one use (or it is one reshape used twice by the op), for the other
+ops the reshapes may have other users (they stay for them).
+
 It runs in the same greedy pattern set as the fusions of a MUL/ADD into the conv / fully_connected before it, so
 this pass comes before fold-affine: a Rescaling after `ops.reshape` of a conv's result folds into the conv.
 
@@ -69,8 +74,49 @@ def _rewrite(m: Match, rw: Rewriter) -> None:
     rw.replace_value(node, rw.op("reshape", inner, layer=reshape.layer, **dict(reshape.attrs)))
 
 
+# MoveBinaryOpBeforeReshape: binary(reshape(a), reshape(b)) -> reshape(binary(a, b)). For add/sub/mul/div the two
+# reshapes have one use each (or are one reshape used twice there); the other ops take no use condition.
+ONE_USE_OPS = frozenset({"add", "div", "mul", "sub"})
+
+
+def _constant_shape_reshape(value: Value) -> Optional[str]:
+    producer = value.producer
+    if producer is None or producer.op != "reshape":
+        return f"%{value.name} is not a reshape"
+    if producer.attrs.get("runtime_batch", False):
+        return f"%{value.name}'s shape is computed at run time (a Flatten or Reshape layer), not a constant"
+    return None
+
+
+def _two_check(m: Match) -> Optional[str]:
+    a, b = m["a"], m["b"]
+    for value in (a, b):
+        if (reason := _constant_shape_reshape(value)) is not None:
+            return reason
+    x, y = a.producer.operands[0], b.producer.operands[0]
+    if a.type.shape != b.type.shape or x.type.shape != y.type.shape:
+        return f"the reshapes' shapes ({x.type} -> {a.type}, {y.type} -> {b.type}) are not the same"
+    if x.type.dtype != y.type.dtype:
+        return f"the reshapes' inputs are {x.type.dtype} and {y.type.dtype}"
+    if m.root.op in ONE_USE_OPS:
+        if a is b:
+            if len(a.uses) != 2 or a.producer.graph.is_output(a):
+                return f"the reshape %{a.name} has other uses"
+        elif single_use_reason(a.producer) is not None or single_use_reason(b.producer) is not None:
+            return "a reshape has other uses"
+    return None
+
+
+def _two_rewrite(m: Match, rw: Rewriter) -> None:
+    node, first = m.root, m["a"].producer
+    inner = rw.op(node.op, first.operands[0], m["b"].producer.operands[0], name=f"{node.result.name}_unreshaped",
+                  layer=node.layer, **dict(node.attrs))
+    rw.replace_value(node, rw.op("reshape", inner, layer=first.layer, **dict(first.attrs)))
+
+
 RULES = [Rule("binary-const-after-reshape", Pat(BINARY_OPS, Pat("reshape", "x", capture="reshape"), Const(capture="c"),
-                                                arity=2), _rewrite, _check)]
+                                                arity=2), _rewrite, _check),
+         Rule("binary-after-two-reshapes", Pat(BINARY_OPS, "a", "b", arity=2), _two_rewrite, _two_check)]
 
 
 @dataclass(frozen=True)
