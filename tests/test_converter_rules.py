@@ -163,9 +163,10 @@ def _model(pattern: str, seed: int):
                                            pytest.param("unary_after_flatten", 0, marks=pytest.mark.slow),
                                            ("abs_of_abs", 4), ("gelu_of_neg", 0), ("clamp_after_reshape", 0),
                                            ("clamp_after_reshape", 4), ("binary_after_reshape", 1),
-                                           ("binary_after_reshape", 4), ("binary_of_two_reshapes", 0),
-                                           ("binary_of_two_reshapes", 4), ("fixed_range_before_tensordot_reshape", 0),
-                                           ("fixed_range_before_tensordot_reshape", 4)])
+                                           ("binary_of_two_reshapes", 0), ("fixed_range_before_tensordot_reshape", 0),
+                                           *[pytest.param(p, 4, marks=pytest.mark.slow) for p in (
+                                               "binary_after_reshape", "binary_of_two_reshapes",
+                                               "fixed_range_before_tensordot_reshape")]])
 def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
     model = _model(pattern, seed)
     rng = np.random.default_rng(100 + seed)
