@@ -32,8 +32,8 @@ SIZE_MARGIN = 1.01  # our .tflite at most 1% larger than the converter's
 FLOAT_RTOL = 1e-4  # float32 outputs vs Keras, relative to the output's largest magnitude
 
 # In the order they are tested: the first that applies is the model's cause.
-CAUSES = ("import error", "compile error", "converter error", "converter model aborts", "keras error", "float32 mismatch",
-          "float32 TFLite overwrite (converter too)", "I/O quant mismatch",
+CAUSES = ("import error", "compile error", "converter error", "converter model aborts", "keras error",
+          "float32 mismatch", "float32 TFLite overwrite (converter too)", "I/O quant mismatch",
           "<99% identical", ">1 LSB", "size > converter + 1%", "runtime error", "crash")
 
 
