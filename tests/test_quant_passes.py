@@ -300,5 +300,8 @@ def test_an_add_with_a_degenerate_output_is_written_runnable():
     (got,) = run_tflite(model, [x])
     assert out.zero_point[0] == 0 and out.scale[0] < 1e-8
     np.testing.assert_array_equal(got, np.where(real > out.scale[0] / 2, 127, 0).astype(np.int8))
+    from qcompiler.ir.interpreter import run
+
+    np.testing.assert_array_equal(run(degenerate, [x])[0], got)  # the integer interpreter models the two steps
     sub = run_passes(parse(text.replace("%MAX", "0.0").replace("add(", "sub(")), "lower-to-int")
     assert operators(write_tflite(sub)) == [tflite.BuiltinOperator.SUB]  # SUB takes a multiplier >= 1 (seed 17)

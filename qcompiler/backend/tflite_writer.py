@@ -574,14 +574,8 @@ def _runnable_add_output(node: Node) -> Optional[QParams]:
     scales = [float(np.float32(v.type.quant.scale[0])) for v in node.operands if v.type.quant is not None]
     if len(scales) != 2:
         return None
-    out_scale = float(np.float32(out.type.quant.scale[0]))
-    twice_max, multiplier = qm.add_output_multiplier(scales, out_scale, out.type.dtype)
-    if multiplier < 1.0:
-        return None
-    scale = float(np.float32(twice_max / (1 << qm.add_left_shift(out.type.dtype))))
-    while qm.add_output_multiplier(scales, scale, out.type.dtype)[1] >= 1.0:
-        scale = float(np.nextafter(np.float32(scale * (1 + 2 ** -12)), np.float32(np.inf)))
-    return QParams.per_tensor(scale, int(out.type.quant.zero_point[0]))
+    scale = qm.add_runnable_output_scale(scales, float(np.float32(out.type.quant.scale[0])), out.type.dtype)
+    return None if scale is None else QParams.per_tensor(scale, int(out.type.quant.zero_point[0]))
 
 
 def _emit_arith(w: _ModelWriter, node: Node) -> None:
