@@ -513,25 +513,31 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 def _gelu(approximate: bool) -> Callable[[np.ndarray], np.ndarray]:
     """reference_ops::GeluTransform / GeluTransformApproximate in float32, the functions LUTPopulate tabulates:
-    0.5f * x * erfc(x * -sqrt(1/2)), and 0.5f * x * (1 + tanh(f32(sqrt(2/pi)) * (x + 0.044715f * x * x * x))),
-    each float32 operation rounded as the kernel's (erfc and tanh in double, rounded to float32)."""
-    from scipy.special import erfc  # scipy ships with the test deps (ops.py's float GELU uses it too)
+    0.5f * x * std::erfc(x * f32(-M_SQRT1_2)), and 0.5f * x * (1 + std::tanh(kSqrt2dPi * (x + 0.044715f * x * x * x)))
+    with kSqrt2dPi = f32(M_2_SQRTPI * M_SQRT1_2), each float32 operation rounded as the kernel's; erfc and tanh are the
+    C library's erfcf and tanhf (qcompiler/ir/libm.py: float64 values rounded to float32 are an ulp off often enough
+    to move an int16 table entry)."""
+    from qcompiler.ir.libm import erfcf, tanhf
 
     f = np.float32
-    sqrt_2_over_pi = f(2.0 / math.sqrt(math.pi) * math.sqrt(0.5))
+    sqrt_2_over_pi = f(_M_2_SQRTPI * _M_SQRT1_2)
 
     def exact(x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, f)
-        tail = erfc((x * f(-math.sqrt(0.5))).astype(f).astype(np.float64)).astype(f)
+        tail = erfcf((x * f(-_M_SQRT1_2)).astype(f))
         return ((f(0.5) * x).astype(f) * tail).astype(f)
 
     def tanh_form(x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, f)
         cube = (((f(0.044715) * x).astype(f) * x).astype(f) * x).astype(f)
-        t = np.tanh((sqrt_2_over_pi * (x + cube).astype(f)).astype(f).astype(np.float64)).astype(f)
+        t = tanhf((sqrt_2_over_pi * (x + cube).astype(f)).astype(f))
         return ((f(0.5) * x).astype(f) * (f(1) + t).astype(f)).astype(f)
 
     return tanh_form if approximate else exact
+
+
+_M_2_SQRTPI = 1.12837916709551257390  # <math.h>'s constants, as the kernel spells them
+_M_SQRT1_2 = 0.70710678118654752440
 
 
 def _gelu_kernel(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
