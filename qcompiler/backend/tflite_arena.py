@@ -1,10 +1,17 @@
-"""TFLite's arena planner, as far as calibration sees it: which kernels write their output into an input's buffer.
+"""TFLite's arena planner: which kernels write their output into an input's buffer, and what that overwrites.
 
-TFLiteConverter's calibrator (tools/optimize/calibration: calibration_logger.cc, logging_op_resolver.cc) logs
-each op's inputs before *and after* the kernel runs. When the runtime lets a kernel share an input's buffer with
-its output, the input is logged a second time holding the output's values, so the converter records the input's
-range as the union of both. Reproducing that (the `tflite-2.21` policy's in-place range unions) needs the same
-sharing decisions, which this module makes on the IR graph with the runtime's own rule:
+One model of the runtime's rule, `buffer_sharing`, decides which buffer each output ends up in, on a list of
+operators (`RuntimeOp`) and what the planner knows of the tensors (`RuntimeTensors`). Two callers use it:
+
+  * calibration (the `tflite-2.21` policy's in-place range unions): TFLiteConverter's calibrator
+    (tools/optimize/calibration: calibration_logger.cc, logging_op_resolver.cc) logs each op's inputs before *and
+    after* the kernel runs. When the runtime lets a kernel share an input's buffer with its output, the input is
+    logged a second time holding the output's values, so the converter records the input's range as the union of
+    both. `inplace_writes` runs the planner on the converter's model of an IR graph (`converter_model`).
+  * the writer (qcompiler/backend/tflite_writer.py): on the operators it wrote, `clobbered_reads` finds the
+    in-place writes into a buffer another tensor still needs, and `safe_operator_order` an order without them.
+
+Both read the writes from `inplace_overwrites`. The runtime's rule (TF 2.21, tensorflow/lite/arena_planner.cc):
 
   * each kernel registration declares `TfLiteRegistration::inplace_operator` flags: `kTfLiteInplaceOpInputNShared`
     (input N may share the first output's buffer) and `kTfLiteInplaceOpDataUnmodified` (the output is the input's
@@ -34,6 +41,10 @@ sharing decisions, which this module makes on the IR graph with the runtime's ow
 An output written into an input's buffer with changed data is an in-place write: `inplace_writes` returns
 those (input, output) pairs. A kernel with an unfused activation the backend writes as a separate op (e.g. tanh)
 writes a tensor the IR has no value for; such ops are left out.
+
+The last three points are facts about the converter's model that `converter_model` states as operators and
+tensors: a dynamic tensor (`RuntimeTensors.dynamic`), a SHAPE operator, a RESHAPE with `shape_at_run_time`; the
+writer states the same facts of its own model (it writes run-time-shaped RESHAPEs the same way).
 """
 from __future__ import annotations
 
@@ -89,7 +100,8 @@ def inplace_writes(graph: Graph) -> list[tuple[Value, Value]]:
     converter's calibrator runs it: the converter records `input` with the union of both ranges. The buffer may
     hold other tensors too (aliases along the sharing chain, e.g. the input of a Flatten whose output the kernel
     overwrites): each one computed before the write that an op reads after it is logged with the written values
-    as well, and comes as a pair of its own (random seed 1213: a GlobalMaxPool after the ADD reads the Rescaling output).
+    as well, and comes as a pair of its own (random seed 1213: a GlobalMaxPool after the ADD reads the Rescaling
+    output).
     The decisions are `buffer_sharing`'s on the converter's model of the graph (`converter_model`)."""
     model = converter_model(graph)
     pairs = []
@@ -340,7 +352,8 @@ def safe_operator_order(ops: Sequence[RuntimeOp], tensors: RuntimeTensors) -> li
     for write in writes:
         writer, out = write.position, write.output
         after = _descendants(writer, ops, producer)
-        before = {reader for tensor in buffers[sharing[out].owner] if tensor != out and producer.get(tensor) not in after
+        before = {reader for tensor in buffers[sharing[out].owner]
+                  if tensor != out and producer.get(tensor) not in after
                   for reader in readers.get(tensor, ()) if reader != writer}
         if before and not before & after:
             candidate = [set(e) for e in extra]
