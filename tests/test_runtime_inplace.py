@@ -41,6 +41,19 @@ def test_the_planner_checks_only_the_buffer_owner() -> None:
     assert clobbered_reads(ops, tensors) == [(4, 6, 3), (4, 7, 3)]
 
 
+def test_a_run_time_shaped_reshape_that_cannot_alias_drops_the_sharing_planned_onto_it() -> None:
+    """in 0 -> RESHAPE (target 5 computed at run time) 1 -> SOFTMAX 2 -> SOFTMAX 6 -> SUB 3: the RESHAPE reads a model
+    input, so its
+    output does not alias it and becomes dynamic; the SOFTMAX planned onto it and the SUB along the chain lose their
+    sharing (TFLite's CalculateAllocations). With a constant target the same RESHAPE output is an arena tensor."""
+    ops = [RuntimeOp(RESHAPE, (0, 5), (1,), shape_at_run_time=True), RuntimeOp(SOFTMAX, (1,), (2,)),
+           RuntimeOp(SOFTMAX, (2,), (6,)), RuntimeOp(SUB, (6, 4), (3,))]
+    tensors = RuntimeTensors(nbytes=(40,) * 7, constant=frozenset({4}), inputs=frozenset({0}), outputs=frozenset({3}))
+    assert buffer_sharing(ops, tensors) == {}
+    constant_target = [RuntimeOp(RESHAPE, (0, 5), (1,))] + ops[1:]
+    assert {t: s.owner for t, s in buffer_sharing(constant_target, tensors).items()} == {2: 1, 6: 1}
+
+
 def test_safe_order_runs_the_readers_before_the_write() -> None:
     ops, tensors = _seed_2142_ops()
     order = safe_operator_order(ops, tensors)
