@@ -26,6 +26,10 @@ drawn per seed:
     its one-use producer (move-reshapes); after a Flatten/Reshape layer the producer's SHAPE user blocks that;
   - abs_of_abs: abs(abs(x)) is one ABS and neg(neg(y)) is y, even when the inner abs has another user
     (TensorFlow's Idempotent / Involution folds; canonicalize).
+  - idempotent_clamp: relu(relu(x)) / relu6(relu6(x)) is the inner op, even when it has another user (Dense(relu6)
+    then Activation("relu6") and a multiply of both: MUL(fc, fc); canonicalize);
+  - vector_after_scalar: a batch norm then a Rescaling before a Dense fold entirely into it (TFLite's second
+    optimize phase has FuseAddAndFullyConnected / FuseMulAndFullyConnected too; fold-affine).
 The Keras Flatten rules (a run-time target: a dynamic tensor on a graph input, an alias otherwise) are checked
 against TF's own calibrator in tests/test_calibrate.py: drawn Keras models hit the converter's op order (a reader
 placed before the in-place ADD) or TFLite overwriting an aliased buffer at batch > 1 in either model.
@@ -109,6 +113,18 @@ def _model(pattern: str, seed: int):
         passed = [keras.layers.Reshape((rows, width)), keras.layers.Dropout(0.5),
                   keras.layers.Activation("linear")][kind](b)
         outputs = [x, passed] + ([y] if shared else [])
+    elif pattern == "idempotent_clamp":  # random seed 4005
+        act = ("relu", "relu6")[int(rng.integers(2))]
+        inner = keras.layers.Dense(width, activation=act)(x)
+        outer = keras.layers.Activation(act)(inner)
+        # the outer clamp shares the multiply's range if it stays an op: then the MUL reads a requantized copy
+        outputs = [keras.layers.Dense(3)(ops.multiply(outer, inner) if shared else outer), y]
+    elif pattern == "vector_after_scalar":  # random seed 4033
+        # a rank-2 operand that no layer before it can absorb the batch norm into
+        bn = keras.layers.BatchNormalization()(ops.mean(x, axis=1))
+        scaled = keras.layers.Rescaling(float(rng.uniform(0.2, 2.0)), float(rng.normal()))(bn)
+        outputs = [keras.layers.Dense(3)(scaled), y]
+        outputs += [keras.layers.Activation("tanh")(scaled if rng.integers(2) else bn)] if shared else []
     elif pattern == "op_order":
         names = ["".join(rng.choice(list("abcmxz"), 3)) + f"_{i}" for i in range(4)]
         r = keras.layers.Rescaling(float(rng.uniform(0.5, 2.0)), name=names[0])(a)
@@ -131,7 +147,8 @@ def _model(pattern: str, seed: int):
                                            ("op_order", 0), ("op_order", 5), ("unary_after_flatten", 4),
                                            pytest.param("unary_after_flatten", 0, marks=pytest.mark.slow),
                                            ("abs_of_abs", 4), ("gelu_of_neg", 0), ("clamp_after_reshape", 0),
-                                           ("clamp_after_reshape", 4)])
+                                           ("clamp_after_reshape", 4), ("idempotent_clamp", 4),
+                                           ("vector_after_scalar", 0)])
 def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
     model = _model(pattern, seed)
     rng = np.random.default_rng(100 + seed)

@@ -8,8 +8,9 @@
 - transpose(x) {perm=[0, 1, ..]}  -> x   (TensorFlow's grappler drops an identity permutation before the converter
                                          sees it: `ops.transpose(x, [0, 1, 2])` leaves no TRANSPOSE)
 - maximum(x, 0)                   -> relu(x)
-- relu(relu(x)), relu6(relu6(x)), relu_n1_to_1(relu_n1_to_1(x)) -> one of them (TFLiteConverter keeps one: a
-                                    Dense with relu6 followed by an Activation("relu6") is one FULLY_CONNECTED)
+- relu(relu(x)), relu6(relu6(x)) -> the inner one, whatever else uses it (TensorFlow's Idempotent fold: a Dense
+                                    with relu6 followed by an Activation("relu6") is one FULLY_CONNECTED);
+  relu_n1_to_1(relu_n1_to_1(x))   -> the inner one if it has no other user
 - abs(abs(x)) -> abs(x);  neg(neg(x)) -> x   (TensorFlow's folds of its Idempotent and Involution ops, whatever
                                          else uses the inner op: two ops.abs leave one ABS, random seed 2115)
 - minimum(relu(x), 6)             -> relu6(x)
@@ -323,8 +324,13 @@ RULES: list[Rule] = [
                                      where=_keeps_shape), _to_activation("relu")),
     Rule("min-relu-6-to-relu6", Pat("minimum", Pat("relu", "x", one_use=True), Const(where=_scalar_is(6.0)),
                                     commutative=True, where=_keeps_shape), _to_activation("relu6")),
-    *[Rule(f"{op}-of-{op}", Pat(op, Pat(op, "x", one_use=True, capture="inner")), _drop_outer_activation,
-           _drop_outer_check) for op in ("relu", "relu6", "relu_n1_to_1")],
+    # relu/relu6: TensorFlow's Idempotent fold, whatever else uses the inner one (random seed 4005: Dense(relu6),
+    # then Activation("relu6") and a multiply of both is FULLY_CONNECTED, MUL(fc, fc)); clip(-1, 1) is no TF op
+    # with that trait: the converter keeps both when the inner has another user (probed)
+    *[Rule(f"{op}-of-{op}", Pat(op, Pat(op, "x", capture="inner")), _drop_outer_activation, _drop_outer_check)
+      for op in ("relu", "relu6")],
+    Rule("relu_n1_to_1-of-relu_n1_to_1", Pat("relu_n1_to_1", Pat("relu_n1_to_1", "x", one_use=True, capture="inner")),
+         _drop_outer_activation, _drop_outer_check),
     Rule("abs-of-abs", Pat("abs", Pat("abs", "x", capture="inner")), _drop_outer_activation, _drop_outer_check),
     Rule("neg-of-neg", Pat("neg", Pat("neg", "x")), _forward_operand, _drop_identity_check),
     _identity_arithmetic("add", 0.0, commutative=True),
