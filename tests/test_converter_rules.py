@@ -28,6 +28,8 @@ drawn per seed:
     (TensorFlow's Idempotent / Involution folds; canonicalize).
   - idempotent_clamp: relu(relu(x)) / relu6(relu6(x)) is the inner op, even when it has another user (Dense(relu6)
     then Activation("relu6") and a multiply of both: MUL(fc, fc); canonicalize);
+  - clip_bounds: ops.clip(x, lo, hi) is MINIMUM then MAXIMUM (tf.clip_by_value), lo = 0 a RELU after the MINIMUM,
+    lo = -0.0 a MAXIMUM (TFLite's clamp patterns compare bits; keras_ops, canonicalize);
   - vector_after_scalar: a batch norm then a Rescaling before a Dense fold entirely into it (TFLite's second
     optimize phase has FuseAddAndFullyConnected / FuseMulAndFullyConnected too; fold-affine).
 The Keras Flatten rules (a run-time target: a dynamic tensor on a graph input, an alias otherwise) are checked
@@ -125,6 +127,10 @@ def _model(pattern: str, seed: int):
         scaled = keras.layers.Rescaling(float(rng.uniform(0.2, 2.0)), float(rng.normal()))(bn)
         outputs = [keras.layers.Dense(3)(scaled), y]
         outputs += [keras.layers.Activation("tanh")(scaled if rng.integers(2) else bn)] if shared else []
+    elif pattern == "clip_bounds":  # random seed 4116 (lo = -0.0 drawn)
+        lo = (0.0, -0.0, -0.5)[int(rng.integers(3))]
+        s = keras.layers.Add()([x, y])
+        outputs = [ops.clip(s, lo, float(rng.uniform(0.5, 3.0)))] + ([keras.layers.Dense(3)(s)] if shared else [])
     elif pattern == "op_order":
         names = ["".join(rng.choice(list("abcmxz"), 3)) + f"_{i}" for i in range(4)]
         r = keras.layers.Rescaling(float(rng.uniform(0.5, 2.0)), name=names[0])(a)
@@ -148,7 +154,7 @@ def _model(pattern: str, seed: int):
                                            pytest.param("unary_after_flatten", 0, marks=pytest.mark.slow),
                                            ("abs_of_abs", 4), ("gelu_of_neg", 0), ("clamp_after_reshape", 0),
                                            ("clamp_after_reshape", 4), ("idempotent_clamp", 4),
-                                           ("vector_after_scalar", 0)])
+                                           ("vector_after_scalar", 0), ("clip_bounds", 0), ("clip_bounds", 6)])
 def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
     model = _model(pattern, seed)
     rng = np.random.default_rng(100 + seed)

@@ -142,6 +142,16 @@ def _scalar_is(target: float):
     return lambda v: constant_scalar(v) == target
 
 
+def _bound_is(target: float):
+    """A clamp bound equal to `target` bit for bit: TFLite's clamp patterns compare with APFloat::isExactlyValue,
+    so maximum(x, -0.0) stays a MAXIMUM (ops.clip(x, -0.0, hi); random seed 4116)."""
+    def matches(v: Value) -> bool:
+        s = constant_scalar(v)
+        return s is not None and np.float32(s).tobytes() == np.float32(target).tobytes()
+
+    return matches
+
+
 def _keeps_shape(node: Node) -> bool:
     """The constant operand does not broadcast the result beyond the other operand's shape."""
     return all(v.is_constant or v.type.shape == node.result.type.shape for v in node.operands)
@@ -155,9 +165,9 @@ def _to_activation(op: str):
 
 
 def _clamp(outer: str, inner: str, outer_bound: float, inner_bound: float) -> Pat:
-    return Pat(outer, Pat(inner, "x", Const(where=_scalar_is(inner_bound)), one_use=True, commutative=True,
+    return Pat(outer, Pat(inner, "x", Const(where=_bound_is(inner_bound)), one_use=True, commutative=True,
                           where=_keeps_shape),
-               Const(where=_scalar_is(outer_bound)), commutative=True, where=_keeps_shape)
+               Const(where=_bound_is(outer_bound)), commutative=True, where=_keeps_shape)
 
 
 def _identity_arithmetic_check(m: Match) -> Optional[str]:
@@ -320,9 +330,9 @@ RULES: list[Rule] = [
     Rule("clamp-to-relu-n1-to-1", _clamp("minimum", "maximum", 1.0, -1.0), _to_activation("relu_n1_to_1")),
     Rule("clamp-to-relu-n1-to-1-swapped", _clamp("maximum", "minimum", -1.0, 1.0),
          _to_activation("relu_n1_to_1")),
-    Rule("maximum-zero-to-relu", Pat("maximum", "x", Const(where=_scalar_is(0.0)), commutative=True,
+    Rule("maximum-zero-to-relu", Pat("maximum", "x", Const(where=_bound_is(0.0)), commutative=True,
                                      where=_keeps_shape), _to_activation("relu")),
-    Rule("min-relu-6-to-relu6", Pat("minimum", Pat("relu", "x", one_use=True), Const(where=_scalar_is(6.0)),
+    Rule("min-relu-6-to-relu6", Pat("minimum", Pat("relu", "x", one_use=True), Const(where=_bound_is(6.0)),
                                     commutative=True, where=_keeps_shape), _to_activation("relu6")),
     # relu/relu6: TensorFlow's Idempotent fold, whatever else uses the inner one (random seed 4005: Dense(relu6),
     # then Activation("relu6") and a multiply of both is FULLY_CONNECTED, MUL(fc, fc)); clip(-1, 1) is no TF op
