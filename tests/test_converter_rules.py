@@ -30,8 +30,8 @@ drawn per seed:
     then Activation("relu6") and a multiply of both: MUL(fc, fc); canonicalize);
   - clip_bounds: ops.clip(x, lo, hi) is MINIMUM then MAXIMUM (tf.clip_by_value), lo = 0 a RELU after the MINIMUM,
     lo = -0.0 a MAXIMUM (TFLite's clamp patterns compare bits; keras_ops, canonicalize);
-  - relu_negative_part (its own test): ReLU(negative_slope, max_value) computes relu(-x) as Neg + Relu (a float NEG in the
-    converter's model), relu(-x + t) as Sub(t, x) (keras_layers.relu_general);
+  - relu_negative_part (its own test): ReLU(negative_slope, max_value) computes relu(-x) as Neg + Relu (a float
+    NEG in the converter's model), relu(-x + t) as Sub(t, x) (keras_layers.relu_general);
   - vector_after_scalar: a batch norm then a Rescaling before a Dense fold entirely into it (TFLite's second
     optimize phase has FuseAddAndFullyConnected / FuseMulAndFullyConnected too; fold-affine).
 The Keras Flatten rules (a run-time target: a dynamic tensor on a graph input, an alias otherwise) are checked
