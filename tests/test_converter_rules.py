@@ -135,7 +135,7 @@ def _model(pattern: str, seed: int):
         outputs = [ops.clip(s, lo, float(rng.uniform(0.5, 3.0)))] + ([keras.layers.Dense(3)(s)] if shared else [])
     elif pattern == "relu_negative_part":  # random seed 4094 (test_relu_negative_part_is_a_float_neg)
         max_value = 6.0 if rng.integers(2) else float(rng.uniform(1.0, 4.0))
-        relu = keras.layers.ReLU(negative_slope=float(rng.uniform(1.0, 3.0)), max_value=max_value)  # a steep slope shows rounding
+        relu = keras.layers.ReLU(negative_slope=float(rng.uniform(1.0, 3.0)), max_value=max_value)
         outputs = [relu(keras.layers.Add()([x, y]))]
     elif pattern == "op_order":
         names = ["".join(rng.choice(list("abcmxz"), 3)) + f"_{i}" for i in range(4)]
