@@ -63,8 +63,8 @@ def run(models: Sequence[bytes], keras_model, arrays: list[np.ndarray],
         preserve_all_tensors: Sequence[bool] = ()) -> tuple[list[list[np.ndarray]], str]:
     """Outputs of each model in the Keras order, all with the same kernels: the reference kernels, or TFLite's
     builtin kernels without XNNPACK for all of them when one model holds an op the reference resolver lacks
-    (ai-edge-litert's BUILTIN_REF has no ELU and no TILE version 3, which the converter writes for int8
-    UpSampling2D). About half of the keras.ops campaign's models hold an ELU.
+    (ai-edge-litert's BUILTIN_REF has no ELU; TILE version 3, which the converter writes for int8 UpSampling2D,
+    runs as version 2: `reference_versions`). About half of the keras.ops campaign's models hold an ELU.
 
     Not the default resolver (XNNPACK): its partitioner decides per model which ops it takes (a run-time shaped
     RESHAPE, which the converter writes for Flatten and rank > 2 Dense layers and qcompiler often does not,
