@@ -122,10 +122,12 @@ def relu_general(ctx: LayerContext, x: Value, negative_slope: float = 0.0, max_v
     negative_slope, threshold = float(negative_slope), float(threshold)
     if negative_slope != 0.0 and max_value is None and threshold == 0.0:
         return ctx.op("leaky_relu", x, alpha=negative_slope)
-    threshold_const = ctx.const(np.float32(threshold), "threshold") if negative_slope or threshold else None
+    threshold_const = ctx.const(np.float32(threshold), "threshold") if threshold != 0.0 else None
     negative_part = None
-    if negative_slope != 0.0:  # relu(-x + threshold)
+    if negative_slope != 0.0 and threshold != 0.0:  # relu(-x + threshold): TensorFlow makes neg(x) + t a SUB
         negative_part = ctx.op("relu", ctx.op("sub", threshold_const, x, suffix="neg"), suffix="neg_relu")
+    elif negative_slope != 0.0:  # relu(-x): a NEG, which the converter keeps (a float island; random seed 4094)
+        negative_part = ctx.op("relu", ctx.op("neg", x, suffix="neg"), suffix="neg_relu")
     clip_max = max_value is not None
     if threshold != 0.0:  # x where x > threshold, else 0
         above = ctx.op("greater", x, threshold_const)

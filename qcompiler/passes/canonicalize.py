@@ -9,8 +9,9 @@
 - transpose(x) {perm=[0, 1, ..]}  -> x   (TensorFlow's grappler drops an identity permutation before the converter
                                          sees it: `ops.transpose(x, [0, 1, 2])` leaves no TRANSPOSE)
 - maximum(x, 0)                   -> relu(x)
-- relu(relu(x)), relu6(relu6(x)), relu_n1_to_1(relu_n1_to_1(x)) -> one of them (TFLiteConverter keeps one: a
-                                    Dense with relu6 followed by an Activation("relu6") is one FULLY_CONNECTED)
+- relu(relu(x)), relu6(relu6(x)) -> the inner one, whatever else uses it (TensorFlow's Idempotent fold: a Dense
+                                    with relu6 followed by an Activation("relu6") is one FULLY_CONNECTED);
+  relu_n1_to_1(relu_n1_to_1(x))   -> the inner one if it has no other user
 - abs(abs(x)) -> abs(x);  neg(neg(x)) -> x   (TensorFlow's folds of its Idempotent and Involution ops, whatever
                                          else uses the inner op: two ops.abs leave one ABS, random seed 2115)
 - minimum(relu(x), 6)             -> relu6(x)
@@ -148,6 +149,16 @@ def _scalar_is(target: float):
     return lambda v: constant_scalar(v) == target
 
 
+def _bound_is(target: float):
+    """A clamp bound equal to `target` bit for bit: TFLite's clamp patterns compare with APFloat::isExactlyValue,
+    so maximum(x, -0.0) stays a MAXIMUM (ops.clip(x, -0.0, hi); random seed 4116)."""
+    def matches(v: Value) -> bool:
+        s = constant_scalar(v)
+        return s is not None and np.float32(s).tobytes() == np.float32(target).tobytes()
+
+    return matches
+
+
 def _keeps_shape(node: Node) -> bool:
     """The constant operand does not broadcast the result beyond the other operand's shape."""
     return all(v.is_constant or v.type.shape == node.result.type.shape for v in node.operands)
@@ -161,9 +172,9 @@ def _to_activation(op: str):
 
 
 def _clamp(outer: str, inner: str, outer_bound: float, inner_bound: float) -> Pat:
-    return Pat(outer, Pat(inner, "x", Const(where=_scalar_is(inner_bound)), one_use=True, commutative=True,
+    return Pat(outer, Pat(inner, "x", Const(where=_bound_is(inner_bound)), one_use=True, commutative=True,
                           where=_keeps_shape),
-               Const(where=_scalar_is(outer_bound)), commutative=True, where=_keeps_shape)
+               Const(where=_bound_is(outer_bound)), commutative=True, where=_keeps_shape)
 
 
 def _identity_arithmetic_check(m: Match) -> Optional[str]:
@@ -326,12 +337,17 @@ RULES: list[Rule] = [
     Rule("clamp-to-relu-n1-to-1", _clamp("minimum", "maximum", 1.0, -1.0), _to_activation("relu_n1_to_1")),
     Rule("clamp-to-relu-n1-to-1-swapped", _clamp("maximum", "minimum", -1.0, 1.0),
          _to_activation("relu_n1_to_1")),
-    Rule("maximum-zero-to-relu", Pat("maximum", "x", Const(where=_scalar_is(0.0)), commutative=True,
+    Rule("maximum-zero-to-relu", Pat("maximum", "x", Const(where=_bound_is(0.0)), commutative=True,
                                      where=_keeps_shape), _to_activation("relu")),
-    Rule("min-relu-6-to-relu6", Pat("minimum", Pat("relu", "x", one_use=True), Const(where=_scalar_is(6.0)),
+    Rule("min-relu-6-to-relu6", Pat("minimum", Pat("relu", "x", one_use=True), Const(where=_bound_is(6.0)),
                                     commutative=True, where=_keeps_shape), _to_activation("relu6")),
-    *[Rule(f"{op}-of-{op}", Pat(op, Pat(op, "x", one_use=True, capture="inner")), _drop_outer_activation,
-           _drop_outer_check) for op in ("relu", "relu6", "relu_n1_to_1")],
+    # relu/relu6: TensorFlow's Idempotent fold, whatever else uses the inner one (random seed 4005: Dense(relu6),
+    # then Activation("relu6") and a multiply of both is FULLY_CONNECTED, MUL(fc, fc)); clip(-1, 1) is no TF op
+    # with that trait: the converter keeps both when the inner has another user (probed)
+    *[Rule(f"{op}-of-{op}", Pat(op, Pat(op, "x", capture="inner")), _drop_outer_activation, _drop_outer_check)
+      for op in ("relu", "relu6")],
+    Rule("relu_n1_to_1-of-relu_n1_to_1", Pat("relu_n1_to_1", Pat("relu_n1_to_1", "x", one_use=True, capture="inner")),
+         _drop_outer_activation, _drop_outer_check),
     Rule("abs-of-abs", Pat("abs", Pat("abs", "x", capture="inner")), _drop_outer_activation, _drop_outer_check),
     Rule("neg-of-neg", Pat("neg", Pat("neg", "x")), _forward_operand, _drop_identity_check),
     _identity_arithmetic("add", 0.0, commutative=True),
