@@ -56,7 +56,16 @@ class Value:
 
     @property
     def data(self) -> np.ndarray:
-        """The array of a constant value."""
+        """The array of a constant value (a lazy product, see `stored`, is computed here once)."""
+        from qcompiler.ir.layout import LazyProduct
+
+        stored = self.stored
+        return stored.array() if isinstance(stored, LazyProduct) else stored
+
+    @property
+    def stored(self) -> Any:
+        """What the constant node holds: its array, or a `qcompiler.ir.layout.LazyProduct` not computed yet (a
+        folded kernel the writer computes straight into the file). Has shape, dtype and nbytes either way."""
         if not self.is_constant:
             raise IRError(f"%{self.name} is not a constant")
         return self.producer.attrs["value"]
@@ -364,9 +373,12 @@ class Graph:
         and is contiguous or a contiguous array with permuted axes (a folded 100 MB weight is not copied again; a
         kernel transposed lazily stays a view, see qcompiler/ir/layout.py), and it is made read-only: hand over
         an array nothing else writes to."""
-        from qcompiler.ir.layout import is_permuted_contiguous
+        from qcompiler.ir.layout import LazyProduct, is_permuted_contiguous
         from qcompiler.ir.types import DTYPES
 
+        if isinstance(array, LazyProduct) and (dtype is None or DTYPES[dtype] == array.dtype):
+            array.base.setflags(write=False)  # the writer computes the products from it later
+            return self.add_node("const", [], {"value": array}, names=[name], layer=layer, before=before).result
         array = np.asarray(array)
         if dtype is not None:
             array = array.astype(DTYPES[dtype], copy=False)

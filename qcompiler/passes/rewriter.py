@@ -185,7 +185,7 @@ def batched_fc_reason(node: Node) -> Optional[str]:
 
 def has_data(value: Value) -> bool:
     """A constant whose array is known (not a digest-only placeholder read from a short dump)."""
-    return value.is_constant and not isinstance(value.data, ElidedArray)
+    return value.is_constant and not isinstance(value.stored, ElidedArray)
 
 
 def constant_scalar(value: Value) -> Optional[float]:
