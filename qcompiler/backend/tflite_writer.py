@@ -188,6 +188,7 @@ class _ModelWriter:
         self._value_tensor: dict[int, int] = {}  # id(Value) -> tensor index; lookup only, never iterated
         # IR value names are unique already and keep their spelling; tensors the backend adds get fresh names.
         self._names: set[str] = set(value_names)
+        self.runtime_batch_reshapes = True  # write_tflite's option
 
     # ----- tensors ------------------------------------------------------------------------------
     def _fresh(self, name: str) -> str:
@@ -707,7 +708,7 @@ def _emit_runtime_shape(w: _ModelWriter, node: Node, target: list[int]) -> int:
 def _emit_reshape(w: _ModelWriter, node: Node) -> None:
     # The batch stays -1 in the target so that resizing the input's batch reshapes correctly.
     target = _reshape_target(node)
-    if runtime_batch_reshape(node):
+    if w.runtime_batch_reshapes and runtime_batch_reshape(node):
         inputs = [w.tensor_of(node.operands[0]), _emit_runtime_shape(w, node, target)]
         w.emit(builtin_code(node.op), inputs, [w.result_tensor(node.result)])
         return
@@ -1089,11 +1090,16 @@ def _check_lazy_products(w: _ModelWriter) -> None:
 # ----------------------------------------------------------------------------------------------------
 # public API
 # ----------------------------------------------------------------------------------------------------
-def write_tflite(graph: Graph, description: str = "qcompiler", extra_outputs: Sequence[Value] = ()) -> bytes:
+def write_tflite(graph: Graph, description: str = "qcompiler", extra_outputs: Sequence[Value] = (),
+                 runtime_batch_reshapes: bool = True) -> bytes:
     """Serialize `graph` to TFLite flatbuffer bytes. Raises BackendError for anything TFLite cannot express.
 
     `extra_outputs`: values of `graph` written as further model outputs after the graph's own (those already
     outputs, and graph inputs, are skipped), e.g. the tensors calibration reads; the graph is not changed.
+    `runtime_batch_reshapes`: a Keras Flatten/Reshape on an unknown batch gets its target computed at run time
+    (SHAPE, STRIDED_SLICE, PACK), as in the converter's model, whose in-place behaviour the calibration emulates;
+    False writes the constant target [-1, ...] instead (`qcompiler.compile` in float32: three ops fewer, and
+    XNNPACK keeps the model in one partition).
     """
     check_writable(graph, description)
     output_values = list(graph.outputs)
@@ -1105,6 +1111,7 @@ def write_tflite(graph: Graph, description: str = "qcompiler", extra_outputs: Se
             listed.add(id(value))
             output_values.append(value)
     w = _ModelWriter(v.name for v in graph.values())
+    w.runtime_batch_reshapes = runtime_batch_reshapes
     inputs = [w.add_input(v) for v in graph.inputs]
     for node in graph.nodes:
         if node.op != "const":

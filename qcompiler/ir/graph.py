@@ -374,18 +374,24 @@ class Graph:
         kernel transposed lazily stays a view, see qcompiler/ir/layout.py), and it is made read-only: hand over
         an array nothing else writes to."""
         from qcompiler.ir.layout import LazyProduct, is_permuted_contiguous
-        from qcompiler.ir.types import DTYPES
+        from qcompiler.ir.types import DTYPES, dtype_name
 
         if isinstance(array, LazyProduct) and (dtype is None or DTYPES[dtype] == array.dtype):
             array.base.setflags(write=False)  # the writer computes the products from it later
-            return self.add_node("const", [], {"value": array}, names=[name], layer=layer, before=before).result
-        array = np.asarray(array)
-        if dtype is not None:
-            array = array.astype(DTYPES[dtype], copy=False)
-        if not is_permuted_contiguous(array):
-            array = np.ascontiguousarray(array).reshape(array.shape)  # ascontiguousarray makes a scalar 1-D
-        array.setflags(write=False)
-        return self.add_node("const", [], {"value": array}, names=[name], layer=layer, before=before).result
+        else:
+            array = np.asarray(array)
+            if dtype is not None:
+                array = array.astype(DTYPES[dtype], copy=False)
+            if not is_permuted_contiguous(array):
+                array = np.ascontiguousarray(array).reshape(array.shape)  # ascontiguousarray makes a scalar 1-D
+            array.setflags(write=False)
+        try:  # the type is the array's: no inference (a model has more constants than ops)
+            result_type = TensorType(array.shape, dtype_name(array.dtype))
+        except (TypeError, ValueError) as err:
+            where = f" (Keras layer '{layer}')" if layer else ""
+            raise IRError(f"const{where}: the value is not a tensor of a supported dtype: {err}") from None
+        return self.add_node("const", [], {"value": array}, [result_type], names=[name], layer=layer,
+                             before=before).result
 
     def _insert(self, node: Node, before: Optional[Node], after: Optional[Node]) -> None:
         """Link `node` in just before `before`, just after `after`, or at the end (constant time)."""
