@@ -1,7 +1,15 @@
-"""float32 Keras Flatten/Reshape: run-time target (SHAPE/STRIDED_SLICE/PACK) vs constant target."""
-import os, sys, json, collections
+"""float32 Keras Flatten/Reshape written with a run-time target (SHAPE/STRIDED_SLICE/PACK, write_tflite's default)
+against a constant target (runtime_batch_reshapes=False, what qcompiler.compile writes in float32): op count, max
+error against Keras, whether the two outputs differ, and XNNPACK latency (benchmarks/zoo.py's latency_in_processes:
+4 fresh processes, 5 rounds each, CPU time of the invoking thread; cpu_ratio = run-time / constant form).
+
+    python benchmarks/flatten_ab.py seed_cnn,MobileNet,VGG16,MobileNetV3Small,EfficientNetB0 [result.json]
+"""
+import os, sys, json, collections, tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, "/work/wt/f32speed"); sys.path.insert(0, "/work/wt/f32speed/benchmarks")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT); sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+WORK = tempfile.mkdtemp(prefix="flatten_ab_")
 import numpy as np, keras
 import qcompiler
 from qcompiler.api import float_graph
@@ -33,18 +41,18 @@ for name in sys.argv[1].split(","):
     paths = []
     row = {}
     for label, data in (("runtime", runtime), ("constant", const)):
-        p = Path(f"/tmp/f32/flat/{name}_{label}.tflite"); p.write_bytes(data); paths.append(p)
+        p = Path(WORK, f"{name}_{label}.tflite"); p.write_bytes(data); paths.append(p)
         y = run(data, x)
         row[label] = {"ops": sum(ops_of(data).values()), "max_err_rel": float(np.max(np.abs(y - ref)) / np.max(np.abs(ref))),
                       "differs_from_runtime_output": None}
         row[label]["y"] = y
     row["constant"]["differs_from_runtime_output"] = float(np.max(np.abs(row["constant"]["y"] - row["runtime"]["y"])))
     for label in ("runtime", "constant"): del row[label]["y"]
-    np.save("/tmp/f32/flat/x.npy", x)
-    lat = Z.latency_in_processes(paths, Path("/tmp/f32/flat/x.npy"), 5, 4)
+    np.save(Path(WORK, "x.npy"), x)
+    lat = Z.latency_in_processes(paths, Path(WORK, "x.npy"), 5, 4)
     row["latency_cpu_ms"] = lat["cpu"]; row["cpu_ratio_runtime_over_constant"] = lat.get("cpu_ratio")
     row["cpu_processes"] = lat.get("cpu_processes")
     out[name] = row
     print(name, json.dumps(row), flush=True)
     keras.backend.clear_session()
-json.dump(out, open("/tmp/f32/flat/result.json", "w"), indent=1)
+json.dump(out, open(sys.argv[2] if len(sys.argv) > 2 else Path(WORK, "result.json"), "w"), indent=1)
