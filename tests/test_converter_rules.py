@@ -116,6 +116,18 @@ def _model(pattern: str, seed: int):
         wide = keras.layers.Rescaling(float(rng.uniform(2.0, 4.0)), name=names[3])(r)  # the concat's range differs
         c = keras.layers.Concatenate(name=names[2])([a, wide])
         outputs = [m, c, y]
+    elif pattern == "const_root":  # random seed 2015
+        # A fixed-range output (no range of its own) read by a merge with a graph input, whose calibrated range it
+        # takes backwards, and by a reshape/transpose: TensorFlow's walk reaches the reshape from its shape (perm)
+        # Const before the input, so the driver meets it first, drops it, and it stays float (the GELU after it
+        # too). Layer names drawn at random (they order the walk); the reshapes are never identities.
+        names = ["".join(rng.choice(list("abmrxz"), 3)) + f"_{i}" for i in range(4)]
+        t = keras.layers.Activation(("tanh", "sigmoid")[int(rng.integers(2))], name=names[0])(b)
+        merge = (keras.layers.Maximum, keras.layers.Minimum)[int(rng.integers(2))](name=names[1])([t, b])
+        moved = [lambda v: ops.reshape(v, (-1, rows * width)), lambda v: ops.transpose(v, (0, 2, 1)),
+                 keras.layers.Reshape((rows * width,), name=names[2]),
+                 lambda v: ops.expand_dims(v, 1)][int(rng.integers(4))](t)
+        outputs = [merge, ops.gelu(moved) if shared else keras.layers.Activation("gelu", name=names[3])(moved), x]
     else:
         raise ValueError(pattern)
     model = keras.Model([a, b], outputs)
