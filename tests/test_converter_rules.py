@@ -25,7 +25,10 @@ drawn per seed:
   - clamp_after_reshape: a relu/relu6 after a keras.ops.reshape (a constant shape) moves above it and fuses into
     its one-use producer (move-reshapes); after a Flatten/Reshape layer the producer's SHAPE user blocks that;
   - abs_of_abs: abs(abs(x)) is one ABS and neg(neg(y)) is y, even when the inner abs has another user
-    (TensorFlow's Idempotent / Involution folds; canonicalize).
+    (TensorFlow's Idempotent / Involution folds; canonicalize);
+  - const_root: a tanh/sigmoid output read by a Maximum/Minimum with the graph input and by a reshape or
+    transpose (keras.ops or a Reshape layer) before a GELU: TensorFlow's import walk reaches the reshape from its
+    shape Const before the input, so the driver drops it and it runs in float (quant/op_order.py, seed 2015).
 The Keras Flatten rules (a run-time target: a dynamic tensor on a graph input, an alias otherwise) are checked
 against TF's own calibrator in tests/test_calibrate.py: drawn Keras models hit the converter's op order (a reader
 placed before the in-place ADD) or TFLite overwriting an aliased buffer at batch > 1 in either model.
@@ -143,7 +146,7 @@ def _model(pattern: str, seed: int):
                                            ("op_order", 0), ("op_order", 5), ("unary_after_flatten", 4),
                                            pytest.param("unary_after_flatten", 0, marks=pytest.mark.slow),
                                            ("abs_of_abs", 4), ("gelu_of_neg", 0), ("clamp_after_reshape", 0),
-                                           ("clamp_after_reshape", 4)])
+                                           ("clamp_after_reshape", 4), ("const_root", 0), ("const_root", 5)])
 def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
     model = _model(pattern, seed)
     rng = np.random.default_rng(100 + seed)

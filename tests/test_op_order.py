@@ -69,3 +69,23 @@ def test_the_frontend_records_keras_ops_calls() -> None:
     calls = {n.layer for n in graph.nodes if n.op == "minimum"}
     assert calls and calls <= graph.op_calls and "dense" not in graph.op_calls
     assert graph.clone().op_calls == graph.op_calls
+
+
+def test_a_constant_kept_as_an_attribute_is_a_root_of_its_own() -> None:
+    # Random seed 2015, probed on TF 2.21 (the calibrated float model): ELU, TANH, MAXIMUM, RESHAPE, GELU. The
+    # keras.ops.reshape's shape is a Const node ("random_2015_1/Reshape/shape") that the walk explores before the
+    # graph input, so RESHAPE (and the GELU after it) finish first and come after the MAXIMUM, although "Reshape"
+    # sorts before "m2015_maximum_10" among the tanh's users.
+    text = """graph @random_2015(%in1: f32[?,9,6]) {
+  %e = elu(%in1) : f32[?,9,6]  # layer elu_1
+  %t = tanh(%e) : f32[?,9,6]  # layer m2015_act_1
+  %m = maximum(%t, %in1) : f32[?,9,6]  # layer m2015_maximum_10
+  %r = reshape(%t) {shape=[-1, 6, 9]} : f32[?,6,9]  # layer reshape_1
+  %g = gelu(%r) : f32[?,6,9]  # layer gelu_1
+  return %m, %g
+}"""
+    graph = parse(text)
+    graph.op_calls |= {"elu_1", "reshape_1", "gelu_1"}
+    rank = converter_op_order(graph)
+    layers = [n.layer for n in sorted((n for n in graph.nodes if id(n) in rank), key=lambda n: rank[id(n)])]
+    assert layers == ["elu_1", "m2015_act_1", "m2015_maximum_10", "reshape_1", "gelu_1"]
