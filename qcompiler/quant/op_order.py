@@ -132,6 +132,8 @@ def converter_op_order(graph: Graph) -> dict[int, int]:
                 continue
             if operand_index in weights:
                 roots.append((_resource_root(model, node.layer, index), [node]))
+            elif node.layer in graph.variable_layers:  # e.g. a folded batch norm's scale: its variables
+                roots.append((_resource_root(model, node.layer, index) + f"_{operand_index}", [entry(node)]))
             else:
                 roots.append((f"{scope[node.layer]}Const{index:08d}_{operand_index}", [entry(node)]))
         if node.op in TF_CONSTANT_INPUT_OPS:  # a parameter qcompiler keeps as an attribute: a Const in TensorFlow
