@@ -69,6 +69,7 @@ def test_the_frontend_records_keras_ops_calls() -> None:
     calls = {n.layer for n in graph.nodes if n.op == "minimum"}
     assert calls and calls <= graph.op_calls and "dense" not in graph.op_calls
     assert graph.clone().op_calls == graph.op_calls
+    assert graph.variable_layers == {"dense"} and graph.clone().variable_layers == graph.variable_layers
 
 
 def test_a_constant_kept_as_an_attribute_is_a_root_of_its_own() -> None:
@@ -89,3 +90,24 @@ def test_a_constant_kept_as_an_attribute_is_a_root_of_its_own() -> None:
     rank = converter_op_order(graph)
     layers = [n.layer for n in sorted((n for n in graph.nodes if id(n) in rank), key=lambda n: rank[id(n)])]
     assert layers == ["elu_1", "m2015_act_1", "m2015_maximum_10", "reshape_1", "gelu_1"]
+
+
+def test_a_layer_with_variables_is_reached_from_resources() -> None:
+    # Probed on TF 2.21 (this Keras model, named net; fresh BatchNormalization, so its ADD of a zero shift is gone):
+    # FULLY_CONNECTED a_dense, MUL b_bn, MAXIMUM, RELU. The folded batch norm's constants are its variables,
+    # resource arguments explored before every Const: as Consts (explored after a_dense's kernel) b_bn would come
+    # first.
+    text = """graph @net(%in0: f32[?,4]) {
+  %s = const f32[4] dense<[0.5, 1.0, 1.5, 2.0]>
+  %b = mul(%in0, %s) : f32[?,4]  # layer b_bn
+  %w = const f32[4,4] #000001
+  %a = fully_connected(%in0, %w) : f32[?,4]  # layer a_dense
+  %m = maximum(%a, %b) : f32[?,4]  # layer m_max
+  %r = relu(%b) : f32[?,4]  # layer r_relu
+  return %m, %r
+}"""
+    graph = parse(text)
+    graph.variable_layers |= {"a_dense", "b_bn"}
+    rank = converter_op_order(graph)
+    layers = [n.layer for n in sorted((n for n in graph.nodes if id(n) in rank), key=lambda n: rank[id(n)])]
+    assert layers == ["a_dense", "b_bn", "m_max", "r_relu"]
