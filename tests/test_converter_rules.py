@@ -28,7 +28,9 @@ drawn per seed:
     (TensorFlow's Idempotent / Involution folds; canonicalize);
   - const_root: a tanh/sigmoid output read by a Maximum/Minimum with the graph input and by a reshape or
     transpose (keras.ops or a Reshape layer) before a GELU: TensorFlow's import walk reaches the reshape from its
-    shape Const before the input, so the driver drops it and it runs in float (quant/op_order.py, seed 2015).
+    shape Const before the input, so the driver drops it and it runs in float (quant/op_order.py, seed 2015);
+  - dropped_output: the same with the reshape as a graph output: the driver never revisits it, and the output
+    is float32 in the converter's model too (no "outputs are integer" exception; lower-to-int).
 The Keras Flatten rules (a run-time target: a dynamic tensor on a graph input, an alias otherwise) are checked
 against TF's own calibrator in tests/test_calibrate.py: drawn Keras models hit the converter's op order (a reader
 placed before the in-place ADD) or TFLite overwriting an aliased buffer at batch > 1 in either model.
@@ -119,7 +121,7 @@ def _model(pattern: str, seed: int):
         wide = keras.layers.Rescaling(float(rng.uniform(2.0, 4.0)), name=names[3])(r)  # the concat's range differs
         c = keras.layers.Concatenate(name=names[2])([a, wide])
         outputs = [m, c, y]
-    elif pattern == "const_root":  # random seed 2015
+    elif pattern in ("const_root", "dropped_output"):  # random seed 2015
         # A fixed-range output (no range of its own) read by a merge with a graph input, whose calibrated range it
         # takes backwards, and by a reshape/transpose: TensorFlow's walk reaches the reshape from its shape (perm)
         # Const before the input, so the driver meets it first, drops it, and it stays float (the GELU after it
@@ -130,7 +132,10 @@ def _model(pattern: str, seed: int):
         moved = [lambda v: ops.reshape(v, (-1, rows * width)), lambda v: ops.transpose(v, (0, 2, 1)),
                  keras.layers.Reshape((rows * width,), name=names[2]),
                  lambda v: ops.expand_dims(v, 1)][int(rng.integers(4))](t)
-        outputs = [merge, ops.gelu(moved) if shared else keras.layers.Activation("gelu", name=names[3])(moved), x]
+        if pattern == "dropped_output":  # the dropped reshape is a graph output: float32 in the converter's model
+            outputs = [merge, moved, x]
+        else:
+            outputs = [merge, ops.gelu(moved) if shared else keras.layers.Activation("gelu", name=names[3])(moved), x]
     else:
         raise ValueError(pattern)
     model = keras.Model([a, b], outputs)
@@ -146,7 +151,8 @@ def _model(pattern: str, seed: int):
                                            ("op_order", 0), ("op_order", 5), ("unary_after_flatten", 4),
                                            pytest.param("unary_after_flatten", 0, marks=pytest.mark.slow),
                                            ("abs_of_abs", 4), ("gelu_of_neg", 0), ("clamp_after_reshape", 0),
-                                           ("clamp_after_reshape", 4), ("const_root", 0), ("const_root", 5)])
+                                           ("clamp_after_reshape", 4), ("const_root", 0), ("const_root", 5),
+                                           ("dropped_output", 3)])
 def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
     model = _model(pattern, seed)
     rng = np.random.default_rng(100 + seed)
