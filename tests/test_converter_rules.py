@@ -34,7 +34,7 @@ drawn per seed:
     Maximum feeds that RESHAPE; the Maximum runs in float (after an ELU) and dequantizes the requantized copy
     (lower-to-int); with a bias the ADD follows the RESHAPE and the float Maximum reads the sigmoid directly;
   - abs_of_abs: abs(abs(x)) is one ABS and neg(neg(y)) is y, even when the inner abs has another user
-    (TensorFlow's Idempotent / Involution folds; canonicalize).
+    (TensorFlow's Idempotent / Involution folds; canonicalize);
   - idempotent_clamp: relu(relu(x)) / relu6(relu6(x)) is the inner op, even when it has another user (Dense(relu6)
     then Activation("relu6") and a multiply of both: MUL(fc, fc); canonicalize);
   - clip_bounds: ops.clip(x, lo, hi) is MINIMUM then MAXIMUM (tf.clip_by_value), lo = 0 a RELU after the MINIMUM,
@@ -42,7 +42,12 @@ drawn per seed:
   - relu_negative_part (its own test): ReLU(negative_slope, max_value) computes relu(-x) as Neg + Relu (a float
     NEG in the converter's model), relu(-x + t) as Sub(t, x) (keras_layers.relu_general);
   - vector_after_scalar: a batch norm then a Rescaling before a Dense fold entirely into it (TFLite's second
-    optimize phase has FuseAddAndFullyConnected / FuseMulAndFullyConnected too; fold-affine).
+    optimize phase has FuseAddAndFullyConnected / FuseMulAndFullyConnected too; fold-affine);
+  - const_root: a tanh/sigmoid output read by a Maximum/Minimum with the graph input and by a reshape or
+    transpose (keras.ops or a Reshape layer) before a GELU: TensorFlow's import walk reaches the reshape from its
+    shape Const before the input, so the driver drops it and it runs in float (quant/op_order.py, seed 2015);
+  - dropped_output: the same with the reshape as a graph output: the driver never revisits it, and the output
+    is float32 in the converter's model too (no "outputs are integer" exception; lower-to-int).
 The Keras Flatten rules (a run-time target: a dynamic tensor on a graph input, an alias otherwise) are checked
 against TF's own calibrator in tests/test_calibrate.py: drawn Keras models hit the converter's op order (a reader
 placed before the in-place ADD) or TFLite overwriting an aliased buffer at batch > 1 in either model.
@@ -175,6 +180,21 @@ def _model(pattern: str, seed: int):
         wide = keras.layers.Rescaling(float(rng.uniform(2.0, 4.0)), name=names[3])(r)  # the concat's range differs
         c = keras.layers.Concatenate(name=names[2])([a, wide])
         outputs = [m, c, y]
+    elif pattern in ("const_root", "dropped_output"):  # random seed 2015
+        # A fixed-range output (no range of its own) read by a merge with a graph input, whose calibrated range it
+        # takes backwards, and by a reshape/transpose: TensorFlow's walk reaches the reshape from its shape (perm)
+        # Const before the input, so the driver meets it first, drops it, and it stays float (the GELU after it
+        # too). Layer names drawn at random (they order the walk); the reshapes are never identities.
+        names = ["".join(rng.choice(list("abmrxz"), 3)) + f"_{i}" for i in range(4)]
+        t = keras.layers.Activation(("tanh", "sigmoid")[int(rng.integers(2))], name=names[0])(b)
+        merge = (keras.layers.Maximum, keras.layers.Minimum)[int(rng.integers(2))](name=names[1])([t, b])
+        moved = [lambda v: ops.reshape(v, (-1, rows * width)), lambda v: ops.transpose(v, (0, 2, 1)),
+                 keras.layers.Reshape((rows * width,), name=names[2]),
+                 lambda v: ops.expand_dims(v, 1)][int(rng.integers(4))](t)
+        if pattern == "dropped_output":  # the dropped reshape is a graph output: float32 in the converter's model
+            outputs = [merge, moved, x]
+        else:
+            outputs = [merge, ops.gelu(moved) if shared else keras.layers.Activation("gelu", name=names[3])(moved), x]
     else:
         raise ValueError(pattern)
     model = keras.Model([a, b], outputs)
@@ -196,7 +216,9 @@ def _model(pattern: str, seed: int):
                                                "binary_after_reshape", "binary_of_two_reshapes",
                                                "fixed_range_before_tensordot_reshape")],
                                            ("idempotent_clamp", 4),
-                                           ("vector_after_scalar", 0), ("clip_bounds", 0), ("clip_bounds", 6)])
+                                           ("vector_after_scalar", 0), ("clip_bounds", 0), ("clip_bounds", 6),
+                                           ("const_root", 0), ("const_root", 5),
+                                           ("dropped_output", 3)])
 def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
     model = _model(pattern, seed)
     rng = np.random.default_rng(100 + seed)

@@ -225,6 +225,8 @@ class _Importer:
         _check_translatable(op, node)
         ctx = LayerContext(self.graph, op, prefix + _sanitize(op.name), self.weights)
         if isinstance(op, keras.layers.Layer):
+            if op.weights:
+                self.graph.variable_layers.add(op.name)
             try:
                 value = CONVERTERS[type(op)](ctx, args)
             except QCompilerError:

@@ -224,6 +224,9 @@ class Graph:
         # node.layer names that are keras.ops calls, not layers (the Keras frontend fills it): TensorFlow names
         # their ops outside any layer scope, which orders them differently (qcompiler/quant/op_order.py)
         self.op_calls: set[str] = set()
+        # node.layer names of Keras layers with variables (weights, BN statistics): TensorFlow reads them from
+        # resource arguments, not Const nodes, which orders their ops differently (qcompiler/quant/op_order.py)
+        self.variable_layers: set[str] = set()
 
     # ----- the node order -----------------------------------------------------------------------
     @property
@@ -527,6 +530,7 @@ class Graph:
         copy = Graph(self.name)
         copy._names, copy._counter = set(self._names), self._counter
         copy.op_calls = set(self.op_calls)
+        copy.variable_layers = set(self.variable_layers)
         value_map: dict[int, Value] = {}
         for value in self.inputs:
             value_map[id(value)] = Value(value.name, value.type)

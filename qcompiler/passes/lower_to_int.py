@@ -335,19 +335,12 @@ class ConverterPropagation(_Propagation):
         self.work = [n for n in order if self.reshape_of.get(id(n), n) is n]
         done: set[int] = set()
         self.done = done
-        while self.work:
-            self._drain(done)
-            # The driver drops a SAME op it meets before anything around it is known and revisits it only when a
-            # neighbour is set from its side: a value set backwards (SetOperandParams, by a concat/maximum/
-            # minimum user) requeues its producer only (AddOperandToList), never its other users. So a SAME
-            # user dropped earlier stays without parameters, and the converter leaves it in float (the
-            # `unparameterized` results below, float_spread.py). A graph input set backwards has no producer;
-            # another SAME user of it that the converter's op order visits later (a pooling; qcompiler's order
-            # differs there) gets its parameters: such ops are visited again once the work list is empty.
-            # (A graph output is revisited too: the model's outputs are integer.)
-            self.work = [n for n in order if id(n) not in done and self._same_scale_waiting(n)
-                         and (self.graph.is_output(n.result)
-                              or any(v.producer is None and id(v) in self.states for v in n.operands))]
+        # The driver drops a SAME op it meets before anything around it is known and revisits it only when a
+        # neighbour is set from its side: a value set backwards (SetOperandParams, by a concat/maximum/minimum
+        # user) requeues its producer only (AddOperandToList), never its other users, and a graph input has no
+        # producer. So a SAME user dropped earlier stays without parameters and the converter leaves it in float
+        # (`skipped` below, float_spread.py), a graph output too (its model output is then float32).
+        self._drain(done)
         return self.result()
 
     def skipped(self) -> set[int]:
@@ -363,7 +356,7 @@ class ConverterPropagation(_Propagation):
                         for v in node.operands if id(v) in self.states)  # else the range is just missing
             result = self.states.get(id(node.result))
             if (_spec_of(node, self.act_dtype, self.keep).output == SAME and result is not None
-                    and result.params is None and known and not self.graph.is_output(node.result)):
+                    and result.params is None and known):
                 ids.add(id(node))
                 dropped.add(id(node.result))
             elif batched_fc_reason(node) is not None and id(self.reshape_of[id(node)]) not in self.done and known:
@@ -377,10 +370,6 @@ class ConverterPropagation(_Propagation):
             return False
         state = self.states.get(id(node.operands[0]))
         return state is not None and state.params is None
-
-    def _same_scale_waiting(self, node: Node) -> bool:
-        spec = _spec_of(node, self.act_dtype, self.keep)
-        return spec.output == SAME and self._same_scale_params(node, spec) is not None
 
     def _drain(self, done: set[int]) -> None:
         while self.work:
