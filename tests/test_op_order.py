@@ -111,3 +111,35 @@ def test_a_layer_with_variables_is_reached_from_resources() -> None:
     rank = converter_op_order(graph)
     layers = [n.layer for n in sorted((n for n in graph.nodes if id(n) in rank), key=lambda n: rank[id(n)])]
     assert layers == ["a_dense", "b_bn", "m_max", "r_relu"]
+
+
+def test_an_op_removed_as_an_identity_still_orders_its_users() -> None:
+    # Random seed 4146 shrunk, probed on TF 2.21 (the calibrated float model): ABS, res (RESHAPE, FULLY_CONNECTED,
+    # RESHAPE), MINIMUM m_min, LOGISTIC m_sig, br (RESHAPE, FULLY_CONNECTED, RESHAPE), CONCATENATION cat. The
+    # identity keras.ops.transpose leaves no TRANSPOSE in the converter's model, but TensorFlow's graph still has
+    # "net_1/transpose" when it is imported: among m_min's users it sorts after "net_1/m_sig_1/...", so the walk
+    # explores it (and br, cat behind it) first and they come last. Canonicalize drops the transpose
+    # (Graph.elided_ops keeps it for the walk); without it the concat came before the sigmoid (seed 4146: the
+    # shared tensor took the wrong same-scale user's parameters, 18% identical, 83 LSB).
+    import keras
+
+    import qcompiler
+
+    x = keras.Input((8, 8), name="x")
+    a = keras.ops.abs(x)
+    m = keras.layers.Minimum(name="m_min")([a, keras.layers.Dense(8, name="res")(a)])
+    t = keras.ops.transpose(m, (0, 1, 2))
+    cat = keras.layers.Concatenate(name="cat")([keras.layers.Dense(3, name="br")(t), t])
+    model = keras.Model(x, [cat, keras.layers.Activation("sigmoid", name="m_sig")(m)], name="net")
+    graph = qcompiler.run_passes(qcompiler.import_keras(model), "canonicalize")
+    assert "transpose" not in {n.op for n in graph.nodes} and len(graph.elided_ops) == 1
+
+    def layers() -> list[str]:
+        rank = converter_op_order(graph)
+        nodes = sorted((n for n in graph.nodes if id(n) in rank), key=lambda n: rank[id(n)])
+        return [n.layer for n in nodes if n.layer in {"res", "m_min", "m_sig", "br", "cat"}]
+
+    assert layers() == ["res", "m_min", "m_sig", "br", "cat"]
+    assert graph.clone().elided_ops == graph.elided_ops
+    graph.elided_ops.clear()  # the walk on qcompiler's graph alone
+    assert layers() != ["res", "m_min", "m_sig", "br", "cat"]

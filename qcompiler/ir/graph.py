@@ -33,6 +33,17 @@ class Use:
     index: int
 
 
+@dataclass(frozen=True)
+class ElidedOp:
+    """An op a pass removed as an identity (its result replaced by `source`) that TensorFlow's graph still has:
+    the Keras layer (or keras.ops call) it belonged to, the name of the value it forwarded, the layers of its users
+    then, and whether TensorFlow gives it a constant operand (a `Const` root of the import walk: perm, shape)."""
+    layer: Optional[str]
+    source: str
+    user_layers: frozenset
+    const_root: bool
+
+
 class Value:
     """An SSA value: a graph input or one result of a node."""
 
@@ -227,6 +238,9 @@ class Graph:
         # node.layer names of Keras layers with variables (weights, BN statistics): TensorFlow reads them from
         # resource arguments, not Const nodes, which orders their ops differently (qcompiler/quant/op_order.py)
         self.variable_layers: set[str] = set()
+        # ops a pass removed as identities that TensorFlow's graph still has when the converter imports it (an
+        # identity Transpose, a no-op Reshape): they still decide the import order (qcompiler/quant/op_order.py)
+        self.elided_ops: list[ElidedOp] = []
 
     # ----- the node order -----------------------------------------------------------------------
     @property
@@ -531,6 +545,7 @@ class Graph:
         copy._names, copy._counter = set(self._names), self._counter
         copy.op_calls = set(self.op_calls)
         copy.variable_layers = set(self.variable_layers)
+        copy.elided_ops = list(self.elided_ops)
         value_map: dict[int, Value] = {}
         for value in self.inputs:
             value_map[id(value)] = Value(value.name, value.type)

@@ -48,7 +48,7 @@ from typing import ClassVar, Optional, Sequence
 
 import numpy as np
 
-from qcompiler.ir.graph import Node, Value
+from qcompiler.ir.graph import ElidedOp, Node, Value
 from qcompiler.passes.rewriter import (Const, Match, Pat, Rewriter, RewritePass, Rule, batched_fc_reason,
                                        constant_scalar, has_data, single_use_reason)
 
@@ -69,6 +69,17 @@ def _output_alias_reason(node: Node, source: Value) -> Optional[str]:
 
 def _forward_operand(m: Match, rw: Rewriter) -> None:
     rw.replace_value(m.root, m["x"])
+
+
+def _elide(const_root: bool):
+    """Forward the operand, and record the removed op for the converter's op order: TensorFlow's graph still has
+    it (grappler drops it only later), so the import walk reaches its users through it, and from its Const."""
+    def rewrite(m: Match, rw: Rewriter) -> None:
+        node = m.root
+        users = frozenset(user.layer for user in node.result.users)
+        node.graph.elided_ops.append(ElidedOp(node.layer, m["x"].name, users, const_root))
+        rw.replace_value(node, m["x"])
+    return rewrite
 
 
 # ----- flatten -----
@@ -323,11 +334,11 @@ _HARD_SWISH_RULES: list[Rule] = [
 
 RULES: list[Rule] = [
     Rule("flatten-to-reshape", Pat("flatten", "x"), _flatten_to_reshape, _flatten_check),
-    Rule("remove-identity", Pat("identity", "x"), _forward_operand, _drop_identity_check),
-    Rule("remove-noop-reshape", Pat("reshape", "x", where=_is_noop_reshape), _forward_operand,
+    Rule("remove-identity", Pat("identity", "x"), _elide(const_root=False), _drop_identity_check),
+    Rule("remove-noop-reshape", Pat("reshape", "x", where=_is_noop_reshape), _elide(const_root=True),
          _drop_identity_check),
-    Rule("remove-identity-transpose", Pat("transpose", "x", where=_is_identity_transpose), _forward_operand,
-         _drop_identity_check),
+    Rule("remove-identity-transpose", Pat("transpose", "x", where=_is_identity_transpose),
+         _elide(const_root=True), _drop_identity_check),
     Rule("collapse-reshapes", Pat("reshape", Pat("reshape", "x", capture="inner")), _collapse_reshapes,
          _collapse_check),
     *[Rule(f"trivial-{op}", Pat(op, "x", where=_reduces_nothing), _trivial_reduce, _trivial_reduce_check)

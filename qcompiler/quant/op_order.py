@@ -99,6 +99,14 @@ class _HiddenReshape:
         self.node = node
 
 
+class _ElidedVertex:
+    """An op qcompiler removed as an identity that TensorFlow's graph still has (Graph.elided_ops): a vertex
+    between its source value and the users it had, named after its layer or keras.ops call."""
+
+    def __init__(self, users: list[Node]) -> None:
+        self.users = users
+
+
 def _batched_fc(node: Node) -> bool:
     return node.op == "fully_connected" and node.operands[0].type.rank > 2
 
@@ -120,8 +128,16 @@ def converter_op_order(graph: Graph) -> dict[int, int]:
     def entry(node: Node) -> object:  # where an edge into `node` from its activation operand arrives
         return hidden.get(id(node), node)
 
+    roots: list[tuple[str, list[object]]] = []
+    elided = _elided_vertices(graph, scope, names, roots)
+
+    def readers(value) -> list[object]:  # the vertices an edge out of `value` reaches
+        through = elided.get(value.name, [])
+        behind = {id(u) for vertex in through for u in vertex.users}
+        return through + [entry(u) for u in value.users if id(u) not in behind]
+
     # the source's successors: inputs, one resource argument per weighted op, one Const per other constant use
-    roots: list[tuple[str, list[object]]] = [(value.name, [entry(u) for u in value.users]) for value in graph.inputs]
+    roots += [(value.name, readers(value)) for value in graph.inputs]
     for index, node in enumerate(graph.nodes):
         if node.op == "const":
             continue
@@ -144,11 +160,51 @@ def converter_op_order(graph: Graph) -> dict[int, int]:
     def successors(vertex: object) -> list[object]:
         if isinstance(vertex, _HiddenReshape):
             return [vertex.node]
-        return [entry(u) for v in vertex.results for u in v.users]  # type: ignore[attr-defined]
+        if isinstance(vertex, _ElidedVertex):
+            return [entry(u) for u in vertex.users]
+        return [r for v in vertex.results for r in readers(v)]  # type: ignore[attr-defined]
 
     finished = _reverse_post_order(roots, names, successors)
     rank = {id(v): i for i, v in enumerate(reversed(finished))}
     return {id(node): rank[id(hidden.get(id(node), node))] for node in graph.nodes if id(node) in rank}
+
+
+def _elided_vertices(graph: Graph, scope: dict[Optional[str], str], names: dict[int, str],
+                     roots: list[tuple[str, list[object]]]) -> dict[str, list[_ElidedVertex]]:
+    """Value name -> the removed identity ops (Graph.elided_ops) that read it, as vertices of the walk: each
+    reaches the current readers of the value in the layers its users had; one with a constant operand in
+    TensorFlow (perm, shape) is also reached from that Const root. A record whose value or users are gone is
+    skipped."""
+    by_name = {v.name: v for n in graph.nodes for v in n.results}
+    by_name.update((v.name, v) for v in graph.inputs)
+    elided: dict[str, list[_ElidedVertex]] = {}
+    for index, op in enumerate(graph.elided_ops):
+        value = by_name.get(op.source)
+        users = [u for u in value.users if u.layer in op.user_layers] if value is not None else []
+        if not users:
+            continue
+        vertex = _ElidedVertex(users)
+        prefix = scope.get(op.layer) or _scope_of_removed(graph, scope, op.layer)
+        names[id(vertex)] = f"{prefix}Elided{index:08d}"
+        elided.setdefault(op.source, []).append(vertex)
+        if op.const_root:
+            roots.append((f"{prefix}ElidedConst{index:08d}", [vertex]))
+    return elided
+
+
+def _scope_of_removed(graph: Graph, scope: dict[Optional[str], str], layer: Optional[str]) -> str:
+    """The TensorFlow name prefix of a layer none of whose nodes is left (numbered after the remaining calls of
+    its type)."""
+    match = _KERAS_OP_NAME.match(layer or "")
+    if layer in graph.op_calls and match:
+        base = match.group(1)
+        tf_name = KERAS_OPS_TF_NAMES.get(base, "".join(part.capitalize() for part in base.split("_")))
+        taken = sum(1 for s in scope.values() if s == f"{graph.name}_1/{tf_name}" or
+                    s.startswith(f"{graph.name}_1/{tf_name}_"))
+        scope[layer] = f"{graph.name}_1/{tf_name}" + (f"_{taken}" if taken else "")
+    else:
+        scope[layer] = f"{graph.name}_1/{layer}_1/"
+    return scope[layer]
 
 
 def _reverse_post_order(roots: list[tuple[str, list[object]]], names: dict[int, str], successors) -> list[object]:
