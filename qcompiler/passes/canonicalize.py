@@ -8,6 +8,8 @@
 - reshape(reshape(x))             -> reshape(x)
 - transpose(x) {perm=[0, 1, ..]}  -> x   (TensorFlow's grappler drops an identity permutation before the converter
                                          sees it: `ops.transpose(x, [0, 1, 2])` leaves no TRANSPOSE)
+  The three identity removals above are recorded in Graph.elided_ops: TensorFlow's graph still has those ops when
+  the converter imports it, and they decide its op order (qcompiler/quant/op_order.py).
 - maximum(x, 0)                   -> relu(x)
 - relu(relu(x)), relu6(relu6(x)) -> the inner one, whatever else uses it (TensorFlow's Idempotent fold: a Dense
                                     with relu6 followed by an Activation("relu6") is one FULLY_CONNECTED);
