@@ -389,6 +389,7 @@ def measure_model(name: str, settings: Settings, row_path: Path) -> dict:
                 warm_up()
         for mode in settings.modes:
             measure_mode(rec, mode, models[mode], calibration, x, inputs_path, tmp, settings)
+            rec.row.setdefault("peak_rss_mb", {})[mode] = peak_rss_mb()
     rec.row["step"] = "done"
     rec.save()
     return rec.row
@@ -417,6 +418,8 @@ def measure_mode(rec: Recorder, mode: str, model, calibration: np.ndarray, x: np
                 if len(seconds[tool]) > 1:
                     entry[tool]["seconds_each"] = [round(t, 3) for t in seconds[tool]]
                 (tmp / f"{mode}-{tool}.tflite").write_bytes(data)
+                del data
+            release_memory()
             if repeat == 0 and tool == "qcompiler" and compile_mode == "int8" and "qcompiler" in entry:
                 # timed between the default compile and the converter's, so drift of the machine's load favours
                 # neither
@@ -425,8 +428,15 @@ def measure_mode(rec: Recorder, mode: str, model, calibration: np.ndarray, x: np
                     data = qcompiler_compile_fast(model, compile_mode, calibration)
                     entry["qcompiler_fast"] = {"seconds": round(time.perf_counter() - start, 3), "bytes": len(data),
                                                "cpu_seconds": round(time.process_time() - cpu, 3)}
+                    del data
+                release_memory()
     compiled = [tool for tool in TOOLS if tool in entry]
     run_models(rec, mode, compiled, entry, tmp, inputs_path, outputs, io)
+    # the values first, then the latency: the float error needs the Keras model in this process, the latency
+    # processes load both .tflite files beside it, so the comparison's memory is returned before they start
+    compare_outputs(rec, mode, model, x, entry, outputs, io)
+    outputs.clear()
+    release_memory()
     if compiled and settings.latency_runs > 0:
         with rec.step(f"{mode}: latency"):
             # in several processes, the load order alternating: the model loaded first runs a few percent faster
@@ -439,18 +449,45 @@ def measure_mode(rec: Recorder, mode: str, model, calibration: np.ndarray, x: np
                 entry[tool]["latency_processes_ms"] = latency["cpu_processes"][k]
             if "cpu_ratio" in latency:
                 entry["latency_ratio"] = latency["cpu_ratio"]
+
+
+def compare_outputs(rec: Recorder, mode: str, model, x: np.ndarray, entry: dict,
+                    outputs: dict[str, list[np.ndarray]], io: dict[str, list]) -> None:
+    """float32: each tool's max error against Keras relative to max|Keras|; int8: identical values and I/O
+    quantization of the two tools' models."""
     if mode == "float32" and outputs:
         with rec.step("float32: error against Keras"):
             reference = np.asarray(model(x, training=False), np.float32)
             scale = float(np.max(np.abs(reference))) or 1.0
             for tool, result in outputs.items():
                 entry[tool]["max_error_rel"] = float(np.max(np.abs(result[0] - reference))) / scale
+            del reference
     elif len(outputs) == 2:
         with rec.step(f"{mode}: compare int8"):
             entry.update(compare_int8(outputs["qcompiler"], outputs["converter"]))
             entry["io_equal"] = io["qcompiler"] == io["converter"]
             entry["io_difference"] = io_difference(io["qcompiler"], io["converter"])
             entry["io"] = io
+
+
+def peak_rss_mb() -> int:
+    """The largest resident set so far of this worker process, in MiB (its child processes not included)."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap back to the system (glibc keeps it otherwise; a ConvNeXtXLarge worker
+    reached 9 GB), so the interpreter and latency processes that follow find it free."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def run_models(rec: Recorder, mode: str, compiled: list[str], entry: dict, tmp: Path, inputs_path: Path,
