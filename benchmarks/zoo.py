@@ -685,8 +685,8 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int, not_
         *([f"Not measured in this run: {', '.join(not_measured)}.", ""] if not_measured else []),
         *overview(rows, settings), "",
     ]
+    several = len({package_commit(row.get("commit", header["commit"])) for row in rows}) > 1
     if "float32" in modes:
-        several = len({package_commit(row.get("commit", header["commit"])) for row in rows}) > 1
         lines += ["## float32", "",
                   "| model | input | params | compile s (qc / conv) | speed-up | ops (qc / conv) | KiB (qc / conv) "
                   "| latency ms (qc / conv) | max err / max\\|ref\\| (qc / conv) |"
@@ -704,10 +704,11 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int, not_
                   "and zero point equal.", "",
                   f"| model | mode | compile s (qc / qc {FAST_EXECUTOR} / conv) | speed-up (exact / {FAST_EXECUTOR}) "
                   "| CPU speed-up | ops (qc / conv) | size | latency "
-                  "| identical | max LSB | I/O q |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| identical | max LSB | I/O q |" + (" qcompiler/ at |" if several else ""),
+                  "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if several else "")]
         measured = [row for row in rows if any(_compiled(row, mode) for mode in int8_modes)]
-        lines += [int8_line(row, mode) for row in measured for mode in int8_modes if _compiled(row, mode)]
+        lines += [int8_line(row, mode) + (f" {package_commit(row.get('commit', header['commit']))} |" if several else "")
+                  for row in measured for mode in int8_modes if _compiled(row, mode)]
         lines += ["", *_left_out(rows, measured)]
     differences = [(row["model"], mode, op_differences(row[mode])) for row in rows for mode in modes
                    if op_differences(row.get(mode, {}))]
@@ -885,7 +886,8 @@ def float_line(row: dict) -> str:
 def int8_line(row: dict, mode: str) -> str:
     entry = row.get(mode, {})
     size = f"{_ratio(entry, 'bytes'):.3f}x" if _has(entry, "bytes") else "—"
-    latency = f"{_latency_ratio(entry):.2f}x" if _has(entry, "latency_ms") else "—"
+    latency = (f"{_latency_ratio(entry):.2f}x{'' if 'latency_ratio' in entry else ' (1 proc.)'}"
+               if _has(entry, "latency_ms") else "—")
     identical = percent(entry["identical_pct"]) if "identical_pct" in entry else "—"
     identical += DEFAULT_KERNELS_MARK if entry.get("kernels") == "default" and "identical_pct" in entry else ""
     lsb = str(entry["max_lsb"]) if "max_lsb" in entry else "—"
