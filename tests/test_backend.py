@@ -744,3 +744,30 @@ def test_join_bytes_equals_bytes_join():
         out = join_bytes(chosen)
         expected = b"".join(p.tobytes() if isinstance(p, np.ndarray) else bytes(p) for p in chosen)
         assert type(out) is bytes and out == expected
+
+
+def test_float32_compile_writes_keras_flatten_with_a_constant_target():
+    """qcompiler.compile in float32 writes a Keras Flatten/Reshape as one RESHAPE to a constant [-1, ...] (the
+    converter's SHAPE/STRIDED_SLICE/PACK dropped: the same outputs, three ops fewer, XNNPACK keeps one partition;
+    benchmarks/results/zoo_float32_flatten.json); write_tflite's default (calibration, int8) keeps the run-time
+    target. Both compute the same values, at batch 1 and after resizing the batch to 3."""
+    import keras
+
+    import qcompiler
+    from qcompiler.api import float_graph
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = keras.layers.Reshape((4, 16))(x)
+    outputs = keras.layers.Dense(3)(keras.layers.Flatten()(keras.layers.Dense(5)(x)))
+    model = keras.Model(inputs, outputs)
+    constant, runtime = qcompiler.compile(model), write_tflite(float_graph(model))
+    names = [{name for name, _ in _opcodes(data)} for data in (constant, runtime)]
+    assert "SHAPE" not in names[0] and "PACK" not in names[0] and "RESHAPE" in names[0]
+    assert {"SHAPE", "STRIDED_SLICE", "PACK"} <= names[1]
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 6, 6, 2)).astype(np.float32)
+        (got,), (want,) = run_tflite(constant, [x]), run_tflite(runtime, [x])
+        assert np.array_equal(got, want)
+        np.testing.assert_allclose(got, np.asarray(model(x)), rtol=1e-5, atol=1e-5)

@@ -24,8 +24,30 @@ drawn per seed:
     so no GELU matches; canonicalize);
   - clamp_after_reshape: a relu/relu6 after a keras.ops.reshape (a constant shape) moves above it and fuses into
     its one-use producer (move-reshapes); after a Flatten/Reshape layer the producer's SHAPE user blocks that;
+  - binary_after_reshape: a batch norm, a Rescaling and a minimum by constants after a keras.ops.reshape (an
+    identity on the dynamic batch too, which the converter keeps) compute before the RESHAPE
+    (MoveBinaryOpConstBeforeReshape; move-binary-reshapes): the RESHAPE ends the chain;
+  - binary_of_two_reshapes: add/subtract/multiply/maximum/minimum of two keras.ops.reshape of one shape computes
+    before them (MoveBinaryOpBeforeReshape; move-binary-reshapes), a Rescaling after it too;
+  - fixed_range_before_tensordot_reshape: a sigmoid/tanh Dense on a rank-3 input without a bias computes before the
+    tensordot's RESHAPE (ReorderElementwiseAndMoveOperations), so the driver's requantize of its result for a
+    Maximum feeds that RESHAPE; the Maximum runs in float (after an ELU) and dequantizes the requantized copy
+    (lower-to-int); with a bias the ADD follows the RESHAPE and the float Maximum reads the sigmoid directly;
   - abs_of_abs: abs(abs(x)) is one ABS and neg(neg(y)) is y, even when the inner abs has another user
-    (TensorFlow's Idempotent / Involution folds; canonicalize).
+    (TensorFlow's Idempotent / Involution folds; canonicalize);
+  - idempotent_clamp: relu(relu(x)) / relu6(relu6(x)) is the inner op, even when it has another user (Dense(relu6)
+    then Activation("relu6") and a multiply of both: MUL(fc, fc); canonicalize);
+  - clip_bounds: ops.clip(x, lo, hi) is MINIMUM then MAXIMUM (tf.clip_by_value), lo = 0 a RELU after the MINIMUM,
+    lo = -0.0 a MAXIMUM (TFLite's clamp patterns compare bits; keras_ops, canonicalize);
+  - relu_negative_part (its own test): ReLU(negative_slope, max_value) computes relu(-x) as Neg + Relu (a float
+    NEG in the converter's model), relu(-x + t) as Sub(t, x) (keras_layers.relu_general);
+  - vector_after_scalar: a batch norm then a Rescaling before a Dense fold entirely into it (TFLite's second
+    optimize phase has FuseAddAndFullyConnected / FuseMulAndFullyConnected too; fold-affine);
+  - const_root: a tanh/sigmoid output read by a Maximum/Minimum with the graph input and by a reshape or
+    transpose (keras.ops or a Reshape layer) before a GELU: TensorFlow's import walk reaches the reshape from its
+    shape Const before the input, so the driver drops it and it runs in float (quant/op_order.py, seed 2015);
+  - dropped_output: the same with the reshape as a graph output: the driver never revisits it, and the output
+    is float32 in the converter's model too (no "outputs are integer" exception; lower-to-int).
 The Keras Flatten rules (a run-time target: a dynamic tensor on a graph input, an alias otherwise) are checked
 against TF's own calibrator in tests/test_calibrate.py: drawn Keras models hit the converter's op order (a reader
 placed before the in-place ADD) or TFLite overwriting an aliased buffer at batch > 1 in either model.
@@ -104,11 +126,53 @@ def _model(pattern: str, seed: int):
         clamp = ("relu", "relu6")[int(rng.integers(2))]
         outputs = [keras.layers.Activation(clamp)(ops.reshape(s, (-1, width, rows)))]
         outputs += [keras.layers.Dense(3)(s)] if shared else []
+    elif pattern == "binary_after_reshape":  # random seeds 2161 (identity ops.reshape), 1157 (a Rescaling)
+        target = (-1, rows, width) if rng.integers(2) else (-1, rows, 1, width)
+        r = ops.reshape(x, target)
+        unary = (None, "tanh", "relu")[int(rng.integers(3))]  # moved above the reshape first, then the chain
+        first = r if unary is None or shared else keras.layers.Activation(unary)(r)
+        chain = ops.minimum(first, rng.normal(size=(width,)).astype(np.float32))
+        chain = keras.layers.BatchNormalization()(chain)
+        chain = keras.layers.Rescaling(float(rng.uniform(0.5, 2.0)), offset=float(rng.normal()))(chain)
+        outputs = [chain, y] + ([ops.abs(r)] if shared else [])  # another user: the reshape stays
+    elif pattern == "binary_of_two_reshapes":
+        target = (-1, width, rows) if rng.integers(2) else (-1, rows * width)
+        op = ("add", "subtract", "multiply", "maximum", "minimum")[int(rng.integers(5))]
+        r1, r2 = ops.reshape(x, target), ops.reshape(y, target)
+        m = getattr(ops, op)(r1, r2)
+        outputs = [keras.layers.Rescaling(float(rng.uniform(0.5, 2.0)), offset=float(rng.normal()))(m)]
+        outputs += [ops.abs(r1)] if shared else []  # another user: an add keeps its reshapes, a maximum not
+    elif pattern == "fixed_range_before_tensordot_reshape":  # random seed 1280
+        e = keras.layers.ELU()(a)  # float in the converter's model: the maximum after it runs in float
+        act = ("sigmoid", "tanh")[int(rng.integers(2))]
+        # without a bias the activation follows the tensordot's RESHAPE and moves above it; with one, the ADD does
+        d = keras.layers.Dense(width, activation=act, use_bias=shared)(e)
+        outputs = [keras.layers.Maximum()([d, e]), y]
     elif pattern == "unread_input":  # b reaches an output through an identity only (and, shared, a Dense too)
         kind = int(rng.integers(3))
         passed = [keras.layers.Reshape((rows, width)), keras.layers.Dropout(0.5),
                   keras.layers.Activation("linear")][kind](b)
         outputs = [x, passed] + ([y] if shared else [])
+    elif pattern == "idempotent_clamp":  # random seed 4005
+        act = ("relu", "relu6")[int(rng.integers(2))]
+        inner = keras.layers.Dense(width, activation=act)(x)
+        outer = keras.layers.Activation(act)(inner)
+        # the outer clamp shares the multiply's range if it stays an op: then the MUL reads a requantized copy
+        outputs = [keras.layers.Dense(3)(ops.multiply(outer, inner) if shared else outer), y]
+    elif pattern == "vector_after_scalar":  # random seed 4033
+        # a rank-2 operand that no layer before it can absorb the batch norm into
+        bn = keras.layers.BatchNormalization()(ops.mean(x, axis=1))
+        scaled = keras.layers.Rescaling(float(rng.uniform(0.2, 2.0)), float(rng.normal()))(bn)
+        outputs = [keras.layers.Dense(3)(scaled), y]
+        outputs += [keras.layers.Activation("tanh")(scaled if rng.integers(2) else bn)] if shared else []
+    elif pattern == "clip_bounds":  # random seed 4116 (lo = -0.0 drawn)
+        lo = (0.0, -0.0, -0.5)[int(rng.integers(3))]
+        s = keras.layers.Add()([x, y])
+        outputs = [ops.clip(s, lo, float(rng.uniform(0.5, 3.0)))] + ([keras.layers.Dense(3)(s)] if shared else [])
+    elif pattern == "relu_negative_part":  # random seed 4094 (test_relu_negative_part_is_a_float_neg)
+        max_value = 6.0 if rng.integers(2) else float(rng.uniform(1.0, 4.0))
+        relu = keras.layers.ReLU(negative_slope=float(rng.uniform(1.0, 3.0)), max_value=max_value)
+        outputs = [relu(keras.layers.Add()([x, y]))]
     elif pattern == "op_order":
         names = ["".join(rng.choice(list("abcmxz"), 3)) + f"_{i}" for i in range(4)]
         r = keras.layers.Rescaling(float(rng.uniform(0.5, 2.0)), name=names[0])(a)
@@ -116,6 +180,21 @@ def _model(pattern: str, seed: int):
         wide = keras.layers.Rescaling(float(rng.uniform(2.0, 4.0)), name=names[3])(r)  # the concat's range differs
         c = keras.layers.Concatenate(name=names[2])([a, wide])
         outputs = [m, c, y]
+    elif pattern in ("const_root", "dropped_output"):  # random seed 2015
+        # A fixed-range output (no range of its own) read by a merge with a graph input, whose calibrated range it
+        # takes backwards, and by a reshape/transpose: TensorFlow's walk reaches the reshape from its shape (perm)
+        # Const before the input, so the driver meets it first, drops it, and it stays float (the GELU after it
+        # too). Layer names drawn at random (they order the walk); the reshapes are never identities.
+        names = ["".join(rng.choice(list("abmrxz"), 3)) + f"_{i}" for i in range(4)]
+        t = keras.layers.Activation(("tanh", "sigmoid")[int(rng.integers(2))], name=names[0])(b)
+        merge = (keras.layers.Maximum, keras.layers.Minimum)[int(rng.integers(2))](name=names[1])([t, b])
+        moved = [lambda v: ops.reshape(v, (-1, rows * width)), lambda v: ops.transpose(v, (0, 2, 1)),
+                 keras.layers.Reshape((rows * width,), name=names[2]),
+                 lambda v: ops.expand_dims(v, 1)][int(rng.integers(4))](t)
+        if pattern == "dropped_output":  # the dropped reshape is a graph output: float32 in the converter's model
+            outputs = [merge, moved, x]
+        else:
+            outputs = [merge, ops.gelu(moved) if shared else keras.layers.Activation("gelu", name=names[3])(moved), x]
     else:
         raise ValueError(pattern)
     model = keras.Model([a, b], outputs)
@@ -131,7 +210,15 @@ def _model(pattern: str, seed: int):
                                            ("op_order", 0), ("op_order", 5), ("unary_after_flatten", 4),
                                            pytest.param("unary_after_flatten", 0, marks=pytest.mark.slow),
                                            ("abs_of_abs", 4), ("gelu_of_neg", 0), ("clamp_after_reshape", 0),
-                                           ("clamp_after_reshape", 4)])
+                                           ("clamp_after_reshape", 4), ("binary_after_reshape", 1),
+                                           ("binary_of_two_reshapes", 0), ("fixed_range_before_tensordot_reshape", 0),
+                                           *[pytest.param(p, 4, marks=pytest.mark.slow) for p in (
+                                               "binary_after_reshape", "binary_of_two_reshapes",
+                                               "fixed_range_before_tensordot_reshape")],
+                                           ("idempotent_clamp", 4),
+                                           ("vector_after_scalar", 0), ("clip_bounds", 0), ("clip_bounds", 6),
+                                           ("const_root", 0), ("const_root", 5),
+                                           ("dropped_output", 3)])
 def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
     model = _model(pattern, seed)
     rng = np.random.default_rng(100 + seed)
@@ -140,3 +227,19 @@ def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
     verdict = check(model, calibration, test, check_float=False)
     assert verdict.ok, verdict.summary()
     assert verdict.identical == [1.0] * len(verdict.identical), verdict.summary()
+
+
+def test_relu_negative_part_is_a_float_neg() -> None:
+    """ReLU(negative_slope, max_value) computes relu(-x) as TF Neg + Relu: the converter's model holds a float NEG
+    island, and so does ours (its int8 outputs rarely differ from a SUB(0, x): the NEG's QUANTIZE keeps x's
+    scale; random seed 4094 has it next to other causes)."""
+    import qcompiler
+    from qcompiler.demo import converter_int8
+    from tests.test_coverage_ops import _op_names
+
+    model = _model("relu_negative_part", 0)
+    rng = np.random.default_rng(100)
+    calibration = {t.name: rng.standard_normal((32, *t.shape[1:])).astype(np.float32) for t in model.inputs}
+    ours = _op_names(qcompiler.compile(model, mode="int8", calibration_data=calibration))
+    theirs = _op_names(converter_int8(model, calibration))
+    assert ours.count("NEG") == theirs.count("NEG") == 1, (ours, theirs)

@@ -249,6 +249,15 @@ def test_relu_layer_max_value_clips_as_tensorflow_does():
     assert ops_of(graph) == ["relu", "minimum", "maximum"]
 
 
+def test_relu_layer_negative_part_is_tensorflows():
+    """relu(-x) with threshold 0 is Neg + Relu in TensorFlow's graph (a NEG the converter keeps as a float island);
+    relu(-x + t) is Sub(t, x) once TensorFlow's canonicalizer has run (random seed 4094)."""
+    graph = import_keras(single_layer_model(layers.ReLU(negative_slope=0.2, max_value=6.0), (4,)))
+    assert ops_of(graph) == ["neg", "relu", "relu6", "mul", "sub"]
+    graph = import_keras(single_layer_model(layers.ReLU(negative_slope=0.2, threshold=0.5), (4,)))
+    assert ops_of(graph)[:2] == ["sub", "relu"] and "neg" not in ops_of(graph)
+
+
 @pytest.mark.parametrize("slope", [0.3, 0.01, 1.5])
 def test_leaky_relu_layer(slope):
     assert_matches_keras(single_layer_model(layers.LeakyReLU(negative_slope=slope), (8,)), scale=3.0)

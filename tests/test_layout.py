@@ -174,3 +174,70 @@ def test_multiply_is_numpys_product_in_the_arrays_layout(shape, perm):
     assert got.dtype == np.float32
     assert [s for s, n in zip(got.strides, w.shape) if n > 1] == [s for s, n in zip(want.strides, w.shape) if n > 1]
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("shape, perm, axis", [((3, 3, 64, 512), (3, 0, 1, 2), 0), ((700, 400), (1, 0), 0),
+                                               ((1, 3, 3, 96), None, 3), ((3, 3, 4, 8), (3, 0, 1, 2), 0)])
+def test_lazy_product_is_written_as_numpys_product(shape, perm, axis):
+    """A batch norm folded into a kernel (fold-batchnorm's LazyProduct) is computed by the writer straight into
+    the file: the same bytes as `w * inv` computed first, for transposed and contiguous kernels; `np.asarray`
+    computes the same values, and the fingerprint used for deduplication is the computed array's."""
+    from qcompiler.backend.tflite_writer import _fingerprint
+    from qcompiler.ir.layout import LazyProduct, lazy_multiply
+
+    w = _random(*shape)
+    w = w if perm is None else w.transpose(perm)
+    inv = _random(w.shape[axis], seed=1).reshape([-1 if a == axis else 1 for a in range(w.ndim)])
+    lazy, want = lazy_multiply(w, inv), w * inv
+    assert isinstance(lazy, LazyProduct) and lazy.computed is None
+    target = np.zeros(lazy.nbytes, np.uint8)
+    copy_into(target, lazy)
+    assert lazy.computed is None  # nothing computed on the side
+    assert target.tobytes() == np.ascontiguousarray(want).tobytes()
+    assert _fingerprint(lazy) == _fingerprint(np.ascontiguousarray(want).reshape(-1).view(np.uint8))
+    assert np.array_equal(np.asarray(lazy).view(np.uint32), want.view(np.uint32))
+    assert join_bytes([b"TFL3", lazy, b"end"]) == b"TFL3" + np.ascontiguousarray(want).tobytes() + b"end"
+
+
+def _folded_conv_graph(kernel: np.ndarray, variance: np.ndarray) -> Graph:
+    """conv2d (OHWI kernel view of an HWIO array) -> batch_norm with unit gamma, run through fold-batchnorm."""
+    from qcompiler.passes.manager import run_passes
+
+    g = Graph("folded")
+    x = g.add_input("x", TensorType((1, 6, 6, kernel.shape[2])))
+    out = kernel.shape[3]
+    conv = g.op("conv2d", x, g.const(kernel.transpose(3, 0, 1, 2), "w"), padding="same", name="conv")
+    ones, zeros = np.ones(out, np.float32), np.zeros(out, np.float32)
+    g.outputs = [g.op("batch_norm", conv, g.const(ones, "gamma"), g.const(zeros, "beta"), g.const(zeros, "mean"),
+                      g.const(variance, "var"), epsilon=1e-3, name="bn")]
+    return run_passes(g, "fold-batchnorm")
+
+
+def test_folded_kernel_stays_lazy_and_reads_as_its_values():
+    """fold-batchnorm keeps the folded kernel as a LazyProduct (`Value.stored`), whose shape and dtype the
+    verifier reads without computing it; `Value.data` computes it (once) for any pass that reads values."""
+    from qcompiler.ir.layout import LazyProduct
+
+    kernel = _random(3, 3, 4, 64, seed=2)
+    g = _folded_conv_graph(kernel, np.full(64, 0.25, np.float32))
+    weights = next(n for n in g.nodes if n.op == "conv2d").operands[1]
+    assert isinstance(weights.stored, LazyProduct) and weights.stored.computed is None
+    g.verify()
+    assert weights.stored.computed is None
+    data = weights.data
+    assert isinstance(data, np.ndarray) and not data.flags.writeable and weights.data is data
+    scale = (np.float32(1) / np.sqrt(np.float32(0.25) + np.float32(1e-3))).astype(np.float32)
+    np.testing.assert_allclose(data, kernel.transpose(3, 0, 1, 2) * scale, rtol=1e-6)
+
+
+@pytest.mark.parametrize("cin, channels", [(64, 2048), (4, 64), (4, 2)])  # into a large file, a small one, a small kernel
+def test_folded_kernel_that_overflows_is_an_error_naming_it(cin, channels):
+    """A batch norm whose scale overflows a finite kernel to inf: the writer finds it as it computes the products
+    and names the constant, as it names a NaN weight."""
+    from qcompiler.ir.checks import ConstantValueError
+
+    kernel = _random(3, 3, cin, channels, seed=3) * np.float32(1e37)
+    variance = np.full(channels, 1e-6, np.float32)  # scale ~32: some of 1e37 * N(0, 1) * 32 overflow
+    g = _folded_conv_graph(kernel, variance)
+    with pytest.raises(ConstantValueError, match=r"%w.*non-finite"):
+        write_tflite(g)

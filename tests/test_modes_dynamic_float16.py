@@ -47,7 +47,8 @@ ALL = FAST + [pytest.param("mobilenet_v2_small", marks=pytest.mark.slow)]  # ~7 
 # small models, where its longer tensor names weigh more. residual_block: no weights reach 1024 elements.
 SIZE_RATIO = {
     "seed_cnn": {"dynamic": 0.265, "float16": 0.505},
-    "seed_mlp": {"dynamic": 0.487, "float16": 0.637},  # float32: no zero Dense biases, a Flatten as SHAPE/PACK
+    "seed_mlp": {"dynamic": 0.520, "float16": 0.665},  # float32: no zero Dense biases, a Flatten with a constant
+    # target (dynamic/float16 keep the converter's SHAPE/STRIDED_SLICE/PACK)
     "residual_block": {"dynamic": 1.0, "float16": 0.724},
     "mobilenet_v2_small": {"dynamic": 0.334, "float16": 0.514},
     "two_input_concat": {"dynamic": 0.328, "float16": 0.551},

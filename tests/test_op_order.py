@@ -69,3 +69,45 @@ def test_the_frontend_records_keras_ops_calls() -> None:
     calls = {n.layer for n in graph.nodes if n.op == "minimum"}
     assert calls and calls <= graph.op_calls and "dense" not in graph.op_calls
     assert graph.clone().op_calls == graph.op_calls
+    assert graph.variable_layers == {"dense"} and graph.clone().variable_layers == graph.variable_layers
+
+
+def test_a_constant_kept_as_an_attribute_is_a_root_of_its_own() -> None:
+    # Random seed 2015, probed on TF 2.21 (the calibrated float model): ELU, TANH, MAXIMUM, RESHAPE, GELU. The
+    # keras.ops.reshape's shape is a Const node ("random_2015_1/Reshape/shape") that the walk explores before the
+    # graph input, so RESHAPE (and the GELU after it) finish first and come after the MAXIMUM, although "Reshape"
+    # sorts before "m2015_maximum_10" among the tanh's users.
+    text = """graph @random_2015(%in1: f32[?,9,6]) {
+  %e = elu(%in1) : f32[?,9,6]  # layer elu_1
+  %t = tanh(%e) : f32[?,9,6]  # layer m2015_act_1
+  %m = maximum(%t, %in1) : f32[?,9,6]  # layer m2015_maximum_10
+  %r = reshape(%t) {shape=[-1, 6, 9]} : f32[?,6,9]  # layer reshape_1
+  %g = gelu(%r) : f32[?,6,9]  # layer gelu_1
+  return %m, %g
+}"""
+    graph = parse(text)
+    graph.op_calls |= {"elu_1", "reshape_1", "gelu_1"}
+    rank = converter_op_order(graph)
+    layers = [n.layer for n in sorted((n for n in graph.nodes if id(n) in rank), key=lambda n: rank[id(n)])]
+    assert layers == ["elu_1", "m2015_act_1", "m2015_maximum_10", "reshape_1", "gelu_1"]
+
+
+def test_a_layer_with_variables_is_reached_from_resources() -> None:
+    # Probed on TF 2.21 (this Keras model, named net; fresh BatchNormalization, so its ADD of a zero shift is gone):
+    # FULLY_CONNECTED a_dense, MUL b_bn, MAXIMUM, RELU. The folded batch norm's constants are its variables,
+    # resource arguments explored before every Const: as Consts (explored after a_dense's kernel) b_bn would come
+    # first.
+    text = """graph @net(%in0: f32[?,4]) {
+  %s = const f32[4] dense<[0.5, 1.0, 1.5, 2.0]>
+  %b = mul(%in0, %s) : f32[?,4]  # layer b_bn
+  %w = const f32[4,4] #000001
+  %a = fully_connected(%in0, %w) : f32[?,4]  # layer a_dense
+  %m = maximum(%a, %b) : f32[?,4]  # layer m_max
+  %r = relu(%b) : f32[?,4]  # layer r_relu
+  return %m, %r
+}"""
+    graph = parse(text)
+    graph.variable_layers |= {"a_dense", "b_bn"}
+    rank = converter_op_order(graph)
+    layers = [n.layer for n in sorted((n for n in graph.nodes if id(n) in rank), key=lambda n: rank[id(n)])]
+    assert layers == ["a_dense", "b_bn", "m_max", "r_relu"]

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from qcompiler.ir.layout import copy_into
+from qcompiler.ir.layout import LazyProduct, copy_into
 
 LARGE = 4 << 20  # bytes; below this the faults cost little
 PARALLEL = 32 << 20  # bytes; from this size two threads fill the result
@@ -55,11 +55,14 @@ _C = _c_functions()
 def join_bytes(pieces: Sequence[Any]) -> bytes:
     """`b"".join(pieces)` (pieces: bytes, bytearray, memoryview or anything with the buffer protocol, C-contiguous),
     where a numpy array that is not C-contiguous (a lazily transposed kernel, qcompiler/ir/layout.py) stands for
-    its values in C order: they are copied into the result in that order, without an intermediate copy."""
-    views = [p if isinstance(p, np.ndarray) and not p.flags.c_contiguous else _raw(p) for p in pieces]
+    its values in C order: they are copied into the result in that order, without an intermediate copy; and a
+    `LazyProduct` (a folded kernel) for its products, computed into the result (and noted finite or not)."""
+    views = [p if isinstance(p, LazyProduct) or isinstance(p, np.ndarray) and not p.flags.c_contiguous else _raw(p)
+             for p in pieces]
     total = sum(v.nbytes for v in views)
     if _C is None or total < LARGE:
-        return b"".join(v if v.flags.c_contiguous else _raw(np.ascontiguousarray(v)) for v in views)
+        return b"".join(v if isinstance(v, np.ndarray) and v.flags.c_contiguous else _raw(np.ascontiguousarray(v))
+                        for v in views)
     new_bytes, madvise = _C
     out = new_bytes(None, total)
     address = ctypes.cast(out, ctypes.c_void_p).value
@@ -76,6 +79,9 @@ def join_bytes(pieces: Sequence[Any]) -> bytes:
             madvise(first, last - first, MADV_POPULATE_WRITE)
         for at, view in items:
             copy_into(target[at:at + view.nbytes], view)
+            if isinstance(view, LazyProduct) and view.finite is None and \
+                    np.isfinite(np.sum(target[at:at + view.nbytes].view(view.dtype))):  # summed while in cache
+                view.note_finite(True)  # (else the writer looks closer: a sum may overflow where no product did)
 
     if len(halves) == 1:
         fill(*halves[0])

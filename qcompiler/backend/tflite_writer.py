@@ -42,7 +42,7 @@ from qcompiler.backend.opcodes import ABSENT, OpSig, TensorSig, deprecated_built
 from qcompiler.errors import QCompilerError
 from qcompiler.files import atomic_write
 from qcompiler.ir.graph import Graph, Node, Value
-from qcompiler.ir.layout import is_permuted_contiguous
+from qcompiler.ir.layout import LazyProduct, is_permuted_contiguous
 from qcompiler.ir.ops import OPS
 from qcompiler.ir.types import DTYPES, QParams, TensorType
 from qcompiler.quant import math as qm
@@ -188,6 +188,7 @@ class _ModelWriter:
         self._value_tensor: dict[int, int] = {}  # id(Value) -> tensor index; lookup only, never iterated
         # IR value names are unique already and keep their spelling; tensors the backend adds get fresh names.
         self._names: set[str] = set(value_names)
+        self.runtime_batch_reshapes = True  # write_tflite's option
 
     # ----- tensors ------------------------------------------------------------------------------
     def _fresh(self, name: str) -> str:
@@ -227,7 +228,15 @@ class _ModelWriter:
     def add_const(self, array: np.ndarray, name: str, t: Optional[TensorType] = None, of_value: bool = False
                   ) -> int:
         t = t or TensorType(np.shape(array), np.asarray(array).dtype)
-        if t.dtype == "i4":
+        if isinstance(array, LazyProduct) and (array.nbytes <= _HASHED_BUFFER_LIMIT or t.dtype == "i4"
+                                               or array.dtype != array.dtype.newbyteorder("<")):
+            from qcompiler.ir.checks import check_computed
+
+            check_computed(array, array.array(), f"constant %{name}")  # check_writable deferred it
+            array = array.array()
+        if isinstance(array, LazyProduct):
+            data = array  # a folded kernel, computed straight into the file (qcompiler/ir/layout.py)
+        elif t.dtype == "i4":
             data = _pack_int4(np.ascontiguousarray(array))
         else:
             array = np.asarray(array)
@@ -322,26 +331,28 @@ class _ModelWriter:
 _NO_DATA = np.zeros(0, np.uint8)
 
 
-def _fingerprint(data: np.ndarray) -> bytes:
+def _fingerprint(data: "np.ndarray | LazyProduct") -> bytes:
     """A few hundred evenly spaced bytes and both ends of `data` (a buffer: flat uint8, or an array with permuted
-    axes standing for its bytes in C order): equal bytes have equal fingerprints."""
+    axes or a lazy product standing for its bytes in C order): equal bytes have equal fingerprints."""
     step = max(data.nbytes // _FINGERPRINT_SAMPLES, 1)
     if _is_flat(data):
         return data[::step].tobytes() + data[-64:].tobytes()
     positions = np.concatenate([np.arange(0, data.nbytes, step), np.arange(max(data.nbytes - 64, 0), data.nbytes)])
-    elements = data[np.unravel_index(positions // data.itemsize, data.shape)]  # C order, whatever the layout
+    index = np.unravel_index(positions // data.itemsize, data.shape)  # C order, whatever the layout
+    elements = data.at(index) if isinstance(data, LazyProduct) else data[index]
     return elements.view(np.uint8).reshape(-1, data.itemsize)[np.arange(positions.size),
                                                                positions % data.itemsize].tobytes()
 
 
-def _is_flat(data: np.ndarray) -> bool:
-    return data.dtype == np.uint8 and data.ndim == 1 and data.flags.c_contiguous
+def _is_flat(data: "np.ndarray | LazyProduct") -> bool:
+    return isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 1 and data.flags.c_contiguous
 
 
-def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+def _same_bytes(a: "np.ndarray | LazyProduct", b: "np.ndarray | LazyProduct") -> bool:
     """Whether two buffers (see `_fingerprint`) hold the same bytes in C order."""
     if a.nbytes != b.nbytes:
         return False
+    a, b = (x.array() if isinstance(x, LazyProduct) else x for x in (a, b))  # rare: fingerprints collided
     if _is_flat(a) and _is_flat(b):
         return np.array_equal(a, b)
     ref, other = (b, a) if _is_flat(b) else (a, b)  # ref has permuted axes: compare in its shape
@@ -362,9 +373,12 @@ def _pack_int4(array: np.ndarray) -> np.ndarray:
     return (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8)
 
 
-def _const_data(value: Value) -> np.ndarray:
-    data = np.asarray(value.data)
+def _const_data(value: Value) -> "np.ndarray | LazyProduct":
+    stored = value.stored
     t = value.type
+    if isinstance(stored, LazyProduct) and stored.shape == t.shape and stored.dtype == t.np_dtype:
+        return stored  # the writer computes it into the file
+    data = np.asarray(stored)
     if data.shape != t.shape:
         raise BackendError(f"constant %{value.name}{_layer(value.producer)} holds shape {data.shape} but its type "
                            f"is {t}")
@@ -555,33 +569,30 @@ def _check_mixed_types(node: Node) -> None:
                            "depthwise_conv2d and fully_connected. Dequantize the operand first, or keep it float")
 
 
-def _check_add_multiplier(node: Node) -> None:
-    """TFLite's integer ADD rescales the output by 2 max(input scales) / (2^shift * output scale) with
-    QuantizeMultiplierSmallerThanOneExp, which aborts the process (allocate_tensors) unless that is below 1: such
-    a model is refused here with what to do instead of written. It happens when a degenerate range (a dead
-    activation's [0, 0]) is pushed back into an add's output (random seed 1183). SUB takes such a multiplier
-    (measured: a [0, 0] sub output allocates under BUILTIN_REF; random seed 17 writes one)."""
+def _runnable_add_output(node: Node) -> Optional[QParams]:
+    """Parameters for an intermediate that TFLite's integer ADD can write, when its own output's cannot be written
+    (None: they can).
+
+    TFLite's integer ADD rescales the output by 2 max(input scales) / (2^shift * output scale) with
+    QuantizeMultiplierSmallerThanOneExp, which aborts the process (in Prepare) unless that is below 1. A degenerate
+    calibrated range (a dead activation's [0, 0]: scale 2e-6 / 255) on an add's output gives such a multiplier.
+    The converter writes that ADD as it is, and its model aborts when run (random seed 3196: a rank-3 Dense with a
+    fused relu that calibration never saw above 0; TFLite prepares the ADD at invoke after the tensordot's dynamic
+    RESHAPE). qcompiler keeps the converter's parameters on the result and writes the ADD into an intermediate
+    with the smallest scale the kernel accepts, then a QUANTIZE to the result's parameters (random seed 1183 had
+    such an add as well). SUB takes a multiplier >= 1 (measured: a [0, 0] sub output allocates under
+    BUILTIN_REF; random seed 17 writes one)."""
     out = node.result
     if node.op != "add" or out.type.quant is None or out.type.dtype not in ("i8", "i16"):
-        return
+        return None
     scales = [float(np.float32(v.type.quant.scale[0])) for v in node.operands if v.type.quant is not None]
     if len(scales) != 2:
-        return
-    out_scale = float(np.float32(out.type.quant.scale[0]))
-    _, multiplier = qm.add_output_multiplier(scales, out_scale, out.type.dtype)
-    if multiplier < 1.0:
-        return
-    shift = qm.add_left_shift(out.type.dtype)
-    raise BackendError(
-        f"{node.describe()}: output %{out.name} has scale {out_scale:.4g} against input scales "
-        f"{', '.join(f'{s:.4g}' for s in scales)}; TFLite's ADD kernel needs 2 * max input scale / "
-        f"(2^{shift} * output scale) below 1 (got {multiplier:.4g}) and aborts the process otherwise. The output "
-        "range is degenerate (calibration saw a constant): calibrate with data that exercises this layer, or keep "
-        "it in float (keep_float)")
+        return None
+    scale = qm.add_runnable_output_scale(scales, float(np.float32(out.type.quant.scale[0])), out.type.dtype)
+    return None if scale is None else QParams.per_tensor(scale, int(out.type.quant.zero_point[0]))
 
 
 def _emit_arith(w: _ModelWriter, node: Node) -> None:
-    _check_add_multiplier(node)
     inputs = [w.tensor_of(v) for v in node.operands]
     builtin = builtin_code(node.op)
 
@@ -589,7 +600,19 @@ def _emit_arith(w: _ModelWriter, node: Node) -> None:
         options_type, build = _arith_options(node.op, fused)
         w.emit(builtin, inputs, [out], options_type, build, pot_scale_int16=False)
 
-    w.emit_with_activation(node, main)
+    stand_in = _runnable_add_output(node)
+    if stand_in is None:
+        w.emit_with_activation(node, main)
+        return
+    activation = node.attrs.get("activation", "none")
+    if activation not in _FUSED:
+        raise BackendError(f"{node.describe()}: the output range is degenerate and the activation '{activation}' "
+                           "cannot be fused into TFLite's ADD; keep this layer in float (keep_float)")
+    mid = w.scratch_tensor_of_type(f"{node.result.name}/runnable",
+                                   TensorType(node.result.type.shape, node.result.type.dtype, stand_in))
+    main(_FUSED[activation], mid)
+    w.emit(B.QUANTIZE, [mid], [w.result_tensor(node.result)], BO.QuantizeOptions,
+           _empty_options(QuantizeOptions))
 
 
 def _emit_pool(w: _ModelWriter, node: Node) -> None:
@@ -694,7 +717,7 @@ def _emit_runtime_shape(w: _ModelWriter, node: Node, target: list[int]) -> int:
 def _emit_reshape(w: _ModelWriter, node: Node) -> None:
     # The batch stays -1 in the target so that resizing the input's batch reshapes correctly.
     target = _reshape_target(node)
-    if runtime_batch_reshape(node):
+    if w.runtime_batch_reshapes and runtime_batch_reshape(node):
         inputs = [w.tensor_of(node.operands[0]), _emit_runtime_shape(w, node, target)]
         w.emit(builtin_code(node.op), inputs, [w.result_tensor(node.result)])
         return
@@ -1056,7 +1079,21 @@ def _serialize(w: _ModelWriter, graph: Graph, inputs: list[int], output_values: 
     Model.AddBuffers(b, buffers)
     Model.AddSignatureDefs(b, signatures)
     b.Finish(Model.End(b), file_identifier=FILE_IDENTIFIER)
-    return join_bytes([memoryview(b.Bytes)[b.Head():], *region.pieces()])
+    data = join_bytes([memoryview(b.Bytes)[b.Head():], *region.pieces()])
+    _check_lazy_products(w)
+    return data
+
+
+def _check_lazy_products(w: _ModelWriter) -> None:
+    """The lazy products (folded kernels) computed into the file are finite (join_bytes notes it as it computes
+    them, unless their sum overflowed; one computed elsewhere, e.g. for a small file, is checked here): else an
+    error naming the constant."""
+    from qcompiler.ir.checks import check_computed
+
+    for index, data in enumerate(w.buffers):
+        if isinstance(data, LazyProduct) and data.finite is not True:
+            tensor = next(t for t in w.tensors if t.buffer == index)
+            check_computed(data, data.array(), f"constant %{tensor.name}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1066,7 +1103,7 @@ OPERATOR_ORDERS = ("runtime-safe", "graph")
 
 
 def write_tflite(graph: Graph, description: str = "qcompiler", extra_outputs: Sequence[Value] = (),
-                 operator_order: str = "runtime-safe") -> bytes:
+                 operator_order: str = "runtime-safe", runtime_batch_reshapes: bool = True) -> bytes:
     """Serialize `graph` to TFLite flatbuffer bytes. Raises BackendError for anything TFLite cannot express.
 
     `extra_outputs`: values of `graph` written as further model outputs after the graph's own (those already
@@ -1077,6 +1114,10 @@ def write_tflite(graph: Graph, description: str = "qcompiler", extra_outputs: Se
     those readers move before the write. "graph" writes them exactly in the graph's order, as TFLiteConverter writes
     its model, e.g. to reproduce what the converter's calibrator records (its in-place range unions); such a model
     may compute wrong values in TFLite's runtime where the planner overwrites a tensor still to be read.
+    `runtime_batch_reshapes`: a Keras Flatten/Reshape on an unknown batch gets its target computed at run time
+    (SHAPE, STRIDED_SLICE, PACK), as in the converter's model, whose in-place behaviour the calibration emulates;
+    False writes the constant target [-1, ...] instead (`qcompiler.compile` in float32: three ops fewer, and
+    XNNPACK keeps the model in one partition).
     """
     if operator_order not in OPERATOR_ORDERS:
         raise BackendError(f"unknown operator_order '{operator_order}'; choose one of {', '.join(OPERATOR_ORDERS)}")
@@ -1090,6 +1131,7 @@ def write_tflite(graph: Graph, description: str = "qcompiler", extra_outputs: Se
             listed.add(id(value))
             output_values.append(value)
     w = _ModelWriter(v.name for v in graph.values())
+    w.runtime_batch_reshapes = runtime_batch_reshapes
     inputs = [w.add_input(v) for v in graph.inputs]
     for node in graph.nodes:
         if node.op != "const":
@@ -1179,13 +1221,13 @@ def check_writable(graph: Graph, description: str = "qcompiler") -> None:
     if not graph.outputs:
         raise BackendError(f"graph @{graph.name} has no outputs; nothing to write")
     check_known_values(graph, "writing TFLite")
-    check_values(graph)
+    check_values(graph, defer_lazy=True)  # lazy products: checked as they are computed (_check_lazy_products)
     total = 0
     for value in graph.values():
         if any(d is not None and not 0 <= d < (1 << 31) for d in value.type.shape):
             raise BackendError(f"%{value.name} has shape {list(value.type.shape)}; TFLite dimensions are int32")
         if value.is_constant:
-            total += int(value.data.nbytes)
+            total += int(value.stored.nbytes)
     if total > MAX_MODEL_BYTES:
         raise BackendError(f"graph @{graph.name} holds {total:,} bytes of constants; a .tflite file (flatbuffer) "
                            f"is limited to 2 GiB")

@@ -24,7 +24,7 @@ from keras.src.models.functional import Functional
 
 from qcompiler.errors import QCompilerError
 from qcompiler.frontend.errors import ModelLoadError, UnsupportedLayerError
-from qcompiler.frontend.keras_layers import CONVERTERS, LAMBDA_REASON, LayerContext, supported_layers
+from qcompiler.frontend.keras_layers import CONVERTERS, LAMBDA_REASON, LayerContext, read_weights, supported_layers
 from qcompiler.frontend.keras_ops import OPERATIONS, UnsupportedOperationError, class_path, emit_operation
 from qcompiler.frontend.keras_ops import substitute_tensors
 from qcompiler.frontend.keras_qat import QAT_CONVERTERS
@@ -49,7 +49,8 @@ def import_keras(model_or_path: Union[keras.Model, str, os.PathLike]) -> Graph:
     function = _functional_of(model)
     graph = Graph(_sanitize(model.name))
     inputs = [graph.add_input(_input_name(t), _input_type(t)) for t in function.inputs]
-    graph.outputs = _Importer(graph).emit_model(model, inputs, prefix="")
+    with read_weights(model):
+        graph.outputs = _Importer(graph).emit_model(model, inputs, prefix="")
     graph.verify()
     check_values(graph)  # NaN/inf weights, negative batch-norm variance: an error naming the layer
     return graph
@@ -224,6 +225,8 @@ class _Importer:
         _check_translatable(op, node)
         ctx = LayerContext(self.graph, op, prefix + _sanitize(op.name), self.weights)
         if isinstance(op, keras.layers.Layer):
+            if op.weights:
+                self.graph.variable_layers.add(op.name)
             try:
                 value = CONVERTERS[type(op)](ctx, args)
             except QCompilerError:

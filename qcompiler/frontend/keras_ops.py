@@ -20,7 +20,7 @@ from keras.src.ops import nn as knn
 from keras.src.ops import numpy as knp
 
 from qcompiler.frontend.errors import UnsupportedLayerError
-from qcompiler.frontend.keras_layers import ACTIVATIONS, LayerContext, elu_general, relu_general
+from qcompiler.frontend.keras_layers import ACTIVATIONS, LayerContext, elu_general
 from qcompiler.ir.graph import Value
 
 Builder = Callable[[LayerContext, list[Any], Any], Value]  # (ctx, arguments, the Keras output tensor)
@@ -123,15 +123,14 @@ def _leaky_relu(ctx: LayerContext, args: list[Any], out: Any) -> Value:
 
 
 def _clip(ctx: LayerContext, args: list[Any], out: Any) -> Value:
-    """max(x, lo) then min(., hi): canonicalize turns the usual bounds into relu / relu6 / relu_n1_to_1."""
+    """min(x, hi) then max(., lo), as tf.clip_by_value computes it: canonicalize turns the usual bounds into relu6 /
+    relu_n1_to_1, and lo = 0 into a RELU after the MINIMUM (the converter's order; random seed 4116)."""
     x = _tensor(ctx, args)
     lo, hi = ctx.layer.x_min, ctx.layer.x_max
     if isinstance(lo, keras.KerasTensor) or isinstance(hi, keras.KerasTensor):
         raise unsupported(ctx, "clip bounds must be constants")
-    if float(lo) == 0.0 and float(hi) == 6.0:
-        return relu_general(ctx, x, max_value=6.0)
-    y = ctx.op("maximum", x, ctx.const(np.float32(lo), "x_min"))
-    return ctx.op("minimum", y, ctx.const(np.float32(hi), "x_max"))
+    y = ctx.op("minimum", x, ctx.const(np.float32(hi), "x_max"))
+    return ctx.op("maximum", y, ctx.const(np.float32(lo), "x_min"))
 
 
 def _axes(ctx: LayerContext, axis: Any, rank: int) -> list[int]:

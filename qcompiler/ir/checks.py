@@ -12,6 +12,7 @@ from typing import Iterable
 import numpy as np
 
 from qcompiler.ir.graph import Graph, IRError, Node, Value
+from qcompiler.ir.layout import LazyProduct
 from qcompiler.ir.printer import ElidedArray
 
 
@@ -37,7 +38,7 @@ def _where(node: Node) -> str:
 
 def is_unknown(value: Value) -> bool:
     """True for a constant read from a digest-only dump (`#9f3a1c`): its shape is known, its values are not."""
-    return value.is_constant and isinstance(value.data, ElidedArray)
+    return value.is_constant and isinstance(value.stored, ElidedArray)
 
 
 def unknown_values_error(values: Iterable[Value], what: str) -> UnknownValuesError:
@@ -60,6 +61,11 @@ def check_constant_values(node: Node) -> None:
     """NaN/inf in a float constant, or a batch norm whose constant variance is negative: an error naming the layer."""
     if node.op == "const":
         array = node.attrs.get("value")
+        if isinstance(array, LazyProduct):  # a folded kernel: computed only when no bound shows it finite
+            _bound_finite(array)
+            if array.finite:
+                return
+            array = array.array()
         if isinstance(array, ElidedArray) or not isinstance(array, np.ndarray):
             return
         if not np.issubdtype(array.dtype, np.floating) or not array.size or _FINITE.get(id(array)) is array:
@@ -90,8 +96,44 @@ def check_constant_values(node: Node) -> None:
                               "moving_variance")
 
 
-def check_values(graph: Graph) -> None:
-    """`check_constant_values` for every node of the graph."""
+def _bound_finite(product: LazyProduct) -> None:
+    """Notes a lazy product finite when that follows without computing it: a finite base times finite factors of
+    magnitude at most 1 (each product rounds to at most its base element's magnitude)."""
+    if product.finite is None and _is_known_finite(product.base) and np.isfinite(np.sum(product.factor)) \
+            and np.max(np.abs(product.factor), initial=0) <= 1:
+        product.note_finite(True)
+
+
+def _is_known_finite(array: np.ndarray) -> bool:
+    if _FINITE.get(id(array)) is array:
+        return True
+    if array.flags.writeable or not np.isfinite(np.sum(array)):
+        return False
+    _FINITE[id(array)] = array
+    return True
+
+
+def check_values(graph: Graph, defer_lazy: bool = False) -> None:
+    """`check_constant_values` for every node of the graph. `defer_lazy`: the caller (the TFLite writer) checks
+    the lazy products not known finite yet itself, as it computes them into the file (`check_computed`)."""
     for node in graph.nodes:
+        if defer_lazy and node.op == "const" and isinstance(node.attrs.get("value"), LazyProduct):
+            _bound_finite(node.attrs["value"])
+            if node.attrs["value"].finite is not False:
+                continue
         if node.op in ("const", "batch_norm"):
             check_constant_values(node)
+
+
+def check_computed(product: LazyProduct, computed: np.ndarray, where: str) -> None:
+    """After the writer computed a lazy product into `computed` (its values, any layout) without finding it
+    finite on the way: an error naming the constant `where` if it holds NaN or inf (a product overflowed)."""
+    if product.finite is None:
+        finite = np.isfinite(computed)
+        if not finite.all():
+            bad = int(computed.size - np.count_nonzero(finite))
+            first = tuple(int(i) for i in np.argwhere(~finite.reshape(product.shape))[0])
+            raise ConstantValueError(f"{where} has {bad} non-finite value(s) (inf, first at index {list(first)}): "
+                                     "a batch norm folded into it overflowed float32; the model's weights or "
+                                     "batch-norm statistics are broken: retrain or fix them before compiling")
+        product.note_finite(True)

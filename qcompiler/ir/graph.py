@@ -56,7 +56,16 @@ class Value:
 
     @property
     def data(self) -> np.ndarray:
-        """The array of a constant value."""
+        """The array of a constant value (a lazy product, see `stored`, is computed here once)."""
+        from qcompiler.ir.layout import LazyProduct
+
+        stored = self.stored
+        return stored.array() if isinstance(stored, LazyProduct) else stored
+
+    @property
+    def stored(self) -> Any:
+        """What the constant node holds: its array, or a `qcompiler.ir.layout.LazyProduct` not computed yet (a
+        folded kernel the writer computes straight into the file). Has shape, dtype and nbytes either way."""
         if not self.is_constant:
             raise IRError(f"%{self.name} is not a constant")
         return self.producer.attrs["value"]
@@ -215,6 +224,9 @@ class Graph:
         # node.layer names that are keras.ops calls, not layers (the Keras frontend fills it): TensorFlow names
         # their ops outside any layer scope, which orders them differently (qcompiler/quant/op_order.py)
         self.op_calls: set[str] = set()
+        # node.layer names of Keras layers with variables (weights, BN statistics): TensorFlow reads them from
+        # resource arguments, not Const nodes, which orders their ops differently (qcompiler/quant/op_order.py)
+        self.variable_layers: set[str] = set()
 
     # ----- the node order -----------------------------------------------------------------------
     @property
@@ -364,16 +376,25 @@ class Graph:
         and is contiguous or a contiguous array with permuted axes (a folded 100 MB weight is not copied again; a
         kernel transposed lazily stays a view, see qcompiler/ir/layout.py), and it is made read-only: hand over
         an array nothing else writes to."""
-        from qcompiler.ir.layout import is_permuted_contiguous
-        from qcompiler.ir.types import DTYPES
+        from qcompiler.ir.layout import LazyProduct, is_permuted_contiguous
+        from qcompiler.ir.types import DTYPES, dtype_name
 
-        array = np.asarray(array)
-        if dtype is not None:
-            array = array.astype(DTYPES[dtype], copy=False)
-        if not is_permuted_contiguous(array):
-            array = np.ascontiguousarray(array).reshape(array.shape)  # ascontiguousarray makes a scalar 1-D
-        array.setflags(write=False)
-        return self.add_node("const", [], {"value": array}, names=[name], layer=layer, before=before).result
+        if isinstance(array, LazyProduct) and (dtype is None or DTYPES[dtype] == array.dtype):
+            array.base.setflags(write=False)  # the writer computes the products from it later
+        else:
+            array = np.asarray(array)
+            if dtype is not None:
+                array = array.astype(DTYPES[dtype], copy=False)
+            if not is_permuted_contiguous(array):
+                array = np.ascontiguousarray(array).reshape(array.shape)  # ascontiguousarray makes a scalar 1-D
+            array.setflags(write=False)
+        try:  # the type is the array's: no inference (a model has more constants than ops)
+            result_type = TensorType(array.shape, dtype_name(array.dtype))
+        except (TypeError, ValueError) as err:
+            where = f" (Keras layer '{layer}')" if layer else ""
+            raise IRError(f"const{where}: the value is not a tensor of a supported dtype: {err}") from None
+        return self.add_node("const", [], {"value": array}, [result_type], names=[name], layer=layer,
+                             before=before).result
 
     def _insert(self, node: Node, before: Optional[Node], after: Optional[Node]) -> None:
         """Link `node` in just before `before`, just after `after`, or at the end (constant time)."""
@@ -509,6 +530,7 @@ class Graph:
         copy = Graph(self.name)
         copy._names, copy._counter = set(self._names), self._counter
         copy.op_calls = set(self.op_calls)
+        copy.variable_layers = set(self.variable_layers)
         value_map: dict[int, Value] = {}
         for value in self.inputs:
             value_map[id(value)] = Value(value.name, value.type)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -44,11 +44,17 @@ def transposed_matrix(array: np.ndarray) -> Optional[np.ndarray]:
     return None
 
 
-def copy_into(target: np.ndarray, array: np.ndarray) -> None:
-    """Copy `array`'s values in C order into `target` (a flat uint8 buffer of exactly `array.nbytes` bytes).
+def copy_into(target: np.ndarray, array: "np.ndarray | LazyProduct") -> None:
+    """Copy `array`'s values in C order into `target` (a flat uint8 buffer of exactly `array.nbytes` bytes); a
+    `LazyProduct` is computed into it (`fill_product`), unless computed already.
 
     A transposed matrix is copied in blocks of source rows (numpy's element-wise strided copy of a transposed
     [4608, 4096] matrix took 140 ms of CPU, the blocks 23 ms)."""
+    if isinstance(array, LazyProduct):
+        if array.computed is None:
+            fill_product(target.view(array.dtype).reshape(array.shape), array)
+            return
+        array = array.computed
     if array.flags.c_contiguous:
         target[:] = np.frombuffer(array, np.uint8) if array.ndim else array.reshape(1).view(np.uint8)
         return
@@ -87,3 +93,108 @@ def multiply(array: np.ndarray, factor: np.ndarray) -> np.ndarray:
         for done in [pool.submit(np.multiply, array[h], factor[h], out=out[h]) for h in halves]:
             done.result()
     return out
+
+
+class LazyProduct:
+    """`array * factor` (float32 products, `factor` broadcast along some axes of `array`) not computed yet: a
+    batch norm folded into a kernel. The fold used to compute the product into fresh memory and the writer then
+    copied it into the output file; mapping that fresh memory and moving the values once more took as long as
+    writing the file (InceptionV3: ~90 ms of ~370 ms of CPU). Now the writer computes the products straight into
+    the file (`copy_into`), each element the same single IEEE product numpy computes, so the bytes are the same.
+
+    A constant node may hold one instead of an ndarray (`Value.stored`); `Value.data`, and numpy on it
+    (`np.asarray`), compute the product once and keep it (`array()`), so code that reads values never sees the
+    difference. Code that only needs the shape and dtype reads them here.
+    """
+
+    __slots__ = ("base", "factor", "shape", "dtype", "_value", "_finite")
+
+    def __init__(self, base: np.ndarray, factor: np.ndarray) -> None:
+        if base.dtype != factor.dtype or factor.ndim != base.ndim or np.broadcast_shapes(base.shape, factor.shape) \
+                != base.shape:
+            raise ValueError(f"a lazy product needs a factor of the base's dtype broadcasting to its shape; got "
+                             f"{base.dtype}{list(base.shape)} * {factor.dtype}{list(factor.shape)}")
+        self.base, self.factor = base, factor
+        self.shape: tuple[int, ...] = base.shape
+        self.dtype: np.dtype = base.dtype
+        self._value: Optional[np.ndarray] = None
+        self._finite: Optional[bool] = None  # None: not known yet
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return self.base.size
+
+    @property
+    def itemsize(self) -> int:
+        return self.dtype.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return self.base.nbytes
+
+    @property
+    def computed(self) -> Optional[np.ndarray]:
+        """The product if something computed it already, else None."""
+        return self._value
+
+    def array(self) -> np.ndarray:
+        """The product (read-only), computed on first use in `base`'s memory order."""
+        if self._value is None:
+            value = multiply(self.base, self.factor)
+            value.setflags(write=False)
+            self._value = value
+        return self._value
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        value = self.array()
+        return value if dtype is None else value.astype(dtype, copy=False)
+
+    def at(self, index: tuple[np.ndarray, ...]) -> np.ndarray:
+        """The products at the given (numpy fancy) index, without computing the rest."""
+        factor = np.broadcast_to(self.factor, self.shape)
+        return np.multiply(self.base[index], factor[index])
+
+    @property
+    def finite(self) -> Optional[bool]:
+        """Whether every product is finite, once someone found out (`note_finite`: qcompiler.ir.checks, or the
+        writer after computing the products into the file); None before."""
+        return self._finite
+
+    def note_finite(self, finite: bool) -> None:
+        self._finite = finite
+
+    def __repr__(self) -> str:
+        return f"LazyProduct({self.dtype}{list(self.shape)})"
+
+
+def lazy_multiply(array: np.ndarray, factor: np.ndarray) -> "LazyProduct | np.ndarray":
+    """`multiply(array, factor)`, left to the writer when that gives the same bits (a float array and a factor of
+    its dtype broadcasting to its shape, the array a permutation of a contiguous one); else computed now."""
+    factor = np.asarray(factor)
+    if (array.dtype.kind == "f" and factor.dtype == array.dtype and factor.ndim == array.ndim
+            and np.broadcast_shapes(array.shape, factor.shape) == array.shape and is_permuted_contiguous(array)):
+        return LazyProduct(array, factor)
+    return multiply(array, factor)
+
+
+def fill_product(out: np.ndarray, product: LazyProduct) -> None:
+    """Compute `product` into `out` (an array of its shape and dtype, C-contiguous): a transposed base in blocks
+    of source rows, as `copy_into` copies one."""
+    base, factor = product.base, product.factor
+    matrix = transposed_matrix(base) if not base.flags.c_contiguous and base.nbytes > _SMALL else None
+    if matrix is not None:
+        try:
+            factors = np.broadcast_to(factor, base.shape).reshape(matrix.shape, copy=False)
+        except ValueError:  # no strided view of the factor in the matrix's shape
+            matrix = None
+    if matrix is None:
+        np.multiply(base, factor, out=out)
+        return
+    out_matrix = out.reshape(matrix.shape)
+    for start in range(0, matrix.shape[1], _BLOCK_ROWS):
+        block = slice(start, start + _BLOCK_ROWS)
+        np.multiply(matrix[:, block], factors[:, block], out=out_matrix[:, block])

@@ -231,7 +231,9 @@ def _infer_const(types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
     from qcompiler.ir.types import dtype_name
 
     try:
-        value = np.asarray(attrs["value"])
+        value = attrs["value"]  # an ndarray, or a LazyProduct (shape and dtype without computing it)
+        if not hasattr(value, "dtype") or not hasattr(value, "shape"):
+            value = np.asarray(value)
         return [TensorType(value.shape, dtype_name(value.dtype))]
     except (TypeError, ValueError) as err:
         raise IRError(f"the value is not a tensor of a supported dtype: {err}") from None

@@ -150,6 +150,7 @@ def format_layer_name(name: str) -> str:
 
 
 def format_constant(array: np.ndarray, full: bool = False) -> str:
+    array = array if isinstance(array, np.ndarray) else np.asarray(array)  # a LazyProduct: its values
     if isinstance(array, ElidedArray) or (array.size > INLINE_LIMIT and not full):
         return "#" + constant_digest(array)
     if array.dtype == np.bool_:

@@ -3,13 +3,15 @@
 - flatten(x)                      -> reshape(x) {shape=[-1, prod(x.shape[1:])]}
 - identity(x)                     -> x   (also between a graph input and a graph output: the output is the
                                          input, as in the converter's model; two outputs stay two tensors)
-- reshape(x) to x's own shape     -> x
+- reshape(x) to x's own shape     -> x   (static, or the batch taken from x at run time: a Keras Reshape/Flatten
+                                         layer; keras.ops.reshape(x, (-1, ...)) on an unknown batch stays, as in TF)
 - reshape(reshape(x))             -> reshape(x)
 - transpose(x) {perm=[0, 1, ..]}  -> x   (TensorFlow's grappler drops an identity permutation before the converter
                                          sees it: `ops.transpose(x, [0, 1, 2])` leaves no TRANSPOSE)
 - maximum(x, 0)                   -> relu(x)
-- relu(relu(x)), relu6(relu6(x)), relu_n1_to_1(relu_n1_to_1(x)) -> one of them (TFLiteConverter keeps one: a
-                                    Dense with relu6 followed by an Activation("relu6") is one FULLY_CONNECTED)
+- relu(relu(x)), relu6(relu6(x)) -> the inner one, whatever else uses it (TensorFlow's Idempotent fold: a Dense
+                                    with relu6 followed by an Activation("relu6") is one FULLY_CONNECTED);
+  relu_n1_to_1(relu_n1_to_1(x))   -> the inner one if it has no other user
 - abs(abs(x)) -> abs(x);  neg(neg(x)) -> x   (TensorFlow's folds of its Idempotent and Involution ops, whatever
                                          else uses the inner op: two ops.abs leave one ABS, random seed 2115)
 - minimum(relu(x), 6)             -> relu6(x)
@@ -86,12 +88,18 @@ def _flatten_to_reshape(m: Match, rw: Rewriter) -> None:
 
 # ----- reshapes -----
 def _is_noop_reshape(node: Node) -> bool:
-    """Same static shape, or the same shape with only the batch unknown and passed through by a leading -1."""
+    """Same static shape, or the same shape with only the batch unknown and taken from the input at run time.
+
+    TensorFlow folds a Reshape to its input when both shapes are static, or when the target is built from the
+    input's own Shape (Keras' Flatten and Reshape layers: Pack(StridedSlice(Shape(x)), ...)). A constant target
+    with a -1 (keras.ops.reshape(x, (-1, ...))) on an unknown batch is no fold of either kind: the converter keeps
+    that RESHAPE, and TFLite's optimize pass may then move ops above it (move-binary-reshapes, random seed 2161).
+    """
     have, want = node.operands[0].type.shape, node.result.type.shape
     if have != want:
         return False
     unknown = [i for i, d in enumerate(have) if d is None]
-    return not unknown or (unknown == [0] and node.attrs["shape"][0] == -1)
+    return not unknown or (unknown == [0] and node.attrs["shape"][0] == -1 and node.attrs.get("runtime_batch", False))
 
 
 def _collapse_check(m: Match) -> Optional[str]:
@@ -141,6 +149,16 @@ def _scalar_is(target: float):
     return lambda v: constant_scalar(v) == target
 
 
+def _bound_is(target: float):
+    """A clamp bound equal to `target` bit for bit: TFLite's clamp patterns compare with APFloat::isExactlyValue,
+    so maximum(x, -0.0) stays a MAXIMUM (ops.clip(x, -0.0, hi); random seed 4116)."""
+    def matches(v: Value) -> bool:
+        s = constant_scalar(v)
+        return s is not None and np.float32(s).tobytes() == np.float32(target).tobytes()
+
+    return matches
+
+
 def _keeps_shape(node: Node) -> bool:
     """The constant operand does not broadcast the result beyond the other operand's shape."""
     return all(v.is_constant or v.type.shape == node.result.type.shape for v in node.operands)
@@ -154,9 +172,9 @@ def _to_activation(op: str):
 
 
 def _clamp(outer: str, inner: str, outer_bound: float, inner_bound: float) -> Pat:
-    return Pat(outer, Pat(inner, "x", Const(where=_scalar_is(inner_bound)), one_use=True, commutative=True,
+    return Pat(outer, Pat(inner, "x", Const(where=_bound_is(inner_bound)), one_use=True, commutative=True,
                           where=_keeps_shape),
-               Const(where=_scalar_is(outer_bound)), commutative=True, where=_keeps_shape)
+               Const(where=_bound_is(outer_bound)), commutative=True, where=_keeps_shape)
 
 
 def _identity_arithmetic_check(m: Match) -> Optional[str]:
@@ -319,12 +337,17 @@ RULES: list[Rule] = [
     Rule("clamp-to-relu-n1-to-1", _clamp("minimum", "maximum", 1.0, -1.0), _to_activation("relu_n1_to_1")),
     Rule("clamp-to-relu-n1-to-1-swapped", _clamp("maximum", "minimum", -1.0, 1.0),
          _to_activation("relu_n1_to_1")),
-    Rule("maximum-zero-to-relu", Pat("maximum", "x", Const(where=_scalar_is(0.0)), commutative=True,
+    Rule("maximum-zero-to-relu", Pat("maximum", "x", Const(where=_bound_is(0.0)), commutative=True,
                                      where=_keeps_shape), _to_activation("relu")),
-    Rule("min-relu-6-to-relu6", Pat("minimum", Pat("relu", "x", one_use=True), Const(where=_scalar_is(6.0)),
+    Rule("min-relu-6-to-relu6", Pat("minimum", Pat("relu", "x", one_use=True), Const(where=_bound_is(6.0)),
                                     commutative=True, where=_keeps_shape), _to_activation("relu6")),
-    *[Rule(f"{op}-of-{op}", Pat(op, Pat(op, "x", one_use=True, capture="inner")), _drop_outer_activation,
-           _drop_outer_check) for op in ("relu", "relu6", "relu_n1_to_1")],
+    # relu/relu6: TensorFlow's Idempotent fold, whatever else uses the inner one (random seed 4005: Dense(relu6),
+    # then Activation("relu6") and a multiply of both is FULLY_CONNECTED, MUL(fc, fc)); clip(-1, 1) is no TF op
+    # with that trait: the converter keeps both when the inner has another user (probed)
+    *[Rule(f"{op}-of-{op}", Pat(op, Pat(op, "x", capture="inner")), _drop_outer_activation, _drop_outer_check)
+      for op in ("relu", "relu6")],
+    Rule("relu_n1_to_1-of-relu_n1_to_1", Pat("relu_n1_to_1", Pat("relu_n1_to_1", "x", one_use=True, capture="inner")),
+         _drop_outer_activation, _drop_outer_check),
     Rule("abs-of-abs", Pat("abs", Pat("abs", "x", capture="inner")), _drop_outer_activation, _drop_outer_check),
     Rule("neg-of-neg", Pat("neg", Pat("neg", "x")), _forward_operand, _drop_identity_check),
     _identity_arithmetic("add", 0.0, commutative=True),

@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Hashable, Optional
 import numpy as np
 
 from qcompiler.ir.graph import Graph, Node
+from qcompiler.ir.layout import LazyProduct
 from qcompiler.ir.printer import ElidedArray
 from qcompiler.passes.base import Pass, PassResult
 
@@ -74,6 +75,8 @@ class _ConstantKeys:
     def key(self, array: np.ndarray) -> Optional[Hashable]:
         if isinstance(array, ElidedArray):
             return None
+        if isinstance(array, LazyProduct):  # a folded kernel: compared by its values
+            array = array.array()
         if array.nbytes <= _KEYED_BY_BYTES:
             data = _contiguous(array)
             return (data.dtype.str, data.shape, data.tobytes())

@@ -382,8 +382,14 @@ RULES_AFTER: list[Rule] = [
 _ADD_OF_ADDS = next(rule for rule in CANONICAL_RULES if rule.name == "add-of-adds")
 PHASE_1: list[Rule] = [*RULES_AFTER, Rule("fold-vector-before", _before_pattern(("fully_connected",)),
                                           _fold_vector_before, _vector_before_check), _ADD_OF_ADDS]
+# Phase 2 has FuseAddAndFullyConnected / FuseMulAndFullyConnected too (TFLite's optimize.cc phase_2_patterns):
+# a vector mul/add that reaches a fully_connected only once a scalar before it has folded joins it then (random
+# seed 4033: batch norm, Rescaling, Dense: all three fold into the FULLY_CONNECTED). Every clamp has fused in
+# phase 1, so no clamp ordering decides anything here.
 PHASE_2: list[Rule] = [*RULES_AFTER, Rule("fold-scalar-before", _before_pattern(LAYERS), _fold_scalar_before,
-                                          _scalar_before_check)]
+                                          _scalar_before_check),
+                       Rule("fold-vector-before-2", _before_pattern(("fully_connected",)), _fold_vector_before,
+                            _vector_before_check)]
 RULES = PHASE_1 + PHASE_2[len(RULES_AFTER):]
 
 

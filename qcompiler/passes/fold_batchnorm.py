@@ -30,7 +30,7 @@ from typing import ClassVar, Literal, Optional, Sequence
 import numpy as np
 
 from qcompiler.errors import QCompilerError
-from qcompiler.ir.layout import multiply
+from qcompiler.ir.layout import lazy_multiply
 from qcompiler.ir.ops import OPS
 from qcompiler.passes.rewriter import (Const, Match, Pat, Rewriter, RewritePass, Rule, Var, batched_fc_reason, has_data,
                                        single_use_reason)
@@ -109,7 +109,8 @@ def _params_check(m: Match) -> Optional[str]:
 def _scale_weights(op: str, weights: np.ndarray, inv: np.ndarray) -> np.ndarray:
     shape = [1] * weights.ndim
     shape[OPS[op].weights.out_axis] = -1
-    return multiply(np.asarray(weights, _F32), inv.reshape(shape))  # one new array, in the weights' layout
+    # the products are computed by the writer, straight into the file (a LazyProduct, qcompiler/ir/layout.py)
+    return lazy_multiply(np.asarray(weights, _F32), inv.reshape(shape))
 
 
 def _fold(m: Match, rw: Rewriter, kernel: RsqrtKernel) -> None:

@@ -31,6 +31,7 @@ from typing import ClassVar, Literal, Optional
 
 import numpy as np
 
+from qcompiler.backend.tflite_arena import _dynamic_in_converter_model as dynamic_in_converter_model
 from qcompiler.errors import QCompilerError
 from qcompiler.ir.checks import check_known_values
 from qcompiler.ir.graph import Graph, Node, Value
@@ -334,19 +335,12 @@ class ConverterPropagation(_Propagation):
         self.work = [n for n in order if self.reshape_of.get(id(n), n) is n]
         done: set[int] = set()
         self.done = done
-        while self.work:
-            self._drain(done)
-            # The driver drops a SAME op it meets before anything around it is known and revisits it only when a
-            # neighbour is set from its side: a value set backwards (SetOperandParams, by a concat/maximum/
-            # minimum user) requeues its producer only (AddOperandToList), never its other users. So a SAME
-            # user dropped earlier stays without parameters, and the converter leaves it in float (the
-            # `unparameterized` results below, float_spread.py). A graph input set backwards has no producer;
-            # another SAME user of it that the converter's op order visits later (a pooling; qcompiler's order
-            # differs there) gets its parameters: such ops are visited again once the work list is empty.
-            # (A graph output is revisited too: the model's outputs are integer.)
-            self.work = [n for n in order if id(n) not in done and self._same_scale_waiting(n)
-                         and (self.graph.is_output(n.result)
-                              or any(v.producer is None and id(v) in self.states for v in n.operands))]
+        # The driver drops a SAME op it meets before anything around it is known and revisits it only when a
+        # neighbour is set from its side: a value set backwards (SetOperandParams, by a concat/maximum/minimum
+        # user) requeues its producer only (AddOperandToList), never its other users, and a graph input has no
+        # producer. So a SAME user dropped earlier stays without parameters and the converter leaves it in float
+        # (`skipped` below, float_spread.py), a graph output too (its model output is then float32).
+        self._drain(done)
         return self.result()
 
     def skipped(self) -> set[int]:
@@ -362,7 +356,7 @@ class ConverterPropagation(_Propagation):
                         for v in node.operands if id(v) in self.states)  # else the range is just missing
             result = self.states.get(id(node.result))
             if (_spec_of(node, self.act_dtype, self.keep).output == SAME and result is not None
-                    and result.params is None and known and not self.graph.is_output(node.result)):
+                    and result.params is None and known):
                 ids.add(id(node))
                 dropped.add(id(node.result))
             elif batched_fc_reason(node) is not None and id(self.reshape_of[id(node)]) not in self.done and known:
@@ -376,10 +370,6 @@ class ConverterPropagation(_Propagation):
             return False
         state = self.states.get(id(node.operands[0]))
         return state is not None and state.params is None
-
-    def _same_scale_waiting(self, node: Node) -> bool:
-        spec = _spec_of(node, self.act_dtype, self.keep)
-        return spec.output == SAME and self._same_scale_params(node, spec) is not None
 
     def _drain(self, done: set[int]) -> None:
         while self.work:
@@ -730,7 +720,7 @@ def _isolate_float_islands(graph: Graph, act_dtype: str, floats: FloatOps, unqua
         for index, operand in enumerate(node.operands):
             if operand.type.is_float or operand.type.quant is None:
                 continue
-            if id(operand) in volatile:
+            if id(operand) in volatile and not _behind_tensordot_reshape(operand.producer.operands[0]):
                 operand = _skip_requantize(graph, node, index)
             if id(operand) not in dequantized:
                 dequantized[id(operand)] = graph.op("dequantize", operand, name=f"{operand.name}.float",
@@ -744,6 +734,15 @@ def _isolate_float_islands(graph: Graph, act_dtype: str, floats: FloatOps, unqua
                       f"around them, because TFLite has no {act_dtype} kernel for them: {listing}",
                       FloatOpsWarning, stacklevel=3)
     return islands
+
+
+def _behind_tensordot_reshape(value: Value) -> bool:
+    """In the converter's model a RESHAPE follows `value` before its users: Keras' tensordot ends a fully_connected
+    on a rank > 2 input with one, and TFLite's optimize pass moves a one-use chain of elementwise ops (a sigmoid)
+    above it (ReorderElementwiseAndMoveOperations). A requantize of `value` then feeds that integer RESHAPE, which
+    a float user reads through a DEQUANTIZE: the requantize stays (random seed 1280: the driver's requantize of a
+    LOGISTIC for a MAXIMUM that runs in float)."""
+    return dynamic_in_converter_model(value)
 
 
 def _skip_requantize(graph: Graph, node: Node, index: int) -> Value:

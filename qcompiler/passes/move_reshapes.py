@@ -17,6 +17,10 @@ patterns, which need one use, do not apply. A reshape with a constant shape (ker
 false) leaves the producer one user, and the moved clamp fuses into it like fuse-activations fuses it
 (measured: CONV_2D / AVERAGE_POOL_2D + ops.reshape + relu -> CONV_2D {relu}, RESHAPE; random seed 3159).
 
+TFLite's MoveBinaryOpConstBeforeReshape belongs to the same greedy pattern set, so its rule (move-binary-reshapes,
+which runs once before fold-affine) applies here again: reshape -> relu -> mul by a constant ends as relu, mul,
+reshape.
+
 Why it matters for int8: the op computes before the reshape, so the reshape shares its parameters, and a fixed
 range op (tanh, sigmoid) is requantized before the reshape for a same-scale op after it (random seed 2116:
 TANH, QUANTIZE, RESHAPE, QUANTIZE for two MAXIMUMs with different ranges, where qcompiler had refused a tanh
@@ -30,6 +34,7 @@ from typing import ClassVar, Optional, Sequence
 from qcompiler.backend.tflite_arena import MOVED_ABOVE_RESHAPE
 from qcompiler.ir.graph import Node
 from qcompiler.ir.ops import OPS
+from qcompiler.passes.move_binary_reshapes import RULES as BINARY_RULES
 from qcompiler.passes.fuse_activations import CLAMP_ACTIVATIONS, FUSING_OPS, fuse_into_producer, producer_fuse_reason
 from qcompiler.passes.rewriter import Match, Pat, Rewriter, RewritePass, Rule, single_use_reason
 
@@ -77,6 +82,7 @@ def _fc_check(m: Match) -> Optional[str]:
 RULES = [
     Rule("unary-after-reshape", Pat(tuple(sorted(MOVED_ABOVE_RESHAPE)), Pat(MOVE_OPS, "x", capture="move")),
          _unary_rewrite, _unary_check),
+    *BINARY_RULES,  # one greedy pattern set in the converter: a mul after a relu after a reshape moves up too
     Rule("clamp-into-fully-connected", Pat(CLAMP_ACTIVATIONS, Pat("fully_connected", capture="producer")),
          fuse_into_producer, _fc_check),
 ]

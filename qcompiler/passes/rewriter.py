@@ -185,7 +185,7 @@ def batched_fc_reason(node: Node) -> Optional[str]:
 
 def has_data(value: Value) -> bool:
     """A constant whose array is known (not a digest-only placeholder read from a short dump)."""
-    return value.is_constant and not isinstance(value.data, ElidedArray)
+    return value.is_constant and not isinstance(value.stored, ElidedArray)
 
 
 def constant_scalar(value: Value) -> Optional[float]:
@@ -413,9 +413,10 @@ def apply_rules(graph: Graph, rules: Sequence[Rule], max_rewrites: Optional[int]
     rewriter = Rewriter(graph, stats)
     rules_for: dict[str, list[Rule]] = {}
     limit = max_rewrites if max_rewrites is not None else 100 * (len(graph.nodes) + 10)
+    ops = _root_ops(rules)
     if bottom_up:
-        return _apply_bottom_up(graph, rules, rewriter, stats, limit)
-    worklist: deque[Node] = deque(graph.nodes)
+        return _apply_bottom_up(graph, rules, rewriter, stats, limit, ops)
+    worklist: deque[Node] = deque(n for n in graph.nodes if ops is None or n.op in ops)
     queued = {id(n) for n in worklist}
     seen_failures: set[tuple[str, str, str]] = set()
     while worklist:
@@ -424,22 +425,33 @@ def apply_rules(graph: Graph, rules: Sequence[Rule], max_rewrites: Optional[int]
         if node.graph is not graph:
             continue
         for touched in _try_rules(node, rules, rules_for, rewriter, stats, seen_failures, limit):
-            if touched.graph is graph and id(touched) not in queued:
+            if touched.graph is graph and id(touched) not in queued and (ops is None or touched.op in ops):
                 queued.add(id(touched))
                 worklist.append(touched)
     return stats
 
 
+def _root_ops(rules: Sequence[Rule]) -> Optional[frozenset[str]]:
+    """The ops some rule can match at its root (None: some rule matches any op). Nodes of other ops are never
+    queued: no rule could fire on them (most nodes of a model are constants)."""
+    ops: set[str] = set()
+    for rule in rules:
+        if rule.pattern.ops is None:
+            return None
+        ops |= rule.pattern.ops
+    return frozenset(ops)
+
+
 def _apply_bottom_up(graph: Graph, rules: Sequence[Rule], rewriter: Rewriter, stats: RewriteStats,
-                     limit: int) -> RewriteStats:
-    worklist = _LifoWorklist(graph.nodes)
+                     limit: int, ops: Optional[frozenset[str]]) -> RewriteStats:
+    worklist = _LifoWorklist([n for n in graph.nodes if ops is None or n.op in ops])
     rules_for: dict[str, list[Rule]] = {}
     seen_failures: set[tuple[str, str, str]] = set()
     while (node := worklist.pop()) is not None:
         if node.graph is not graph:
             continue
         for touched in _try_rules(node, rules, rules_for, rewriter, stats, seen_failures, limit):
-            if touched.graph is graph:
+            if touched.graph is graph and (ops is None or touched.op in ops):
                 worklist.push(touched)
     return stats
 

@@ -50,6 +50,16 @@ KERAS_OPS_TF_NAMES: dict[str, str] = {
 }
 
 
+# IR ops whose TensorFlow ops read a constant tensor that qcompiler keeps as an attribute (Reshape's shape,
+# Transpose's perm, ConcatV2's axis, Pad's paddings, a reduction's axes, Slice/StridedSlice bounds, the resize
+# size, SpaceToBatchND/BatchToSpaceND's block and paddings), or that TensorFlow builds from several ops with
+# constant operands (clip_by_value, hard_silu, gelu): the Const is a root of the walk of its own.
+TF_CONSTANT_INPUT_OPS = frozenset({
+    "reshape", "flatten", "transpose", "concat", "pad", "mean", "sum", "reduce_max", "reduce_min", "slice",
+    "resize_nearest", "space_to_batch", "batch_to_space", "relu_n1_to_1", "hard_swish", "gelu",
+})
+
+
 def _tf_scopes(graph: Graph) -> dict[Optional[str], str]:
     """node.layer -> the TensorFlow name prefix of the ops that Keras layer (or keras.ops call) creates in the
     converter's graph: `<model>_1/<layer>_1/`, or for a keras.ops call (`Graph.op_calls`) its TensorFlow op type,
@@ -122,8 +132,12 @@ def converter_op_order(graph: Graph) -> dict[int, int]:
                 continue
             if operand_index in weights:
                 roots.append((_resource_root(model, node.layer, index), [node]))
+            elif node.layer in graph.variable_layers:  # e.g. a folded batch norm's scale: its variables
+                roots.append((_resource_root(model, node.layer, index) + f"_{operand_index}", [entry(node)]))
             else:
                 roots.append((f"{scope[node.layer]}Const{index:08d}_{operand_index}", [entry(node)]))
+        if node.op in TF_CONSTANT_INPUT_OPS:  # a parameter qcompiler keeps as an attribute: a Const in TensorFlow
+            roots.append((f"{scope[node.layer]}Const{index:08d}", [entry(node)]))
         if id(node) in hidden:  # the tensordot's shape constants
             roots.append((f"{scope[node.layer]}Tensordot/Const{index:08d}", [hidden[id(node)]]))
 
