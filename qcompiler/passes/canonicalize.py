@@ -35,6 +35,11 @@
                                          an ADD of x and 3. Its optimize pass visits ops bottom-up, so a clamp
                                          after a single-use hard_swish fuses into the MUL first; and TensorFlow's
                                          canonicalizer has already made neg(y) + 3 a SUB. No HARD_SWISH then.)
+- mul(x, mul(relu6(add(x, 3)), 1/6)) (either operand order of the outer mul: x * hard_sigmoid(x)) -> hard_swish(x)
+                                         (TFLite's MatchHardSwishPattern2/4/6: a Multiply of an
+                                         Activation("hard_sigmoid") and its own input is one HARD_SWISH with
+                                         the outer MUL's range; the add must be single-use, as its relu6 must
+                                         fuse into it; the gate ops stay for other users; random seed 3104)
 - relu/relu6/relu_n1_to_1(gelu{approximate}(x)) -> clamp(0.5 * x * (1 + tanh(0.79788456 * (x + 0.044715 * x**3))))
                                          (the same for GELU: the clamp fuses into the last MUL; x**3 is a POW)
 - gelu{approximate}(neg(y))       -> the same arithmetic (neg(y) + t is a SUB, so no GELU match)
@@ -240,6 +245,41 @@ def _hard_swish_arithmetic(rw: Rewriter, hard_swish: Node) -> Value:
     return rw.op("mul", x, gate, name=f"{name}_mul", layer=layer)
 
 
+_ONE_SIXTH = float(np.float32(1.0 / 6.0))  # the converter's 0.166666666f / 0.166666672
+
+
+def _no_activation(*names: str):
+    def check(m: Match) -> Optional[str]:
+        for name in names:
+            node = m.root if name == "root" else m[name]
+            if node.attrs.get("activation", "none") != "none":
+                return f"{node.op} has fused activation '{node.attrs['activation']}'"
+        return None
+
+    return check
+
+
+def _clamp_fuses_first_reason(node: Node) -> Optional[str]:
+    """Why the converter fuses the one clamp using `node` into it before matching `node` (None: it does not):
+    its optimize pass visits ops bottom-up, the fusion needs one use."""
+    if single_use_reason(node) is None and node.result.uses[0].node.op in ("relu", "relu6", "relu_n1_to_1"):
+        return f"the {node.result.uses[0].node.op} after {node.op} fuses into it first"
+    return None
+
+
+def _x_times_hard_sigmoid_check(m: Match) -> Optional[str]:
+    return _no_activation("root", "gate", "add")(m) or _clamp_fuses_first_reason(m.root)
+
+
+def _hard_swish_of(m: Match, rw: Rewriter) -> None:
+    rw.replace_value(m.root, rw.op("hard_swish", m["x"], layer=m.root.layer))
+
+
+_HARD_SIGMOID_GATE = Pat("mul", Pat("relu6", Pat("add", "x", Const(where=_scalar_is(3.0)), one_use=True,
+                                                 commutative=True, capture="add")),
+                         Const(where=_scalar_is(_ONE_SIXTH)), commutative=True, capture="gate")
+
+
 def _unfuse_hard_swish_under_clamp(m: Match, rw: Rewriter) -> None:
     rw.set_operand(m.root, 0, _hard_swish_arithmetic(rw, m["hs"]))
 
@@ -286,6 +326,8 @@ def _square_of_sub_check(m: Match) -> Optional[str]:
 
 
 _HARD_SWISH_RULES: list[Rule] = [
+    Rule("x-times-hard-sigmoid", Pat("mul", "x", _HARD_SIGMOID_GATE, commutative=True), _hard_swish_of,
+         _x_times_hard_sigmoid_check),
     # the same for an approximate GELU: MatchGeluApproximate needs its last MUL without a fused activation (seed
     # 1128); an exact GELU there leaves tf.Erfc, which the converter cannot convert at all
     Rule("gelu-tanh-under-clamp", Pat(("relu", "relu6", "relu_n1_to_1"),
