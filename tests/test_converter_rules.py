@@ -25,7 +25,16 @@ drawn per seed:
   - clamp_after_reshape: a relu/relu6 after a keras.ops.reshape (a constant shape) moves above it and fuses into
     its one-use producer (move-reshapes); after a Flatten/Reshape layer the producer's SHAPE user blocks that;
   - abs_of_abs: abs(abs(x)) is one ABS and neg(neg(y)) is y, even when the inner abs has another user
-    (TensorFlow's Idempotent / Involution folds; canonicalize).
+    (TensorFlow's Idempotent / Involution folds; canonicalize);
+  - fc_clamp_copy: a relu/relu6/hard_tanh of a Dense (2-D) with another user fuses into a copy of its
+    FULLY_CONNECTED (FuseFullyConnectedAndReluX has no one-use condition; fuse-activations; random seed 3099);
+  - batched_fc_clamp: a clamp after a reshape of a bias-free Dense on a rank-3 input fuses into (a copy of) its
+    FULLY_CONNECTED: any clamp after keras.ops.reshape, hard_tanh after a Flatten (the reshapes collapse;
+    move-reshapes; random seed 3175);
+  - x_times_hard_sigmoid: Multiply(hard_sigmoid(x), x), either order, is one HARD_SWISH (MatchHardSwishPattern;
+    canonicalize; random seeds 3104, 3195);
+  - reduce_without_keepdims: a mean/sum over a size-1 axis without keepdims stays a MEAN/SUM with its own range
+    (after a sigmoid: not 1/256); with keepdims it is dropped (canonicalize; random seed 3140).
 The Keras Flatten rules (a run-time target: a dynamic tensor on a graph input, an alias otherwise) are checked
 against TF's own calibrator in tests/test_calibrate.py: drawn Keras models hit the converter's op order (a reader
 placed before the in-place ADD) or TFLite overwriting an aliased buffer at batch > 1 in either model.
@@ -116,6 +125,27 @@ def _model(pattern: str, seed: int):
         wide = keras.layers.Rescaling(float(rng.uniform(2.0, 4.0)), name=names[3])(r)  # the concat's range differs
         c = keras.layers.Concatenate(name=names[2])([a, wide])
         outputs = [m, c, y]
+    elif pattern == "fc_clamp_copy":  # random seed 3099
+        f = keras.layers.Dense(width)(keras.layers.Flatten()(x))
+        clamp = ("relu", "relu6", "hard_tanh")[int(rng.integers(3))]
+        other = keras.layers.Activation("sigmoid")(f) if shared else keras.layers.Add()([f, f])
+        outputs = [keras.layers.Activation(clamp)(f), other, y]
+    elif pattern == "batched_fc_clamp":  # random seed 3175
+        d = keras.layers.Dense(width, use_bias=False)(x)
+        if rng.integers(2):
+            clamp, reshaped = ("relu", "relu6", "hard_tanh")[int(rng.integers(3))], ops.reshape(d, (-1, rows * width))
+        else:
+            clamp, reshaped = "hard_tanh", keras.layers.Flatten()(d)
+        outputs = [keras.layers.Activation(clamp)(reshaped)] + ([keras.layers.Dense(3)(d)] if shared else [y])
+    elif pattern == "x_times_hard_sigmoid":  # random seeds 3104, 3195
+        h = keras.layers.Activation("hard_sigmoid")(x)
+        m = keras.layers.Multiply()([h, x] if rng.integers(2) else [x, h])
+        outputs = [keras.layers.Dense(3)(m)] + ([h] if shared else [y])
+    elif pattern == "reduce_without_keepdims":  # random seed 3140
+        s = keras.layers.Activation("sigmoid")(keras.layers.Reshape((1, rows * width))(x))
+        reduce = (ops.mean, ops.sum)[int(rng.integers(2))]
+        outputs = [keras.layers.Dense(3)(reduce(s, axis=1)), y]
+        outputs += [keras.layers.Dense(2)(reduce(s, axis=1, keepdims=True))] if shared else []
     else:
         raise ValueError(pattern)
     model = keras.Model([a, b], outputs)
@@ -131,7 +161,11 @@ def _model(pattern: str, seed: int):
                                            ("op_order", 0), ("op_order", 5), ("unary_after_flatten", 4),
                                            pytest.param("unary_after_flatten", 0, marks=pytest.mark.slow),
                                            ("abs_of_abs", 4), ("gelu_of_neg", 0), ("clamp_after_reshape", 0),
-                                           ("clamp_after_reshape", 4)])
+                                           ("clamp_after_reshape", 4), ("fc_clamp_copy", 4), ("batched_fc_clamp", 4),
+                                           ("x_times_hard_sigmoid", 4), ("reduce_without_keepdims", 4),
+                                           *[pytest.param(p, 0, marks=pytest.mark.slow) for p in
+                                             ("fc_clamp_copy", "batched_fc_clamp", "x_times_hard_sigmoid",
+                                              "reduce_without_keepdims")]])
 def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
     model = _model(pattern, seed)
     rng = np.random.default_rng(100 + seed)
