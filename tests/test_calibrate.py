@@ -41,15 +41,11 @@ SPAN_TOLERANCE = 1e-5
 # ----------------------------------------------------------------------------------------------------
 def tf_calibrator_ranges(plain: Graph, arrays: list[np.ndarray]) -> dict[str, tuple[float, float]]:
     """Tensor name -> (min, max) recorded by TF's calibrator on our float .tflite, one sample per step. The model
-    keeps the graph's operator order, as the converter's model does: the writer's reordering that keeps TFLite's
-    runtime from overwriting a buffer still to be read (`_order_for_runtime`) would hide the in-place unions the
-    converter's calibrator records."""
-    from unittest import mock
-
+    keeps the graph's operator order (`operator_order="graph"`), as the converter's model does: the writer's default
+    order, which keeps TFLite's runtime from overwriting a buffer still to be read, would hide the in-place unions
+    the converter's calibrator records."""
     import tflite
     from tensorflow.lite.python.optimize import calibrator
-
-    from qcompiler.backend import tflite_writer
 
     def samples():
         for i in range(len(arrays[0])):
@@ -57,8 +53,7 @@ def tf_calibrator_ranges(plain: Graph, arrays: list[np.ndarray]) -> dict[str, tu
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with mock.patch.object(tflite_writer, "_order_for_runtime", lambda *args: None):
-            model = write_tflite(plain)
+        model = write_tflite(plain, operator_order="graph")
         calibrated = calibrator.Calibrator(model).calibrate(samples)
     subgraph = tflite.Model.GetRootAsModel(calibrated, 0).Subgraphs(0)
     ranges = {}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from qcompiler.backend.tflite_arena import (DATA_UNMODIFIED, INPUT0_SHARED, INPUT1_SHARED, RuntimeOp, RuntimeTensors,
-                                            clobbered_reads, runtime_buffer_owners, safe_operator_order)
+                                            buffer_sharing, clobbered_reads, safe_operator_order)
 from qcompiler.backend.tflite_writer import write_tflite
 from qcompiler.ir.graph import Graph
 from qcompiler.ir.interpreter import run
@@ -36,8 +36,22 @@ def test_the_planner_checks_only_the_buffer_owner() -> None:
     ops, tensors = _seed_2142_ops()
     # the first RESHAPE reads a model input: not shared; both SOFTMAXes, the second RESHAPE and the SUB use
     # tensor 1's buffer, although tensor 3 in it has two more readers; the last SOFTMAX writes a model output
-    assert runtime_buffer_owners(ops, tensors) == {2: (1, True), 3: (1, True), 4: (1, False), 5: (1, True)}
+    owners = {tensor: (s.owner, s.changed) for tensor, s in buffer_sharing(ops, tensors).items()}
+    assert owners == {2: (1, True), 3: (1, True), 4: (1, False), 5: (1, True)}
     assert clobbered_reads(ops, tensors) == [(4, 6, 3), (4, 7, 3)]
+
+
+def test_a_run_time_shaped_reshape_that_cannot_alias_drops_the_sharing_planned_onto_it() -> None:
+    """in 0 -> RESHAPE (target 5 computed at run time) 1 -> SOFTMAX 2 -> SOFTMAX 6 -> SUB 3: the RESHAPE reads a model
+    input, so its
+    output does not alias it and becomes dynamic; the SOFTMAX planned onto it and the SUB along the chain lose their
+    sharing (TFLite's CalculateAllocations). With a constant target the same RESHAPE output is an arena tensor."""
+    ops = [RuntimeOp(RESHAPE, (0, 5), (1,), shape_at_run_time=True), RuntimeOp(SOFTMAX, (1,), (2,)),
+           RuntimeOp(SOFTMAX, (2,), (6,)), RuntimeOp(SUB, (6, 4), (3,))]
+    tensors = RuntimeTensors(nbytes=(40,) * 7, constant=frozenset({4}), inputs=frozenset({0}), outputs=frozenset({3}))
+    assert buffer_sharing(ops, tensors) == {}
+    constant_target = [RuntimeOp(RESHAPE, (0, 5), (1,))] + ops[1:]
+    assert {t: s.owner for t, s in buffer_sharing(constant_target, tensors).items()} == {2: 1, 6: 1}
 
 
 def test_safe_order_runs_the_readers_before_the_write() -> None:
@@ -121,22 +135,14 @@ def test_generated_graphs_run_as_the_interpreter(seed: int) -> None:
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.filterwarnings("ignore::qcompiler.backend.tflite_writer.InPlaceOverwriteWarning")
 def test_generated_graphs_hit_the_runtime_rule() -> None:
     """The generated graphs are worth testing: in several, the graph's own order would clobber a tensor."""
-    from qcompiler.backend import tflite_writer
-
     hit = 0
-    original = tflite_writer.safe_operator_order
-    try:
-        tflite_writer.safe_operator_order = lambda ops, tensors: list(range(len(ops)))
-        for seed in range(40):
-            g = _random_graph(seed)
-            x = np.random.default_rng(seed).standard_normal((4, 24)).astype(np.float32)
-            got, want = run_tflite(write_tflite(g), [x]), run(g, [x])
-            hit += any(not np.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(got, want))
-    finally:
-        tflite_writer.safe_operator_order = original
+    for seed in range(40):
+        g = _random_graph(seed)
+        x = np.random.default_rng(seed).standard_normal((4, 24)).astype(np.float32)
+        got, want = run_tflite(write_tflite(g, operator_order="graph"), [x]), run(g, [x])
+        hit += any(not np.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(got, want))
     assert hit >= 3
 
 
@@ -159,3 +165,21 @@ graph @unsaved(%x: f32[?,12]) {
 """)
     with pytest.warns(InPlaceOverwriteWarning, match="%s2"):
         write_tflite(g)
+
+
+def test_an_unknown_operator_order_is_refused() -> None:
+    from qcompiler.backend.tflite_writer import BackendError
+
+    with pytest.raises(BackendError, match="operator_order 'topological'.*runtime-safe, graph"):
+        write_tflite(parse(SEED_2142_IR), operator_order="topological")
+
+
+def test_graph_order_keeps_the_graphs_operators_in_place() -> None:
+    """operator_order="graph" writes seed 2142's pattern as the graph orders it (the SUB right after its RESHAPE)."""
+    import tflite
+
+    model = tflite.Model.GetRootAsModel(write_tflite(parse(SEED_2142_IR), operator_order="graph"), 0)
+    codes = [model.OperatorCodes(model.Subgraphs(0).Operators(i).OpcodeIndex()).BuiltinCode()
+             for i in range(model.Subgraphs(0).OperatorsLength())]
+    B = tflite.BuiltinOperator
+    assert codes == [B.RELU, B.SOFTMAX, B.SOFTMAX, B.RESHAPE, B.SUB, B.RELU, B.LEAKY_RELU, B.MUL]

@@ -1,10 +1,17 @@
-"""TFLite's arena planner, as far as calibration sees it: which kernels write their output into an input's buffer.
+"""TFLite's arena planner: which kernels write their output into an input's buffer, and what that overwrites.
 
-TFLiteConverter's calibrator (tools/optimize/calibration: calibration_logger.cc, logging_op_resolver.cc) logs
-each op's inputs before *and after* the kernel runs. When the runtime lets a kernel share an input's buffer with
-its output, the input is logged a second time holding the output's values, so the converter records the input's
-range as the union of both. Reproducing that (the `tflite-2.21` policy's in-place range unions) needs the same
-sharing decisions, which this module makes on the IR graph with the runtime's own rule:
+One model of the runtime's rule, `buffer_sharing`, decides which buffer each output ends up in, on a list of
+operators (`RuntimeOp`) and what the planner knows of the tensors (`RuntimeTensors`). Two callers use it:
+
+  * calibration (the `tflite-2.21` policy's in-place range unions): TFLiteConverter's calibrator
+    (tools/optimize/calibration: calibration_logger.cc, logging_op_resolver.cc) logs each op's inputs before *and
+    after* the kernel runs. When the runtime lets a kernel share an input's buffer with its output, the input is
+    logged a second time holding the output's values, so the converter records the input's range as the union of
+    both. `inplace_writes` runs the planner on the converter's model of an IR graph (`converter_model`).
+  * the writer (qcompiler/backend/tflite_writer.py): on the operators it wrote, `clobbered_reads` finds the
+    in-place writes into a buffer another tensor still needs, and `safe_operator_order` an order without them.
+
+Both read the writes from `inplace_overwrites`. The runtime's rule (TF 2.21, tensorflow/lite/arena_planner.cc):
 
   * each kernel registration declares `TfLiteRegistration::inplace_operator` flags: `kTfLiteInplaceOpInputNShared`
     (input N may share the first output's buffer) and `kTfLiteInplaceOpDataUnmodified` (the output is the input's
@@ -34,6 +41,10 @@ sharing decisions, which this module makes on the IR graph with the runtime's ow
 An output written into an input's buffer with changed data is an in-place write: `inplace_writes` returns
 those (input, output) pairs. A kernel with an unfused activation the backend writes as a separate op (e.g. tanh)
 writes a tensor the IR has no value for; such ops are left out.
+
+The last three points are facts about the converter's model that `converter_model` states as operators and
+tensors: a dynamic tensor (`RuntimeTensors.dynamic`), a SHAPE operator, a RESHAPE with `shape_at_run_time`; the
+writer states the same facts of its own model (it writes run-time-shaped RESHAPEs the same way).
 """
 from __future__ import annotations
 
@@ -89,72 +100,53 @@ def inplace_writes(graph: Graph) -> list[tuple[Value, Value]]:
     converter's calibrator runs it: the converter records `input` with the union of both ranges. The buffer may
     hold other tensors too (aliases along the sharing chain, e.g. the input of a Flatten whose output the kernel
     overwrites): each one computed before the write that an op reads after it is logged with the written values
-    as well, and comes as a pair of its own (random seed 1213: a GlobalMaxPool after the ADD reads the Rescaling output)."""
-    planner = _Planner(graph)
-    order = {id(node): i for i, node in enumerate(graph.nodes)}
-    writes: list[tuple[Value, Value, int]] = []
-    for node in graph.nodes:
-        shared = planner.identify(node)
-        if shared is not None and not kernel_flags(node.op) & DATA_UNMODIFIED:
-            writes.append((shared, node.result, order[id(node)]))
-    aliases: dict[int, list[Value]] = {}
-    for value in graph.values():
-        root = planner.owner.get(id(value))
-        if root is not None and id(root) not in planner.dynamic:
-            aliases.setdefault(id(root), [root]).append(value)
+    as well, and comes as a pair of its own (random seed 1213: a GlobalMaxPool after the ADD reads the Rescaling
+    output).
+    The decisions are `buffer_sharing`'s on the converter's model of the graph (`converter_model`)."""
+    model = converter_model(graph)
     pairs = []
-    for shared, result, position in writes:
-        pairs.append((shared, result))
-        root = planner.owner[id(result)]
-        for alias in aliases.get(id(root), []):
-            made_before = alias.producer is None or order.get(id(alias.producer), position) < position
-            if alias is not shared and made_before and any(order[id(use.node)] > position for use in alias.uses):
-                pairs.append((alias, result))
+    for write in inplace_overwrites(model.ops, model.tensors):
+        result = model.values[write.output]
+        pairs.append((model.values[write.input], result))
+        pairs += [(model.values[tensor], result) for tensor in write.clobbered]
     return pairs
 
 
-class _Planner:
-    """IdentifyInPlaceTensors over the IR: `owner` maps a value to the value whose buffer it uses."""
+@dataclass(frozen=True)
+class ConverterModel:
+    """The operators and tensors of the model TFLiteConverter writes for a float graph, as the arena planner sees
+    them; `values[i]` is the IR value of tensor i (None for a tensor the IR has no value for)."""
+    ops: tuple["RuntimeOp", ...]
+    tensors: "RuntimeTensors"
+    values: tuple[Optional[Value], ...]
 
-    def __init__(self, graph: Graph) -> None:
-        self.graph = graph
-        self.inputs = {id(v) for v in graph.inputs}
-        self.owner: dict[int, Value] = {}
-        self.dynamic: set[int] = set()  # outputs of runtime-shaped reshapes that TFLite makes dynamic
 
-    def identify(self, node: Node) -> Optional[Value]:
-        """The operand whose buffer `node`'s result takes, or None."""
-        flags = kernel_flags(node.op)
-        if not flags or len(node.results) != 1 or node.attrs.get("activation", "none") not in _IN_KERNEL_ACTIVATIONS:
-            return None
-        changed = not flags & DATA_UNMODIFIED
-        chosen = None
-        for index in shareable_operands(node.op):
-            if index < len(node.operands) and self._can_share(node.operands[index], node.result, changed):
-                chosen = node.operands[index]
-                break
-        root = None if chosen is None else self.owner.get(id(chosen), chosen)
-        if root is not None and changed and self._refcount(root) > 1:
-            root = None
-        if root is not None:
-            self.owner[id(node.result)] = root  # planned; dropped later if the root is dynamic
-        if root is None or id(root) in self.dynamic:
-            if runtime_batch_reshape(node):
-                self.dynamic.add(id(node.result))
-            return None
-        return chosen
-
-    def _can_share(self, operand: Value, result: Value, changed: bool) -> bool:
-        if changed:
-            size = _bytes_at_batch_1(operand)
-            if size != _bytes_at_batch_1(result) or size <= SCALAR_TENSOR_BYTES or self._refcount(operand) > 1:
-                return False
-        return (id(operand) not in self.inputs and not self.graph.is_output(result) and not operand.is_constant
-                and not _dynamic_in_converter_model(operand))
-
-    def _refcount(self, value: Value) -> int:
-        shape_reads = sum(1 for use in value.uses if use.index == 0 and runtime_batch_reshape(use.node))
-        return len(value.uses) + shape_reads + sum(1 for output in self.graph.outputs if output is value)
+def converter_model(graph: Graph) -> ConverterModel:
+    """The converter's model of `graph` in the graph's order: one operator per node, with the flags of the kernel
+    it is written as, except where the converter's kernel writes a tensor the IR has no value for (an op with
+    several results, or a fused activation TFLite runs as an op of its own: never shared here); a SHAPE operator
+    before each reshape whose target is computed at run time (it reads the input once more); and the dynamic
+    tensors of Keras' tensordot (`_dynamic_in_converter_model`) outside the arena."""
+    values: list[Optional[Value]] = list(graph.values())
+    index = {id(v): i for i, v in enumerate(values)}
+    ops = []
+    for node in graph.nodes:
+        if node.op == "const":
+            continue
+        operands = tuple(index[id(v)] for v in node.operands)
+        at_run_time = runtime_batch_reshape(node)
+        if at_run_time:
+            values.append(None)
+            ops.append(RuntimeOp(0, operands[:1], (len(values) - 1,)))
+        in_kernel = len(node.results) == 1 and node.attrs.get("activation", "none") in _IN_KERNEL_ACTIVATIONS
+        ops.append(RuntimeOp(kernel_flags(node.op) if in_kernel else 0, operands,
+                             tuple(index[id(v)] for v in node.results), at_run_time))
+    tensors = RuntimeTensors(
+        nbytes=tuple(0 if v is None else _bytes_at_batch_1(v) for v in values),
+        constant=frozenset(i for i, v in enumerate(values) if v is not None and v.is_constant),
+        inputs=frozenset(index[id(v)] for v in graph.inputs), outputs=frozenset(index[id(v)] for v in graph.outputs),
+        dynamic=frozenset(i for i, v in enumerate(values) if v is not None and _dynamic_in_converter_model(v)))
+    return ConverterModel(tuple(ops), tensors, tuple(values))
 
 
 # Elementwise ops the converter's optimize pass moves above a RESHAPE whose result has one use
@@ -200,28 +192,47 @@ def _bytes_at_batch_1(value: Value) -> int:
 @dataclass(frozen=True)
 class RuntimeOp:
     """An operator as the arena planner sees it: its kernel's inplace_operator flags and tensor indices
-    (-1: an omitted optional input)."""
+    (-1: an omitted optional input); `shape_at_run_time`: a RESHAPE whose target is a tensor computed at run time
+    (SHAPE, STRIDED_SLICE, PACK), whose output TFLite cannot size when it prepares the op."""
     flags: int
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
+    shape_at_run_time: bool = False
 
 
 @dataclass(frozen=True)
 class RuntimeTensors:
     """What the planner knows of the tensors: bytes at batch 1, which are constants (read-only, never shared),
-    and the model's inputs and outputs."""
+    the model's inputs and outputs, and the tensors that are dynamic from the start (allocated outside the arena,
+    never shared)."""
     nbytes: tuple[int, ...]
     constant: frozenset[int]
     inputs: frozenset[int]
     outputs: frozenset[int]
+    dynamic: frozenset[int] = frozenset()
 
 
-def runtime_buffer_owners(ops: Sequence[RuntimeOp], tensors: RuntimeTensors) -> dict[int, tuple[int, bool]]:
-    """`ArenaPlanner::IdentifyInPlaceTensors` of TF 2.21 on a written model: output tensor -> (the tensor whose
-    buffer it uses, whether its kernel changes the data there). Reference counts are per tensor (one per op
-    input, one for a model input or output) and the final check looks only at the buffer's first owner
-    (`FindSharedTensor`), not at the tensors in between. The result is the same for every topological order
-    of `ops`: an op's decision depends only on its operands' decisions."""
+@dataclass(frozen=True)
+class Sharing:
+    """Where an op's output lives when the runtime lets it share an input's buffer: `input`, the op input whose
+    buffer it takes; `owner`, that buffer's first tensor (`FindSharedTensor`); `changed`, whether the kernel
+    writes new values into it (not kTfLiteInplaceOpDataUnmodified)."""
+    input: int
+    owner: int
+    changed: bool
+
+
+def buffer_sharing(ops: Sequence[RuntimeOp], tensors: RuntimeTensors) -> dict[int, Sharing]:
+    """TFLite 2.21's decision of which buffer each output ends up in (outputs not listed get their own):
+    `ArenaPlanner::IdentifyInPlaceTensors` in the order of `ops`, then what execution drops.
+
+    Reference counts are per tensor (one per op input, one for a model input or output). An op with flags takes
+    the first flagged input that `InputTensorCanBeShared` (`_can_share`); its output then shares that input's
+    buffer owner, unless the data changes and the owner's reference count is above 1: the check looks only at the
+    buffer's first owner, not at the tensors in between. A RESHAPE whose target is computed at run time makes its
+    output dynamic when the output does not alias its input (no sharing planned, or planned onto a dynamic
+    buffer), and `CalculateAllocations` then drops every sharing planned onto a dynamic buffer. The result is the
+    same for every topological order of `ops`: an op's decision depends only on its operands' decisions."""
     refcount = [0] * len(tensors.nbytes)
     for index in (*tensors.outputs, *tensors.inputs):
         refcount[index] += 1
@@ -229,56 +240,96 @@ def runtime_buffer_owners(ops: Sequence[RuntimeOp], tensors: RuntimeTensors) -> 
         for index in op.inputs:
             if index >= 0:
                 refcount[index] += 1
-    owners: dict[int, tuple[int, bool]] = {}
+    planned: dict[int, Sharing] = {}
+    dynamic: set[int] = set()  # outputs of run-time-shaped RESHAPEs that the kernel makes dynamic
     for op in ops:
-        if not op.flags or not op.outputs:
+        sharing = _identify(op, planned, refcount, tensors)
+        if sharing is not None:
+            planned[op.outputs[0]] = sharing
+        if op.shape_at_run_time and (sharing is None or sharing.owner in dynamic):
+            dynamic.add(op.outputs[0])
+    return {tensor: sharing for tensor, sharing in planned.items() if sharing.owner not in dynamic}
+
+
+def _identify(op: RuntimeOp, planned: dict[int, Sharing], refcount: list[int],
+              tensors: RuntimeTensors) -> Optional[Sharing]:
+    """One op's step of `IdentifyInPlaceTensors`."""
+    if not op.flags or not op.outputs:
+        return None
+    changed = not op.flags & DATA_UNMODIFIED
+    out = op.outputs[0]
+    for position in range(min(MAX_SHARABLE_INPUTS, len(op.inputs))):
+        index = op.inputs[position]
+        if index < 0 or not op.flags & (INPUT0_SHARED << position):
             continue
-        changed = not op.flags & DATA_UNMODIFIED
-        out = op.outputs[0]
-        for position in range(min(MAX_SHARABLE_INPUTS, len(op.inputs))):
-            index = op.inputs[position]
-            if index < 0 or not op.flags & (INPUT0_SHARED << position):
-                continue
-            if _runtime_can_share(index, out, changed, refcount, tensors):
-                root = owners.get(index, (index, False))[0]
-                if not (changed and refcount[root] > 1):
-                    owners[out] = (root, changed)
-                break
-    return owners
+        if _can_share(index, out, changed, refcount, tensors):
+            owner = planned[index].owner if index in planned else index
+            return None if changed and refcount[owner] > 1 else Sharing(index, owner, changed)
+    return None
 
 
-def _runtime_can_share(index: int, out: int, changed: bool, refcount: list[int], tensors: RuntimeTensors) -> bool:
-    """`ArenaPlanner::InputTensorCanBeShared` (constants live outside the read-write arena)."""
+def _can_share(index: int, out: int, changed: bool, refcount: list[int], tensors: RuntimeTensors) -> bool:
+    """`ArenaPlanner::InputTensorCanBeShared` (constants and dynamic tensors live outside the read-write arena)."""
     if changed and (tensors.nbytes[index] != tensors.nbytes[out] or tensors.nbytes[index] <= SCALAR_TENSOR_BYTES
                     or refcount[index] > 1):
         return False
-    return index not in tensors.inputs and out not in tensors.outputs and index not in tensors.constant
+    return (index not in tensors.inputs and out not in tensors.outputs and index not in tensors.constant
+            and index not in tensors.dynamic)
+
+
+def _buffers(sharing: dict[int, Sharing]) -> dict[int, list[int]]:
+    """Buffer owner -> the tensors in its buffer (the owner first, then by index)."""
+    members: dict[int, list[int]] = {}
+    for tensor in sorted(sharing):
+        members.setdefault(sharing[tensor].owner, [sharing[tensor].owner]).append(tensor)
+    return members
+
+
+@dataclass(frozen=True)
+class InPlaceWrite:
+    """Op `position` writes new values for `output` into the buffer of its input `input`; `clobbered`: the other
+    tensors of that buffer computed before the write and read by a later op (they read the written values)."""
+    position: int
+    input: int
+    output: int
+    clobbered: tuple[int, ...]
+
+
+def inplace_overwrites(ops: Sequence[RuntimeOp], tensors: RuntimeTensors,
+                       sharing: Optional[dict[int, Sharing]] = None) -> list[InPlaceWrite]:
+    """Every write of changed data into a shared buffer (`buffer_sharing`), in op order. The calibrator logs
+    `input` again after the kernel ran, holding `output`'s values, and every clobbered tensor too; TFLite's runtime
+    computes wrong values where a later op reads a clobbered tensor."""
+    sharing = buffer_sharing(ops, tensors) if sharing is None else sharing
+    buffers = _buffers(sharing)
+    producer = {index: position for position, op in enumerate(ops) for index in op.outputs}
+    last_read: dict[int, int] = {}
+    for position, op in enumerate(ops):
+        for index in op.inputs:
+            last_read[index] = position
+    writes = []
+    for position, op in enumerate(ops):
+        entry = sharing.get(op.outputs[0]) if op.outputs else None
+        if entry is None or not entry.changed:
+            continue
+        out = op.outputs[0]
+        clobbered = tuple(tensor for tensor in buffers[entry.owner] if tensor != out and tensor != entry.input
+                          and producer.get(tensor, -1) < position < last_read.get(tensor, -1))
+        writes.append(InPlaceWrite(position, entry.input, out, clobbered))
+    return writes
 
 
 def clobbered_reads(ops: Sequence[RuntimeOp], tensors: RuntimeTensors) -> list[tuple[int, int, int]]:
     """(writer, reader, tensor) positions in `ops` where TFLite computes a wrong result: op `writer` writes its
     output in place into a buffer that another tensor still uses (the runtime checked only the buffer owner's
     reference count, e.g. through a RESHAPE of a SOFTMAX output that was itself written in place), and op `reader`,
-    later in the order, reads `tensor` from that buffer."""
-    owners = runtime_buffer_owners(ops, tensors)
-    group: dict[int, list[int]] = {}
-    for tensor, (root, _) in owners.items():
-        group.setdefault(root, [root]).append(tensor)
+    later in the order, reads `tensor` from that buffer (`inplace_overwrites`)."""
     readers: dict[int, list[int]] = {}
     for position, op in enumerate(ops):
         for index in set(op.inputs):
-            if index >= 0:
-                readers.setdefault(index, []).append(position)
-    producer = {index: position for position, op in enumerate(ops) for index in op.outputs}
-    found = []
-    for position, op in enumerate(ops):
-        entry = owners.get(op.outputs[0]) if op.outputs else None
-        if entry is None or not entry[1]:
-            continue
-        for tensor in group[entry[0]]:  # the tensors in the buffer when the op writes it
-            if tensor != op.outputs[0] and producer.get(tensor, -1) < position:
-                found += [(position, later, tensor) for later in readers.get(tensor, ()) if later > position]
-    return sorted(found)
+            readers.setdefault(index, []).append(position)
+    return sorted((write.position, reader, tensor) for write in inplace_overwrites(ops, tensors)
+                  for tensor in write.clobbered for reader in readers[tensor] if reader > write.position)
 
 
 def safe_operator_order(ops: Sequence[RuntimeOp], tensors: RuntimeTensors) -> list[int]:
@@ -286,8 +337,9 @@ def safe_operator_order(ops: Sequence[RuntimeOp], tensors: RuntimeTensors) -> li
     write clobbers a tensor that is read later (`clobbered_reads`), wherever an order can avoid it: every op
     that reads another tensor of the written buffer, and does not need the write's result, runs before the
     write. Writes whose clobbered readers need their result stay as they are (no order helps them)."""
-    writers = sorted({writer for writer, _, _ in clobbered_reads(ops, tensors)})
-    if not writers:
+    sharing = buffer_sharing(ops, tensors)
+    writes = [write for write in inplace_overwrites(ops, tensors, sharing) if write.clobbered]
+    if not writes:
         return list(range(len(ops)))
     producer = {index: position for position, op in enumerate(ops) for index in op.outputs}
     preds = [{producer[i] for i in op.inputs if i in producer} for op in ops]
@@ -295,15 +347,13 @@ def safe_operator_order(ops: Sequence[RuntimeOp], tensors: RuntimeTensors) -> li
     for position, op in enumerate(ops):
         for index in op.inputs:
             readers.setdefault(index, set()).add(position)
-    owners = runtime_buffer_owners(ops, tensors)
-    group: dict[int, list[int]] = {}
-    for tensor, (root, _) in owners.items():
-        group.setdefault(root, [root]).append(tensor)
+    buffers = _buffers(sharing)
     extra: list[set[int]] = [set() for _ in ops]
-    for writer in writers:
-        out = ops[writer].outputs[0]
+    for write in writes:
+        writer, out = write.position, write.output
         after = _descendants(writer, ops, producer)
-        before = {reader for tensor in group[owners[out][0]] if tensor != out and producer.get(tensor) not in after
+        before = {reader for tensor in buffers[sharing[out].owner]
+                  if tensor != out and producer.get(tensor) not in after
                   for reader in readers.get(tensor, ()) if reader != writer}
         if before and not before & after:
             candidate = [set(e) for e in extra]

@@ -1062,12 +1062,24 @@ def _serialize(w: _ModelWriter, graph: Graph, inputs: list[int], output_values: 
 # ----------------------------------------------------------------------------------------------------
 # public API
 # ----------------------------------------------------------------------------------------------------
-def write_tflite(graph: Graph, description: str = "qcompiler", extra_outputs: Sequence[Value] = ()) -> bytes:
+OPERATOR_ORDERS = ("runtime-safe", "graph")
+
+
+def write_tflite(graph: Graph, description: str = "qcompiler", extra_outputs: Sequence[Value] = (),
+                 operator_order: str = "runtime-safe") -> bytes:
     """Serialize `graph` to TFLite flatbuffer bytes. Raises BackendError for anything TFLite cannot express.
 
     `extra_outputs`: values of `graph` written as further model outputs after the graph's own (those already
     outputs, and graph inputs, are skipped), e.g. the tensors calibration reads; the graph is not changed.
+
+    `operator_order`: "runtime-safe" (the default) writes the operators in the graph's order except where TFLite's
+    arena planner would then let a kernel overwrite in place a buffer another op still reads (`_order_for_runtime`):
+    those readers move before the write. "graph" writes them exactly in the graph's order, as TFLiteConverter writes
+    its model, e.g. to reproduce what the converter's calibrator records (its in-place range unions); such a model
+    may compute wrong values in TFLite's runtime where the planner overwrites a tensor still to be read.
     """
+    if operator_order not in OPERATOR_ORDERS:
+        raise BackendError(f"unknown operator_order '{operator_order}'; choose one of {', '.join(OPERATOR_ORDERS)}")
     check_writable(graph, description)
     output_values = list(graph.outputs)
     listed = {id(v) for v in output_values} | {id(v) for v in graph.inputs}
@@ -1089,7 +1101,8 @@ def write_tflite(graph: Graph, description: str = "qcompiler", extra_outputs: Se
                 raise BackendError(f"{node.describe()} cannot be written as TFLite: {type(err).__name__}: {err}") \
                     from err
     outputs = [w.tensor_of(v) for v in output_values]
-    _order_for_runtime(w, inputs, outputs)
+    if operator_order == "runtime-safe":
+        _order_for_runtime(w, inputs, outputs)
     try:
         return _serialize(w, graph, inputs, output_values, outputs, description)
     except (OverflowError, struct.error, ValueError) as err:
@@ -1102,12 +1115,7 @@ def _order_for_runtime(w: _ModelWriter, inputs: Sequence[int], outputs: Sequence
     only the reference count of the buffer's first owner, so a SUB after a RESHAPE of a SOFTMAX output that
     SOFTMAX wrote in place overwrites that output while other ops still have to read it (random-model seed
     2142: float32 outputs off by 269 times their size)."""
-    flags = _builtin_flags()
-    ops = [RuntimeOp(flags.get(w.opcodes[op.opcode][0], 0), tuple(op.inputs), tuple(op.outputs))
-           for op in w.operators]
-    tensors = RuntimeTensors(
-        tuple(int(np.prod(t.shape, dtype=np.int64)) * DTYPES[t.dtype].itemsize for t in w.tensors),
-        frozenset(i for i, t in enumerate(w.tensors) if t.buffer != 0), frozenset(inputs), frozenset(outputs))
+    ops, tensors = _runtime_model(w, inputs, outputs)
     if not clobbered_reads(ops, tensors):
         return
     order = safe_operator_order(ops, tensors)
@@ -1120,6 +1128,23 @@ def _order_for_runtime(w: _ModelWriter, inputs: Sequence[int], outputs: Sequence
             "needs the overwritten value reads it, and no operator order avoids it (that op also needs the "
             "writing op's result): the model computes wrong values there. Keep the two apart (e.g. compute the "
             "reshape on a copy) or run the model with experimental_preserve_all_tensors"), stacklevel=3)
+
+
+def _runtime_model(w: _ModelWriter, inputs: Sequence[int],
+                   outputs: Sequence[int]) -> tuple[list[RuntimeOp], RuntimeTensors]:
+    """The written operators and tensors as TFLite's arena planner sees them (backend/tflite_arena.py): each
+    kernel's in-place flags, the RESHAPEs whose target is a tensor computed at run time, bytes at batch 1."""
+    flags = _builtin_flags()
+    ops = []
+    for op in w.operators:
+        code = w.opcodes[op.opcode][0]
+        at_run_time = code == B.RESHAPE and len(op.inputs) > 1 and op.inputs[1] >= 0 and \
+            w.tensors[op.inputs[1]].buffer == 0
+        ops.append(RuntimeOp(flags.get(code, 0), tuple(op.inputs), tuple(op.outputs), at_run_time))
+    tensors = RuntimeTensors(
+        tuple(int(np.prod(t.shape, dtype=np.int64)) * DTYPES[t.dtype].itemsize for t in w.tensors),
+        frozenset(i for i, t in enumerate(w.tensors) if t.buffer != 0), frozenset(inputs), frozenset(outputs))
+    return ops, tensors
 
 
 class InPlaceOverwriteWarning(UserWarning):

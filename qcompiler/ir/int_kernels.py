@@ -23,20 +23,17 @@ from qcompiler.quant import math as qm
 
 IntKernel = Callable[[Node, Sequence[np.ndarray]], list[np.ndarray]]
 # ai-edge-litert's reference kernels round MultiplyByQuantizedMultiplier twice (gemmlowp's
-# SaturatingRoundingDoublingHighMul then RoundingDivideByPOT), except these, which round once (as with
-# TFLITE_SINGLE_ROUNDING). Measured against BUILTIN_REF (tests/test_int_interpreter.py).
-SINGLE_ROUNDING = frozenset({"fully_connected"})
-
-
+# SaturatingRoundingDoublingHighMul then RoundingDivideByPOT), measured against BUILTIN_REF
+# (tests/test_int_interpreter.py); FULLY_CONNECTED requantizes in double instead (`_fully_connected`).
 def _mbqm(node: Node, x: np.ndarray, multiplier, shift) -> np.ndarray:
-    return qm.multiply_by_quantized_multiplier(x, multiplier, shift, single_rounding=node.op in SINGLE_ROUNDING)
+    return qm.multiply_by_quantized_multiplier(x, multiplier, shift, single_rounding=False)
 
 
 def _qmult(node: Node, real: float) -> tuple[int, int]:
-    """QuantizeMultiplier as the op's kernel sees it: the double-rounding kernels take any shift (their left shift
+    """QuantizeMultiplier as the double-rounding kernels see it: they take any shift (their left shift
     `x * (1 << shift)` then uses the shift modulo 32, as x86 does; measured on int16 MUL/RELU with the FLT_MIN-based
-    scale of an all-zero tensor); only the single-rounding ones saturate a shift above 30."""
-    return qm.quantize_multiplier(real, single_rounding=node.op in SINGLE_ROUNDING)
+    scale of an all-zero tensor)."""
+    return qm.quantize_multiplier(real, single_rounding=False)
 
 
 def _q(value: Value) -> QParams:
@@ -66,11 +63,10 @@ def _wide(node: Node) -> bool:
 
 
 def _requantize_acc(node: Node, acc: np.ndarray, real: np.ndarray) -> list[np.ndarray]:
-    """acc (int64, channels last) * per-channel real multiplier, + output zero point, clamped to the activation.
-    16x8 CONV_2D / DEPTHWISE_CONV_2D use the int64-accumulator variant; 16x8 FULLY_CONNECTED stays in int32."""
+    """acc (int64, channels last) * per-channel real multiplier, + output zero point, clamped to the activation
+    (CONV_2D, DEPTHWISE_CONV_2D; 16x8 uses the int64-accumulator variant)."""
     m, s = qm.quantize_multipliers(real)
-    wide = _wide(node) and node.op != "fully_connected"  # 16x8 FULLY_CONNECTED rescales in int32
-    scaled = qm.multiply_by_quantized_multiplier_any(acc, m, s, wide=wide, single_rounding=node.op in SINGLE_ROUNDING)
+    scaled = qm.multiply_by_quantized_multiplier_any(acc, m, s, wide=_wide(node), single_rounding=False)
     return _out(node, scaled + _zp(node.result), *_act_range(node))
 
 
@@ -138,10 +134,15 @@ def _infer_hw(node: Node, x: np.ndarray) -> tuple[int, int]:
 
 
 def _fully_connected(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """FullyConnected(PerChannel) of the reference kernels since TF 2.20, which requantize in double: the
+    accumulator (int64 for int16 inputs) plus bias, times double(in) * double(w[c]) / double(out), std::round,
+    static_cast<int32_t> (INT32_MIN outside int32: an int16 model with a tiny output scale gives -32768 where an
+    int32 wrap would give 32767), + zero point in int32, clamped."""
     x = args[0].astype(np.float64) - _zp(node.operands[0])
     w = args[1].astype(np.float64) - _zp(node.operands[1])
-    acc = (x @ w.T).astype(np.int64)
-    return _requantize_acc(node, _bias(node, args, acc), _weight_real(node))
+    acc = _bias(node, args, (x @ w.T).astype(np.int64))
+    scaled = qm.wrap_int(qm.round_scaled_to_int32(acc, _weight_real(node)) + _zp(node.result), 32)
+    return _out(node, scaled, *_act_range(node))
 
 
 def _add_sub(sign: int) -> IntKernel:
@@ -513,25 +514,31 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 def _gelu(approximate: bool) -> Callable[[np.ndarray], np.ndarray]:
     """reference_ops::GeluTransform / GeluTransformApproximate in float32, the functions LUTPopulate tabulates:
-    0.5f * x * erfc(x * -sqrt(1/2)), and 0.5f * x * (1 + tanh(f32(sqrt(2/pi)) * (x + 0.044715f * x * x * x))),
-    each float32 operation rounded as the kernel's (erfc and tanh in double, rounded to float32)."""
-    from scipy.special import erfc  # scipy ships with the test deps (ops.py's float GELU uses it too)
+    0.5f * x * std::erfc(x * f32(-M_SQRT1_2)), and 0.5f * x * (1 + std::tanh(kSqrt2dPi * (x + 0.044715f * x * x * x)))
+    with kSqrt2dPi = f32(M_2_SQRTPI * M_SQRT1_2), each float32 operation rounded as the kernel's; erfc and tanh are the
+    C library's erfcf and tanhf (qcompiler/ir/libm.py: float64 values rounded to float32 are an ulp off often enough
+    to move an int16 table entry)."""
+    from qcompiler.ir.libm import erfcf, tanhf
 
     f = np.float32
-    sqrt_2_over_pi = f(2.0 / math.sqrt(math.pi) * math.sqrt(0.5))
+    sqrt_2_over_pi = f(_M_2_SQRTPI * _M_SQRT1_2)
 
     def exact(x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, f)
-        tail = erfc((x * f(-math.sqrt(0.5))).astype(f).astype(np.float64)).astype(f)
+        tail = erfcf((x * f(-_M_SQRT1_2)).astype(f))
         return ((f(0.5) * x).astype(f) * tail).astype(f)
 
     def tanh_form(x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, f)
         cube = (((f(0.044715) * x).astype(f) * x).astype(f) * x).astype(f)
-        t = np.tanh((sqrt_2_over_pi * (x + cube).astype(f)).astype(f).astype(np.float64)).astype(f)
+        t = tanhf((sqrt_2_over_pi * (x + cube).astype(f)).astype(f))
         return ((f(0.5) * x).astype(f) * (f(1) + t).astype(f)).astype(f)
 
     return tanh_form if approximate else exact
+
+
+_M_2_SQRTPI = 1.12837916709551257390  # <math.h>'s constants, as the kernel spells them
+_M_SQRT1_2 = 0.70710678118654752440
 
 
 def _gelu_kernel(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:

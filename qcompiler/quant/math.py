@@ -604,6 +604,16 @@ def multiply_by_quantized_multiplier_int64(x: np.ndarray, multiplier: Union[int,
     return wrap_int((x * reduced + np.left_shift(np.int64(1), total_shift - 1)) >> total_shift, 32)
 
 
+def round_scaled_to_int32(acc: np.ndarray, real: ArrayLike) -> np.ndarray:
+    """static_cast<int32_t>(std::round(double(acc) * real)): the requantization of TFLite's FULLY_CONNECTED
+    reference kernel since TF 2.20 ("do requant in float"; `real` = double(in) * double(w[c]) / double(out)). Halves
+    round away from zero; a value outside int32 becomes INT32_MIN, as x86's cvttsd2si gives it (it does not
+    wrap or saturate). Returns int64 values."""
+    scaled = round_half_away(np.asarray(acc, np.int64).astype(np.float64) * np.asarray(real, np.float64))
+    outside = ~((scaled >= INT32_MIN) & (scaled <= INT32_MAX))  # NaN too
+    return np.where(outside, INT32_MIN, np.where(outside, 0, scaled).astype(np.int64))
+
+
 def add_left_shift(dtype: str) -> int:
     """How far TFLite's integer ADD/SUB shift their inputs left before rescaling: 15 for int16, else 20."""
     return 15 if dtype == "i16" else 20
