@@ -128,7 +128,7 @@ def run_campaign(first: int, count: int, jobs: int, calibrate_with: str, timeout
 # ----------------------------------------------------------------------------------------------------
 # the report
 # ----------------------------------------------------------------------------------------------------
-CAUSE_ORDER = ("generator error", "import error", "compile error", "converter error", "keras error", "float32 mismatch",
+CAUSE_ORDER = ("generator error", "import error", "compile error", "converter error", "converter model aborts", "keras error", "float32 mismatch",
                "float32 TFLite overwrite (converter too)", "I/O quant mismatch", "<99% identical", ">1 LSB", "size > converter + 1%", "runtime error", "crash")
 
 

@@ -32,8 +32,8 @@ SIZE_MARGIN = 1.01  # our .tflite at most 1% larger than the converter's
 FLOAT_RTOL = 1e-4  # float32 outputs vs Keras, relative to the output's largest magnitude
 
 # In the order they are tested: the first that applies is the model's cause.
-CAUSES = ("import error", "compile error", "converter error", "keras error", "float32 mismatch",
-          "float32 TFLite overwrite (converter too)", "I/O quant mismatch",
+CAUSES = ("import error", "compile error", "converter error", "converter model aborts", "keras error",
+          "float32 mismatch", "float32 TFLite overwrite (converter too)", "I/O quant mismatch",
           "<99% identical", ">1 LSB", "size > converter + 1%", "runtime error", "crash")
 
 
@@ -227,6 +227,14 @@ def check(model, calibration: Sequence[np.ndarray], test: Sequence[np.ndarray], 
     # int8 inputs quantized with the converter's parameters; a float32 input (one that only reaches outputs) as is
     quantized = [qmath.quantize(a, QParams.per_tensor(*d["quantization"]), "i8") if d["dtype"] == np.int8 else a
                  for a, d in zip(test, ref_io[0])]
+    if has_degenerate_scale(reference) and aborts_when_run(reference):
+        # TFLite's ADD aborts in Prepare on a degenerate output scale, which the converter writes (random seed
+        # 3196); qcompiler writes a runnable equivalent with the same parameters: check that, and that it runs
+        run([ours], model, quantized)
+        verdict.cause = "converter model aborts" if ours_params == ref_params else "I/O quant mismatch"
+        verdict.detail = ("the converter's int8 model aborts when run (TFLite's ADD on a degenerate output scale); "
+                          f"ours runs, I/O parameters {'equal' if ours_params == ref_params else 'differ'}")
+        return verdict
     try:
         (got, expected), kernels = run([ours, reference], model, quantized, preserve_all_tensors=(False, True))
     except RuntimeError as err:  # a kernel's Prepare refused the model (e.g. a dead HARD_SWISH, layer seed 46)
@@ -255,6 +263,29 @@ def check(model, calibration: Sequence[np.ndarray], test: Sequence[np.ndarray], 
     elif verdict.size_ratio > SIZE_MARGIN:
         verdict.cause = "size > converter + 1%"
     return verdict
+
+
+_INVOKE_ZEROS = """
+import sys
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+interpreter = Interpreter(model_path=sys.argv[1],
+                          experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+interpreter.allocate_tensors()
+for detail in interpreter.get_input_details():
+    interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+interpreter.invoke()
+"""
+
+
+def aborts_when_run(flatbuffer: bytes) -> bool:
+    """Whether running the .tflite kills the process (a kernel's Prepare check, e.g. TFLite's ADD on a degenerate
+    output scale): run it on zeros in a fresh process."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.tflite"
+        path.write_bytes(flatbuffer)
+        done = subprocess.run([sys.executable, "-c", _INVOKE_ZEROS, str(path)], capture_output=True, timeout=900)
+    return done.returncode < 0
 
 
 def _fails_to_run(flatbuffer: bytes, keras_model, arrays: list[np.ndarray]) -> bool:

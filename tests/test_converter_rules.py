@@ -24,6 +24,15 @@ drawn per seed:
     so no GELU matches; canonicalize);
   - clamp_after_reshape: a relu/relu6 after a keras.ops.reshape (a constant shape) moves above it and fuses into
     its one-use producer (move-reshapes); after a Flatten/Reshape layer the producer's SHAPE user blocks that;
+  - binary_after_reshape: a batch norm, a Rescaling and a minimum by constants after a keras.ops.reshape (an
+    identity on the dynamic batch too, which the converter keeps) compute before the RESHAPE
+    (MoveBinaryOpConstBeforeReshape; move-binary-reshapes): the RESHAPE ends the chain;
+  - binary_of_two_reshapes: add/subtract/multiply/maximum/minimum of two keras.ops.reshape of one shape computes
+    before them (MoveBinaryOpBeforeReshape; move-binary-reshapes), a Rescaling after it too;
+  - fixed_range_before_tensordot_reshape: a sigmoid/tanh Dense on a rank-3 input without a bias computes before the
+    tensordot's RESHAPE (ReorderElementwiseAndMoveOperations), so the driver's requantize of its result for a
+    Maximum feeds that RESHAPE; the Maximum runs in float (after an ELU) and dequantizes the requantized copy
+    (lower-to-int); with a bias the ADD follows the RESHAPE and the float Maximum reads the sigmoid directly;
   - abs_of_abs: abs(abs(x)) is one ABS and neg(neg(y)) is y, even when the inner abs has another user
     (TensorFlow's Idempotent / Involution folds; canonicalize);
   - fc_clamp_copy: a relu/relu6/hard_tanh of a Dense (2-D) with another user fuses into a copy of its
@@ -113,6 +122,28 @@ def _model(pattern: str, seed: int):
         clamp = ("relu", "relu6")[int(rng.integers(2))]
         outputs = [keras.layers.Activation(clamp)(ops.reshape(s, (-1, width, rows)))]
         outputs += [keras.layers.Dense(3)(s)] if shared else []
+    elif pattern == "binary_after_reshape":  # random seeds 2161 (identity ops.reshape), 1157 (a Rescaling)
+        target = (-1, rows, width) if rng.integers(2) else (-1, rows, 1, width)
+        r = ops.reshape(x, target)
+        unary = (None, "tanh", "relu")[int(rng.integers(3))]  # moved above the reshape first, then the chain
+        first = r if unary is None or shared else keras.layers.Activation(unary)(r)
+        chain = ops.minimum(first, rng.normal(size=(width,)).astype(np.float32))
+        chain = keras.layers.BatchNormalization()(chain)
+        chain = keras.layers.Rescaling(float(rng.uniform(0.5, 2.0)), offset=float(rng.normal()))(chain)
+        outputs = [chain, y] + ([ops.abs(r)] if shared else [])  # another user: the reshape stays
+    elif pattern == "binary_of_two_reshapes":
+        target = (-1, width, rows) if rng.integers(2) else (-1, rows * width)
+        op = ("add", "subtract", "multiply", "maximum", "minimum")[int(rng.integers(5))]
+        r1, r2 = ops.reshape(x, target), ops.reshape(y, target)
+        m = getattr(ops, op)(r1, r2)
+        outputs = [keras.layers.Rescaling(float(rng.uniform(0.5, 2.0)), offset=float(rng.normal()))(m)]
+        outputs += [ops.abs(r1)] if shared else []  # another user: an add keeps its reshapes, a maximum not
+    elif pattern == "fixed_range_before_tensordot_reshape":  # random seed 1280
+        e = keras.layers.ELU()(a)  # float in the converter's model: the maximum after it runs in float
+        act = ("sigmoid", "tanh")[int(rng.integers(2))]
+        # without a bias the activation follows the tensordot's RESHAPE and moves above it; with one, the ADD does
+        d = keras.layers.Dense(width, activation=act, use_bias=shared)(e)
+        outputs = [keras.layers.Maximum()([d, e]), y]
     elif pattern == "unread_input":  # b reaches an output through an identity only (and, shared, a Dense too)
         kind = int(rng.integers(3))
         passed = [keras.layers.Reshape((rows, width)), keras.layers.Dropout(0.5),
@@ -161,7 +192,12 @@ def _model(pattern: str, seed: int):
                                            ("op_order", 0), ("op_order", 5), ("unary_after_flatten", 4),
                                            pytest.param("unary_after_flatten", 0, marks=pytest.mark.slow),
                                            ("abs_of_abs", 4), ("gelu_of_neg", 0), ("clamp_after_reshape", 0),
-                                           ("clamp_after_reshape", 4), ("fc_clamp_copy", 4), ("batched_fc_clamp", 4),
+                                           ("clamp_after_reshape", 4), ("binary_after_reshape", 1),
+                                           ("binary_of_two_reshapes", 0), ("fixed_range_before_tensordot_reshape", 0),
+                                           *[pytest.param(p, 4, marks=pytest.mark.slow) for p in (
+                                               "binary_after_reshape", "binary_of_two_reshapes",
+                                               "fixed_range_before_tensordot_reshape")],
+                                           ("fc_clamp_copy", 4), ("batched_fc_clamp", 4),
                                            ("x_times_hard_sigmoid", 4), ("reduce_without_keepdims", 4),
                                            *[pytest.param(p, 0, marks=pytest.mark.slow) for p in
                                              ("fc_clamp_copy", "batched_fc_clamp", "x_times_hard_sigmoid",

@@ -264,22 +264,44 @@ def test_int16_activations_get_symmetric_parameters() -> None:
     assert graph.find("fully_connected")[0].operands[1].type.dtype == "i8"
 
 
-def test_lower_to_int_refuses_an_add_that_tflite_aborts_on():
-    """TFLite's ADD aborts in allocate_tensors unless 2 max(input scales) / (2^20 output scale) < 1: an add whose
-    output range is degenerate (random seed 1183: a dead ReLU's [0, 0] pushed back into it) is refused with the
-    layer named, not written."""
+def test_an_add_with_a_degenerate_output_is_written_runnable():
+    """TFLite's ADD aborts in Prepare unless 2 max(input scales) / (2^20 output scale) < 1, which an add whose output
+    range is degenerate breaks (random seed 3196: a rank-3 Dense with a fused relu never above 0; 1183). The
+    converter writes such an ADD and its model aborts when run; qcompiler keeps the result's parameters and writes
+    the ADD into an intermediate with the smallest scale the kernel accepts, then a QUANTIZE: the model runs and
+    gives what the parameters mean (0 where x + c <= 0, saturated above)."""
     text = """graph @g(%x: f32[?,4]) {
   %x.q = fake_quant(%x) {max=3.0, min=-1.0} : f32[?,4]
   %c = const f32[4] dense<[0.5, 1.0, -1.0, 2.0]>
-  %a = add(%x.q, %c) : f32[?,4]  # layer bn
+  %a = add(%x.q, %c) {activation="relu"} : f32[?,4]  # layer bn
   %a.q = fake_quant(%a) {max=%MAX, min=0.0} : f32[?,4]  # layer bn
   return %a.q
 }"""
-    from qcompiler.backend.tflite_writer import write_tflite
+    import tflite
 
-    assert write_tflite(run_passes(parse(text.replace("%MAX", "4.0")), "lower-to-int"))
+    from qcompiler.backend.tflite_writer import write_tflite
+    from tests.tflite_run import run_tflite
+
+    def operators(model: bytes) -> list[int]:
+        graph = tflite.Model.GetRootAsModel(model, 0)
+        return [graph.OperatorCodes(graph.Subgraphs(0).Operators(i).OpcodeIndex()).BuiltinCode()
+                for i in range(graph.Subgraphs(0).OperatorsLength())]
+
+    plain = write_tflite(run_passes(parse(text.replace("%MAX", "4.0")), "lower-to-int"))
+    assert operators(plain) == [tflite.BuiltinOperator.ADD]
     degenerate = run_passes(parse(text.replace("%MAX", "0.0")), "lower-to-int")
-    with pytest.raises(QCompilerError, match=r"Keras layer 'bn'.*TFLite's ADD kernel needs .* below 1"):
-        write_tflite(degenerate)
+    out = degenerate.outputs[0].type.quant
+    model = write_tflite(degenerate)
+    assert operators(model) == [tflite.BuiltinOperator.ADD, tflite.BuiltinOperator.QUANTIZE]
+    x = np.array([[-128, -100, -60, -128], [-128, -90, 127, -128], [-50, 0, -70, 30]], np.int8)
+    xq = degenerate.inputs[0].type.quant
+    real = (x.astype(np.float64) - xq.zero_point[0]) * xq.scale[0] + np.array([0.5, 1.0, -1.0, 2.0])
+    assert (real <= 0).any() and (real > 0).any()
+    (got,) = run_tflite(model, [x])
+    assert out.zero_point[0] == 0 and out.scale[0] < 1e-8
+    np.testing.assert_array_equal(got, np.where(real > out.scale[0] / 2, 127, 0).astype(np.int8))
+    from qcompiler.ir.interpreter import run
+
+    np.testing.assert_array_equal(run(degenerate, [x])[0], got)  # the integer interpreter models the two steps
     sub = run_passes(parse(text.replace("%MAX", "0.0").replace("add(", "sub(")), "lower-to-int")
-    assert write_tflite(sub)  # TFLite's SUB takes a multiplier >= 1 (random seed 17 runs one)
+    assert operators(write_tflite(sub)) == [tflite.BuiltinOperator.SUB]  # SUB takes a multiplier >= 1 (seed 17)

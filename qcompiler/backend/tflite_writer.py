@@ -555,33 +555,30 @@ def _check_mixed_types(node: Node) -> None:
                            "depthwise_conv2d and fully_connected. Dequantize the operand first, or keep it float")
 
 
-def _check_add_multiplier(node: Node) -> None:
-    """TFLite's integer ADD rescales the output by 2 max(input scales) / (2^shift * output scale) with
-    QuantizeMultiplierSmallerThanOneExp, which aborts the process (allocate_tensors) unless that is below 1: such
-    a model is refused here with what to do instead of written. It happens when a degenerate range (a dead
-    activation's [0, 0]) is pushed back into an add's output (random seed 1183). SUB takes such a multiplier
-    (measured: a [0, 0] sub output allocates under BUILTIN_REF; random seed 17 writes one)."""
+def _runnable_add_output(node: Node) -> Optional[QParams]:
+    """Parameters for an intermediate that TFLite's integer ADD can write, when its own output's cannot be written
+    (None: they can).
+
+    TFLite's integer ADD rescales the output by 2 max(input scales) / (2^shift * output scale) with
+    QuantizeMultiplierSmallerThanOneExp, which aborts the process (in Prepare) unless that is below 1. A degenerate
+    calibrated range (a dead activation's [0, 0]: scale 2e-6 / 255) on an add's output gives such a multiplier.
+    The converter writes that ADD as it is, and its model aborts when run (random seed 3196: a rank-3 Dense with a
+    fused relu that calibration never saw above 0; TFLite prepares the ADD at invoke after the tensordot's dynamic
+    RESHAPE). qcompiler keeps the converter's parameters on the result and writes the ADD into an intermediate
+    with the smallest scale the kernel accepts, then a QUANTIZE to the result's parameters (random seed 1183 had
+    such an add as well). SUB takes a multiplier >= 1 (measured: a [0, 0] sub output allocates under
+    BUILTIN_REF; random seed 17 writes one)."""
     out = node.result
     if node.op != "add" or out.type.quant is None or out.type.dtype not in ("i8", "i16"):
-        return
+        return None
     scales = [float(np.float32(v.type.quant.scale[0])) for v in node.operands if v.type.quant is not None]
     if len(scales) != 2:
-        return
-    out_scale = float(np.float32(out.type.quant.scale[0]))
-    _, multiplier = qm.add_output_multiplier(scales, out_scale, out.type.dtype)
-    if multiplier < 1.0:
-        return
-    shift = qm.add_left_shift(out.type.dtype)
-    raise BackendError(
-        f"{node.describe()}: output %{out.name} has scale {out_scale:.4g} against input scales "
-        f"{', '.join(f'{s:.4g}' for s in scales)}; TFLite's ADD kernel needs 2 * max input scale / "
-        f"(2^{shift} * output scale) below 1 (got {multiplier:.4g}) and aborts the process otherwise. The output "
-        "range is degenerate (calibration saw a constant): calibrate with data that exercises this layer, or keep "
-        "it in float (keep_float)")
+        return None
+    scale = qm.add_runnable_output_scale(scales, float(np.float32(out.type.quant.scale[0])), out.type.dtype)
+    return None if scale is None else QParams.per_tensor(scale, int(out.type.quant.zero_point[0]))
 
 
 def _emit_arith(w: _ModelWriter, node: Node) -> None:
-    _check_add_multiplier(node)
     inputs = [w.tensor_of(v) for v in node.operands]
     builtin = builtin_code(node.op)
 
@@ -589,7 +586,19 @@ def _emit_arith(w: _ModelWriter, node: Node) -> None:
         options_type, build = _arith_options(node.op, fused)
         w.emit(builtin, inputs, [out], options_type, build, pot_scale_int16=False)
 
-    w.emit_with_activation(node, main)
+    stand_in = _runnable_add_output(node)
+    if stand_in is None:
+        w.emit_with_activation(node, main)
+        return
+    activation = node.attrs.get("activation", "none")
+    if activation not in _FUSED:
+        raise BackendError(f"{node.describe()}: the output range is degenerate and the activation '{activation}' "
+                           "cannot be fused into TFLite's ADD; keep this layer in float (keep_float)")
+    mid = w.scratch_tensor_of_type(f"{node.result.name}/runnable",
+                                   TensorType(node.result.type.shape, node.result.type.dtype, stand_in))
+    main(_FUSED[activation], mid)
+    w.emit(B.QUANTIZE, [mid], [w.result_tensor(node.result)], BO.QuantizeOptions,
+           _empty_options(QuantizeOptions))
 
 
 def _emit_pool(w: _ModelWriter, node: Node) -> None:

@@ -148,15 +148,25 @@ def _fully_connected(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]
 def _add_sub(sign: int) -> IntKernel:
     def kernel(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray]:
         a, b, out = node.operands[0], node.operands[1], node.result
-        left_shift = qm.add_left_shift(out.type.dtype)
-        twice_max, real_out = qm.add_output_multiplier((_scale(a), _scale(b)), _scale(out), out.type.dtype)
+        dtype = out.type.dtype
+        out_q = _q(out)
+        # an ADD whose output scale TFLite's kernel refuses is written as ADD into a runnable scale + QUANTIZE
+        stand_in = qm.add_runnable_output_scale((_scale(a), _scale(b)), _scale(out), dtype) if sign > 0 else None
+        if stand_in is not None:
+            out_q = QParams.per_tensor(stand_in, int(out_q.zero_point[0]))
+        left_shift = qm.add_left_shift(dtype)
+        twice_max, real_out = qm.add_output_multiplier((_scale(a), _scale(b)), float(out_q.scale[0]), dtype)
         m1, s1 = qm.quantize_multiplier(_scale(a) / twice_max)
         m2, s2 = qm.quantize_multiplier(_scale(b) / twice_max)
         mo, so = qm.quantize_multiplier(real_out)
         x1 = _mbqm(node, (args[0].astype(np.int64) - _zp(a)) << left_shift, m1, s1)
         x2 = _mbqm(node, (args[1].astype(np.int64) - _zp(b)) << left_shift, m2, s2)
         raw = _mbqm(node, x1 + sign * x2, mo, so)
-        return _out(node, raw + _zp(out), *_act_range(node))
+        lo, hi = qm.activation_range(node.attrs.get("activation", "none"), out_q, dtype)
+        result = np.clip(raw + int(out_q.zero_point[0]), lo, hi).astype(out.type.np_dtype)
+        if stand_in is not None:
+            result = qm.requantize(result, out_q, _q(out), dtype, single_rounding=False)
+        return [result]
 
     return kernel
 

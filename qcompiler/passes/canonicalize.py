@@ -3,7 +3,8 @@
 - flatten(x)                      -> reshape(x) {shape=[-1, prod(x.shape[1:])]}
 - identity(x)                     -> x   (also between a graph input and a graph output: the output is the
                                          input, as in the converter's model; two outputs stay two tensors)
-- reshape(x) to x's own shape     -> x
+- reshape(x) to x's own shape     -> x   (static, or the batch taken from x at run time: a Keras Reshape/Flatten
+                                         layer; keras.ops.reshape(x, (-1, ...)) on an unknown batch stays, as in TF)
 - reshape(reshape(x))             -> reshape(x)
 - transpose(x) {perm=[0, 1, ..]}  -> x   (TensorFlow's grappler drops an identity permutation before the converter
                                          sees it: `ops.transpose(x, [0, 1, 2])` leaves no TRANSPOSE)
@@ -91,12 +92,18 @@ def _flatten_to_reshape(m: Match, rw: Rewriter) -> None:
 
 # ----- reshapes -----
 def _is_noop_reshape(node: Node) -> bool:
-    """Same static shape, or the same shape with only the batch unknown and passed through by a leading -1."""
+    """Same static shape, or the same shape with only the batch unknown and taken from the input at run time.
+
+    TensorFlow folds a Reshape to its input when both shapes are static, or when the target is built from the
+    input's own Shape (Keras' Flatten and Reshape layers: Pack(StridedSlice(Shape(x)), ...)). A constant target
+    with a -1 (keras.ops.reshape(x, (-1, ...))) on an unknown batch is no fold of either kind: the converter keeps
+    that RESHAPE, and TFLite's optimize pass may then move ops above it (move-binary-reshapes, random seed 2161).
+    """
     have, want = node.operands[0].type.shape, node.result.type.shape
     if have != want:
         return False
     unknown = [i for i, d in enumerate(have) if d is None]
-    return not unknown or (unknown == [0] and node.attrs["shape"][0] == -1)
+    return not unknown or (unknown == [0] and node.attrs["shape"][0] == -1 and node.attrs.get("runtime_batch", False))
 
 
 def _collapse_check(m: Match) -> Optional[str]:

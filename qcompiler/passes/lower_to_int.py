@@ -31,6 +31,7 @@ from typing import ClassVar, Literal, Optional
 
 import numpy as np
 
+from qcompiler.backend.tflite_arena import _dynamic_in_converter_model as dynamic_in_converter_model
 from qcompiler.errors import QCompilerError
 from qcompiler.ir.checks import check_known_values
 from qcompiler.ir.graph import Graph, Node, Value
@@ -730,7 +731,7 @@ def _isolate_float_islands(graph: Graph, act_dtype: str, floats: FloatOps, unqua
         for index, operand in enumerate(node.operands):
             if operand.type.is_float or operand.type.quant is None:
                 continue
-            if id(operand) in volatile:
+            if id(operand) in volatile and not _behind_tensordot_reshape(operand.producer.operands[0]):
                 operand = _skip_requantize(graph, node, index)
             if id(operand) not in dequantized:
                 dequantized[id(operand)] = graph.op("dequantize", operand, name=f"{operand.name}.float",
@@ -744,6 +745,15 @@ def _isolate_float_islands(graph: Graph, act_dtype: str, floats: FloatOps, unqua
                       f"around them, because TFLite has no {act_dtype} kernel for them: {listing}",
                       FloatOpsWarning, stacklevel=3)
     return islands
+
+
+def _behind_tensordot_reshape(value: Value) -> bool:
+    """In the converter's model a RESHAPE follows `value` before its users: Keras' tensordot ends a fully_connected
+    on a rank > 2 input with one, and TFLite's optimize pass moves a one-use chain of elementwise ops (a sigmoid)
+    above it (ReorderElementwiseAndMoveOperations). A requantize of `value` then feeds that integer RESHAPE, which
+    a float user reads through a DEQUANTIZE: the requantize stays (random seed 1280: the driver's requantize of a
+    LOGISTIC for a MAXIMUM that runs in float)."""
+    return dynamic_in_converter_model(value)
 
 
 def _skip_requantize(graph: Graph, node: Node, index: int) -> Value:

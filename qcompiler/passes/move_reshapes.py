@@ -27,6 +27,10 @@ zero-bias Dense stay (the converter reorders them while TF's BiasAdd of zeros is
 formed from minimum/maximum later). qcompiler's IR has dropped a zero bias add by then, so relu/relu6 after a
 run-time reshape are left unfused (a use_bias=False Dense there is the one case this misses). Random seed 3175.
 
+TFLite's MoveBinaryOpConstBeforeReshape belongs to the same greedy pattern set, so its rule (move-binary-reshapes,
+which runs once before fold-affine) applies here again: reshape -> relu -> mul by a constant ends as relu, mul,
+reshape.
+
 Why it matters for int8: the op computes before the reshape, so the reshape shares its parameters, and a fixed
 range op (tanh, sigmoid) is requantized before the reshape for a same-scale op after it (random seed 2116:
 TANH, QUANTIZE, RESHAPE, QUANTIZE for two MAXIMUMs with different ranges, where qcompiler had refused a tanh
@@ -42,6 +46,7 @@ from qcompiler.ir.graph import Node
 from qcompiler.ir.ops import OPS
 from qcompiler.passes.fuse_activations import (CLAMP_ACTIVATIONS, FUSING_OPS, fuse_into_copy, fuse_into_producer,
                                                producer_fuse_reason)
+from qcompiler.passes.move_binary_reshapes import RULES as BINARY_RULES
 from qcompiler.passes.rewriter import Match, Pat, Rewriter, RewritePass, Rule, single_use_reason
 
 MOVE_OPS = ("flatten", "reshape")
@@ -123,6 +128,7 @@ def _fc_rewrite(m: Match, rw: Rewriter) -> None:
 RULES = [
     Rule("unary-after-reshape", Pat(tuple(sorted(MOVED_ABOVE_RESHAPE)), Pat(MOVE_OPS, "x", capture="move")),
          _unary_rewrite, _unary_check),
+    *BINARY_RULES,  # one greedy pattern set in the converter: a mul after a relu after a reshape moves up too
     Rule("clamp-into-fully-connected", Pat(CLAMP_ACTIVATIONS, Pat("fully_connected", capture="producer")),
          _fc_rewrite, _fc_check),
 ]

@@ -30,6 +30,7 @@ from qcompiler.passes.fuse_activations import FuseActivations
 from qcompiler.passes.insert_fake_quant import InsertFakeQuant
 from qcompiler.passes.insert_missing_fake_quant import InsertMissingFakeQuant
 from qcompiler.passes.lower_to_int import LowerToInt
+from qcompiler.passes.move_binary_reshapes import MoveBinaryReshapes
 from qcompiler.passes.move_reshapes import MoveReshapes
 from qcompiler.passes.move_transposes import MoveTransposes
 from qcompiler.passes.quantize_weights import QuantizeWeights
@@ -51,6 +52,7 @@ PASSES: dict[str, type[Pass]] = {
     "insert-fake-quant": InsertFakeQuant,
     "insert-missing-fake-quant": InsertMissingFakeQuant,
     "lower-to-int": LowerToInt,
+    "move-binary-reshapes": MoveBinaryReshapes,
     "move-reshapes": MoveReshapes,
     "move-transposes": MoveTransposes,
     "quantize-weights": QuantizeWeights,
@@ -62,7 +64,8 @@ PASSES: dict[str, type[Pass]] = {
 # fold-constants before fold-batchnorm so batch-norm parameters computed from constants are constants.
 # fold-pad needs nothing but dce before it (a dead user would make a pad look shared).
 # move-reshapes after fuse-activations: the converter moves a reshape after a relu once its fusions are done.
-DEFAULT_FLOAT_PIPELINE = "dce,space-to-batch-dilation,canonicalize,move-transposes,cse,fold-pad,fold-constants,fold-batchnorm,canonicalize,fold-affine,fuse-activations,move-reshapes,dce"
+# move-binary-reshapes before fold-affine: a mul/add by a constant moved above a reshape folds into the layer before.
+DEFAULT_FLOAT_PIPELINE = "dce,space-to-batch-dilation,canonicalize,move-transposes,cse,fold-pad,fold-constants,fold-batchnorm,canonicalize,move-binary-reshapes,fold-affine,fuse-activations,move-reshapes,dce"
 
 
 class PipelineError(QCompilerError, ValueError):

@@ -626,6 +626,19 @@ def add_output_multiplier(input_scales: Sequence[float], output_scale: float, dt
     return twice_max, twice_max / float(np.float32((1 << add_left_shift(dtype)) * np.float32(output_scale)))
 
 
+def add_runnable_output_scale(input_scales: Sequence[float], output_scale: float, dtype: str) -> Optional[float]:
+    """None when TFLite's integer ADD accepts `output_scale` (its output multiplier is below 1: Prepare aborts
+    otherwise, in QuantizeMultiplierSmallerThanOneExp); else the smallest float32 scale it accepts, for an
+    intermediate that a QUANTIZE then takes to `output_scale` (a degenerate calibrated range: random seed 3196)."""
+    twice_max, multiplier = add_output_multiplier(input_scales, output_scale, dtype)
+    if multiplier < 1.0:
+        return None
+    scale = float(np.float32(twice_max / (1 << add_left_shift(dtype))))
+    while add_output_multiplier(input_scales, scale, dtype)[1] >= 1.0:
+        scale = float(np.nextafter(np.float32(scale * (1 + 2 ** -12)), np.float32(np.inf)))
+    return scale
+
+
 def effective_scale(input_scale: float, weight_scale: ArrayLike, output_scale: float) -> np.ndarray:
     """Real multiplier of conv/depthwise/FC per output channel, as the kernels compute it
     (PopulateConvolutionQuantizationParams): double(in) * double(w[c]) / double(out) from the float32 scales."""
