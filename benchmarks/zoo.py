@@ -389,6 +389,7 @@ def measure_model(name: str, settings: Settings, row_path: Path) -> dict:
                 warm_up()
         for mode in settings.modes:
             measure_mode(rec, mode, models[mode], calibration, x, inputs_path, tmp, settings)
+            rec.row.setdefault("peak_rss_mb", {})[mode] = peak_rss_mb()
     rec.row["step"] = "done"
     rec.save()
     return rec.row
@@ -417,6 +418,8 @@ def measure_mode(rec: Recorder, mode: str, model, calibration: np.ndarray, x: np
                 if len(seconds[tool]) > 1:
                     entry[tool]["seconds_each"] = [round(t, 3) for t in seconds[tool]]
                 (tmp / f"{mode}-{tool}.tflite").write_bytes(data)
+                del data
+            release_memory()
             if repeat == 0 and tool == "qcompiler" and compile_mode == "int8" and "qcompiler" in entry:
                 # timed between the default compile and the converter's, so drift of the machine's load favours
                 # neither
@@ -425,8 +428,15 @@ def measure_mode(rec: Recorder, mode: str, model, calibration: np.ndarray, x: np
                     data = qcompiler_compile_fast(model, compile_mode, calibration)
                     entry["qcompiler_fast"] = {"seconds": round(time.perf_counter() - start, 3), "bytes": len(data),
                                                "cpu_seconds": round(time.process_time() - cpu, 3)}
+                    del data
+                release_memory()
     compiled = [tool for tool in TOOLS if tool in entry]
     run_models(rec, mode, compiled, entry, tmp, inputs_path, outputs, io)
+    # the values first, then the latency: the float error needs the Keras model in this process, the latency
+    # processes load both .tflite files beside it, so the comparison's memory is returned before they start
+    compare_outputs(rec, mode, model, x, entry, outputs, io)
+    outputs.clear()
+    release_memory()
     if compiled and settings.latency_runs > 0:
         with rec.step(f"{mode}: latency"):
             # in several processes, the load order alternating: the model loaded first runs a few percent faster
@@ -439,18 +449,45 @@ def measure_mode(rec: Recorder, mode: str, model, calibration: np.ndarray, x: np
                 entry[tool]["latency_processes_ms"] = latency["cpu_processes"][k]
             if "cpu_ratio" in latency:
                 entry["latency_ratio"] = latency["cpu_ratio"]
+
+
+def compare_outputs(rec: Recorder, mode: str, model, x: np.ndarray, entry: dict,
+                    outputs: dict[str, list[np.ndarray]], io: dict[str, list]) -> None:
+    """float32: each tool's max error against Keras relative to max|Keras|; int8: identical values and I/O
+    quantization of the two tools' models."""
     if mode == "float32" and outputs:
         with rec.step("float32: error against Keras"):
             reference = np.asarray(model(x, training=False), np.float32)
             scale = float(np.max(np.abs(reference))) or 1.0
             for tool, result in outputs.items():
                 entry[tool]["max_error_rel"] = float(np.max(np.abs(result[0] - reference))) / scale
+            del reference
     elif len(outputs) == 2:
         with rec.step(f"{mode}: compare int8"):
             entry.update(compare_int8(outputs["qcompiler"], outputs["converter"]))
             entry["io_equal"] = io["qcompiler"] == io["converter"]
             entry["io_difference"] = io_difference(io["qcompiler"], io["converter"])
             entry["io"] = io
+
+
+def peak_rss_mb() -> int:
+    """The largest resident set so far of this worker process, in MiB (its child processes not included)."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap back to the system (glibc keeps it otherwise; a ConvNeXtXLarge worker
+    reached 9 GB), so the interpreter and latency processes that follow find it free."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def run_models(rec: Recorder, mode: str, compiled: list[str], entry: dict, tmp: Path, inputs_path: Path,
@@ -648,8 +685,8 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int, not_
         *([f"Not measured in this run: {', '.join(not_measured)}.", ""] if not_measured else []),
         *overview(rows, settings), "",
     ]
+    several = len({package_commit(row.get("commit", header["commit"])) for row in rows}) > 1
     if "float32" in modes:
-        several = len({package_commit(row.get("commit", header["commit"])) for row in rows}) > 1
         lines += ["## float32", "",
                   "| model | input | params | compile s (qc / conv) | speed-up | ops (qc / conv) | KiB (qc / conv) "
                   "| latency ms (qc / conv) | max err / max\\|ref\\| (qc / conv) |"
@@ -667,10 +704,11 @@ def markdown(rows: list[dict], header: dict, settings: Settings, jobs: int, not_
                   "and zero point equal.", "",
                   f"| model | mode | compile s (qc / qc {FAST_EXECUTOR} / conv) | speed-up (exact / {FAST_EXECUTOR}) "
                   "| CPU speed-up | ops (qc / conv) | size | latency "
-                  "| identical | max LSB | I/O q |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| identical | max LSB | I/O q |" + (" qcompiler/ at |" if several else ""),
+                  "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if several else "")]
         measured = [row for row in rows if any(_compiled(row, mode) for mode in int8_modes)]
-        lines += [int8_line(row, mode) for row in measured for mode in int8_modes if _compiled(row, mode)]
+        lines += [int8_line(row, mode) + (f" {package_commit(row.get('commit', header['commit']))} |" if several else "")
+                  for row in measured for mode in int8_modes if _compiled(row, mode)]
         lines += ["", *_left_out(rows, measured)]
     differences = [(row["model"], mode, op_differences(row[mode])) for row in rows for mode in modes
                    if op_differences(row.get(mode, {}))]
@@ -848,7 +886,8 @@ def float_line(row: dict) -> str:
 def int8_line(row: dict, mode: str) -> str:
     entry = row.get(mode, {})
     size = f"{_ratio(entry, 'bytes'):.3f}x" if _has(entry, "bytes") else "—"
-    latency = f"{_latency_ratio(entry):.2f}x" if _has(entry, "latency_ms") else "—"
+    latency = (f"{_latency_ratio(entry):.2f}x{'' if 'latency_ratio' in entry else ' (1 proc.)'}"
+               if _has(entry, "latency_ms") else "—")
     identical = percent(entry["identical_pct"]) if "identical_pct" in entry else "—"
     identical += DEFAULT_KERNELS_MARK if entry.get("kernels") == "default" and "identical_pct" in entry else ""
     lsb = str(entry["max_lsb"]) if "max_lsb" in entry else "—"

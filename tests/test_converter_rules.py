@@ -47,7 +47,16 @@ drawn per seed:
     transpose (keras.ops or a Reshape layer) before a GELU: TensorFlow's import walk reaches the reshape from its
     shape Const before the input, so the driver drops it and it runs in float (quant/op_order.py, seed 2015);
   - dropped_output: the same with the reshape as a graph output: the driver never revisits it, and the output
-    is float32 in the converter's model too (no "outputs are integer" exception; lower-to-int).
+    is float32 in the converter's model too (no "outputs are integer" exception; lower-to-int);
+  - fc_clamp_copy: a relu/relu6/hard_tanh of a Dense (2-D) with another user fuses into a copy of its
+    FULLY_CONNECTED (FuseFullyConnectedAndReluX has no one-use condition; fuse-activations; random seed 3099);
+  - batched_fc_clamp: a clamp after a reshape of a bias-free Dense on a rank-3 input fuses into (a copy of) its
+    FULLY_CONNECTED: any clamp after keras.ops.reshape, hard_tanh after a Flatten (the reshapes collapse;
+    move-reshapes; random seed 3175);
+  - x_times_hard_sigmoid: Multiply(hard_sigmoid(x), x), either order, is one HARD_SWISH (MatchHardSwishPattern;
+    canonicalize; random seeds 3104, 3195);
+  - reduce_without_keepdims: a mean/sum over a size-1 axis without keepdims stays a MEAN/SUM with its own range
+    (after a sigmoid: not 1/256); with keepdims it is dropped (canonicalize; random seed 3140).
 The Keras Flatten rules (a run-time target: a dynamic tensor on a graph input, an alias otherwise) are checked
 against TF's own calibrator in tests/test_calibrate.py: drawn Keras models hit the converter's op order (a reader
 placed before the in-place ADD) or TFLite overwriting an aliased buffer at batch > 1 in either model.
@@ -195,6 +204,27 @@ def _model(pattern: str, seed: int):
             outputs = [merge, moved, x]
         else:
             outputs = [merge, ops.gelu(moved) if shared else keras.layers.Activation("gelu", name=names[3])(moved), x]
+    elif pattern == "fc_clamp_copy":  # random seed 3099
+        f = keras.layers.Dense(width)(keras.layers.Flatten()(x))
+        clamp = ("relu", "relu6", "hard_tanh")[int(rng.integers(3))]
+        other = keras.layers.Activation("sigmoid")(f) if shared else keras.layers.Add()([f, f])
+        outputs = [keras.layers.Activation(clamp)(f), other, y]
+    elif pattern == "batched_fc_clamp":  # random seed 3175
+        d = keras.layers.Dense(width, use_bias=False)(x)
+        if rng.integers(2):
+            clamp, reshaped = ("relu", "relu6", "hard_tanh")[int(rng.integers(3))], ops.reshape(d, (-1, rows * width))
+        else:
+            clamp, reshaped = "hard_tanh", keras.layers.Flatten()(d)
+        outputs = [keras.layers.Activation(clamp)(reshaped)] + ([keras.layers.Dense(3)(d)] if shared else [y])
+    elif pattern == "x_times_hard_sigmoid":  # random seeds 3104, 3195
+        h = keras.layers.Activation("hard_sigmoid")(x)
+        m = keras.layers.Multiply()([h, x] if rng.integers(2) else [x, h])
+        outputs = [keras.layers.Dense(3)(m)] + ([h] if shared else [y])
+    elif pattern == "reduce_without_keepdims":  # random seed 3140
+        s = keras.layers.Activation("sigmoid")(keras.layers.Reshape((1, rows * width))(x))
+        reduce = (ops.mean, ops.sum)[int(rng.integers(2))]
+        outputs = [keras.layers.Dense(3)(reduce(s, axis=1)), y]
+        outputs += [keras.layers.Dense(2)(reduce(s, axis=1, keepdims=True))] if shared else []
     else:
         raise ValueError(pattern)
     model = keras.Model([a, b], outputs)
@@ -218,7 +248,12 @@ def _model(pattern: str, seed: int):
                                            ("idempotent_clamp", 4),
                                            ("vector_after_scalar", 0), ("clip_bounds", 0), ("clip_bounds", 6),
                                            ("const_root", 0), ("const_root", 5),
-                                           ("dropped_output", 3)])
+                                           ("dropped_output", 3),
+                                           ("fc_clamp_copy", 4), ("batched_fc_clamp", 4),
+                                           ("x_times_hard_sigmoid", 4), ("reduce_without_keepdims", 4),
+                                           *[pytest.param(p, 0, marks=pytest.mark.slow) for p in
+                                             ("fc_clamp_copy", "batched_fc_clamp", "x_times_hard_sigmoid",
+                                              "reduce_without_keepdims")]])
 def test_rule_matches_the_converter(pattern: str, seed: int) -> None:
     model = _model(pattern, seed)
     rng = np.random.default_rng(100 + seed)

@@ -364,13 +364,14 @@ def test_unknown_custom_layer_is_refused_with_the_supported_list():
         qcompiler.import_keras(keras.Model(x, Scale(name="twice")(x)))
 
 
-def test_pooling_a_1x1_map_is_dropped():
-    """GlobalAveragePooling2D of a 1x1 map (MobileNetV3's squeeze-excite at small inputs) is a reshape."""
+def test_pooling_a_1x1_map_is_dropped_with_keepdims():
+    """GlobalAveragePooling2D(keepdims=True) of a 1x1 map (MobileNetV3's squeeze-excite at small inputs) is
+    dropped; without keepdims the converter keeps one MEAN (TF 2.21, float32 and int8), and so do we."""
     inputs = keras.Input((1, 1, 6))
     pooled = layers.GlobalAveragePooling2D()(inputs)
     kept = layers.GlobalAveragePooling2D(keepdims=True)(layers.Conv2D(6, 1)(inputs))
     model = keras.Model(inputs, layers.Dense(3)(pooled + ops.reshape(kept, (-1, 6))))
     compiled = qcompiler.compile(model, mode="float32")
-    assert "MEAN" not in _op_names(compiled)
+    assert _op_names(compiled).count("MEAN") == 1
     x = np.random.default_rng(0).standard_normal((4, 1, 1, 6)).astype(np.float32)
     np.testing.assert_allclose(run_tflite(compiled, [x])[0], np.asarray(model(x)), rtol=1e-5, atol=1e-6)

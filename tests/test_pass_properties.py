@@ -160,7 +160,11 @@ def test_default_pipeline_preserves_outputs(spec) -> None:
     assert "flatten" not in graph.op_counts()
     # an identity survives only where it keeps a graph output apart from the input or another output
     assert all(n.operands[0].producer is None or graph.is_output(n.operands[0]) for n in graph.find("identity"))
-    assert len(graph.nodes) <= len(reference.nodes)
+    # computing nodes never multiply, a batch_norm that stays (after a flatten) being a mul and an add; constants
+    # may (fold-affine gives a bias-less conv2d a bias when it folds an add before it that stays for another user:
+    # add_const then residual_add; both found by Hypothesis)
+    assert len([n for n in graph.nodes if n.op != "const"]) <= \
+        sum(2 if n.op == "batch_norm" else 1 for n in reference.nodes if n.op != "const")
 
 
 # The passes that keep a float graph's outputs unchanged (quantization passes change them on purpose).

@@ -18,8 +18,8 @@
                                          else uses the inner op: two ops.abs leave one ABS, random seed 2115)
 - minimum(relu(x), 6)             -> relu6(x)
 - clamp(x, -1, 1) (min of max)    -> relu_n1_to_1(x)
-- mean/sum/reduce_max/reduce_min over axes of size 1 -> x (keepdims) or reshape(x) (GlobalAveragePooling2D
-  of a 1x1 map, as TFLiteConverter drops it)
+- mean/sum/reduce_max/reduce_min over axes of size 1 with keepdims -> x (GlobalAveragePooling2D(keepdims=True)
+  of a 1x1 map, as TFLiteConverter drops it; without keepdims it keeps the op, measured on TF 2.21)
 - add(x, 0), sub(x, 0), mul(x, 1) -> x   (constants of equal elements that do not broadcast x; TensorFlow's
                                          IdentityArithmeticOpFolder, which the converter runs: a Dense with a
                                          zero bias on a rank-3 input keeps no ADD)
@@ -39,6 +39,11 @@
                                          an ADD of x and 3. Its optimize pass visits ops bottom-up, so a clamp
                                          after a single-use hard_swish fuses into the MUL first; and TensorFlow's
                                          canonicalizer has already made neg(y) + 3 a SUB. No HARD_SWISH then.)
+- mul(x, mul(relu6(add(x, 3)), 1/6)) (either operand order of the outer mul: x * hard_sigmoid(x)) -> hard_swish(x)
+                                         (TFLite's MatchHardSwishPattern2/4/6: a Multiply of an
+                                         Activation("hard_sigmoid") and its own input is one HARD_SWISH with
+                                         the outer MUL's range; the add must be single-use, as its relu6 must
+                                         fuse into it; the gate ops stay for other users; random seed 3104)
 - relu/relu6/relu_n1_to_1(gelu{approximate}(x)) -> clamp(0.5 * x * (1 + tanh(0.79788456 * (x + 0.044715 * x**3))))
                                          (the same for GELU: the clamp fuses into the last MUL; x**3 is a POW)
 - gelu{approximate}(neg(y))       -> the same arithmetic (neg(y) + t is a SUB, so no GELU match)
@@ -144,17 +149,16 @@ def _reduces_nothing(node: Node) -> bool:
 
 
 def _trivial_reduce_check(m: Match) -> Optional[str]:
-    if any(d is None for d in m.root.result.type.shape[1:]):
-        return f"the result {m.root.result.type} has unknown non-batch dimensions"
-    return _output_alias_reason(m.root, m["x"]) if m.root.attrs["keepdims"] else None
+    if not m.root.attrs["keepdims"]:
+        # TensorFlow folds a reduction only when its result type is its operand's; without keepdims the converter
+        # keeps the MEAN / SUM / REDUCE_MAX (own calibrated range in int8: a MEAN of a 1x1 sigmoid map does not
+        # keep 1/256; random seed 3140), float32 too
+        return "without keepdims the reduction changes the shape, and the converter keeps it"
+    return _output_alias_reason(m.root, m["x"])
 
 
 def _trivial_reduce(m: Match, rw: Rewriter) -> None:
-    if m.root.attrs["keepdims"]:
-        rw.replace_value(m.root, m["x"])
-        return
-    shape = [-1 if d is None else int(d) for d in m.root.result.type.shape]
-    rw.replace_value(m.root, rw.op("reshape", m["x"], shape=shape, layer=m.root.layer))
+    rw.replace_value(m.root, m["x"])
 
 
 # ----- clamps spelled with maximum / minimum -----
@@ -271,6 +275,41 @@ def _hard_swish_arithmetic(rw: Rewriter, hard_swish: Node) -> Value:
     return rw.op("mul", x, gate, name=f"{name}_mul", layer=layer)
 
 
+_ONE_SIXTH = float(np.float32(1.0 / 6.0))  # the converter's 0.166666666f / 0.166666672
+
+
+def _no_activation(*names: str):
+    def check(m: Match) -> Optional[str]:
+        for name in names:
+            node = m.root if name == "root" else m[name]
+            if node.attrs.get("activation", "none") != "none":
+                return f"{node.op} has fused activation '{node.attrs['activation']}'"
+        return None
+
+    return check
+
+
+def _clamp_fuses_first_reason(node: Node) -> Optional[str]:
+    """Why the converter fuses the one clamp using `node` into it before matching `node` (None: it does not):
+    its optimize pass visits ops bottom-up, the fusion needs one use."""
+    if single_use_reason(node) is None and node.result.uses[0].node.op in ("relu", "relu6", "relu_n1_to_1"):
+        return f"the {node.result.uses[0].node.op} after {node.op} fuses into it first"
+    return None
+
+
+def _x_times_hard_sigmoid_check(m: Match) -> Optional[str]:
+    return _no_activation("root", "gate", "add")(m) or _clamp_fuses_first_reason(m.root)
+
+
+def _hard_swish_of(m: Match, rw: Rewriter) -> None:
+    rw.replace_value(m.root, rw.op("hard_swish", m["x"], layer=m.root.layer))
+
+
+_HARD_SIGMOID_GATE = Pat("mul", Pat("relu6", Pat("add", "x", Const(where=_scalar_is(3.0)), one_use=True,
+                                                 commutative=True, capture="add")),
+                         Const(where=_scalar_is(_ONE_SIXTH)), commutative=True, capture="gate")
+
+
 def _unfuse_hard_swish_under_clamp(m: Match, rw: Rewriter) -> None:
     rw.set_operand(m.root, 0, _hard_swish_arithmetic(rw, m["hs"]))
 
@@ -317,6 +356,8 @@ def _square_of_sub_check(m: Match) -> Optional[str]:
 
 
 _HARD_SWISH_RULES: list[Rule] = [
+    Rule("x-times-hard-sigmoid", Pat("mul", "x", _HARD_SIGMOID_GATE, commutative=True), _hard_swish_of,
+         _x_times_hard_sigmoid_check),
     # the same for an approximate GELU: MatchGeluApproximate needs its last MUL without a fused activation (seed
     # 1128); an exact GELU there leaves tf.Erfc, which the converter cannot convert at all
     Rule("gelu-tanh-under-clamp", Pat(("relu", "relu6", "relu_n1_to_1"),

@@ -7,6 +7,19 @@ Producers: every op whose op-table entry has an `activation` attribute (conv2d, 
 fully_connected, add, sub, mul, max_pool2d, avg_pool2d, concat). The producer's result must have exactly one
 use, must not be a graph output, and must have no activation yet.
 
+One exception, TFLite's: a clamp of a fully_connected on a 2-D input whose result has other uses (or is a graph
+output) becomes a *copy* of that fully_connected with the clamp fused; the original stays for its other users.
+
+    %f = fully_connected(%x, %w, %b)           %f = fully_connected(%x, %w, %b)
+    %r = relu(%f)                      ->      %r = fully_connected(%x, %w, %b) {activation="relu"}
+    %s = sigmoid(%f)                           %s = sigmoid(%f)
+
+The converter's FuseFullyConnectedAndReluX (tfl optimize) has no one-use condition, unlike the fused-activation
+patterns of the other ops: it creates a new FULLY_CONNECTED for the clamp (measured on TF 2.21: Dense -> ReLU
+and sigmoid gives FULLY_CONNECTED, FULLY_CONNECTED {relu}, LOGISTIC; random seed 3099). On a rank > 2 input the
+clamp reads Keras' tensordot RESHAPE, not the FULLY_CONNECTED, so nothing is copied there (move-reshapes has the
+case where a reshape after it collapses with that RESHAPE).
+
 Two fusions the IR can express are off by default because TFLite does not run them:
 - tanh: kernels compute the clamp range of a fused activation for relu, relu6 and relu_n1_to_1 only, and run a
   fused tanh as no activation at all, so the results change silently;
@@ -38,6 +51,32 @@ def _check(m: Match) -> Optional[str]:
     return producer_fuse_reason(m["producer"])
 
 
+def fully_connected_copy_reason(producer: Node) -> Optional[str]:
+    """Why a clamp of the fully_connected `producer` does not become a copy of it with the clamp fused (None: it
+    does; FuseFullyConnectedAndReluX): only a 2-D one without activation whose result has other uses."""
+    if producer.op != "fully_connected":
+        return f"{producer.op} is not a fully_connected"
+    if producer.attrs["activation"] != "none":
+        return f"{producer.op} already has activation '{producer.attrs['activation']}'"
+    if producer.operands[0].type.rank > 2:
+        return "the clamp of a fully_connected on a rank > 2 input reads Keras' tensordot RESHAPE in the converter"
+    if single_use_reason(producer) is None:
+        return "the clamp is its only user: it fuses in place"
+    return None
+
+
+def _copy_check(m: Match) -> Optional[str]:
+    return fully_connected_copy_reason(m["producer"])
+
+
+def fuse_into_copy(m: Match, rw: Rewriter) -> None:
+    """The matched clamp (root) becomes a copy of the captured fully_connected `producer` with it fused."""
+    producer, clamp = m["producer"], m.root
+    attrs = {**producer.attrs, "activation": clamp.op}
+    rw.replace_value(clamp, rw.op(producer.op, *producer.operands, name=f"{clamp.result.name}_fc",
+                                  layer=producer.layer, **attrs))
+
+
 def fuse_into_producer(m: Match, rw: Rewriter) -> None:
     """The matched activation (root) becomes the fused activation of the captured `producer`."""
     producer = m["producer"]
@@ -57,4 +96,7 @@ class FuseActivations(RewritePass):
         activations = CLAMP_ACTIVATIONS + (("tanh",) if self.tanh else ())
         producers = [op for op in FUSING_OPS if OPS[op].tflite_fuses_activation or self.concat]
         return [Rule("fuse-activation", Pat(activations, Pat(producers, capture="producer")), fuse_into_producer,
-                     _check)]
+                     _check),
+                Rule("clamp-into-fully-connected-copy", Pat(CLAMP_ACTIVATIONS, Pat("fully_connected",
+                                                                                  capture="producer")),
+                     fuse_into_copy, _copy_check)]

@@ -17,6 +17,16 @@ patterns, which need one use, do not apply. A reshape with a constant shape (ker
 false) leaves the producer one user, and the moved clamp fuses into it like fuse-activations fuses it
 (measured: CONV_2D / AVERAGE_POOL_2D + ops.reshape + relu -> CONV_2D {relu}, RESHAPE; random seed 3159).
 
+After a fully_connected on a rank > 2 input (Keras' tensordot: RESHAPE, FULLY_CONNECTED, RESHAPE) the reshape
+collapses with the tensordot's output RESHAPE (TFLite folds reshape(reshape(x)) whatever the inner one's other
+users), so the moved clamp reads the 2-D FULLY_CONNECTED and FuseFullyConnectedAndReluX fuses it into a copy of
+it (no one-use condition; the original keeps the SHAPE user of a run-time reshape). Measured on TF 2.21 for a
+Dense without a bias add (use_bias=False, or a zero bias that the converter drops first): after a constant-shape
+reshape every clamp fuses; after a Keras Flatten/Reshape layer relu_n1_to_1 fuses, while relu and relu6 of a
+zero-bias Dense stay (the converter reorders them while TF's BiasAdd of zeros is still there; relu_n1_to_1 is
+formed from minimum/maximum later). qcompiler's IR has dropped a zero bias add by then, so relu/relu6 after a
+run-time reshape are left unfused (a use_bias=False Dense there is the one case this misses). Random seed 3175.
+
 TFLite's MoveBinaryOpConstBeforeReshape belongs to the same greedy pattern set, so its rule (move-binary-reshapes,
 which runs once before fold-affine) applies here again: reshape -> relu -> mul by a constant ends as relu, mul,
 reshape.
@@ -34,8 +44,9 @@ from typing import ClassVar, Optional, Sequence
 from qcompiler.backend.tflite_arena import MOVED_ABOVE_RESHAPE
 from qcompiler.ir.graph import Node
 from qcompiler.ir.ops import OPS
+from qcompiler.passes.fuse_activations import (CLAMP_ACTIVATIONS, FUSING_OPS, fuse_into_copy, fuse_into_producer,
+                                               producer_fuse_reason)
 from qcompiler.passes.move_binary_reshapes import RULES as BINARY_RULES
-from qcompiler.passes.fuse_activations import CLAMP_ACTIVATIONS, FUSING_OPS, fuse_into_producer, producer_fuse_reason
 from qcompiler.passes.rewriter import Match, Pat, Rewriter, RewritePass, Rule, single_use_reason
 
 MOVE_OPS = ("flatten", "reshape")
@@ -54,21 +65,42 @@ def _clamp_fuse_reason(producer: Node) -> Optional[str]:
     return None
 
 
+def _batched_fc_fuses(node: Node, move: Node, producer: Node) -> bool:
+    """Whether clamp `node`, moved above `move` right after a fully_connected on a rank > 2 input, fuses into (a
+    copy of) it: the reshapes collapse, then FuseFullyConnectedAndReluX (see the module docstring)."""
+    if producer.op != "fully_connected" or producer.operands[0].type.rank <= 2 or producer.attrs["activation"] != "none":
+        return False
+    return move.op == "reshape" and not move.attrs.get("runtime_batch", False) or node.op == "relu_n1_to_1"
+
+
 def _fusing_producer(node: Node, move: Node) -> Optional[Node]:
     """The producer that a clamp `node` moved above the constant-shape reshape `move` fuses into, or None."""
-    if node.op not in CLAMP_ACTIVATIONS or move.op != "reshape" or move.attrs.get("runtime_batch", False):
-        return None  # a run-time shaped reshape's SHAPE is a second user of the producer
     producer = move.operands[0].producer
-    if producer is None or producer.op not in FUSING_OPS or not OPS[producer.op].tflite_fuses_activation:
+    if node.op not in CLAMP_ACTIVATIONS or producer is None:
+        return None
+    if _batched_fc_fuses(node, move, producer):
+        return producer
+    if move.op != "reshape" or move.attrs.get("runtime_batch", False):
+        return None  # a run-time shaped reshape's SHAPE is a second user of the producer
+    if producer.op not in FUSING_OPS or not OPS[producer.op].tflite_fuses_activation:
         return None
     return producer if _clamp_fuse_reason(producer) is None else None
+
+
+def _fused_clamp(rw: Rewriter, node: Node, producer: Node) -> Node:
+    """`producer` with the clamp `node` fused: itself, or a copy of a fully_connected that has other users."""
+    if single_use_reason(producer) is None:
+        rw.set_attr(producer, "activation", node.op)
+        return producer
+    return rw.op(producer.op, *producer.operands, name=f"{node.result.name}_fc", layer=producer.layer,
+                 **{**producer.attrs, "activation": node.op}).producer
 
 
 def _unary_rewrite(m: Match, rw: Rewriter) -> None:
     node, move = m.root, m["move"]
     if (producer := _fusing_producer(node, move)) is not None:
-        rw.set_attr(producer, "activation", node.op)
-        rw.replace_value(node, rw.op(move.op, producer.result, layer=move.layer, **dict(move.attrs)))
+        fused = _fused_clamp(rw, node, producer)
+        rw.replace_value(node, rw.op(move.op, fused.result, layer=move.layer, **dict(move.attrs)))
         return
     inner = rw.op(node.op, move.operands[0], name=f"{node.result.name}_unreshaped", layer=node.layer,
                   **dict(node.attrs))
@@ -76,7 +108,21 @@ def _unary_rewrite(m: Match, rw: Rewriter) -> None:
 
 
 def _fc_check(m: Match) -> Optional[str]:
-    return _clamp_fuse_reason(m["producer"])
+    producer = m["producer"]
+    if producer.operands[0].type.rank > 2:
+        return "a fully_connected on a rank > 2 input ends with Keras' run-time RESHAPE in the converter's model"
+    if producer.attrs["activation"] != "none":
+        return f"{producer.op} already has activation '{producer.attrs['activation']}'"
+    return None
+
+
+def _fc_rewrite(m: Match, rw: Rewriter) -> None:
+    """A clamp moved above a reshape onto a 2-D fully_connected: fused into it, or into a copy when the
+    fully_connected has other users (FuseFullyConnectedAndReluX)."""
+    if single_use_reason(m["producer"]) is None:
+        fuse_into_producer(m, rw)
+    else:
+        fuse_into_copy(m, rw)
 
 
 RULES = [
@@ -84,7 +130,7 @@ RULES = [
          _unary_rewrite, _unary_check),
     *BINARY_RULES,  # one greedy pattern set in the converter: a mul after a relu after a reshape moves up too
     Rule("clamp-into-fully-connected", Pat(CLAMP_ACTIVATIONS, Pat("fully_connected", capture="producer")),
-         fuse_into_producer, _fc_check),
+         _fc_rewrite, _fc_check),
 ]
 
 
