@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Optional, Sequence
 
-from qcompiler.ir.graph import Node
+from qcompiler.ir.graph import Node, Value
 from qcompiler.ir.ops import OPS
 from qcompiler.passes.rewriter import Match, Pat, Rewriter, RewritePass, Rule, single_use_reason
 
@@ -69,19 +69,20 @@ def _copy_check(m: Match) -> Optional[str]:
     return fully_connected_copy_reason(m["producer"])
 
 
-def fuse_into_copy(m: Match, rw: Rewriter) -> None:
-    """The matched clamp (root) becomes a copy of the captured fully_connected `producer` with it fused."""
-    producer, clamp = m["producer"], m.root
-    attrs = {**producer.attrs, "activation": clamp.op}
-    rw.replace_value(clamp, rw.op(producer.op, *producer.operands, name=f"{clamp.result.name}_fc",
-                                  layer=producer.layer, **attrs))
+def fuse_clamp(rw: Rewriter, clamp: Node, producer: Node) -> Value:
+    """`producer`'s result with the activation `clamp` fused: the producer itself when the clamp is its only
+    user, else a copy of it (a fully_connected: FuseFullyConnectedAndReluX has no one-use condition)."""
+    if single_use_reason(producer) is None:
+        rw.set_attr(producer, "activation", clamp.op)
+        return producer.result
+    return rw.op(producer.op, *producer.operands, name=f"{clamp.result.name}_fc", layer=producer.layer,
+                 **{**producer.attrs, "activation": clamp.op})
 
 
 def fuse_into_producer(m: Match, rw: Rewriter) -> None:
-    """The matched activation (root) becomes the fused activation of the captured `producer`."""
-    producer = m["producer"]
-    rw.set_attr(producer, "activation", m.root.op)
-    rw.replace_value(m.root, producer.result)
+    """The matched activation (root) becomes the fused activation of the captured `producer`, or of a copy of it
+    when the producer has other users."""
+    rw.replace_value(m.root, fuse_clamp(rw, m.root, m["producer"]))
 
 
 @dataclass(frozen=True)
@@ -99,4 +100,4 @@ class FuseActivations(RewritePass):
                      _check),
                 Rule("clamp-into-fully-connected-copy", Pat(CLAMP_ACTIVATIONS, Pat("fully_connected",
                                                                                   capture="producer")),
-                     fuse_into_copy, _copy_check)]
+                     fuse_into_producer, _copy_check)]

@@ -44,7 +44,7 @@ from typing import ClassVar, Optional, Sequence
 from qcompiler.backend.tflite_arena import MOVED_ABOVE_RESHAPE
 from qcompiler.ir.graph import Node
 from qcompiler.ir.ops import OPS
-from qcompiler.passes.fuse_activations import (CLAMP_ACTIVATIONS, FUSING_OPS, fuse_into_copy, fuse_into_producer,
+from qcompiler.passes.fuse_activations import (CLAMP_ACTIVATIONS, FUSING_OPS, fuse_clamp, fuse_into_producer,
                                                producer_fuse_reason)
 from qcompiler.passes.move_binary_reshapes import RULES as BINARY_RULES
 from qcompiler.passes.rewriter import Match, Pat, Rewriter, RewritePass, Rule, single_use_reason
@@ -87,20 +87,11 @@ def _fusing_producer(node: Node, move: Node) -> Optional[Node]:
     return producer if _clamp_fuse_reason(producer) is None else None
 
 
-def _fused_clamp(rw: Rewriter, node: Node, producer: Node) -> Node:
-    """`producer` with the clamp `node` fused: itself, or a copy of a fully_connected that has other users."""
-    if single_use_reason(producer) is None:
-        rw.set_attr(producer, "activation", node.op)
-        return producer
-    return rw.op(producer.op, *producer.operands, name=f"{node.result.name}_fc", layer=producer.layer,
-                 **{**producer.attrs, "activation": node.op}).producer
-
-
 def _unary_rewrite(m: Match, rw: Rewriter) -> None:
     node, move = m.root, m["move"]
     if (producer := _fusing_producer(node, move)) is not None:
-        fused = _fused_clamp(rw, node, producer)
-        rw.replace_value(node, rw.op(move.op, fused.result, layer=move.layer, **dict(move.attrs)))
+        fused = fuse_clamp(rw, node, producer)
+        rw.replace_value(node, rw.op(move.op, fused, layer=move.layer, **dict(move.attrs)))
         return
     inner = rw.op(node.op, move.operands[0], name=f"{node.result.name}_unreshaped", layer=node.layer,
                   **dict(node.attrs))
@@ -116,21 +107,12 @@ def _fc_check(m: Match) -> Optional[str]:
     return None
 
 
-def _fc_rewrite(m: Match, rw: Rewriter) -> None:
-    """A clamp moved above a reshape onto a 2-D fully_connected: fused into it, or into a copy when the
-    fully_connected has other users (FuseFullyConnectedAndReluX)."""
-    if single_use_reason(m["producer"]) is None:
-        fuse_into_producer(m, rw)
-    else:
-        fuse_into_copy(m, rw)
-
-
 RULES = [
     Rule("unary-after-reshape", Pat(tuple(sorted(MOVED_ABOVE_RESHAPE)), Pat(MOVE_OPS, "x", capture="move")),
          _unary_rewrite, _unary_check),
     *BINARY_RULES,  # one greedy pattern set in the converter: a mul after a relu after a reshape moves up too
     Rule("clamp-into-fully-connected", Pat(CLAMP_ACTIVATIONS, Pat("fully_connected", capture="producer")),
-         _fc_rewrite, _fc_check),
+         fuse_into_producer, _fc_check)  # into a copy when it has other users,
 ]
 
 
