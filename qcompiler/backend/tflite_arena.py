@@ -126,7 +126,7 @@ def converter_model(graph: Graph) -> ConverterModel:
     it is written as, except where the converter's kernel writes a tensor the IR has no value for (an op with
     several results, or a fused activation TFLite runs as an op of its own: never shared here); a SHAPE operator
     before each reshape whose target is computed at run time (it reads the input once more); and the dynamic
-    tensors of Keras' tensordot (`_dynamic_in_converter_model`) outside the arena."""
+    tensors of Keras' tensordot (`dynamic_in_converter_model`) outside the arena."""
     values: list[Optional[Value]] = list(graph.values())
     index = {id(v): i for i, v in enumerate(values)}
     ops = []
@@ -145,7 +145,7 @@ def converter_model(graph: Graph) -> ConverterModel:
         nbytes=tuple(0 if v is None else _bytes_at_batch_1(v) for v in values),
         constant=frozenset(i for i, v in enumerate(values) if v is not None and v.is_constant),
         inputs=frozenset(index[id(v)] for v in graph.inputs), outputs=frozenset(index[id(v)] for v in graph.outputs),
-        dynamic=frozenset(i for i, v in enumerate(values) if v is not None and _dynamic_in_converter_model(v)))
+        dynamic=frozenset(i for i, v in enumerate(values) if v is not None and dynamic_in_converter_model(v)))
     return ConverterModel(tuple(ops), tensors, tuple(values))
 
 
@@ -156,7 +156,7 @@ def converter_model(graph: Graph) -> ConverterModel:
 MOVED_ABOVE_RESHAPE = frozenset({"relu", "relu6", "relu_n1_to_1", "sigmoid", "tanh", "exp", "square", "neg", "sqrt"})
 
 
-def _dynamic_in_converter_model(value: Value) -> bool:
+def dynamic_in_converter_model(value: Value) -> bool:
     """The result of Keras' tensordot (a fully_connected on a rank > 2 input with a dynamic batch): the converter's
     model ends it with a RESHAPE whose shape is computed at run time (SHAPE, GATHER, PACK), so the tensor is
     dynamic, allocated outside the arena, and never shared (found by random-model testing). That RESHAPE comes

@@ -31,7 +31,7 @@ from typing import ClassVar, Literal, Optional
 
 import numpy as np
 
-from qcompiler.backend.tflite_arena import _dynamic_in_converter_model as dynamic_in_converter_model
+from qcompiler.backend.tflite_arena import dynamic_in_converter_model
 from qcompiler.errors import QCompilerError
 from qcompiler.ir.checks import check_known_values
 from qcompiler.ir.graph import Graph, Node, Value
