@@ -107,6 +107,16 @@ def line(name: str, row: dict) -> str:
     return text + f" | bytes identical: {row['identical']}"
 
 
+def save_results(path: str | None, results: dict) -> None:
+    """Write the measurements so far to `path` (if given), atomically: a run cut short keeps the last complete
+    file. Standard library only: these scripts import qcompiler from the trees they compare."""
+    if path:
+        temporary = f"{path}.tmp"
+        with open(temporary, "w") as f:
+            json.dump(results, f, indent=1)
+        os.replace(temporary, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("base", help="source tree of the old code (holds qcompiler/)")
@@ -126,9 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models.split(","):
         results[name] = measure(trees, name, args.repeats, not args.no_converter)
         print(line(name, results[name]), flush=True)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(results, f, indent=1)
+        save_results(args.json, results)
     return 0
 
 

@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(child(*args.child, not args.no_converter)))
         return 0
+    from compile_ab import save_results  # the driver's own benchmarks/ (a child imports its tree's compile_ab)
+
     results: dict = {}
     for name in args.models.split(","):
         runs: dict[str, list[dict]] = {"base": [], "new": []}
@@ -84,9 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = {"runs": runs, "median": summary,
                          "identical_across": {r["sha256"] for r in runs["base"]} == {r["sha256"] for r in runs["new"]}}
         print(name, json.dumps(summary), flush=True)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(results, f, indent=1)
+        save_results(args.json, results)
     return 0
 
 
